@@ -1,0 +1,4 @@
+from ablate_lit.cli import main
+
+if __name__ == "__main__":
+    main()

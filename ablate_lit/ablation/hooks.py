@@ -1,0 +1,107 @@
+"""Forward pre-hooks on every layer's attention out-projection, always removed on exit."""
+
+from __future__ import annotations
+
+from contextlib import contextmanager
+from typing import Callable, Iterator, Sequence
+
+import torch
+from torch import nn
+
+from ablate_lit.families.base import PreOut
+
+
+class PreOutHooks:
+    """Records or replaces the pre-out ``[batch, pos, n_heads*d_head]`` of each layer.
+
+    Both modes are context managers whose hooks are removed in ``finally``, so an exception inside
+    the block never leaves the model hooked.
+    """
+
+    def __init__(self, pre_outs: Sequence[PreOut]):
+        self.pre_outs = list(pre_outs)
+        self._handles: list = []
+        self.sample_index: torch.Tensor | None = None
+        """Dataset indices of the batch being evaluated ([batch]); resampling picks cache rows by them."""
+
+    @property
+    def n_layers(self) -> int:
+        return len(self.pre_outs)
+
+    @property
+    def width(self) -> int:
+        return self.pre_outs[0].width
+
+    def _attach(self, make_hook: Callable[[int], Callable]) -> None:
+        for p in self.pre_outs:
+            hook = make_hook(p.layer)
+            if hook is not None:
+                self._handles.append(p.module.register_forward_pre_hook(hook))
+
+    def remove(self) -> None:
+        for handle in self._handles:
+            handle.remove()
+        self._handles.clear()
+
+    @property
+    def active(self) -> bool:
+        return bool(self._handles)
+
+    @contextmanager
+    def recording(self, record: Callable[[int, torch.Tensor], None]) -> Iterator[None]:
+        """Call ``record(layer, x)`` with each layer's pre-out ``x`` [batch, pos, width]."""
+
+        def make_hook(layer):
+            def hook(module, args):
+                record(layer, args[0])
+
+            return hook
+
+        self._attach(make_hook)
+        try:
+            yield
+        finally:
+            self.remove()
+
+    @contextmanager
+    def ablating(self, mask: torch.Tensor, values: torch.Tensor | None = None,
+                 resample: torch.Tensor | None = None) -> Iterator[None]:
+        """Replace the neurons where ``mask`` [n_layers, width] is True.
+
+        ``values`` [n_layers, width] gives one constant per neuron (zero, mean, peak). ``resample``
+        [n_layers, n_cache, pos, width] gives, for cache row ``sample_index % n_cache``, the value at
+        each position. Layers with no ablated neuron get no hook.
+        """
+        if (values is None) == (resample is None):
+            raise ValueError("pass exactly one of values or resample")
+
+        def make_hook(layer):
+            layer_mask = mask[layer]
+            if not bool(layer_mask.any()):
+                return None
+            every = bool(layer_mask.all())
+
+            def hook(module, args):
+                x = args[0]
+                device, dtype = x.device, x.dtype
+                if resample is not None:
+                    cache = resample[layer]
+                    rows = self.sample_index.to(cache.device) % cache.shape[0]
+                    repl = cache[rows, : x.shape[-2]].to(device=device, dtype=dtype)  # [batch, pos, width]
+                else:
+                    repl = values[layer].to(device=device, dtype=dtype)  # [width]
+                if every:
+                    out = repl.expand_as(x).clone()
+                else:
+                    out = torch.where(layer_mask.to(device), repl, x)
+                return (out,) + tuple(args[1:])
+
+            return hook
+
+        if resample is not None and self.sample_index is None:
+            self.sample_index = torch.zeros(1, dtype=torch.long)
+        self._attach(make_hook)
+        try:
+            yield
+        finally:
+            self.remove()

@@ -1,0 +1,81 @@
+"""Collects the calibration statistics while a validation epoch runs over the calibration split.
+
+Two kinds of sweep, each one validation epoch with recording hooks on every pre-out:
+  * ``stats``: streaming moments (mean) and per-neuron histograms (peak), all neurons at once;
+  * ``resample``: the pre-outs of a batch of randomised inputs, kept per row and position.
+Hooks are attached at epoch start and removed at epoch end or on any exception.
+"""
+
+from __future__ import annotations
+
+import lightning as L
+import torch
+
+from ablate_lit.errors import AblateError
+from ablate_lit.stats import NeuronHistogram, NeuronMoments, ResampleCache
+
+
+class CalibrationCallback(L.Callback):
+    def __init__(self, eps: float, n_bins: int, alignment: str):
+        self.eps, self.n_bins, self.alignment = eps, n_bins, alignment
+        self.mode = "stats"
+        self.n_rows = self.length = 0
+        self.result: dict | None = None
+        self._ctx = None
+        self._rows: torch.Tensor | None = None
+
+    def sweep_stats(self) -> None:
+        self.mode = "stats"
+
+    def sweep_resample(self, n_rows: int, length: int) -> None:
+        self.mode, self.n_rows, self.length = "resample", n_rows, length
+
+    # -- lifecycle -----------------------------------------------------------------------------
+    def on_validation_epoch_start(self, trainer, pl_module) -> None:
+        hooks, device = pl_module.hooks, pl_module.device
+        if self.mode == "stats":
+            self.moments = NeuronMoments(hooks.n_layers, hooks.width).to(device)
+            self.hist = NeuronHistogram(hooks.n_layers, hooks.width, self.eps, self.n_bins, self.alignment).to(device)
+            record = self._record_stats
+        else:
+            dtype = next(pl_module.model.parameters()).dtype
+            self.cache = ResampleCache(hooks.n_layers, self.n_rows, self.length, hooks.width, dtype=dtype).to(device)
+            record = self._record_resample
+        self._ctx = hooks.recording(record)
+        self._ctx.__enter__()
+
+    def on_validation_batch_start(self, trainer, pl_module, batch, batch_idx, dataloader_idx=0) -> None:
+        self._rows = batch["index"]
+
+    def _record_stats(self, layer: int, x: torch.Tensor) -> None:
+        x = x.reshape(-1, x.shape[-1])  # [batch*pos, width]
+        self.moments.update(layer, x)
+        self.hist.update(layer, x)
+
+    def _record_resample(self, layer: int, x: torch.Tensor) -> None:
+        self.cache.update(layer, self._rows.to(x.device), x)
+
+    def on_validation_epoch_end(self, trainer, pl_module) -> None:
+        self._close()
+        if self.mode == "stats":
+            moments, hist = self.moments.compute(), self.hist.compute()
+            bad = moments["nonfinite"]
+            if int(bad.sum()):
+                layers = [i for i, n in enumerate(bad.tolist()) if n]
+                raise AblateError(
+                    f"{int(bad.sum())} NaN/inf pre-out activations in calibration (layers {layers}); "
+                    "the model overflows in this precision: use --trainer.precision 32 or --model.dtype float32"
+                )
+            self.result = {**{k: v.cpu() for k, v in moments.items()}, **{k: v.cpu() for k, v in hist.items()},
+                           "counts": self.hist.counts.cpu().clone(), "origin": self.hist.origin.cpu().clone(),
+                           "eps": self.eps, "n_bins": self.n_bins, "alignment": self.alignment}
+        else:
+            self.result = {"resample": self.cache.compute().cpu()}
+
+    def on_exception(self, trainer, pl_module, exception) -> None:
+        self._close()
+
+    def _close(self) -> None:
+        if self._ctx is not None:
+            ctx, self._ctx = self._ctx, None
+            ctx.__exit__(None, None, None)

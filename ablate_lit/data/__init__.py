@@ -1,0 +1,1 @@
+"""Data: evaluation and calibration splits, and randomised inputs for resampling."""

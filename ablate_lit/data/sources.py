@@ -1,0 +1,85 @@
+"""Read documents (strings) from a hub data set, a local file or a folder, through ``datasets``."""
+
+from __future__ import annotations
+
+import bz2
+import os
+from pathlib import Path
+from typing import Iterator
+
+from ablate_lit.errors import AblateError
+from ablate_lit.families.base import looks_like_path
+
+_BUILDERS = {".txt": "text", ".md": "text", ".json": "json", ".jsonl": "json", ".csv": "csv",
+             ".parquet": "parquet", ".arrow": "arrow"}
+
+
+def _is_wiki_dump(path: Path) -> bool:
+    opener = bz2.open if path.suffix == ".bz2" else open
+    try:
+        with opener(path, "rb") as fh:
+            return b"<mediawiki" in fh.read(2048)
+    except OSError:
+        return False
+
+
+def _wiki_documents(path: Path) -> Iterator[str]:
+    """Plain text of the articles in a MediaWiki XML dump (markup stripped by gensim)."""
+    try:
+        from gensim.corpora.wikicorpus import extract_pages, filter_wiki
+    except ImportError as exc:
+        raise AblateError(f"reading the Wikipedia dump '{path}' needs gensim; run: pip install 'ablate_lit[demo]'") from exc
+    opener = bz2.open if path.suffix == ".bz2" else open
+    with opener(path, "rb") as fh:
+        for _title, text, _pageid in extract_pages(fh):
+            text = filter_wiki(text).strip()
+            if text and not text.upper().startswith("#REDIRECT"):
+                yield text
+
+
+def _local_files(path: Path) -> list[Path]:
+    if path.is_file():
+        return [path]
+    files = sorted(p for p in path.rglob("*") if p.is_file() and (p.suffix in _BUILDERS or p.suffix == ".bz2"))
+    if not files:
+        raise AblateError(f"data folder '{path}' holds no .txt/.md/.json/.jsonl/.csv/.parquet files; point --data.path at one")
+    return files
+
+
+def iter_documents(path: str, text_column: str = "text", name: str | None = None, split: str = "train",
+                   streaming: bool | None = None) -> Iterator[str]:
+    """Documents in a fixed order: local files sorted by path, hub data sets in their stored order."""
+    local = Path(os.path.expanduser(path))
+    if local.exists():
+        for file in _local_files(local):
+            if _is_wiki_dump(file):
+                yield from _wiki_documents(file)
+                continue
+            builder = _BUILDERS.get(file.suffix)
+            if builder is None:
+                raise AblateError(f"cannot read '{file}': use .txt, .md, .json(l), .csv, .parquet or a MediaWiki .xml(.bz2) dump")
+            yield from _dataset_texts(builder, text_column, split="train", data_files=str(file),
+                                      **({"sample_by": "document"} if builder == "text" else {}))
+        return
+    if looks_like_path(path):
+        raise AblateError(f"data file or folder '{path}' not found; fix --data.path")
+    yield from _dataset_texts(path, text_column, name=name, split=split, streaming=True if streaming is None else streaming)
+
+
+def _dataset_texts(builder: str, text_column: str, **kwargs) -> Iterator[str]:
+    import datasets
+
+    try:
+        ds = datasets.load_dataset(builder, **kwargs)
+    except Exception as exc:  # datasets raises many types for "not reachable" and "not found"
+        reason = (str(exc).strip().splitlines() or [type(exc).__name__])[0][:160]
+        raise AblateError(
+            f"could not load data set '{builder}' ({reason}); without internet, point --data.path at a local file or folder"
+        ) from exc
+    columns = ds.column_names if not isinstance(ds.column_names, dict) else next(iter(ds.column_names.values()))
+    if columns is not None and text_column not in columns:
+        raise AblateError(f"data set has no column '{text_column}' (columns: {', '.join(columns)}); set --data.text_column")
+    for row in ds:
+        text = row[text_column]
+        if text:
+            yield text

@@ -1,0 +1,155 @@
+"""Text data for causal LMs: disjoint, deterministic evaluation and calibration windows."""
+
+from __future__ import annotations
+
+import hashlib
+import math
+
+import lightning as L
+import torch
+from torch.utils.data import DataLoader, Dataset
+
+from ablate_lit.data.sources import iter_documents
+from ablate_lit.errors import AblateError, check
+
+
+class WindowDataset(Dataset):
+    """Fixed-length token windows; each item carries its index (resampling and DDP bookkeeping)."""
+
+    def __init__(self, windows: torch.Tensor):
+        self.windows = windows
+
+    def __len__(self) -> int:
+        return self.windows.shape[0]
+
+    def __getitem__(self, i: int) -> dict:
+        return {"input_ids": self.windows[i], "index": i}
+
+
+class TextData(L.LightningDataModule):
+    """Documents from ``path`` tokenised into one stream, cut into windows of ``context_length``.
+
+    Documents are read in order and joined with the EOS token until the stream holds enough tokens
+    for both splits; the windows are then shuffled with ``seed`` and split, so evaluation and
+    calibration windows are disjoint and drawn from the same text. Each window starts with the BOS
+    token when ``prepend_bos`` (the first position is then not scored).
+    """
+
+    def __init__(
+        self,
+        path: str,
+        text_column: str = "text",
+        name: str | None = None,
+        split: str = "train",
+        streaming: bool | None = None,
+        max_tokens: int = 100_000,
+        calib_tokens: int = 100_000,
+        context_length: int = 1024,
+        prepend_bos: bool = True,
+        batch_size: int = 8,
+        num_workers: int = 0,
+        seed: int = 0,
+    ):
+        """
+        Args:
+            path: hub data set name, or a local file (.txt .md .json .jsonl .csv .parquet, MediaWiki .xml.bz2) or folder.
+            text_column: column holding the text (hub and tabular files).
+            name: hub data set configuration name.
+            split: hub data set split.
+            streaming: stream a hub data set (default: yes, only the documents needed are read).
+            max_tokens: scored evaluation tokens (rounded up to whole windows).
+            calib_tokens: calibration tokens for the statistics (rounded up to whole windows).
+            context_length: tokens per window.
+            prepend_bos: start every window with the tokenizer's BOS token (EOS if it has none).
+            batch_size: windows per batch.
+            num_workers: DataLoader workers.
+            seed: seed of the window shuffle that splits evaluation from calibration.
+        """
+        super().__init__()
+        check(context_length >= 2, f"data.context_length must be at least 2, got {context_length}")
+        check(max_tokens >= 1, f"data.max_tokens must be positive, got {max_tokens}")
+        check(calib_tokens >= 1, f"data.calib_tokens must be positive, got {calib_tokens}")
+        check(batch_size >= 1, f"data.batch_size must be positive, got {batch_size}")
+        self.path, self.text_column, self.name, self.split, self.streaming = path, text_column, name, split, streaming
+        self.max_tokens, self.calib_tokens, self.context_length = max_tokens, calib_tokens, context_length
+        self.prepend_bos, self.batch_size, self.num_workers, self.seed = prepend_bos, batch_size, num_workers, seed
+        self.tokenizer = None
+        self.eval_windows: torch.Tensor | None = None
+        self.calib_windows: torch.Tensor | None = None
+
+    # -- wiring --------------------------------------------------------------------------------
+    def connect(self, tokenizer) -> None:
+        self.tokenizer = tokenizer
+
+    @property
+    def bos_id(self) -> int | None:
+        tok = self.tokenizer
+        bos = tok.bos_token_id if tok.bos_token_id is not None else tok.eos_token_id
+        return bos if self.prepend_bos else None
+
+    @property
+    def n_eval_windows(self) -> int:
+        return math.ceil(self.max_tokens / (self.context_length - 1))
+
+    @property
+    def n_calib_windows(self) -> int:
+        return math.ceil(self.calib_tokens / self.context_length)
+
+    # -- building the windows ------------------------------------------------------------------
+    def setup(self, stage: str | None = None) -> None:
+        if self.eval_windows is not None:
+            return
+        check(self.tokenizer is not None, "TextData needs a tokenizer: call connect(tokenizer) first")
+        body = self.context_length - (1 if self.bos_id is not None else 0)
+        n_windows = self.n_eval_windows + self.n_calib_windows
+        stream = self._token_stream(n_windows * body)
+        windows = stream[: n_windows * body].view(n_windows, body)
+        if self.bos_id is not None:
+            windows = torch.cat([torch.full((n_windows, 1), self.bos_id, dtype=torch.long), windows], 1)
+        order = torch.randperm(n_windows, generator=torch.Generator().manual_seed(self.seed))
+        self.eval_windows = windows[order[: self.n_eval_windows]].contiguous()
+        self.calib_windows = windows[order[self.n_eval_windows:]].contiguous()
+
+    def _token_stream(self, needed: int) -> torch.Tensor:
+        tok, eos = self.tokenizer, self.tokenizer.eos_token_id
+        ids: list[int] = []
+        batch: list[str] = []
+
+        def flush():
+            for seq in tok(batch, add_special_tokens=False)["input_ids"]:
+                ids.extend(seq)
+                if eos is not None:
+                    ids.append(eos)
+            batch.clear()
+
+        for doc in iter_documents(self.path, self.text_column, self.name, self.split, self.streaming):
+            batch.append(doc)
+            if len(batch) == 32:
+                flush()
+                if len(ids) >= needed:
+                    break
+        if batch:
+            flush()
+        if len(ids) < needed:
+            have_eval = max(0, len(ids) // self.context_length - self.n_calib_windows) * (self.context_length - 1)
+            raise AblateError(
+                f"the data holds {len(ids)} tokens but {needed} are needed ({self.max_tokens} evaluation + "
+                f"{self.calib_tokens} calibration tokens in windows of {self.context_length}); lower --data.max_tokens "
+                f"(at most ~{have_eval} fit) or --data.calib_tokens, or use more data"
+            )
+        return torch.tensor(ids[:needed], dtype=torch.long)
+
+    def fingerprint(self, which: str) -> str:
+        windows = self.calib_windows if which == "calibration" else self.eval_windows
+        return hashlib.sha1(windows.numpy().tobytes()).hexdigest()[:16]
+
+    # -- loaders ---------------------------------------------------------------------------------
+    def _loader(self, windows: torch.Tensor) -> DataLoader:
+        return DataLoader(WindowDataset(windows), batch_size=self.batch_size, shuffle=False, num_workers=self.num_workers)
+
+    def test_dataloader(self) -> DataLoader:
+        return self._loader(self.eval_windows)
+
+    def val_dataloader(self) -> DataLoader:
+        """The calibration split (the calibration pass runs as a validation epoch)."""
+        return self._loader(self.calib_windows)

@@ -1,0 +1,187 @@
+"""One experiment: calibrate (or load cached statistics), then run the schedule point by point."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import logging
+import os
+from pathlib import Path
+
+import torch
+from torch.utils.data import DataLoader
+
+from ablate_lit.ablation.methods import parse_method
+from ablate_lit.ablation.schedule import ablation_mask, neuron_order, plan
+from ablate_lit.callbacks.calibration import CalibrationCallback
+from ablate_lit.callbacks.results import ResultWriter, read_results
+from ablate_lit.config import AblationConfig
+from ablate_lit.data.text import WindowDataset
+from ablate_lit.report import log_histograms, summary_table, write_summary
+
+log = logging.getLogger("ablate_lit")
+
+
+def _hash(obj) -> str:
+    return hashlib.sha1(json.dumps(obj, sort_keys=True, default=str).encode()).hexdigest()[:16]
+
+
+def _say(trainer, msg: str) -> None:
+    if trainer.is_global_zero:
+        print(msg, flush=True)
+
+
+def _save(obj, path: Path) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(f".{path.name}.tmp{os.getpid()}")
+    torch.save(obj, tmp)
+    os.replace(tmp, path)
+
+
+def _load(path: Path, key: str):
+    """A cached object whose stored key matches, or None (missing, corrupt or made with other settings)."""
+    if not path.is_file():
+        return None
+    try:
+        obj = torch.load(path, map_location="cpu", weights_only=False)
+    except Exception as exc:  # a truncated or corrupt file is rebuilt, never used
+        log.warning("calibration cache %s is unreadable (%s); rebuilding it", path, exc)
+        return None
+    if not isinstance(obj, dict) or obj.get("key") != key:
+        log.warning("calibration cache %s was made with other settings; rebuilding it", path)
+        return None
+    return obj
+
+
+class Experiment:
+    def __init__(self, trainer, module, data, cfg: AblationConfig, run_dir: Path, cache_dir: Path):
+        self.trainer, self.module, self.data, self.cfg = trainer, module, data, cfg
+        self.run_dir, self.cache_dir = Path(run_dir), Path(cache_dir)
+        self.methods = [parse_method(m) for m in cfg.methods]
+
+    # -- calibration -----------------------------------------------------------------------------
+    def _validate(self, callback: CalibrationCallback, loader: DataLoader) -> dict:
+        self.trainer.callbacks.append(callback)
+        try:
+            self.trainer.validate(self.module, dataloaders=loader, verbose=False)
+        finally:
+            self.trainer.callbacks.remove(callback)
+            self.module.hooks.remove()
+        return callback.result
+
+    def _calibration_key(self, *extra) -> dict:
+        return {"model": self.module.fingerprint(), "precision": str(self.trainer.precision),
+                "bos": self.data.bos_id, "length": self.data.context_length, "extra": extra}
+
+    def statistics(self) -> dict:
+        cfg = self.cfg
+        key = _hash(self._calibration_key("stats", self.data.fingerprint("calibration"), cfg.eps, cfg.n_bins, cfg.bin_alignment))
+        path = self.cache_dir / f"stats-{key}.pt"
+        stats = _load(path, key)
+        if stats is not None:
+            _say(self.trainer, f"calibration statistics: cached ({path})")
+            return stats
+        _say(self.trainer, f"calibration: {self.data.calib_windows.numel()} tokens")
+        callback = CalibrationCallback(cfg.eps, cfg.n_bins, cfg.bin_alignment)
+        stats = self._validate(callback, self.data.val_dataloader())
+        stats["key"] = key
+        if self.trainer.is_global_zero:
+            _save(stats, path)
+        self._warn_outside_window(stats)
+        return stats
+
+    def _warn_outside_window(self, stats: dict) -> None:
+        outside = stats["underflow"].long() + stats["overflow"].long()
+        risky = int((outside > stats["peak_count"].long()).sum())
+        if risky:
+            _say(self.trainer, f"warning: {risky} neurons have more activations outside their histogram window than in "
+                               f"their fullest bin; raise --ablation.n_bins (now {self.cfg.n_bins}) so their peaks are exact")
+
+    def resample_cache(self, source: str) -> torch.Tensor:
+        cfg, data, module = self.cfg, self.data, self.module
+        length, bos = data.context_length, data.bos_id
+        key = _hash(self._calibration_key("resample", source, cfg.n_resample, cfg.resample_seed,
+                                          module.hparams.get("generator")))
+        path = self.cache_dir / f"resample-{source}-{key}.pt"
+        cached = _load(path, key)
+        if cached is not None:
+            _say(self.trainer, f"resample cache {source}: cached ({path})")
+            return cached["resample"]
+        _say(self.trainer, f"resample cache {source}: {cfg.n_resample} sequences of {length} tokens")
+        ids = module.random_inputs(source, cfg.n_resample, length, bos, cfg.resample_seed)
+        callback = CalibrationCallback(cfg.eps, cfg.n_bins, cfg.bin_alignment)
+        callback.sweep_resample(cfg.n_resample, length)
+        result = self._validate(callback, DataLoader(WindowDataset(ids), batch_size=data.batch_size))
+        if self.trainer.is_global_zero:
+            _save({"key": key, "resample": result["resample"], "input_ids": ids}, path)
+        return result["resample"]
+
+    # -- the schedule ------------------------------------------------------------------------------
+    def replacement(self, method, stats: dict) -> dict:
+        device = self.module.device
+        if method.name == "zero":
+            return {"values": torch.zeros_like(stats["mean"], dtype=torch.float32).to(device)}
+        if method.name == "mean":
+            return {"values": stats["mean"].float().to(device)}
+        if method.name == "peak":
+            return {"values": stats["peak"].float().to(device)}
+        return {"resample": self.resample_cache(method.source).to(device)}
+
+    def run(self, writer: ResultWriter) -> list[dict]:
+        trainer, module, cfg = self.trainer, self.module, self.cfg
+        n_layers, width = module.hooks.n_layers, module.hooks.width
+        points = plan(cfg.methods, cfg.seeds, cfg.fractions)
+        todo = [p for p in points if not writer.done(p)]
+        _say(trainer, f"schedule: {len(points)} evaluations ({len(points) - len(todo)} already in {writer.path}), "
+                      f"{self.data.eval_windows.shape[0]} windows of {self.data.context_length} tokens each")
+        if not todo:
+            return writer.rows
+        stats = self.statistics()
+        if cfg.log_histograms and trainer.is_global_zero:
+            log_histograms(self.run_dir / "tb" / "calibration", stats)
+        orders = {s: neuron_order(s, n_layers, width, cfg.selection) for s in cfg.seeds}
+        replacements: dict = {}
+        trainer.callbacks.append(writer)
+        try:
+            for i, point in enumerate(todo, 1):
+                mask = ablation_mask(orders[point.seed], point.fraction, n_layers, width)
+                writer.begin(point, int(mask.sum()), n_layers * width)
+                if point.method == "baseline":
+                    trainer.test(module, dataloaders=self.data.test_dataloader(), verbose=False)
+                else:
+                    if point.method not in replacements:
+                        replacements[point.method] = self.replacement(parse_method(point.method), stats)
+                    with module.hooks.ablating(mask.to(module.device), **replacements[point.method]):
+                        trainer.test(module, dataloaders=self.data.test_dataloader(), verbose=False)
+                last = writer.rows[-1]
+                _say(trainer, f"[{i}/{len(todo)}] {point.method:>24} seed {point.seed} {round(100 * point.fraction):3d}% ablated: "
+                              f"top1 {float(last['top1']):.4f}  ce {float(last['ce']):.4f}")
+        finally:
+            trainer.callbacks.remove(writer)
+            module.hooks.remove()
+            writer.close()
+        return writer.rows
+
+
+def run_experiment(trainer, module, data, cfg: AblationConfig, name: str | None, root: str,
+                   identity: dict, config_yaml: str) -> Path:
+    """Everything ``python -m ablate_lit test`` does; returns the run folder."""
+    data.connect(module.tokenizer)
+    data.setup("test")
+    label = module.model_label
+    run_dir = Path(root) / (name or f"{label}-{_hash(identity)[:8]}")
+    cache_dir = Path(cfg.cache_dir) if cfg.cache_dir else Path(root) / ".calibration_cache"
+    if trainer.is_global_zero:
+        run_dir.mkdir(parents=True, exist_ok=True)
+        (run_dir / "config.yaml").write_text(config_yaml)
+    _say(trainer, f"run folder: {run_dir}")
+    fixed = {"model": label, "selection": cfg.selection, "eps": cfg.eps, "bin_alignment": cfg.bin_alignment,
+             "precision": str(trainer.precision)}
+    writer = ResultWriter(run_dir, fixed)
+    rows = Experiment(trainer, module, data, cfg, run_dir, cache_dir).run(writer)
+    if trainer.is_global_zero:
+        table = summary_table(read_results(writer.path), cfg.methods, cfg.fractions)
+        write_summary(run_dir, table)
+        print("\n" + table, flush=True)
+        print(f"results: {writer.path}\ncurves:  tensorboard --logdir {run_dir / 'tb'}", flush=True)
+    return run_dir

@@ -1,0 +1,66 @@
+"""The LightningModule logic shared by every family: hooks, scoring, calibration forward."""
+
+from __future__ import annotations
+
+import hashlib
+
+import lightning as L
+import torch
+
+from ablate_lit.ablation.hooks import PreOutHooks
+from ablate_lit.stats.token_metrics import TokenScores
+
+
+class AblationModule(L.LightningModule):
+    """Wraps a model whose attention pre-outs are hooked.
+
+    Subclasses load the model and set ``self.model``, ``self.pre_outs`` and ``self.hooks``, and
+    implement ``logits_and_labels`` (how a batch becomes scored predictions) and
+    ``random_inputs`` (the randomised inputs for resampling).
+    """
+
+    family = "base"
+
+    def __init__(self):
+        super().__init__()
+        self.scores = TokenScores()
+        self.hooks: PreOutHooks
+
+    def logits_and_labels(self, batch) -> tuple[torch.Tensor, torch.Tensor]:
+        """Scored logits [N, n_classes] and labels [N] (-100 = not scored)."""
+        raise NotImplementedError
+
+    def random_inputs(self, source: str, n: int, length: int, bos: int | None, seed: int) -> torch.Tensor:
+        raise NotImplementedError
+
+    def forward(self, batch):
+        return self.logits_and_labels(batch)
+
+    def _set_index(self, batch) -> None:
+        self.hooks.sample_index = batch["index"]
+
+    # calibration runs as a validation epoch: forward only, the recording hooks do the rest
+    def validation_step(self, batch, batch_idx):
+        self._set_index(batch)
+        self.logits_and_labels(batch)
+
+    def on_test_epoch_start(self) -> None:
+        self.scores.reset()
+
+    def test_step(self, batch, batch_idx):
+        self._set_index(batch)
+        logits, labels = self.logits_and_labels(batch)
+        self.scores.update(logits, labels)
+
+    def fingerprint(self) -> str:
+        """Identifies the weights cheaply: config, dtype and checksums of a few tensors."""
+        h = hashlib.sha1(type(self.model).__name__.encode())
+        h.update(self.model.config.to_json_string(use_diff=False).encode())
+        h.update(str(self.model.dtype).encode())
+        named = dict(self.model.named_parameters())
+        for name in sorted(named)[:: max(1, len(named) // 16)] + [p.name + ".weight" for p in self.pre_outs]:
+            t = named.get(name)
+            if t is not None:
+                t = t.detach().double()
+                h.update(f"{name}:{t.sum().item():.10e}:{t.abs().sum().item():.10e}".encode())
+        return h.hexdigest()[:16]

@@ -1,0 +1,64 @@
+"""Causal language models (OPT, Llama, Mistral, Qwen2, Gemma, GPT-2, GPT-NeoX): next-token scoring."""
+
+from __future__ import annotations
+
+import torch
+
+from ablate_lit.ablation.hooks import PreOutHooks
+from ablate_lit.data import random_inputs as rnd
+from ablate_lit.families.base import locate_pre_outs
+from ablate_lit.families.causal_lm import load_causal_lm
+from ablate_lit.modules.base import AblationModule
+
+
+class CausalLMAblation(AblationModule):
+    """Scores next-token prediction (Top1, CE) of a causal LM whose attention pre-outs are ablated."""
+
+    family = "causal_lm"
+
+    def __init__(
+        self,
+        name_or_path: str,
+        gguf_file: str | None = None,
+        dtype: str = "float32",
+        revision: str | None = None,
+        attn_implementation: str | None = None,
+        generator: str | None = None,
+    ):
+        """
+        Args:
+            name_or_path: hub model id (e.g. facebook/opt-1.3b) or a local folder.
+            gguf_file: a .gguf file inside name_or_path to load instead (converted once, then cached).
+            dtype: weights' dtype: float32, bfloat16, float16 or auto (as stored).
+            revision: hub revision (branch, tag or commit).
+            attn_implementation: eager, sdpa, flash_attention_2 (default: transformers' choice).
+            generator: model that generates the text for resample:generated (default: the model under test).
+        """
+        super().__init__()
+        self.save_hyperparameters()
+        self.model, self.tokenizer, arch = load_causal_lm(name_or_path, gguf_file, dtype, revision, attn_implementation)
+        self.pre_outs = locate_pre_outs(self.model, self.model.config, arch)
+        self.hooks = PreOutHooks(self.pre_outs)
+
+    @property
+    def model_label(self) -> str:
+        name = self.hparams.gguf_file or self.hparams.name_or_path
+        return str(name).rstrip("/").split("/")[-1].removesuffix(".gguf")
+
+    def logits_and_labels(self, batch):
+        ids = batch["input_ids"]
+        logits = self.model(input_ids=ids).logits  # [batch, pos, vocab]
+        return logits[:, :-1].reshape(-1, logits.shape[-1]), ids[:, 1:].reshape(-1)
+
+    def random_inputs(self, source: str, n: int, length: int, bos: int | None, seed: int) -> torch.Tensor:
+        if source == "random_tokens":
+            return rnd.random_tokens(self.tokenizer, n, length, bos, seed)
+        if source == "random_chars":
+            return rnd.random_chars(self.tokenizer, n, length, bos, seed)
+        if source == "generated":
+            gen_model = gen_tok = None
+            if self.hparams.generator:
+                gen_model, gen_tok, _ = load_causal_lm(self.hparams.generator)
+                gen_model.to(self.device)
+            return rnd.generated(self.model, self.tokenizer, n, length, bos, seed, gen_model, gen_tok)
+        raise ValueError(source)

@@ -1,0 +1,104 @@
+"""Tiny random-init models of every registered architecture, saved and reloaded from folders.
+
+Every test model goes through the same loading code as a hub model (``from_pretrained`` on a
+folder). The tokenizer is a byte-level BPE trained here with ``tokenizers``; the text is generated
+from a fixed vocabulary so nothing is downloaded.
+"""
+
+from __future__ import annotations
+
+import random
+from pathlib import Path
+
+import pytest
+import torch
+
+from ablate_lit.families.causal_lm import CAUSAL_LM_ARCHITECTURES
+
+WORDS = ("the of and to in is was for on that with as by at from his her are were which this be an had it not or "
+         "have one their first new after who they two has been its more but other into time during city school "
+         "year years state world music film game team river war house church album series season party family").split()
+VOCAB = 300
+
+
+def make_text(n_docs: int = 60, seed: int = 0) -> list[str]:
+    rng = random.Random(seed)
+    docs = []
+    for _ in range(n_docs):
+        sentences = []
+        for _ in range(rng.randint(4, 9)):
+            words = [rng.choice(WORDS) for _ in range(rng.randint(5, 14))]
+            sentences.append(" ".join(words).capitalize() + ".")
+        docs.append(" ".join(sentences))
+    return docs
+
+
+def train_tokenizer(folder: Path):
+    from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
+    from transformers import PreTrainedTokenizerFast
+
+    tok = Tokenizer(models.BPE(unk_token="<unk>"))
+    tok.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
+    tok.decoder = decoders.ByteLevel()
+    trainer = trainers.BpeTrainer(vocab_size=VOCAB, special_tokens=["<s>", "</s>", "<unk>", "<pad>"],
+                                  initial_alphabet=pre_tokenizers.ByteLevel.alphabet())
+    tok.train_from_iterator(make_text(200, seed=1), trainer)
+    fast = PreTrainedTokenizerFast(tokenizer_object=tok, bos_token="<s>", eos_token="</s>", unk_token="<unk>",
+                                   pad_token="<pad>")
+    fast.save_pretrained(folder)
+    return fast
+
+
+def tiny_config(model_type: str):
+    from transformers import AutoConfig
+
+    common = dict(vocab_size=VOCAB, bos_token_id=0, eos_token_id=1, pad_token_id=3)
+    if model_type == "opt":
+        return AutoConfig.for_model("opt", hidden_size=32, ffn_dim=64, num_hidden_layers=2, num_attention_heads=4,
+                                    max_position_embeddings=128, word_embed_proj_dim=32, **common)
+    if model_type == "gpt2":
+        return AutoConfig.for_model("gpt2", n_embd=32, n_layer=2, n_head=4, n_positions=128, **common)
+    if model_type == "gpt_neox":
+        return AutoConfig.for_model("gpt_neox", hidden_size=32, intermediate_size=64, num_hidden_layers=2,
+                                    num_attention_heads=4, max_position_embeddings=128, rotary_pct=0.5, **common)
+    if model_type == "gemma":  # head_dim stated and != hidden / heads
+        return AutoConfig.for_model("gemma", hidden_size=32, intermediate_size=64, num_hidden_layers=2,
+                                    num_attention_heads=4, num_key_value_heads=1, head_dim=16,
+                                    max_position_embeddings=128, **common)
+    # llama, mistral, qwen2: grouped-query attention
+    return AutoConfig.for_model(model_type, hidden_size=32, intermediate_size=64, num_hidden_layers=2,
+                                num_attention_heads=4, num_key_value_heads=2, max_position_embeddings=128, **common)
+
+
+def build_tiny_model(model_type: str, folder: Path, tokenizer_folder: Path, seed: int = 0) -> Path:
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    torch.manual_seed(seed)
+    model = AutoModelForCausalLM.from_config(tiny_config(model_type))
+    with torch.no_grad():  # larger weights than the init so ablation visibly changes the output
+        for name, p in model.named_parameters():
+            if p.dim() == 2:
+                p.normal_(0, 0.3)
+    model.save_pretrained(folder)
+    AutoTokenizer.from_pretrained(tokenizer_folder).save_pretrained(folder)
+    return folder
+
+
+@pytest.fixture(scope="session")
+def assets(tmp_path_factory) -> Path:
+    root = tmp_path_factory.mktemp("assets")
+    train_tokenizer(root / "tokenizer")
+    (root / "corpus").mkdir()
+    for i, chunk in enumerate((make_text(40, seed=2), make_text(40, seed=3))):
+        (root / "corpus" / f"part{i}.txt").write_text("\n\n".join(chunk))
+    return root
+
+
+@pytest.fixture(scope="session")
+def tiny_models(assets) -> dict[str, Path]:
+    return {t: build_tiny_model(t, assets / "models" / t, assets / "tokenizer") for t in CAUSAL_LM_ARCHITECTURES}
+
+
+@pytest.fixture(scope="session")
+def corpus(assets) -> Path:
+    return assets / "corpus"
