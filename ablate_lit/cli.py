@@ -12,7 +12,7 @@ from omegaconf import OmegaConf
 
 from ablate_lit.config import AblationConfig
 from ablate_lit.data.text import TextData
-from ablate_lit.errors import AblateError
+from ablate_lit.errors import AblateError, clear_raised, first_raised
 from ablate_lit.modules.base import AblationModule
 
 # Settings that cannot change a result: left out of the run folder's name hash.
@@ -91,8 +91,18 @@ def build_cli(args=None) -> AblateCLI:
 
 def main(args=None) -> None:
     os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+    clear_raised()
     try:
         build_cli(args)
     except AblateError as exc:
-        print(f"error: {exc}", file=sys.stderr)
-        sys.exit(2)
+        _fail(exc)
+    except (ValueError, TypeError) as exc:
+        original = first_raised()
+        if original is None:
+            raise
+        _fail(original)
+
+
+def _fail(exc: AblateError) -> None:
+    print(f"error: {exc}", file=sys.stderr)
+    sys.exit(2)

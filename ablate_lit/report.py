@@ -106,7 +106,8 @@ def log_histograms(tb_dir: Path, stats: dict, per_layer: int = 3) -> None:
         fig, axes = plt.subplots(1, len(picks), figsize=(4 * len(picks), 3))
         for ax, n in zip(axes if len(picks) > 1 else [axes], picks):
             x, c = _window_values(stats, layer, n)
-            ax.bar(x.numpy(), c.numpy(), width=stats["eps"], color="0.6")
+            edges = torch.cat([x - stats["eps"] / 2, x[-1:] + stats["eps"] / 2])
+            ax.stairs(c.numpy(), edges.numpy(), fill=True, color="0.6")
             ax.axvline(0.0, color="k", ls="--", lw=1, label="zero")
             ax.axvline(float(mean[layer, n]), color="tab:blue", lw=1.5, label=f"mean {float(mean[layer, n]):.3f}")
             ax.axvline(float(peak[layer, n]), color="tab:red", lw=1.5, label=f"peak {float(peak[layer, n]):.3f}")

@@ -1,0 +1,25 @@
+"""Small builders shared by the tests."""
+
+from __future__ import annotations
+
+import lightning as L
+
+from ablate_lit import CausalLMAblation, TextData
+
+
+def trainer() -> L.Trainer:
+    return L.Trainer(accelerator="cpu", devices=1, logger=False, enable_progress_bar=False,
+                     enable_checkpointing=False, enable_model_summary=False)
+
+
+def module(path, **kwargs) -> CausalLMAblation:
+    return CausalLMAblation(str(path), **kwargs)
+
+
+def data(corpus, mod, **kwargs) -> TextData:
+    settings = dict(max_tokens=120, calib_tokens=256, context_length=16, batch_size=4)
+    settings.update(kwargs)
+    d = TextData(str(corpus), **settings)
+    d.connect(mod.tokenizer)
+    d.setup("test")
+    return d

@@ -1,0 +1,146 @@
+"""The real CLI: shipped configs, a whole run's outputs, resuming after a crash, one-line errors."""
+
+from __future__ import annotations
+
+import csv
+import json
+from pathlib import Path
+
+import pytest
+import torch
+import torch.nn.functional as F
+
+from ablate_lit.callbacks.results import ResultWriter
+from ablate_lit.cli import main
+
+from helpers import data, module
+
+CONFIGS = sorted((Path(__file__).parents[1] / "configs").glob("*.yaml"))
+METHODS = "[zero,mean,peak,resample:random_chars,resample:random_tokens,resample:generated]"
+
+
+def run(capsys, *args):
+    code = 0
+    try:
+        main(["test", *map(str, args)])
+    except SystemExit as exc:
+        code = exc.code
+    out, err = capsys.readouterr()
+    return code, out, err
+
+
+def tiny_args(model, corpus, root, *extra):
+    return ["--model", "ablate_lit.CausalLMAblation", "--model.name_or_path", model, "--data", "ablate_lit.TextData",
+            "--data.path", corpus, "--data.max_tokens", 120, "--data.calib_tokens", 256, "--data.context_length", 16,
+            "--data.batch_size", 4, "--ablation.n_resample", 2, "--ablation.seeds", "[0,1]",
+            "--ablation.fractions", "[0,0.5,1]", "--ablation.methods", METHODS, "--root", root, "--name", "run",
+            "--trainer.enable_progress_bar", "false", "--trainer.accelerator", "cpu", *extra]
+
+
+def read_rows(path):
+    with open(path) as fh:
+        return [{k: v for k, v in r.items() if k != "time_s"} for r in csv.DictReader(fh)]
+
+
+@pytest.mark.parametrize("config", CONFIGS, ids=[c.stem for c in CONFIGS])
+def test_every_shipped_config_parses(capsys, config):
+    code, out, err = run(capsys, "--config", config, "--print_config")
+    assert code == 0, err
+    assert "ablation:" in out and "class_path: ablate_lit." in out
+
+
+def test_a_whole_run_writes_results_table_config_and_curves(capsys, tiny_models, corpus, tmp_path):
+    code, out, err = run(capsys, *tiny_args(tiny_models["llama"], corpus, tmp_path))
+    assert code == 0, err
+    run_dir = tmp_path / "run"
+    rows = read_rows(run_dir / "results.csv")
+    assert len(rows) == 3 * 2 * 6  # fractions x seeds x methods
+    base = {r["top1"] + r["ce"] for r in rows if r["fraction"] == "0"}
+    assert len(base) == 1  # one unablated evaluation stands for every 0% row
+    for method in ("zero", "peak"):
+        full = {r["ce"] for r in rows if r["fraction"] == "1" and r["method"] == method}
+        assert len(full) == 1  # the same set at 100% for every seed
+    assert {r["n_ablated"] for r in rows if r["fraction"] == "0.5"} == {"32"}  # half of 2 layers x 32 neurons
+
+    # the baseline equals a plain forward over the same evaluation windows, computed here
+    mod = module(tiny_models["llama"])
+    d = data(corpus, mod)
+    logits = mod.model(input_ids=d.eval_windows).logits[:, :-1]
+    ce = F.cross_entropy(logits.reshape(-1, logits.shape[-1]), d.eval_windows[:, 1:].reshape(-1))
+    assert float(rows[0]["ce"]) == pytest.approx(float(ce), rel=1e-5)
+    assert int(rows[0]["n_tokens"]) == d.eval_windows[:, 1:].numel()
+
+    summary = (run_dir / "summary.md").read_text()
+    assert "| baseline |" in summary and "| resample:generated |" in summary and "±" in summary
+    assert "| baseline |" in out
+    assert "ablation:" in (run_dir / "config.yaml").read_text()
+
+    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
+    acc = EventAccumulator(str(run_dir / "tb" / "peak_seed1"))
+    acc.Reload()
+    assert [e.step for e in acc.Scalars("ablation/top1")] == [0, 50, 100]
+    cal = EventAccumulator(str(run_dir / "tb" / "calibration"))
+    cal.Reload()
+    assert "neurons/layer_00" in cal.Tags()["images"]
+
+
+def test_interrupted_run_resumes_to_the_same_results(capsys, tiny_models, corpus, tmp_path, monkeypatch):
+    args = tiny_args(tiny_models["opt"], corpus, tmp_path / "a")
+    assert run(capsys, *args)[0] == 0
+    reference = read_rows(tmp_path / "a" / "run" / "results.csv")
+
+    original = ResultWriter.on_test_epoch_end
+    calls = []
+
+    def crash_after_five(self, trainer, pl_module):
+        calls.append(1)
+        if len(calls) > 5:
+            raise KeyboardInterrupt  # killed between two points
+        original(self, trainer, pl_module)
+
+    monkeypatch.setattr(ResultWriter, "on_test_epoch_end", crash_after_five)
+    resumed_args = tiny_args(tiny_models["opt"], corpus, tmp_path / "b")
+    with pytest.raises((KeyboardInterrupt, SystemExit)):
+        main(["test", *map(str, resumed_args)])
+    partial = read_rows(tmp_path / "b" / "run" / "results.csv")
+    assert 0 < len(partial) < len(reference)
+    monkeypatch.setattr(ResultWriter, "on_test_epoch_end", original)
+    code, out, err = run(capsys, *resumed_args)
+    assert code == 0, err
+    assert "5 already in" in out
+    assert read_rows(tmp_path / "b" / "run" / "results.csv") == reference
+
+
+@pytest.fixture(scope="module")
+def bert_folder(tmp_path_factory):
+    folder = tmp_path_factory.mktemp("bert")
+    (folder / "config.json").write_text(json.dumps({"model_type": "bert"}))
+    return folder
+
+
+BAD = {
+    "unknown architecture": (["--model.name_or_path", "BERT"], "unsupported architecture 'bert'.*supported:"),
+    "missing model folder": (["--model.name_or_path", "/nonexistent/model"], "model folder '/nonexistent/model' not found"),
+    "missing data file": (["--data.path", "/nonexistent/text.txt"], "data file or folder '/nonexistent/text.txt' not found"),
+    "eps not positive": (["--ablation.eps", "0"], "ablation.eps must be a positive number"),
+    "negative eps": (["--ablation.eps", "-0.1"], "ablation.eps must be a positive number"),
+    "fraction above 1": (["--ablation.fractions", "[0,1.5]"], r"fractions holds 1.5, outside \[0, 1\]"),
+    "fraction below 0": (["--ablation.fractions", "[-0.1]"], r"outside \[0, 1\]"),
+    "unknown method": (["--ablation.methods", "[zero,median]"], "unknown ablation method 'median'; use one of: zero"),
+    "unknown resample source": (["--ablation.methods", "[resample:noise]"], "unknown resample source 'noise'"),
+    "token budget beyond data": (["--data.max_tokens", "10000000"], "the data holds .* tokens but .* are needed.*lower --data.max_tokens"),
+}
+
+
+@pytest.mark.parametrize("case", sorted(BAD))
+def test_bad_input_gets_one_line_error(capsys, tiny_models, corpus, tmp_path, bert_folder, case):
+    extra, pattern = BAD[case]
+    extra = [str(bert_folder) if e == "BERT" else e for e in extra]
+    code, out, err = run(capsys, *tiny_args(tiny_models["gpt2"], corpus, tmp_path), *extra)
+    lines = [l for l in err.strip().splitlines() if l.startswith("error:")]
+    assert code == 2, err
+    assert len(lines) == 1 and "Traceback" not in err, err
+    import re
+
+    assert re.search(pattern, lines[0]), lines[0]

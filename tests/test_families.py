@@ -1,0 +1,83 @@
+"""Every registered architecture: loading from a folder, hook points, the hooked pre-out."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+import torch
+
+from ablate_lit import AblateError
+from ablate_lit.families.causal_lm import CAUSAL_LM_ARCHITECTURES
+
+from helpers import module
+
+ARCHS = sorted(CAUSAL_LM_ARCHITECTURES)
+ATTENTION = {"opt": "model.decoder.layers.{}.self_attn", "gpt2": "transformer.h.{}.attn",
+             "gpt_neox": "gpt_neox.layers.{}.attention"}
+
+
+def _values(model_type, attn, h, n_heads, head_dim):
+    """V per head [batch, heads, pos, head_dim], computed from the attention's own weights."""
+    b, t, _ = h.shape
+    if model_type == "gpt2":
+        v = attn.c_attn(h).split(attn.split_size, dim=2)[2]
+    elif model_type == "gpt_neox":
+        v = attn.query_key_value(h).view(b, t, n_heads, 3 * head_dim)[..., 2 * head_dim:]
+        return v.transpose(1, 2)
+    else:
+        v = attn.v_proj(h)
+    v = v.view(b, t, -1, head_dim).transpose(1, 2)
+    return v.repeat_interleave(n_heads // v.shape[1], dim=1)  # grouped-query attention
+
+
+@pytest.mark.parametrize("model_type", ARCHS)
+def test_hook_points_and_head_layout(tiny_models, model_type):
+    mod = module(tiny_models[model_type])
+    cfg = mod.model.config
+    assert mod.hooks.n_layers == cfg.num_hidden_layers == 2
+    head_dim = 16 if model_type == "gemma" else cfg.hidden_size // cfg.num_attention_heads
+    assert mod.hooks.width == cfg.num_attention_heads * head_dim
+    if model_type == "gemma":  # head_dim comes from the config, not hidden / heads
+        assert mod.hooks.width == 64 != cfg.hidden_size
+
+
+@pytest.mark.parametrize("model_type", ARCHS)
+def test_hooked_pre_out_equals_attention_times_values(tiny_models, model_type):
+    """The recorded pre-out equals softmax(QK^T) V computed from the layer's input and weights."""
+    mod = module(tiny_models[model_type], attn_implementation="eager")
+    ids = torch.randint(4, 300, (2, 12), generator=torch.Generator().manual_seed(0))
+    recorded, inputs = {}, {}
+
+    def grab_input(layer):
+        def hook(m, args, kwargs):
+            inputs[layer] = kwargs["hidden_states"] if "hidden_states" in kwargs else args[0]
+        return hook
+
+    path = ATTENTION.get(model_type, "model.layers.{}.self_attn")
+    attns = [mod.model.get_submodule(path.format(i)) for i in range(2)]
+    handles = [a.register_forward_pre_hook(grab_input(i), with_kwargs=True) for i, a in enumerate(attns)]
+    try:
+        with mod.hooks.recording(lambda layer, x: recorded.__setitem__(layer, x.clone())):
+            out = mod.model(input_ids=ids, output_attentions=True)
+    finally:
+        for h in handles:
+            h.remove()
+    p = mod.pre_outs[0]
+    for layer in range(2):
+        v = _values(model_type, attns[layer], inputs[layer], p.n_heads, p.head_dim)
+        z = out.attentions[layer] @ v  # [batch, heads, pos, head_dim]
+        expected = z.transpose(1, 2).reshape(2, 12, p.n_heads * p.head_dim)
+        torch.testing.assert_close(recorded[layer], expected, rtol=1e-5, atol=1e-5)
+    assert not mod.hooks.active
+
+
+def test_unsupported_architecture_lists_supported(tmp_path):
+    (tmp_path / "config.json").write_text(json.dumps({"model_type": "bert", "architectures": ["BertForMaskedLM"]}))
+    with pytest.raises(AblateError, match=r"unsupported architecture 'bert'.*supported: gemma, gpt2, gpt_neox, llama"):
+        module(tmp_path)
+
+
+def test_missing_model_folder(tmp_path):
+    with pytest.raises(AblateError, match="model folder .* not found"):
+        module(tmp_path / "nope")
