@@ -5,6 +5,7 @@ from __future__ import annotations
 import importlib.util
 import os
 import sys
+import warnings
 from pathlib import Path
 
 from lightning.pytorch.cli import LightningCLI
@@ -35,7 +36,8 @@ def package_folder(name: str) -> str:
 
 
 if not OmegaConf.has_resolver("pkg"):
-    OmegaConf.register_new_resolver("pkg", package_folder)
+    _register = getattr(OmegaConf, "register_resolver", None) or OmegaConf.register_new_resolver  # omegaconf 2.4 / 2.3
+    _register("pkg", package_folder)
 
 
 def _identity(config) -> dict:
@@ -91,6 +93,8 @@ def build_cli(args=None) -> AblateCLI:
 
 def main(args=None) -> None:
     os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+    # Deprecation chatter from inside Lightning's own code, not actionable by users.
+    warnings.filterwarnings("ignore", message=r".*isinstance\(treespec, LeafSpec\).*")
     clear_raised()
     try:
         build_cli(args)

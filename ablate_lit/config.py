@@ -17,8 +17,9 @@ def _default_fractions() -> list[float]:
 
 @dataclass
 class AblationConfig:
-    methods: list[str] = field(default_factory=lambda: list(ALL_METHODS))
-    """Methods to compare: zero, mean, peak, resample:random_chars, resample:random_tokens, resample:generated."""
+    methods: list[str] | None = None
+    """Methods to compare: zero, mean, peak, resample:<source> with source random_chars, random_tokens, generated
+    (text) or random_pixels (images). Default: every method that applies to the model family."""
     fractions: list[float] = field(default_factory=_default_fractions)
     """Fractions of neurons ablated, each in [0, 1] (default 0, 0.1, ..., 1)."""
     seeds: list[int] = field(default_factory=lambda: [0, 1, 2])
@@ -44,7 +45,7 @@ class AblationConfig:
         check(math.isfinite(self.eps) and self.eps > 0, f"ablation.eps must be a positive number, got {self.eps}; e.g. --ablation.eps 0.01")
         check(self.n_bins >= 2, f"ablation.n_bins must be at least 2, got {self.n_bins}")
         check(self.n_resample >= 1, f"ablation.n_resample must be positive, got {self.n_resample}")
-        check(len(self.methods) > 0, "ablation.methods is empty; name at least one of: " + ", ".join(ALL_METHODS))
+        check(self.methods is None or len(self.methods) > 0, "ablation.methods is empty; name at least one of: " + ", ".join(ALL_METHODS))
         check(len(self.seeds) > 0, "ablation.seeds is empty; give at least one seed, e.g. --ablation.seeds [0]")
         check(len(self.fractions) > 0, "ablation.fractions is empty; e.g. --ablation.fractions [0,0.5,1]")
         for f in self.fractions:
@@ -52,5 +53,11 @@ class AblationConfig:
         check(self.selection in SELECTIONS, f"unknown ablation.selection '{self.selection}'; use one of: {', '.join(SELECTIONS)}")
         check(self.bin_alignment in ALIGNMENTS, f"unknown ablation.bin_alignment '{self.bin_alignment}'; use one of: {', '.join(ALIGNMENTS)}")
         check(len(set(self.seeds)) == len(self.seeds), f"ablation.seeds has duplicates: {self.seeds}")
-        self.methods = [parse_method(m).label for m in self.methods]
-        check(len(set(self.methods)) == len(self.methods), f"ablation.methods has duplicates: {self.methods}")
+        if self.methods is not None:
+            self.methods = [parse_method(m).label for m in self.methods]
+            check(len(set(self.methods)) == len(self.methods), f"ablation.methods has duplicates: {self.methods}")
+
+    def resolve_methods(self, resample_sources: tuple[str, ...]) -> None:
+        """Fill in the default methods for a family (constants plus its resample sources)."""
+        if self.methods is None:
+            self.methods = ["zero", "mean", "peak"] + [f"resample:{s}" for s in resample_sources]

@@ -16,7 +16,7 @@ from ablate_lit.ablation.schedule import ablation_mask, neuron_order, plan
 from ablate_lit.callbacks.calibration import CalibrationCallback
 from ablate_lit.callbacks.results import ResultWriter, read_results
 from ablate_lit.config import AblationConfig
-from ablate_lit.data.text import WindowDataset
+from ablate_lit.errors import AblateError
 from ablate_lit.report import log_histograms, summary_table, write_summary
 
 log = logging.getLogger("ablate_lit")
@@ -56,8 +56,13 @@ def _load(path: Path, key: str):
 class Experiment:
     def __init__(self, trainer, module, data, cfg: AblationConfig, run_dir: Path, cache_dir: Path):
         self.trainer, self.module, self.data, self.cfg = trainer, module, data, cfg
+        cfg.resolve_methods(module.resample_sources)
         self.run_dir, self.cache_dir = Path(run_dir), Path(cache_dir)
         self.methods = [parse_method(m) for m in cfg.methods]
+        for m in self.methods:
+            if m.source and m.source not in module.resample_sources:
+                raise AblateError(f"resample source '{m.source}' does not apply to {module.family} models; "
+                                  f"use one of: {', '.join('resample:' + s for s in module.resample_sources)}")
 
     # -- calibration -----------------------------------------------------------------------------
     def _validate(self, callback: CalibrationCallback, loader: DataLoader) -> dict:
@@ -71,7 +76,7 @@ class Experiment:
 
     def _calibration_key(self, *extra) -> dict:
         return {"model": self.module.fingerprint(), "precision": str(self.trainer.precision),
-                "bos": self.data.bos_id, "length": self.data.context_length, "extra": extra}
+                "data": self.data.shape_key(), "extra": extra}
 
     def statistics(self) -> dict:
         cfg = self.cfg
@@ -81,7 +86,7 @@ class Experiment:
         if stats is not None:
             _say(self.trainer, f"calibration statistics: cached ({path})")
             return stats
-        _say(self.trainer, f"calibration: {self.data.calib_windows.numel()} tokens")
+        _say(self.trainer, f"calibration: {self.data.describe('calibration')}")
         callback = CalibrationCallback(cfg.eps, cfg.n_bins, cfg.bin_alignment)
         stats = self._validate(callback, self.data.val_dataloader())
         stats["key"] = key
@@ -99,7 +104,6 @@ class Experiment:
 
     def resample_cache(self, source: str) -> torch.Tensor:
         cfg, data, module = self.cfg, self.data, self.module
-        length, bos = data.context_length, data.bos_id
         key = _hash(self._calibration_key("resample", source, cfg.n_resample, cfg.resample_seed,
                                           module.hparams.get("generator")))
         path = self.cache_dir / f"resample-{source}-{key}.pt"
@@ -107,13 +111,13 @@ class Experiment:
         if cached is not None:
             _say(self.trainer, f"resample cache {source}: cached ({path})")
             return cached["resample"]
-        _say(self.trainer, f"resample cache {source}: {cfg.n_resample} sequences of {length} tokens")
-        ids = module.random_inputs(source, cfg.n_resample, length, bos, cfg.resample_seed)
+        _say(self.trainer, f"resample cache {source}: {cfg.n_resample} random inputs")
+        inputs = module.random_inputs(source, cfg.n_resample, cfg.resample_seed, data)
         callback = CalibrationCallback(cfg.eps, cfg.n_bins, cfg.bin_alignment)
-        callback.sweep_resample(cfg.n_resample, length)
-        result = self._validate(callback, DataLoader(WindowDataset(ids), batch_size=data.batch_size))
+        callback.sweep_resample(cfg.n_resample)
+        result = self._validate(callback, DataLoader(inputs, batch_size=data.batch_size))
         if self.trainer.is_global_zero:
-            _save({"key": key, "resample": result["resample"], "input_ids": ids}, path)
+            _save({"key": key, "resample": result["resample"], "inputs": getattr(inputs, "windows", None)}, path)
         return result["resample"]
 
     # -- the schedule ------------------------------------------------------------------------------
@@ -133,7 +137,7 @@ class Experiment:
         points = plan(cfg.methods, cfg.seeds, cfg.fractions)
         todo = [p for p in points if not writer.done(p)]
         _say(trainer, f"schedule: {len(points)} evaluations ({len(points) - len(todo)} already in {writer.path}), "
-                      f"{self.data.eval_windows.shape[0]} windows of {self.data.context_length} tokens each")
+                      f"each over {self.data.describe('evaluation')}")
         if not todo:
             return writer.rows
         stats = self.statistics()
@@ -178,7 +182,7 @@ def run_experiment(trainer, module, data, cfg: AblationConfig, name: str | None,
     fixed = {"model": label, "selection": cfg.selection, "eps": cfg.eps, "bin_alignment": cfg.bin_alignment,
              "precision": str(trainer.precision)}
     writer = ResultWriter(run_dir, fixed)
-    rows = Experiment(trainer, module, data, cfg, run_dir, cache_dir).run(writer)
+    Experiment(trainer, module, data, cfg, run_dir, cache_dir).run(writer)
     if trainer.is_global_zero:
         table = summary_table(read_results(writer.path), cfg.methods, cfg.fractions)
         write_summary(run_dir, table)

@@ -72,7 +72,7 @@ def test_resample_cache_holds_each_random_input_at_every_position(setup, tmp_pat
         cache = exp.resample_cache(source)
         assert cache.shape == (mod.hooks.n_layers, 3, d.context_length, mod.hooks.width)
         saved = torch.load(next((tmp_path / "cache").glob(f"resample-{source}-*.pt")), weights_only=False)
-        ids = saved["input_ids"]
+        ids = saved["inputs"]
         assert ids.shape == (3, d.context_length) and bool((ids[:, 0] == d.bos_id).all())
         direct = {}
         with PreOutHooks(mod.pre_outs).recording(lambda l, x: direct.__setitem__(l, x.clone())):
@@ -85,12 +85,14 @@ def test_resample_cache_holds_each_random_input_at_every_position(setup, tmp_pat
 
 def test_random_sources_differ_and_are_seeded(setup):
     mod, d = setup
-    a = mod.random_inputs("random_tokens", 2, 16, 0, seed=1)
-    assert torch.equal(a, mod.random_inputs("random_tokens", 2, 16, 0, seed=1))
-    assert not torch.equal(a, mod.random_inputs("random_tokens", 2, 16, 0, seed=2))
+    a = mod.random_inputs("random_tokens", 2, 1, d).windows
+    assert torch.equal(a, mod.random_inputs("random_tokens", 2, 1, d).windows)
+    assert not torch.equal(a, mod.random_inputs("random_tokens", 2, 2, d).windows)
     assert not bool(np.isin(a[:, 1:].numpy(), mod.tokenizer.all_special_ids).any())
-    g = mod.random_inputs("generated", 2, 16, 0, seed=1)
-    assert torch.equal(g, mod.random_inputs("generated", 2, 16, 0, seed=1)) and g.shape == (2, 16)
+    g = mod.random_inputs("generated", 2, 1, d).windows
+    assert torch.equal(g, mod.random_inputs("generated", 2, 1, d).windows) and g.shape == (2, d.context_length)
+    c = mod.random_inputs("random_chars", 2, 1, d).windows
+    assert c.shape == (2, d.context_length) and bool((c[:, 0] == d.bos_id).all())
 
 
 def test_calibration_and_evaluation_windows_are_disjoint(setup):

@@ -7,7 +7,7 @@ from dataclasses import dataclass
 from ablate_lit.errors import AblateError
 
 CONSTANT_METHODS = ("zero", "mean", "peak")
-RESAMPLE_SOURCES = ("random_chars", "random_tokens", "generated")
+RESAMPLE_SOURCES = ("random_chars", "random_tokens", "generated", "random_pixels")
 ALL_METHODS = CONSTANT_METHODS + tuple(f"resample:{s}" for s in RESAMPLE_SOURCES)
 
 

@@ -19,7 +19,7 @@ class CalibrationCallback(L.Callback):
     def __init__(self, eps: float, n_bins: int, alignment: str):
         self.eps, self.n_bins, self.alignment = eps, n_bins, alignment
         self.mode = "stats"
-        self.n_rows = self.length = 0
+        self.n_rows = 0
         self.result: dict | None = None
         self._ctx = None
         self._rows: torch.Tensor | None = None
@@ -27,8 +27,8 @@ class CalibrationCallback(L.Callback):
     def sweep_stats(self) -> None:
         self.mode = "stats"
 
-    def sweep_resample(self, n_rows: int, length: int) -> None:
-        self.mode, self.n_rows, self.length = "resample", n_rows, length
+    def sweep_resample(self, n_rows: int) -> None:
+        self.mode, self.n_rows = "resample", n_rows
 
     # -- lifecycle -----------------------------------------------------------------------------
     def on_validation_epoch_start(self, trainer, pl_module) -> None:
@@ -38,9 +38,9 @@ class CalibrationCallback(L.Callback):
             self.hist = NeuronHistogram(hooks.n_layers, hooks.width, self.eps, self.n_bins, self.alignment).to(device)
             record = self._record_stats
         else:
-            dtype = next(pl_module.model.parameters()).dtype
-            self.cache = ResampleCache(hooks.n_layers, self.n_rows, self.length, hooks.width, dtype=dtype).to(device)
+            self.cache = None  # sized at the first batch, from the number of positions the model sees
             record = self._record_resample
+        self._hooks = hooks
         self._ctx = hooks.recording(record)
         self._ctx.__enter__()
 
@@ -52,7 +52,10 @@ class CalibrationCallback(L.Callback):
         self.moments.update(layer, x)
         self.hist.update(layer, x)
 
-    def _record_resample(self, layer: int, x: torch.Tensor) -> None:
+    def _record_resample(self, layer: int, x: torch.Tensor) -> None:  # x: [batch, pos, width]
+        if self.cache is None:
+            n_layers = len(self._hooks.pre_outs)
+            self.cache = ResampleCache(n_layers, self.n_rows, x.shape[-2], x.shape[-1], dtype=x.dtype).to(x.device)
         self.cache.update(layer, self._rows.to(x.device), x)
 
     def on_validation_epoch_end(self, trainer, pl_module) -> None:

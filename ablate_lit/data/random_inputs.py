@@ -1,13 +1,14 @@
-"""Randomised inputs whose pre-outs the resample methods use, one row per cached sequence.
+"""Randomised token inputs whose pre-outs the resample methods use, one row per cached sequence.
 
-Every source yields ``[n, context_length]`` token ids (BOS first where the evaluation windows have
-one), so the cache covers every evaluated position. Rows are drawn from seeded generators, hence
-identical on every process.
+Every source yields ``[n, length]`` token ids laid out like the evaluation windows (the same
+special tokens first and last), so the cache covers every evaluated position. Rows are drawn from
+seeded generators, hence identical on every process.
 """
 
 from __future__ import annotations
 
 import string
+from importlib import resources
 
 import torch
 
@@ -16,46 +17,77 @@ from ablate_lit.errors import AblateError
 _CHARS = string.ascii_letters + string.digits + string.punctuation + " " * 10 + "\n"
 
 
-def random_tokens(tokenizer, n: int, length: int, bos: int | None, seed: int) -> torch.Tensor:
+def _wrap(rows: list[list[int]] | torch.Tensor, prefix: list[int], suffix: list[int]) -> torch.Tensor:
+    body = torch.as_tensor(rows, dtype=torch.long)
+    n = body.shape[0]
+    parts = [torch.tensor([prefix] * n, dtype=torch.long).view(n, -1), body,
+             torch.tensor([suffix] * n, dtype=torch.long).view(n, -1)]
+    return torch.cat(parts, 1)
+
+
+def _body_len(length: int, prefix: list[int], suffix: list[int]) -> int:
+    return length - len(prefix) - len(suffix)
+
+
+def random_tokens(tokenizer, n: int, length: int, prefix: list[int], suffix: list[int], seed: int) -> torch.Tensor:
     """Token ids drawn uniformly from the tokenizer's vocabulary, special tokens excluded."""
     gen = torch.Generator().manual_seed(seed)
     special = torch.tensor(sorted(set(tokenizer.all_special_ids)), dtype=torch.long)
     allowed = torch.ones(len(tokenizer), dtype=torch.bool)
     allowed[special[special < len(tokenizer)]] = False
     pool = allowed.nonzero().squeeze(1)
-    body = pool[torch.randint(len(pool), (n, length - (bos is not None)), generator=gen)]
-    return _with_bos(body, bos)
+    body = pool[torch.randint(len(pool), (n, _body_len(length, prefix, suffix)), generator=gen)]
+    return _wrap(body, prefix, suffix)
 
 
-def random_chars(tokenizer, n: int, length: int, bos: int | None, seed: int) -> torch.Tensor:
-    """Strings of uniformly random printable characters, tokenised and cut to length."""
-    gen = torch.Generator().manual_seed(seed)
-    body_len = length - (bos is not None)
+def _text_rows(tokenizer, n: int, body_len: int, next_text) -> list[list[int]]:
     rows = []
-    for _ in range(n):
+    for i in range(n):
         ids: list[int] = []
         while len(ids) < body_len:
-            picks = torch.randint(len(_CHARS), (4 * body_len,), generator=gen).tolist()
-            ids += tokenizer("".join(_CHARS[i] for i in picks), add_special_tokens=False)["input_ids"]
+            ids += tokenizer(next_text(i), add_special_tokens=False)["input_ids"]
         rows.append(ids[:body_len])
-    return _with_bos(torch.tensor(rows, dtype=torch.long), bos)
+    return rows
+
+
+def random_chars(tokenizer, n: int, length: int, prefix: list[int], suffix: list[int], seed: int) -> torch.Tensor:
+    """Strings of uniformly random printable characters, tokenised and cut to length."""
+    gen = torch.Generator().manual_seed(seed)
+    body_len = _body_len(length, prefix, suffix)
+
+    def text(_):
+        return "".join(_CHARS[i] for i in torch.randint(len(_CHARS), (4 * body_len,), generator=gen).tolist())
+
+    return _wrap(_text_rows(tokenizer, n, body_len, text), prefix, suffix)
+
+
+def builtin_sample(tokenizer, n: int, length: int, prefix: list[int], suffix: list[int], seed: int) -> torch.Tensor:
+    """Rows cut from the English sample text shipped with ablate_lit, each from a seeded offset."""
+    words = resources.files("ablate_lit.data").joinpath("sample.txt").read_text().split()
+    gen = torch.Generator().manual_seed(seed)
+    body_len = _body_len(length, prefix, suffix)
+
+    def text(_):
+        start = int(torch.randint(len(words), (1,), generator=gen))
+        return " ".join(words[start:] + words[:start])
+
+    return _wrap(_text_rows(tokenizer, n, body_len, text), prefix, suffix)
 
 
 @torch.no_grad()
-def generated(model, tokenizer, n: int, length: int, bos: int | None, seed: int,
-              generator=None, generator_tokenizer=None, batch_size: int = 8) -> torch.Tensor:
-    """Text sampled (temperature 1, no top-k/top-p) from the model under test, or from ``generator``.
+def generated(tokenizer, n: int, length: int, prefix: list[int], suffix: list[int], seed: int,
+              generator, generator_tokenizer, batch_size: int = 8) -> torch.Tensor:
+    """Text sampled (temperature 1, no top-k/top-p) from a causal ``generator``.
 
-    With the model under test the sampled ids are used as they are. With another generator the text
-    is decoded and re-tokenised by the tested model's tokenizer.
+    When the generator is the model under test (same tokenizer object) the sampled ids are used as
+    they are; otherwise the text is decoded and re-tokenised by the tested model's tokenizer.
     """
-    body_len = length - (bos is not None)
-    own = generator is None
-    gen_model, gen_tok = (model, tokenizer) if own else (generator, generator_tokenizer)
-    start = gen_tok.bos_token_id if gen_tok.bos_token_id is not None else gen_tok.eos_token_id
+    body_len = _body_len(length, prefix, suffix)
+    own = generator_tokenizer is tokenizer
+    start = generator_tokenizer.bos_token_id if generator_tokenizer.bos_token_id is not None else generator_tokenizer.eos_token_id
     if start is None:
         raise AblateError("the generator's tokenizer has neither BOS nor EOS token to start generation; name another generator")
-    device = next(gen_model.parameters()).device
+    device = next(generator.parameters()).device
     new = body_len if own else 2 * body_len + 16
     rows: list[list[int]] = []
     with torch.random.fork_rng(devices=[device] if device.type == "cuda" else []):
@@ -63,22 +95,15 @@ def generated(model, tokenizer, n: int, length: int, bos: int | None, seed: int,
         for i in range(0, n, batch_size):
             b = min(batch_size, n - i)
             prompt = torch.full((b, 1), start, dtype=torch.long, device=device)
-            out = gen_model.generate(prompt, attention_mask=torch.ones_like(prompt), do_sample=True, temperature=1.0,
+            out = generator.generate(prompt, attention_mask=torch.ones_like(prompt), do_sample=True, temperature=1.0,
                                      top_k=0, top_p=1.0, max_new_tokens=new, min_new_tokens=new,
                                      pad_token_id=start, eos_token_id=None)
-            out = out[:, 1:].cpu()
-            for seq in out:
+            for seq in out[:, 1:].cpu():
                 if own:
                     rows.append(seq[:body_len].tolist())
-                else:
-                    ids = tokenizer(gen_tok.decode(seq, skip_special_tokens=True), add_special_tokens=False)["input_ids"]
-                    if len(ids) < body_len:
-                        raise AblateError(f"generated text re-tokenises to {len(ids)} < {body_len} tokens; use the tested model as generator")
-                    rows.append(ids[:body_len])
-    return _with_bos(torch.tensor(rows, dtype=torch.long), bos)
-
-
-def _with_bos(body: torch.Tensor, bos: int | None) -> torch.Tensor:
-    if bos is None:
-        return body
-    return torch.cat([torch.full((body.shape[0], 1), bos, dtype=torch.long), body], 1)
+                    continue
+                ids = tokenizer(generator_tokenizer.decode(seq, skip_special_tokens=True), add_special_tokens=False)["input_ids"]
+                if len(ids) < body_len:
+                    raise AblateError(f"generated text re-tokenises to {len(ids)} < {body_len} tokens; name another generator")
+                rows.append(ids[:body_len])
+    return _wrap(rows, prefix, suffix)

@@ -57,8 +57,8 @@ class TextData(L.LightningDataModule):
             name: hub data set configuration name.
             split: hub data set split.
             streaming: stream a hub data set (default: yes, only the documents needed are read).
-            max_tokens: scored evaluation tokens (rounded up to whole windows).
-            calib_tokens: calibration tokens for the statistics (rounded up to whole windows).
+            max_tokens: evaluation text tokens, special tokens not counted (rounded up to whole windows).
+            calib_tokens: calibration text tokens for the statistics (rounded up to whole windows).
             context_length: tokens per window.
             prepend_bos: start every window with the tokenizer's BOS token (EOS if it has none).
             batch_size: windows per batch.
@@ -88,24 +88,46 @@ class TextData(L.LightningDataModule):
         return bos if self.prepend_bos else None
 
     @property
+    def prefix(self) -> list[int]:
+        """Special tokens opening every window."""
+        return [] if self.bos_id is None else [self.bos_id]
+
+    @property
+    def suffix(self) -> list[int]:
+        """Special tokens closing every window."""
+        return []
+
+    @property
+    def body_length(self) -> int:
+        """Text tokens per window."""
+        return self.context_length - len(self.prefix) - len(self.suffix)
+
+    @property
     def n_eval_windows(self) -> int:
-        return math.ceil(self.max_tokens / (self.context_length - 1))
+        return math.ceil(self.max_tokens / self.body_length)
 
     @property
     def n_calib_windows(self) -> int:
-        return math.ceil(self.calib_tokens / self.context_length)
+        return math.ceil(self.calib_tokens / self.body_length)
+
+    def shape_key(self) -> dict:
+        """What a resample cache's shape and content depend on, besides the model."""
+        return {"length": self.context_length, "prefix": self.prefix, "suffix": self.suffix}
+
+    def describe(self, which: str) -> str:
+        windows = self.calib_windows if which == "calibration" else self.eval_windows
+        return f"{windows.shape[0]} windows of {self.context_length} tokens"
 
     # -- building the windows ------------------------------------------------------------------
     def setup(self, stage: str | None = None) -> None:
         if self.eval_windows is not None:
             return
         check(self.tokenizer is not None, "TextData needs a tokenizer: call connect(tokenizer) first")
-        body = self.context_length - (1 if self.bos_id is not None else 0)
-        n_windows = self.n_eval_windows + self.n_calib_windows
-        stream = self._token_stream(n_windows * body)
-        windows = stream[: n_windows * body].view(n_windows, body)
-        if self.bos_id is not None:
-            windows = torch.cat([torch.full((n_windows, 1), self.bos_id, dtype=torch.long), windows], 1)
+        check(self.body_length >= 1, f"data.context_length {self.context_length} leaves no room for text between the special tokens")
+        body, n_windows = self.body_length, self.n_eval_windows + self.n_calib_windows
+        stream = self._token_stream(n_windows * body).view(n_windows, body)
+        windows = torch.cat([torch.tensor([self.prefix] * n_windows, dtype=torch.long).view(n_windows, -1), stream,
+                             torch.tensor([self.suffix] * n_windows, dtype=torch.long).view(n_windows, -1)], 1)
         order = torch.randperm(n_windows, generator=torch.Generator().manual_seed(self.seed))
         self.eval_windows = windows[order[: self.n_eval_windows]].contiguous()
         self.calib_windows = windows[order[self.n_eval_windows:]].contiguous()
@@ -131,7 +153,7 @@ class TextData(L.LightningDataModule):
         if batch:
             flush()
         if len(ids) < needed:
-            have_eval = max(0, len(ids) // self.context_length - self.n_calib_windows) * (self.context_length - 1)
+            have_eval = max(0, len(ids) // self.body_length - self.n_calib_windows) * self.body_length
             raise AblateError(
                 f"the data holds {len(ids)} tokens but {needed} are needed ({self.max_tokens} evaluation + "
                 f"{self.calib_tokens} calibration tokens in windows of {self.context_length}); lower --data.max_tokens "
@@ -140,6 +162,7 @@ class TextData(L.LightningDataModule):
         return torch.tensor(ids[:needed], dtype=torch.long)
 
     def fingerprint(self, which: str) -> str:
+        """Hash of the exact model inputs of a split (calibration statistics are cached by it)."""
         windows = self.calib_windows if which == "calibration" else self.eval_windows
         return hashlib.sha1(windows.numpy().tobytes()).hexdigest()[:16]
 

@@ -6,6 +6,7 @@ import hashlib
 
 import lightning as L
 import torch
+from torch.utils.data import Dataset
 
 from ablate_lit.ablation.hooks import PreOutHooks
 from ablate_lit.stats.token_metrics import TokenScores
@@ -20,6 +21,7 @@ class AblationModule(L.LightningModule):
     """
 
     family = "base"
+    resample_sources: tuple[str, ...] = ()
 
     def __init__(self):
         super().__init__()
@@ -30,7 +32,8 @@ class AblationModule(L.LightningModule):
         """Scored logits [N, n_classes] and labels [N] (-100 = not scored)."""
         raise NotImplementedError
 
-    def random_inputs(self, source: str, n: int, length: int, bos: int | None, seed: int) -> torch.Tensor:
+    def random_inputs(self, source: str, n: int, seed: int, data) -> Dataset:
+        """``n`` randomised inputs from ``source``, shaped like ``data``'s evaluation inputs, with indices 0..n-1."""
         raise NotImplementedError
 
     def forward(self, batch):

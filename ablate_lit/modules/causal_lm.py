@@ -2,10 +2,9 @@
 
 from __future__ import annotations
 
-import torch
-
 from ablate_lit.ablation.hooks import PreOutHooks
 from ablate_lit.data import random_inputs as rnd
+from ablate_lit.data.text import WindowDataset
 from ablate_lit.families.base import locate_pre_outs
 from ablate_lit.families.causal_lm import load_causal_lm
 from ablate_lit.modules.base import AblationModule
@@ -15,6 +14,7 @@ class CausalLMAblation(AblationModule):
     """Scores next-token prediction (Top1, CE) of a causal LM whose attention pre-outs are ablated."""
 
     family = "causal_lm"
+    resample_sources = ("random_chars", "random_tokens", "generated")
 
     def __init__(
         self,
@@ -50,15 +50,16 @@ class CausalLMAblation(AblationModule):
         logits = self.model(input_ids=ids).logits  # [batch, pos, vocab]
         return logits[:, :-1].reshape(-1, logits.shape[-1]), ids[:, 1:].reshape(-1)
 
-    def random_inputs(self, source: str, n: int, length: int, bos: int | None, seed: int) -> torch.Tensor:
+    def random_inputs(self, source: str, n: int, seed: int, data) -> WindowDataset:
+        args = (self.tokenizer, n, data.context_length, data.prefix, data.suffix, seed)
         if source == "random_tokens":
-            return rnd.random_tokens(self.tokenizer, n, length, bos, seed)
+            return WindowDataset(rnd.random_tokens(*args))
         if source == "random_chars":
-            return rnd.random_chars(self.tokenizer, n, length, bos, seed)
+            return WindowDataset(rnd.random_chars(*args))
         if source == "generated":
-            gen_model = gen_tok = None
+            gen_model, gen_tok = self.model, self.tokenizer
             if self.hparams.generator:
                 gen_model, gen_tok, _ = load_causal_lm(self.hparams.generator)
                 gen_model.to(self.device)
-            return rnd.generated(self.model, self.tokenizer, n, length, bos, seed, gen_model, gen_tok)
+            return WindowDataset(rnd.generated(*args, generator=gen_model, generator_tokenizer=gen_tok))
         raise ValueError(source)

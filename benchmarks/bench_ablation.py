@@ -1,0 +1,170 @@
+"""Throughput of ablated evaluation and of the calibration pass, as ratios to a plain forward.
+
+All timings in one process, on the same batches, interleaved over repeats (median reported):
+  plain       Hugging Face forward + CE + Top1 computed directly (no hooks, no torchmetrics)
+  <method>    the suite's evaluation step at 50% ablated (hooks + TokenScores)
+  calibration the suite's statistics sweep (moments + histograms of every neuron)
+Also: the histogram update rate, and the histogram memory for a Mistral-7B-shaped model.
+
+    python benchmarks/bench_ablation.py                   # random-init SmolLM2-135M shape, CPU
+    python benchmarks/bench_ablation.py --shape opt-1.3b --device cuda --dtype bfloat16
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import statistics
+import time
+
+import torch
+import torch.nn.functional as F
+from transformers import AutoConfig, AutoModelForCausalLM
+
+from ablate_lit.ablation.hooks import PreOutHooks
+from ablate_lit.ablation.schedule import ablation_mask, neuron_order
+from ablate_lit.families.base import locate_pre_outs
+from ablate_lit.families.causal_lm import CAUSAL_LM_ARCHITECTURES
+from ablate_lit.stats import NeuronHistogram, NeuronMoments, TokenScores
+
+SHAPES = {
+    "smollm2-135m": dict(model_type="llama", hidden_size=576, intermediate_size=1536, num_hidden_layers=30,
+                         num_attention_heads=9, num_key_value_heads=3, head_dim=64, vocab_size=49152, tie_word_embeddings=True),
+    "opt-1.3b": dict(model_type="opt", hidden_size=2048, ffn_dim=8192, num_hidden_layers=24, num_attention_heads=32,
+                     vocab_size=50272, word_embed_proj_dim=2048),
+    "mistral-7b": dict(model_type="mistral", hidden_size=4096, intermediate_size=14336, num_hidden_layers=32,
+                       num_attention_heads=32, num_key_value_heads=8, head_dim=128, vocab_size=32000),
+}
+
+
+def sync(device):
+    if device.type == "cuda":
+        torch.cuda.synchronize()
+
+
+def timed(fn, device) -> float:
+    sync(device)
+    t = time.perf_counter()
+    fn()
+    sync(device)
+    return time.perf_counter() - t
+
+
+def main():
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--shape", default="smollm2-135m", choices=sorted(SHAPES))
+    ap.add_argument("--device", default="cpu")
+    ap.add_argument("--dtype", default="float32", choices=["float32", "bfloat16", "float16"])
+    ap.add_argument("--batch", type=int, default=4)
+    ap.add_argument("--length", type=int, default=256)
+    ap.add_argument("--batches", type=int, default=2)
+    ap.add_argument("--repeats", type=int, default=6)
+    ap.add_argument("--eps", type=float, default=0.01)
+    ap.add_argument("--n-bins", type=int, default=1024)
+    ap.add_argument("--json", default=None, help="also write the figures here")
+    args = ap.parse_args()
+    device, dtype = torch.device(args.device), getattr(torch, args.dtype)
+    torch.manual_seed(0)
+
+    spec = dict(SHAPES[args.shape])
+    model_type = spec.pop("model_type")
+    config = AutoConfig.for_model(model_type, **spec)
+    model = AutoModelForCausalLM.from_config(config).to(device=device, dtype=dtype).eval().requires_grad_(False)
+    pre_outs = locate_pre_outs(model, config, CAUSAL_LM_ARCHITECTURES[model_type])
+    hooks = PreOutHooks(pre_outs)
+    L, D = hooks.n_layers, hooks.width
+    batches = [torch.randint(0, config.vocab_size, (args.batch, args.length), device=device) for _ in range(args.batches)]
+    index = [torch.arange(i * args.batch, (i + 1) * args.batch) for i in range(args.batches)]
+    mask = ablation_mask(neuron_order(0, L, D, "per_layer"), 0.5, L, D).to(device)
+    values = {"zero": torch.zeros(L, D, device=device), "mean": torch.randn(L, D, device=device) * 0.1,
+              "peak": torch.randn(L, D, device=device) * 0.1}
+    resample = torch.randn(L, 8, args.length, D, device=device, dtype=dtype) * 0.1
+
+    @torch.inference_mode()
+    def plain():
+        for ids in batches:
+            logits = model(input_ids=ids).logits[:, :-1].reshape(-1, config.vocab_size)
+            labels = ids[:, 1:].reshape(-1)
+            F.cross_entropy(logits.float(), labels, reduction="sum").item()
+            (logits.argmax(-1) == labels).sum().item()
+
+    scores = TokenScores().to(device)
+
+    @torch.inference_mode()
+    def evaluate():
+        scores.reset()
+        for ids, idx in zip(batches, index):
+            hooks.sample_index = idx
+            logits = model(input_ids=ids).logits[:, :-1].reshape(-1, config.vocab_size)
+            scores.update(logits, ids[:, 1:].reshape(-1))
+        scores.compute()
+
+    def ablated(method):
+        def run():
+            kw = {"resample": resample} if method == "resample" else {"values": values[method]}
+            with hooks.ablating(mask, **kw):
+                evaluate()
+        return run
+
+    moments = NeuronMoments(L, D).to(device)
+    hist = NeuronHistogram(L, D, args.eps, args.n_bins).to(device)
+
+    def record(layer, x):
+        x = x.reshape(-1, D)
+        moments.update(layer, x)
+        hist.update(layer, x)
+
+    @torch.inference_mode()
+    def calibration():
+        with hooks.recording(record):
+            for ids in batches:
+                model(input_ids=ids)
+        moments.compute(), hist.compute()
+
+    runs = {"plain": plain, **{m: ablated(m) for m in ("zero", "mean", "peak", "resample")}, "calibration": calibration}
+    for fn in runs.values():  # warm-up
+        fn()
+    times = {k: [] for k in runs}
+    names = list(runs)
+    for r in range(args.repeats):  # rotate the order so no variant always runs first or after the same one
+        for k in names[r % len(names):] + names[: r % len(names)]:
+            times[k].append(timed(runs[k], device))
+    med = {k: statistics.median(v) for k, v in times.items()}
+    best = {k: min(v) for k, v in times.items()}
+    tokens = args.batch * args.length * args.batches
+
+    # histogram update alone vs a naive per-neuron torch.histc loop, on one layer's activations
+    x = torch.randn(args.batch * args.length, D, device=device, dtype=dtype) * 0.5
+    h1 = NeuronHistogram(1, D, args.eps, args.n_bins).to(device)
+    h1.update(0, x)
+    t_vec = statistics.median(timed(lambda: h1.update(0, x), device) for _ in range(5))
+    lo = float(x.min())
+    naive_n = min(D, 64)
+    t_naive = timed(lambda: [torch.histc(x[:, j].float(), bins=args.n_bins, min=lo, max=lo + args.n_bins * args.eps)
+                             for j in range(naive_n)], device) * D / naive_n
+
+    mistral = SHAPES["mistral-7b"]
+    mistral_neurons = mistral["num_hidden_layers"] * mistral["num_attention_heads"] * mistral["head_dim"]
+    counts_bytes = mistral_neurons * (args.n_bins + 2) * torch.empty((), dtype=torch.int32).element_size()
+    other_bytes = mistral_neurons * 8 * 6  # moments: sum, sumsq, count, min, max (float64/int64) + origin (int64)
+
+    out = {"shape": args.shape, "device": str(device), "dtype": args.dtype, "tokens_per_pass": tokens,
+           "plain_tokens_per_s": tokens / med["plain"],
+           "ratio_throughput_vs_plain_median": {m: med["plain"] / med[m] for m in ("zero", "mean", "peak", "resample")},
+           "ratio_throughput_vs_plain_min": {m: best["plain"] / best[m] for m in ("zero", "mean", "peak", "resample")},
+           "ratio_calibration_time_vs_plain_median": med["calibration"] / med["plain"],
+           "ratio_calibration_time_vs_plain_min": best["calibration"] / best["plain"],
+           "histogram_update_elements_per_s": x.numel() / t_vec,
+           "histogram_speedup_vs_per_neuron_histc": t_naive / t_vec,
+           "mistral7b_histogram_MiB": counts_bytes / 2**20, "mistral7b_moments_MiB": other_bytes / 2**20,
+           "eps": args.eps, "n_bins": args.n_bins}
+    if device.type == "cuda":
+        out["peak_memory_GiB"] = torch.cuda.max_memory_allocated() / 2**30
+    print(json.dumps(out, indent=2))
+    if args.json:
+        with open(args.json, "w") as fh:
+            json.dump(out, fh, indent=2)
+
+
+if __name__ == "__main__":
+    main()
