@@ -1,8 +1,13 @@
 """ablate_lit: neuron ablation in attention heads (zero, mean, peak, resample) on PyTorch Lightning."""
 
+from ablate_lit.data.images import ImageData
+from ablate_lit.data.masked import MaskedTextData
+from ablate_lit.data.text import TextData
 from ablate_lit.errors import AblateError
 from ablate_lit.modules.causal_lm import CausalLMAblation
-from ablate_lit.data.text import TextData
+from ablate_lit.modules.masked_lm import MaskedLMAblation
+from ablate_lit.modules.vision import VisionAblation
 
-__all__ = ["AblateError", "CausalLMAblation", "TextData"]
+__all__ = ["AblateError", "CausalLMAblation", "ImageData", "MaskedLMAblation", "MaskedTextData", "TextData",
+           "VisionAblation"]
 __version__ = "0.1.0"

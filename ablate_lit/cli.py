@@ -8,11 +8,11 @@ import sys
 import warnings
 from pathlib import Path
 
+import lightning as L
 from lightning.pytorch.cli import LightningCLI
 from omegaconf import OmegaConf
 
 from ablate_lit.config import AblationConfig
-from ablate_lit.data.text import TextData
 from ablate_lit.errors import AblateError, clear_raised, first_raised
 from ablate_lit.modules.base import AblationModule
 
@@ -79,7 +79,7 @@ class AblateCLI(LightningCLI):
 def build_cli(args=None) -> AblateCLI:
     return AblateCLI(
         AblationModule,
-        TextData,
+        L.LightningDataModule,
         subclass_mode_model=True,
         subclass_mode_data=True,
         save_config_callback=None,

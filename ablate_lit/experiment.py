@@ -170,7 +170,7 @@ class Experiment:
 def run_experiment(trainer, module, data, cfg: AblationConfig, name: str | None, root: str,
                    identity: dict, config_yaml: str) -> Path:
     """Everything ``python -m ablate_lit test`` does; returns the run folder."""
-    data.connect(module.tokenizer)
+    module.connect_data(data)
     data.setup("test")
     label = module.model_label
     run_dir = Path(root) / (name or f"{label}-{_hash(identity)[:8]}")

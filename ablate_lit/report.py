@@ -57,7 +57,7 @@ def summary_table(rows: list[dict], methods: list[str], fractions: list[float]) 
     blocks = []
     for model in models:
         n_seeds = max((len(v["seeds"]) for k, v in agg.items() if k[0] == model and k[1] != "baseline"), default=1)
-        for metric, title, scale, digits in (("top1", "Top1 accuracy (%)", 100.0, 2), ("ce", "cross-entropy (nats/token)", 1.0, 3)):
+        for metric, title, scale, digits in (("top1", "Top1 accuracy (%)", 100.0, 2), ("ce", "cross-entropy (nats per scored token or image)", 1.0, 3)):
             header = "| method | " + " | ".join(_pct(f) for f in fractions) + " |"
             lines = [f"### {model}: {title}, mean ± std over {n_seeds} seed(s)", "", header,
                      "|---" * (len(fractions) + 1) + "|"]

@@ -23,7 +23,7 @@ from transformers import AutoConfig, AutoModelForCausalLM
 
 from ablate_lit.ablation.hooks import PreOutHooks
 from ablate_lit.ablation.schedule import ablation_mask, neuron_order
-from ablate_lit.families.base import locate_pre_outs
+from ablate_lit.families.base import head_layout, locate_pre_outs
 from ablate_lit.families.causal_lm import CAUSAL_LM_ARCHITECTURES
 from ablate_lit.stats import NeuronHistogram, NeuronMoments, TokenScores
 
@@ -70,7 +70,8 @@ def main():
     model_type = spec.pop("model_type")
     config = AutoConfig.for_model(model_type, **spec)
     model = AutoModelForCausalLM.from_config(config).to(device=device, dtype=dtype).eval().requires_grad_(False)
-    pre_outs = locate_pre_outs(model, config, CAUSAL_LM_ARCHITECTURES[model_type])
+    arch = CAUSAL_LM_ARCHITECTURES[model_type]
+    pre_outs = locate_pre_outs(model, arch, *head_layout(config, arch))
     hooks = PreOutHooks(pre_outs)
     L, D = hooks.n_layers, hooks.width
     batches = [torch.randint(0, config.vocab_size, (args.batch, args.length), device=device) for _ in range(args.batches)]

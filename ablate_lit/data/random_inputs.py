@@ -107,3 +107,21 @@ def generated(tokenizer, n: int, length: int, prefix: list[int], suffix: list[in
                     raise AblateError(f"generated text re-tokenises to {len(ids)} < {body_len} tokens; name another generator")
                 rows.append(ids[:body_len])
     return _wrap(rows, prefix, suffix)
+
+
+class RandomPixels(torch.utils.data.Dataset):
+    """Images of uniformly random RGB pixels, passed through the model's own preprocessing."""
+
+    def __init__(self, n: int, size: tuple[int, int], preprocess, seed: int):
+        gen = torch.Generator().manual_seed(seed)
+        self.pixels = torch.randint(0, 256, (n, size[0], size[1], 3), dtype=torch.uint8, generator=gen)
+        self.preprocess = preprocess
+
+    def __len__(self) -> int:
+        return self.pixels.shape[0]
+
+    def __getitem__(self, i: int) -> dict:
+        from PIL import Image
+
+        image = Image.fromarray(self.pixels[i].numpy(), mode="RGB")
+        return {"pixel_values": self.preprocess(image), "label": -100, "index": i}

@@ -19,10 +19,10 @@ from ablate_lit.errors import AblateError
 class Architecture:
     """Where the pre-out lives in one architecture (a small mapping, as in TransformerLens)."""
 
-    layers: str
-    """Dotted path from the top model to the ModuleList of transformer blocks."""
-    out_proj: str
-    """Dotted path, inside one block, of the attention output projection."""
+    layers: str | tuple[str, ...]
+    """Dotted path from the top model to the ModuleList of transformer blocks (alternatives: first found)."""
+    out_proj: str | tuple[str, ...]
+    """Dotted path, inside one block, of the attention output projection (alternatives: first found)."""
     n_heads: str = "num_attention_heads"
     """Config attribute holding the number of query heads."""
     head_dim: str | None = "head_dim"
@@ -46,11 +46,14 @@ class PreOut:
         return self.n_heads * self.head_dim
 
 
-def get_submodule(root: nn.Module, path: str) -> nn.Module:
-    try:
-        return root.get_submodule(path)
-    except AttributeError as exc:  # pragma: no cover - only with a wrong mapping
-        raise AblateError(f"module path '{path}' not found in {type(root).__name__}: the architecture mapping is wrong for this model") from exc
+def get_submodule(root: nn.Module, path: str | tuple[str, ...]) -> tuple[str, nn.Module]:
+    """The first of the alternative paths that exists (library versions name modules differently)."""
+    for candidate in (path,) if isinstance(path, str) else path:
+        try:
+            return candidate, root.get_submodule(candidate)
+        except AttributeError:
+            continue
+    raise AblateError(f"module path {path} not found in {type(root).__name__}: the architecture mapping does not fit this model")
 
 
 def in_features(module: nn.Module) -> int:
@@ -70,22 +73,19 @@ def head_layout(config, arch: Architecture) -> tuple[int, int]:
     return n_heads, int(getattr(config, arch.hidden)) // n_heads
 
 
-def locate_pre_outs(model: nn.Module, config, arch: Architecture, prefix: str = "") -> list[PreOut]:
-    """All layers' out-projections, checked against the head layout stated by the config."""
-    root = get_submodule(model, prefix) if prefix else model
-    layers = get_submodule(root, arch.layers)
-    n_heads, head_dim = head_layout(config, arch)
+def locate_pre_outs(model: nn.Module, arch: Architecture, n_heads: int, head_dim: int) -> list[PreOut]:
+    """All layers' out-projections, checked against the stated head layout."""
+    layers_path, layers = get_submodule(model, arch.layers)
     found = []
     for i, block in enumerate(layers):
-        module = get_submodule(block, arch.out_proj)
+        out_path, module = get_submodule(block, arch.out_proj)
         width = in_features(module)
         if width != n_heads * head_dim:
             raise AblateError(
                 f"layer {i}: out-projection takes {width} inputs but the config states "
                 f"{n_heads} heads x {head_dim} head_dim; the architecture mapping does not fit this model"
             )
-        name = ".".join(p for p in (prefix, arch.layers, str(i), arch.out_proj) if p)
-        found.append(PreOut(i, name, module, n_heads, head_dim))
+        found.append(PreOut(i, f"{layers_path}.{i}.{out_path}", module, n_heads, head_dim))
     if not found:
         raise AblateError("the model has no transformer layers to ablate")
     return found

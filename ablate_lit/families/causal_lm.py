@@ -75,10 +75,11 @@ def _convert_gguf(folder: str, gguf_file: str):
     return str(target)
 
 
-def load_causal_lm(name_or_path: str, gguf_file: str | None = None, dtype: str = "float32",
-                   revision: str | None = None, attn_implementation: str | None = None):
-    """Load (model, tokenizer, architecture) from a hub name, a local folder, or a GGUF file in a folder."""
-    from transformers import AutoConfig, AutoModelForCausalLM, AutoTokenizer
+def load_hf(name_or_path: str, auto_class: str, registry: dict[str, Architecture], family: str,
+            gguf_file: str | None = None, dtype: str = "float32", revision: str | None = None,
+            attn_implementation: str | None = None):
+    """(model, tokenizer, architecture) from a hub name or local folder; the model type is checked first."""
+    import transformers
 
     path = os.path.expanduser(name_or_path)
     if looks_like_path(name_or_path) and not os.path.exists(path):
@@ -86,18 +87,25 @@ def load_causal_lm(name_or_path: str, gguf_file: str | None = None, dtype: str =
     if gguf_file:
         path = _convert_gguf(path, gguf_file)
     try:
-        config = AutoConfig.from_pretrained(path, revision=revision)
+        config = transformers.AutoConfig.from_pretrained(path, revision=revision)
     except (OSError, ValueError) as exc:
         raise _hub_error(name_or_path, exc, "model", "--model.name_or_path") from exc
-    arch = architecture_for(config.model_type, CAUSAL_LM_ARCHITECTURES, "causal_lm")
+    arch = architecture_for(config.model_type, registry, family)
     kwargs = {"dtype": resolve_dtype(dtype), "revision": revision}
     if attn_implementation:
         kwargs["attn_implementation"] = attn_implementation
     try:
-        model = AutoModelForCausalLM.from_pretrained(path, config=config, **kwargs)
-        tokenizer = AutoTokenizer.from_pretrained(path, revision=revision)
+        model = getattr(transformers, auto_class).from_pretrained(path, config=config, **kwargs)
+        tokenizer = transformers.AutoTokenizer.from_pretrained(path, revision=revision)
     except (OSError, ValueError) as exc:
         raise _hub_error(name_or_path, exc, "model", "--model.name_or_path") from exc
     model.eval()
     model.requires_grad_(False)
     return model, tokenizer, arch
+
+
+def load_causal_lm(name_or_path: str, gguf_file: str | None = None, dtype: str = "float32",
+                   revision: str | None = None, attn_implementation: str | None = None):
+    """Load (model, tokenizer, architecture) from a hub name, a local folder, or a GGUF file in a folder."""
+    return load_hf(name_or_path, "AutoModelForCausalLM", CAUSAL_LM_ARCHITECTURES, "causal_lm", gguf_file, dtype,
+                   revision, attn_implementation)

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import hashlib
+import json
 
 import lightning as L
 import torch
@@ -22,6 +23,8 @@ class AblationModule(L.LightningModule):
 
     family = "base"
     resample_sources: tuple[str, ...] = ()
+    data_types: tuple[str, ...] = ()
+    """Names of the DataModule classes this family evaluates on."""
 
     def __init__(self):
         super().__init__()
@@ -35,6 +38,19 @@ class AblationModule(L.LightningModule):
     def random_inputs(self, source: str, n: int, seed: int, data) -> Dataset:
         """``n`` randomised inputs from ``source``, shaped like ``data``'s evaluation inputs, with indices 0..n-1."""
         raise NotImplementedError
+
+    def connect_data(self, data) -> None:
+        """Give the DataModule what it needs from the model (tokenizer, preprocessing, classes)."""
+        from ablate_lit.errors import AblateError
+
+        if type(data).__name__ not in self.data_types:
+            raise AblateError(f"{type(self).__name__} evaluates on {' or '.join(self.data_types)}, not {type(data).__name__}; "
+                              f"set --data ablate_lit.{self.data_types[0]}")
+        data.connect(self.tokenizer)
+
+    @property
+    def model_label(self) -> str:
+        return str(self.hparams.name_or_path).rstrip("/").split("/")[-1]
 
     def forward(self, batch):
         return self.logits_and_labels(batch)
@@ -58,8 +74,12 @@ class AblationModule(L.LightningModule):
     def fingerprint(self) -> str:
         """Identifies the weights cheaply: config, dtype and checksums of a few tensors."""
         h = hashlib.sha1(type(self.model).__name__.encode())
-        h.update(self.model.config.to_json_string(use_diff=False).encode())
-        h.update(str(self.model.dtype).encode())
+        config = getattr(self.model, "config", None)
+        if hasattr(config, "to_json_string"):
+            h.update(config.to_json_string(use_diff=False).encode())
+        else:  # timm
+            h.update(json.dumps(getattr(self.model, "pretrained_cfg", {}), sort_keys=True, default=str).encode())
+        h.update(str(next(self.model.parameters()).dtype).encode())
         named = dict(self.model.named_parameters())
         for name in sorted(named)[:: max(1, len(named) // 16)] + [p.name + ".weight" for p in self.pre_outs]:
             t = named.get(name)

@@ -5,7 +5,7 @@ from __future__ import annotations
 from ablate_lit.ablation.hooks import PreOutHooks
 from ablate_lit.data import random_inputs as rnd
 from ablate_lit.data.text import WindowDataset
-from ablate_lit.families.base import locate_pre_outs
+from ablate_lit.families.base import head_layout, locate_pre_outs
 from ablate_lit.families.causal_lm import load_causal_lm
 from ablate_lit.modules.base import AblationModule
 
@@ -15,6 +15,7 @@ class CausalLMAblation(AblationModule):
 
     family = "causal_lm"
     resample_sources = ("random_chars", "random_tokens", "generated")
+    data_types = ("TextData",)
 
     def __init__(
         self,
@@ -37,13 +38,14 @@ class CausalLMAblation(AblationModule):
         super().__init__()
         self.save_hyperparameters()
         self.model, self.tokenizer, arch = load_causal_lm(name_or_path, gguf_file, dtype, revision, attn_implementation)
-        self.pre_outs = locate_pre_outs(self.model, self.model.config, arch)
+        self.pre_outs = locate_pre_outs(self.model, arch, *head_layout(self.model.config, arch))
         self.hooks = PreOutHooks(self.pre_outs)
 
     @property
     def model_label(self) -> str:
-        name = self.hparams.gguf_file or self.hparams.name_or_path
-        return str(name).rstrip("/").split("/")[-1].removesuffix(".gguf")
+        if self.hparams.gguf_file:
+            return self.hparams.gguf_file.removesuffix(".gguf")
+        return super().model_label
 
     def logits_and_labels(self, batch):
         ids = batch["input_ids"]
