@@ -43,7 +43,8 @@ def read_rows(path):
 
 
 @pytest.mark.parametrize("config", CONFIGS, ids=[c.stem for c in CONFIGS])
-def test_every_shipped_config_parses(capsys, config):
+def test_every_shipped_config_parses(capsys, monkeypatch, assets, config):
+    monkeypatch.setenv("ABLATE_LIT_ASSETS", str(assets))
     code, out, err = run(capsys, "--config", config, "--print_config")
     assert code == 0, err
     assert "ablation:" in out and "class_path: ablate_lit." in out
@@ -144,3 +145,44 @@ def test_bad_input_gets_one_line_error(capsys, tiny_models, corpus, tmp_path, be
     import re
 
     assert re.search(pattern, lines[0]), lines[0]
+
+
+@pytest.mark.parametrize("config,methods", [("tiny-masked", 6), ("tiny-vision", 4)])
+def test_tiny_offline_configs_run_through_the_cli(capsys, monkeypatch, assets, tmp_path, config, methods):
+    monkeypatch.setenv("ABLATE_LIT_ASSETS", str(assets))
+    code, out, err = run(capsys, "--config", CONFIGS[0].parent / f"{config}.yaml", "--root", tmp_path, "--name", "r")
+    assert code == 0, err
+    rows = read_rows(tmp_path / "r" / "results.csv")
+    assert len(rows) == 3 * 2 * methods
+    assert len({r["method"] for r in rows}) == methods
+    assert "| baseline |" in (tmp_path / "r" / "summary.md").read_text()
+
+
+@pytest.fixture
+def offline(monkeypatch):
+    import huggingface_hub.constants
+
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    monkeypatch.setenv("HF_DATASETS_OFFLINE", "1")
+    monkeypatch.setattr(huggingface_hub.constants, "HF_HUB_OFFLINE", True)
+
+
+def test_vit_config_offline_fails_at_the_download_naming_the_local_option(capsys, offline, tiny_vision, tmp_path):
+    vit = CONFIGS[0].parent / "vit.yaml"
+    code, out, err = run(capsys, "--config", vit, "--root", tmp_path)
+    assert code == 2 and "Traceback" not in err
+    assert "could not load model 'google/vit-base-patch16-224'" in err and "--model.name_or_path" in err
+    code, out, err = run(capsys, "--config", vit, "--root", tmp_path, "--model.name_or_path", tiny_vision["hf"])
+    assert code == 2 and "Traceback" not in err
+    assert "could not load data set 'ILSVRC/imagenet-1k'" in err and "point --data.path at a local image folder" in err
+
+
+def test_a_family_refuses_the_wrong_data_module(capsys, tiny_masked, corpus, tmp_path):
+    code, out, err = run(capsys, *tiny_args(tiny_masked["bert"], corpus, tmp_path), "--model", "ablate_lit.MaskedLMAblation",
+                         "--model.name_or_path", tiny_masked["bert"])
+    assert code == 2 and "MaskedLMAblation evaluates on MaskedTextData, not TextData; set --data ablate_lit.MaskedTextData" in err
+
+
+def test_a_resample_source_of_another_family_is_refused(capsys, tiny_models, corpus, tmp_path):
+    code, out, err = run(capsys, *tiny_args(tiny_models["gpt2"], corpus, tmp_path), "--ablation.methods", "[resample:random_pixels]")
+    assert code == 2 and "resample source 'random_pixels' does not apply to causal_lm models" in err
