@@ -7,6 +7,8 @@ All timings in one process, on the same batches, interleaved over repeats (media
 Also: the histogram update rate, and the histogram memory for a Mistral-7B-shaped model.
 
     python benchmarks/bench_ablation.py                   # random-init SmolLM2-135M shape, CPU
+    python benchmarks/bench_ablation.py --shape roberta-base --length 256
+    python benchmarks/bench_ablation.py --shape vit-b16 --batch 16
     python benchmarks/bench_ablation.py --shape opt-1.3b --device cuda --dtype bfloat16
 """
 
@@ -19,12 +21,14 @@ import time
 
 import torch
 import torch.nn.functional as F
-from transformers import AutoConfig, AutoModelForCausalLM
+from transformers import AutoConfig, AutoModelForCausalLM, AutoModelForMaskedLM
 
 from ablate_lit.ablation.hooks import PreOutHooks
 from ablate_lit.ablation.schedule import ablation_mask, neuron_order
 from ablate_lit.families.base import head_layout, locate_pre_outs
 from ablate_lit.families.causal_lm import CAUSAL_LM_ARCHITECTURES
+from ablate_lit.families.masked_lm import MASKED_LM_ARCHITECTURES
+from ablate_lit.families.vision import TIMM_ARCHITECTURE
 from ablate_lit.stats import NeuronHistogram, NeuronMoments, TokenScores
 
 SHAPES = {
@@ -34,7 +38,55 @@ SHAPES = {
                      vocab_size=50272, word_embed_proj_dim=2048),
     "mistral-7b": dict(model_type="mistral", hidden_size=4096, intermediate_size=14336, num_hidden_layers=32,
                        num_attention_heads=32, num_key_value_heads=8, head_dim=128, vocab_size=32000),
+    "roberta-base": dict(model_type="roberta", hidden_size=768, intermediate_size=3072, num_hidden_layers=12,
+                         num_attention_heads=12, vocab_size=50265, max_position_embeddings=514),
+    "vit-b16": dict(model_type="timm", name="vit_base_patch16_224", num_classes=1000),
 }
+
+
+def build(shape: str):
+    """(model, pre-out hooks, scored(batch) -> (logits, labels), make_batch(i) -> batch)."""
+    spec = dict(SHAPES[shape])
+    model_type = spec.pop("model_type")
+    if model_type == "timm":
+        import timm
+
+        model = timm.create_model(spec["name"], pretrained=False, num_classes=spec["num_classes"])
+        attn = model.blocks[0].attn
+        pre_outs = locate_pre_outs(model, TIMM_ARCHITECTURE, attn.num_heads, attn.head_dim)
+
+        def scored(m, batch):
+            return m(batch["x"]), batch["y"]
+
+        def make(b, length, gen, device, dtype):
+            return {"x": torch.randn(b, 3, 224, 224, generator=gen).to(device, dtype),
+                    "y": torch.randint(0, spec["num_classes"], (b,), generator=gen).to(device)}
+
+        return model, pre_outs, scored, make, spec["num_classes"]
+    config = AutoConfig.for_model(model_type, **spec)
+    if model_type in MASKED_LM_ARCHITECTURES:
+        model, arch = AutoModelForMaskedLM.from_config(config), MASKED_LM_ARCHITECTURES[model_type]
+
+        def scored(m, batch):
+            logits = m(input_ids=batch["x"]).logits
+            return logits.reshape(-1, logits.shape[-1]), batch["y"].reshape(-1)
+
+        def make(b, length, gen, device, dtype):
+            ids = torch.randint(5, config.vocab_size, (b, length), generator=gen)
+            labels = torch.full_like(ids, -100)
+            pick = torch.rand(b, length, generator=gen) < 0.15
+            labels[pick] = ids[pick]
+            return {"x": ids.to(device), "y": labels.to(device)}
+    else:
+        model, arch = AutoModelForCausalLM.from_config(config), CAUSAL_LM_ARCHITECTURES[model_type]
+
+        def scored(m, batch):
+            logits = m(input_ids=batch["x"]).logits[:, :-1]
+            return logits.reshape(-1, logits.shape[-1]), batch["x"][:, 1:].reshape(-1)
+
+        def make(b, length, gen, device, dtype):
+            return {"x": torch.randint(0, config.vocab_size, (b, length), generator=gen).to(device)}
+    return model, locate_pre_outs(model, arch, *head_layout(config, arch)), scored, make, config.vocab_size
 
 
 def sync(device):
@@ -66,27 +118,27 @@ def main():
     device, dtype = torch.device(args.device), getattr(torch, args.dtype)
     torch.manual_seed(0)
 
-    spec = dict(SHAPES[args.shape])
-    model_type = spec.pop("model_type")
-    config = AutoConfig.for_model(model_type, **spec)
-    model = AutoModelForCausalLM.from_config(config).to(device=device, dtype=dtype).eval().requires_grad_(False)
-    arch = CAUSAL_LM_ARCHITECTURES[model_type]
-    pre_outs = locate_pre_outs(model, arch, *head_layout(config, arch))
+    model, pre_outs, scored, make, n_classes = build(args.shape)
+    model = model.to(device=device, dtype=dtype).eval().requires_grad_(False)
     hooks = PreOutHooks(pre_outs)
     L, D = hooks.n_layers, hooks.width
-    batches = [torch.randint(0, config.vocab_size, (args.batch, args.length), device=device) for _ in range(args.batches)]
+    gen = torch.Generator().manual_seed(0)
+    batches = [make(args.batch, args.length, gen, device, dtype) for _ in range(args.batches)]
     index = [torch.arange(i * args.batch, (i + 1) * args.batch) for i in range(args.batches)]
+    with torch.inference_mode():  # number of positions each pre-out sees
+        n_pos = {}
+        with hooks.recording(lambda l, x: n_pos.setdefault("n", x.shape[-2])):
+            scored(model, batches[0])
     mask = ablation_mask(neuron_order(0, L, D, "per_layer"), 0.5, L, D).to(device)
     values = {"zero": torch.zeros(L, D, device=device), "mean": torch.randn(L, D, device=device) * 0.1,
               "peak": torch.randn(L, D, device=device) * 0.1}
-    resample = torch.randn(L, 8, args.length, D, device=device, dtype=dtype) * 0.1
+    resample = torch.randn(L, 8, n_pos["n"], D, device=device, dtype=dtype) * 0.1
 
     @torch.inference_mode()
     def plain():
-        for ids in batches:
-            logits = model(input_ids=ids).logits[:, :-1].reshape(-1, config.vocab_size)
-            labels = ids[:, 1:].reshape(-1)
-            F.cross_entropy(logits.float(), labels, reduction="sum").item()
+        for batch in batches:
+            logits, labels = scored(model, batch)
+            F.cross_entropy(logits.float(), labels, reduction="sum", ignore_index=-100).item()
             (logits.argmax(-1) == labels).sum().item()
 
     scores = TokenScores().to(device)
@@ -94,10 +146,9 @@ def main():
     @torch.inference_mode()
     def evaluate():
         scores.reset()
-        for ids, idx in zip(batches, index):
+        for batch, idx in zip(batches, index):
             hooks.sample_index = idx
-            logits = model(input_ids=ids).logits[:, :-1].reshape(-1, config.vocab_size)
-            scores.update(logits, ids[:, 1:].reshape(-1))
+            scores.update(*scored(model, batch))
         scores.compute()
 
     def ablated(method):
@@ -118,8 +169,8 @@ def main():
     @torch.inference_mode()
     def calibration():
         with hooks.recording(record):
-            for ids in batches:
-                model(input_ids=ids)
+            for batch in batches:
+                scored(model, batch)
         moments.compute(), hist.compute()
 
     runs = {"plain": plain, **{m: ablated(m) for m in ("zero", "mean", "peak", "resample")}, "calibration": calibration}
@@ -132,10 +183,10 @@ def main():
             times[k].append(timed(runs[k], device))
     med = {k: statistics.median(v) for k, v in times.items()}
     best = {k: min(v) for k, v in times.items()}
-    tokens = args.batch * args.length * args.batches
+    tokens = args.batch * n_pos["n"] * args.batches
 
     # histogram update alone vs a naive per-neuron torch.histc loop, on one layer's activations
-    x = torch.randn(args.batch * args.length, D, device=device, dtype=dtype) * 0.5
+    x = torch.randn(args.batch * n_pos["n"], D, device=device, dtype=dtype) * 0.5
     h1 = NeuronHistogram(1, D, args.eps, args.n_bins).to(device)
     h1.update(0, x)
     t_vec = statistics.median(timed(lambda: h1.update(0, x), device) for _ in range(5))
@@ -149,8 +200,8 @@ def main():
     counts_bytes = mistral_neurons * (args.n_bins + 2) * torch.empty((), dtype=torch.int32).element_size()
     other_bytes = mistral_neurons * 8 * 6  # moments: sum, sumsq, count, min, max (float64/int64) + origin (int64)
 
-    out = {"shape": args.shape, "device": str(device), "dtype": args.dtype, "tokens_per_pass": tokens,
-           "plain_tokens_per_s": tokens / med["plain"],
+    out = {"shape": args.shape, "device": str(device), "dtype": args.dtype, "positions_per_pass": tokens,
+           "plain_positions_per_s": tokens / med["plain"], "n_neurons": L * D,
            "ratio_throughput_vs_plain_median": {m: med["plain"] / med[m] for m in ("zero", "mean", "peak", "resample")},
            "ratio_throughput_vs_plain_min": {m: best["plain"] / best[m] for m in ("zero", "mean", "peak", "resample")},
            "ratio_calibration_time_vs_plain_median": med["calibration"] / med["plain"],
