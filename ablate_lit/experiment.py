@@ -16,6 +16,7 @@ from ablate_lit.ablation.schedule import ablation_mask, neuron_order, plan
 from ablate_lit.callbacks.calibration import CalibrationCallback
 from ablate_lit.callbacks.results import ResultWriter, read_results
 from ablate_lit.config import AblationConfig
+from ablate_lit.data.sampler import make_loader
 from ablate_lit.errors import AblateError
 from ablate_lit.report import log_histograms, summary_table, write_summary
 
@@ -115,7 +116,7 @@ class Experiment:
         inputs = module.random_inputs(source, cfg.n_resample, cfg.resample_seed, data)
         callback = CalibrationCallback(cfg.eps, cfg.n_bins, cfg.bin_alignment)
         callback.sweep_resample(cfg.n_resample)
-        result = self._validate(callback, DataLoader(inputs, batch_size=data.batch_size))
+        result = self._validate(callback, make_loader(inputs, data.batch_size))
         if self.trainer.is_global_zero:
             _save({"key": key, "resample": result["resample"], "inputs": getattr(inputs, "windows", None)}, path)
         return result["resample"]
@@ -157,9 +158,8 @@ class Experiment:
                         replacements[point.method] = self.replacement(parse_method(point.method), stats)
                     with module.hooks.ablating(mask.to(module.device), **replacements[point.method]):
                         trainer.test(module, dataloaders=self.data.test_dataloader(), verbose=False)
-                last = writer.rows[-1]
                 _say(trainer, f"[{i}/{len(todo)}] {point.method:>24} seed {point.seed} {round(100 * point.fraction):3d}% ablated: "
-                              f"top1 {float(last['top1']):.4f}  ce {float(last['ce']):.4f}")
+                              f"top1 {writer.last['top1']:.4f}  ce {writer.last['ce']:.4f}")
         finally:
             trainer.callbacks.remove(writer)
             module.hooks.remove()
@@ -170,8 +170,16 @@ class Experiment:
 def run_experiment(trainer, module, data, cfg: AblationConfig, name: str | None, root: str,
                    identity: dict, config_yaml: str) -> Path:
     """Everything ``python -m ablate_lit test`` does; returns the run folder."""
+    if getattr(trainer.strategy, "_start_method", "popen") != "popen":
+        raise AblateError("spawned processes cannot hand calibration statistics back; use --trainer.strategy ddp")
     module.connect_data(data)
     data.setup("test")
+    world = trainer.world_size
+    if world > 1:
+        n_calib = len(data.val_dataloader().dataset)
+        if n_calib < world or (cfg.n_resample < world):
+            raise AblateError(f"{world} processes need at least {world} calibration windows/images and "
+                              f"--ablation.n_resample >= {world} (have {n_calib} and {cfg.n_resample})")
     label = module.model_label
     run_dir = Path(root) / (name or f"{label}-{_hash(identity)[:8]}")
     cache_dir = Path(cfg.cache_dir) if cfg.cache_dir else Path(root) / ".calibration_cache"

@@ -80,20 +80,22 @@ class PreOutHooks:
             if not bool(layer_mask.any()):
                 return None
             every = bool(layer_mask.all())
+            cast: dict = {}  # mask and constants converted once per (device, dtype) the layer sees
 
             def hook(module, args):
                 x = args[0]
-                device, dtype = x.device, x.dtype
+                key = (x.device, x.dtype)
+                if key not in cast:
+                    cast[key] = (layer_mask.to(x.device),
+                                 None if values is None else values[layer].to(device=x.device, dtype=x.dtype))
+                layer_mask_here, constant = cast[key]
                 if resample is not None:
                     cache = resample[layer]
                     rows = self.sample_index.to(cache.device) % cache.shape[0]
-                    repl = cache[rows, : x.shape[-2]].to(device=device, dtype=dtype)  # [batch, pos, width]
+                    repl = cache[rows, : x.shape[-2]].to(device=x.device, dtype=x.dtype)  # [batch, pos, width]
                 else:
-                    repl = values[layer].to(device=device, dtype=dtype)  # [width]
-                if every:
-                    out = repl.expand_as(x).clone()
-                else:
-                    out = torch.where(layer_mask.to(device), repl, x)
+                    repl = constant  # [width]
+                out = repl.expand_as(x).clone() if every else torch.where(layer_mask_here, repl, x)
                 return (out,) + tuple(args[1:])
 
             return hook

@@ -53,6 +53,7 @@ class ResultWriter(L.Callback):
         self.n_neurons = 0
         self._writers: dict = {}
         self._t0 = 0.0
+        self.last: dict = {}
 
     def done(self, point: Point) -> bool:
         have = {row_key(r["method"], r["seed"], r["fraction"]) for r in self.rows}
@@ -66,6 +67,7 @@ class ResultWriter(L.Callback):
 
     def on_test_epoch_end(self, trainer, pl_module) -> None:
         scores = {k: v.item() for k, v in pl_module.scores.compute().items()}  # synchronised over processes
+        self.last = scores
         if not trainer.is_global_zero or self.point is None:
             return
         p = self.point

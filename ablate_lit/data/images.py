@@ -10,6 +10,7 @@ import lightning as L
 import torch
 from torch.utils.data import DataLoader, Dataset
 
+from ablate_lit.data.sampler import make_loader
 from ablate_lit.errors import AblateError, check
 from ablate_lit.families.base import looks_like_path
 
@@ -146,7 +147,7 @@ class ImageData(L.LightningDataModule):
         return f"{len(self.calib_set if which == 'calibration' else self.eval_set)} images"
 
     def _loader(self, ds) -> DataLoader:
-        return DataLoader(ds, batch_size=self.batch_size, shuffle=False, num_workers=self.num_workers)
+        return make_loader(ds, self.batch_size, self.num_workers)
 
     def test_dataloader(self) -> DataLoader:
         return self._loader(self.eval_set)

@@ -5,6 +5,7 @@ from __future__ import annotations
 import torch
 from torch.utils.data import Dataset
 
+from ablate_lit.data.sampler import make_loader
 from ablate_lit.data.text import TextData
 from ablate_lit.errors import check
 from ablate_lit.stats.token_metrics import IGNORE_INDEX
@@ -93,9 +94,7 @@ class MaskedTextData(TextData):
         return super().fingerprint(which) + f"-m{self.mask_prob}"
 
     def _masked_loader(self, inputs, labels):
-        from torch.utils.data import DataLoader
-
-        return DataLoader(MaskedDataset(inputs, labels), batch_size=self.batch_size, shuffle=False, num_workers=self.num_workers)
+        return make_loader(MaskedDataset(inputs, labels), self.batch_size, self.num_workers)
 
     def test_dataloader(self):
         return self._masked_loader(self.eval_inputs, self.eval_labels)

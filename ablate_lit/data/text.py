@@ -9,6 +9,7 @@ import lightning as L
 import torch
 from torch.utils.data import DataLoader, Dataset
 
+from ablate_lit.data.sampler import make_loader
 from ablate_lit.data.sources import iter_documents
 from ablate_lit.errors import AblateError, check
 
@@ -168,7 +169,7 @@ class TextData(L.LightningDataModule):
 
     # -- loaders ---------------------------------------------------------------------------------
     def _loader(self, windows: torch.Tensor) -> DataLoader:
-        return DataLoader(WindowDataset(windows), batch_size=self.batch_size, shuffle=False, num_workers=self.num_workers)
+        return make_loader(WindowDataset(windows), self.batch_size, self.num_workers)
 
     def test_dataloader(self) -> DataLoader:
         return self._loader(self.eval_windows)

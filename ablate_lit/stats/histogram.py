@@ -5,6 +5,7 @@ from __future__ import annotations
 import math
 
 import torch
+import torch.distributed as dist
 from torchmetrics import Metric
 
 ALIGNMENTS = ("edge", "centered")
@@ -53,8 +54,14 @@ class NeuronHistogram(Metric):
         x = x.detach()
         finite = torch.isfinite(x)
         if not self._origin_set[layer]:
+            # Windows must sit on the same bins in every process: centre them on the mean of the
+            # first batch of all processes together (every process reaches this point once per layer).
             xs = torch.where(finite, x, torch.zeros((), dtype=x.dtype, device=x.device)).to(torch.float64)
-            self.set_origin(layer, xs.sum(0) / finite.sum(0).clamp_min(1))
+            total, count = xs.sum(0), finite.sum(0).to(torch.float64)
+            if dist.is_available() and dist.is_initialized():
+                dist.all_reduce(total)
+                dist.all_reduce(count)
+            self.set_origin(layer, total / count.clamp_min(1))
         # slot 0 = underflow, 1..n_bins = window, n_bins+1 = overflow; non-finite values are skipped.
         slot = (self.grid_index(x) - self.origin[layer] + 1).clamp_(0, self.n_bins + 1)
         slot = slot + torch.arange(self.width, device=x.device) * (self.n_bins + 2)
