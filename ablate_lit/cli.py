@@ -22,7 +22,7 @@ _RUNTIME_KEYS = {
                 "enable_model_summary", "enable_checkpointing", "default_root_dir", "profiler", "plugins",
                 "sync_batchnorm", "barebones", "detect_anomaly", "use_distributed_sampler"},
     "data": {"batch_size", "num_workers"},
-    "ablation": {"methods", "fractions", "seeds", "cache_dir", "log_histograms"},
+    "ablation": {"methods", "fractions", "seeds", "cache_dir", "log_histograms", "mode"},
 }
 
 
@@ -92,11 +92,17 @@ def build_cli(args=None) -> AblateCLI:
 
 
 def main(args=None) -> None:
+    """``test`` (LightningCLI) or ``report`` (tables and figures from finished runs)."""
     os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
     # Deprecation chatter from inside Lightning's own code, not actionable by users.
     warnings.filterwarnings("ignore", message=r".*isinstance\(treespec, LeafSpec\).*")
     clear_raised()
+    argv = sys.argv[1:] if args is None else list(args)
     try:
+        if argv[:1] == ["report"]:
+            from ablate_lit.report_cli import main as report_main
+
+            return report_main(argv[1:])
         build_cli(args)
     except AblateError as exc:
         _fail(exc)

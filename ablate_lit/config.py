@@ -36,10 +36,13 @@ class AblationConfig:
     """Randomised input sequences cached per resample source (evaluated sample i uses row i mod n_resample)."""
     resample_seed: int = 0
     """Seed of the randomised inputs."""
+    mode: str = "hook"
+    """hook: replace values in a forward pre-hook (any method, any strategy); fold: write constant replacements
+    into the out-projection's weights and bias for each point (zero/mean/peak; not with sharded weights)."""
     cache_dir: str | None = None
     """Where calibration statistics are cached (default: <root>/.calibration_cache)."""
     log_histograms: bool = True
-    """Log per-layer activation histograms (zero, mean and peak marked) to TensorBoard."""
+    """Write neurons.csv and the neuron-distribution figures (zero, mean and peak marked) to the run folder and TensorBoard."""
 
     def __post_init__(self):
         check(math.isfinite(self.eps) and self.eps > 0, f"ablation.eps must be a positive number, got {self.eps}; e.g. --ablation.eps 0.01")
@@ -53,6 +56,7 @@ class AblationConfig:
         check(self.selection in SELECTIONS, f"unknown ablation.selection '{self.selection}'; use one of: {', '.join(SELECTIONS)}")
         check(self.bin_alignment in ALIGNMENTS, f"unknown ablation.bin_alignment '{self.bin_alignment}'; use one of: {', '.join(ALIGNMENTS)}")
         check(len(set(self.seeds)) == len(self.seeds), f"ablation.seeds has duplicates: {self.seeds}")
+        check(self.mode in ("hook", "fold"), f"unknown ablation.mode '{self.mode}'; use hook or fold")
         if self.methods is not None:
             self.methods = [parse_method(m).label for m in self.methods]
             check(len(set(self.methods)) == len(self.methods), f"ablation.methods has duplicates: {self.methods}")

@@ -6,11 +6,13 @@ import hashlib
 import json
 import logging
 import os
+import time
 from pathlib import Path
 
 import torch
 from torch.utils.data import DataLoader
 
+from ablate_lit.ablation.hooks import folded
 from ablate_lit.ablation.methods import parse_method
 from ablate_lit.ablation.schedule import ablation_mask, neuron_order, plan
 from ablate_lit.callbacks.calibration import CalibrationCallback
@@ -18,9 +20,12 @@ from ablate_lit.callbacks.results import ResultWriter, read_results
 from ablate_lit.config import AblationConfig
 from ablate_lit.data.sampler import make_loader
 from ablate_lit.errors import AblateError
-from ablate_lit.report import log_histograms, summary_table, write_summary
+from ablate_lit.report import neuron_views, summary_table, write_summary
 
 log = logging.getLogger("ablate_lit")
+
+
+CACHE_FORMAT = 2  # bump when the content of cached statistics changes, so older caches are rebuilt
 
 
 def _hash(obj) -> str:
@@ -76,7 +81,7 @@ class Experiment:
         return callback.result
 
     def _calibration_key(self, *extra) -> dict:
-        return {"model": self.module.fingerprint(), "precision": str(self.trainer.precision),
+        return {"format": CACHE_FORMAT, "model": self.module.fingerprint(), "precision": str(self.trainer.precision),
                 "data": self.data.shape_key(), "extra": extra}
 
     def statistics(self) -> dict:
@@ -132,6 +137,11 @@ class Experiment:
             return {"values": stats["peak"].float().to(device)}
         return {"resample": self.resample_cache(method.source).to(device)}
 
+    def _ablated(self, mask: torch.Tensor, replacement: dict):
+        if self.cfg.mode == "fold" and "values" in replacement:
+            return folded(self.module.pre_outs, mask, replacement["values"])
+        return self.module.hooks.ablating(mask.to(self.module.device), **replacement)
+
     def run(self, writer: ResultWriter) -> list[dict]:
         trainer, module, cfg = self.trainer, self.module, self.cfg
         n_layers, width = module.hooks.n_layers, module.hooks.width
@@ -143,10 +153,11 @@ class Experiment:
             return writer.rows
         stats = self.statistics()
         if cfg.log_histograms and trainer.is_global_zero:
-            log_histograms(self.run_dir / "tb" / "calibration", stats)
+            neuron_views(stats, self.run_dir)
         orders = {s: neuron_order(s, n_layers, width, cfg.selection) for s in cfg.seeds}
         replacements: dict = {}
         trainer.callbacks.append(writer)
+        started = time.perf_counter()
         try:
             for i, point in enumerate(todo, 1):
                 mask = ablation_mask(orders[point.seed], point.fraction, n_layers, width)
@@ -156,10 +167,11 @@ class Experiment:
                 else:
                     if point.method not in replacements:
                         replacements[point.method] = self.replacement(parse_method(point.method), stats)
-                    with module.hooks.ablating(mask.to(module.device), **replacements[point.method]):
+                    with self._ablated(mask, replacements[point.method]):
                         trainer.test(module, dataloaders=self.data.test_dataloader(), verbose=False)
+                eta = (time.perf_counter() - started) / i * (len(todo) - i)
                 _say(trainer, f"[{i}/{len(todo)}] {point.method:>24} seed {point.seed} {round(100 * point.fraction):3d}% ablated: "
-                              f"top1 {writer.last['top1']:.4f}  ce {writer.last['ce']:.4f}")
+                              f"top1 {writer.last['top1']:.4f}  ce {writer.last['ce']:.4f}  (eta {int(eta) // 60}:{int(eta) % 60:02d})")
         finally:
             trainer.callbacks.remove(writer)
             module.hooks.remove()

@@ -78,45 +78,128 @@ def write_summary(run_dir: Path, table: str) -> None:
 
 
 def _window_values(stats: dict, layer: int, neuron: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """Bin centres and counts of one neuron's histogram, trimmed to its occupied range."""
     eps, shift = stats["eps"], 0.0 if stats["alignment"] == "edge" else 0.5
     counts = stats["counts"][layer, neuron, 1:-1].double()
     centres = (stats["origin"][layer, neuron] + torch.arange(counts.numel()) + 0.5 - shift).double() * eps
     nz = counts.nonzero().squeeze(1)
+    if nz.numel() == 0:
+        return centres[:1], counts[:1]
     lo, hi = int(nz.min()), int(nz.max()) + 1
     return centres[lo:hi], counts[lo:hi]
 
 
-def log_histograms(tb_dir: Path, stats: dict, per_layer: int = 3) -> None:
-    """One figure per layer: the neurons whose peak lies furthest from their mean (in std units),
-    each with zero, mean and peak marked. Written once per run folder."""
-    marker = Path(tb_dir) / ".written"
-    if marker.exists():
-        return
+def layer_average(stats: dict, layer: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """The average distribution of a layer's neurons: each neuron's histogram normalised to 1, placed
+    on the shared bin grid and averaged over neurons. Returns (bin centres, average density per bin)."""
+    counts = stats["counts"][layer, :, 1:-1].double()  # [width, n_bins]
+    origin = stats["origin"][layer]
+    width, n_bins = counts.shape
+    low = int(origin.min())
+    grid = torch.zeros(int(origin.max()) - low + n_bins, dtype=torch.float64)
+    flat = ((origin - low)[:, None] + torch.arange(n_bins)).reshape(-1)
+    grid.index_add_(0, flat, (counts / counts.sum(1, keepdim=True).clamp_min(1)).reshape(-1))
+    shift = 0.0 if stats["alignment"] == "edge" else 0.5
+    centres = (low + torch.arange(grid.numel()) + 0.5 - shift).double() * stats["eps"]
+    nz = grid.nonzero().squeeze(1)
+    lo, hi = int(nz.min()), int(nz.max()) + 1
+    return centres[lo:hi], grid[lo:hi] / width
+
+
+ATYPICAL_SCORES = {
+    "off-zero peak": "|peak| / std: how many standard deviations the modal value lies from zero",
+    "several modes": "Sarle's bimodality coefficient (skew^2 + 1) / (excess kurtosis + small-sample term); > 5/9 suggests several modes",
+    "strong skew": "|skew|, the third standardised moment",
+}
+
+
+def atypical_scores(stats: dict) -> dict[str, torch.Tensor]:
+    std = stats["std"].clamp_min(1e-12)
+    return {"off-zero peak": stats["peak"].abs() / std, "several modes": stats["bimodality"], "strong skew": stats["skew"].abs()}
+
+
+def neuron_table(stats: dict) -> str:
+    """CSV, one row per neuron: layer, neuron, mean, peak, std, skew, kurtosis, bimodality, ..."""
+    cols = ["mean", "peak", "std", "skew", "kurtosis", "bimodality", "min", "max", "count", "peak_count", "underflow", "overflow"]
+    L, D = stats["mean"].shape
+    flat = {c: stats[c].reshape(-1).tolist() for c in cols}
+    lines = ["layer,neuron," + ",".join(cols)]
+    for i in range(L * D):
+        lines.append(f"{i // D},{i % D}," + ",".join(f"{flat[c][i]:.9g}" if isinstance(flat[c][i], float) else str(flat[c][i]) for c in cols))
+    return "\n".join(lines) + "\n"
+
+
+def _plot_neuron(ax, stats, layer, n, title=None):
+    x, c = _window_values(stats, layer, n)
+    edges = torch.cat([x - stats["eps"] / 2, x[-1:] + stats["eps"] / 2])
+    ax.stairs(c.numpy(), edges.numpy(), fill=True, color="0.6")
+    mean, peak = float(stats["mean"][layer, n]), float(stats["peak"][layer, n])
+    ax.axvline(0.0, color="k", ls="--", lw=1, label="zero")
+    ax.axvline(mean, color="tab:blue", lw=1.5, label=f"mean {mean:.3f}")
+    ax.axvline(peak, color="tab:red", lw=1.5, label=f"peak {peak:.3f}")
+    ax.set_title(title or f"layer {layer} neuron {n}", fontsize=9)
+    ax.legend(fontsize=7)
+
+
+def neuron_views(stats: dict, run_dir: Path, per_score: int = 3) -> list[Path]:
+    """neurons.csv, neurons/layer_average.png and neurons/atypical.png in the run folder, and the same
+    figures (plus one per layer) in TensorBoard under tb/calibration. Written once per run folder."""
+    out = Path(run_dir) / "neurons"
+    if (out / "atypical.png").exists():
+        return []
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
     from torch.utils.tensorboard import SummaryWriter
 
-    writer = SummaryWriter(str(tb_dir))
-    mean, peak, std = stats["mean"], stats["peak"], stats["std"].clamp_min(1e-12)
-    score = ((peak - mean).abs() / std)
-    for layer in range(mean.shape[0]):
-        picks = score[layer].argsort(descending=True)[:per_layer].tolist()
-        fig, axes = plt.subplots(1, len(picks), figsize=(4 * len(picks), 3))
-        for ax, n in zip(axes if len(picks) > 1 else [axes], picks):
-            x, c = _window_values(stats, layer, n)
-            edges = torch.cat([x - stats["eps"] / 2, x[-1:] + stats["eps"] / 2])
-            ax.stairs(c.numpy(), edges.numpy(), fill=True, color="0.6")
-            ax.axvline(0.0, color="k", ls="--", lw=1, label="zero")
-            ax.axvline(float(mean[layer, n]), color="tab:blue", lw=1.5, label=f"mean {float(mean[layer, n]):.3f}")
-            ax.axvline(float(peak[layer, n]), color="tab:red", lw=1.5, label=f"peak {float(peak[layer, n]):.3f}")
-            ax.set_title(f"layer {layer} neuron {n}", fontsize=9)
-            ax.legend(fontsize=7)
+    from ablate_lit.callbacks.results import write_atomic
+
+    out.mkdir(parents=True, exist_ok=True)
+    write_atomic(Path(run_dir) / "neurons.csv", neuron_table(stats))
+    writer = SummaryWriter(str(Path(run_dir) / "tb" / "calibration"))
+    L = stats["mean"].shape[0]
+    written = []
+
+    layers = sorted({0, L // 2, L - 1})
+    fig, axes = plt.subplots(1, len(layers), figsize=(4.5 * len(layers), 3.2), squeeze=False)
+    for ax, layer in zip(axes[0], layers):
+        x, density = layer_average(stats, layer)
+        ax.plot(x.numpy(), density.numpy(), color="0.3")
+        ax.axvline(0.0, color="k", ls="--", lw=1, label="zero")
+        ax.axvline(float(stats["mean"][layer].mean()), color="tab:blue", lw=1.5, label="mean of means")
+        ax.axvline(float(stats["peak"][layer].median()), color="tab:red", lw=1.5, label="median peak")
+        ax.set_title(f"layer {layer}: average neuron distribution", fontsize=9)
+        ax.legend(fontsize=7)
+    fig.tight_layout()
+    fig.savefig(out / "layer_average.png", dpi=100)
+    writer.add_figure("distribution/layer_average", fig, 0)
+    plt.close(fig)
+    written.append(out / "layer_average.png")
+
+    scores = atypical_scores(stats)
+    fig, axes = plt.subplots(len(scores), per_score, figsize=(4.2 * per_score, 3 * len(scores)), squeeze=False)
+    for row, (name, score) in zip(axes, scores.items()):
+        flat = torch.nan_to_num(score.reshape(-1), nan=-1.0)
+        for ax, idx in zip(row, flat.argsort(descending=True)[:per_score].tolist()):
+            layer, n = divmod(idx, score.shape[1])
+            _plot_neuron(ax, stats, layer, n, f"{name} {float(score[layer, n]):.2f}: layer {layer} neuron {n}")
+    fig.tight_layout()
+    fig.savefig(out / "atypical.png", dpi=100)
+    writer.add_figure("distribution/atypical", fig, 0)
+    plt.close(fig)
+    written.append(out / "atypical.png")
+
+    off_zero = scores["off-zero peak"]
+    for layer in range(L):
+        picks = off_zero[layer].argsort(descending=True)[:per_score].tolist()
+        fig, axes = plt.subplots(1, len(picks), figsize=(4 * len(picks), 3), squeeze=False)
+        for ax, n in zip(axes[0], picks):
+            _plot_neuron(ax, stats, layer, n)
         fig.tight_layout()
         writer.add_figure(f"neurons/layer_{layer:02d}", fig, 0)
         plt.close(fig)
-        writer.add_histogram(f"peak_per_neuron/layer_{layer:02d}", peak[layer].float(), 0)
-        writer.add_histogram(f"mean_per_neuron/layer_{layer:02d}", mean[layer].float(), 0)
+        writer.add_histogram(f"peak_per_neuron/layer_{layer:02d}", stats["peak"][layer].float(), 0)
+        writer.add_histogram(f"mean_per_neuron/layer_{layer:02d}", stats["mean"][layer].float(), 0)
     writer.close()
-    marker.touch()
+    return written

@@ -97,3 +97,22 @@ def test_hooks_are_removed_after_an_exception(tiny_models):
         with mod.hooks.recording(lambda l, x: None):
             raise RuntimeError("boom")
     assert all(len(p.module._forward_pre_hooks) == 0 for p in mod.pre_outs)
+
+
+@pytest.mark.parametrize("model_type", ARCHS)
+def test_folding_into_the_out_projection_equals_the_hook_and_restores_weights(tiny_models, model_type):
+    from ablate_lit.ablation.hooks import folded
+
+    mod = module(tiny_models[model_type])
+    L, D = mod.hooks.n_layers, mod.hooks.width
+    mask = torch.rand(L, D, generator=torch.Generator().manual_seed(3)) < 0.5
+    values = torch.randn(L, D, generator=torch.Generator().manual_seed(4))
+    before = {k: v.clone() for k, v in mod.model.state_dict().items()}
+    with mod.hooks.ablating(mask, values=values):
+        hooked = _logits(mod)
+    with folded(mod.pre_outs, mask, values):
+        folded_logits = _logits(mod)
+    torch.testing.assert_close(folded_logits, hooked, rtol=1e-5, atol=1e-5)
+    after = mod.model.state_dict()
+    assert before.keys() == after.keys() and all(torch.equal(before[k], after[k]) for k in before)
+    assert all((p.module.bias is None) == (before.get(p.name + ".bias") is None) for p in mod.pre_outs)

@@ -10,7 +10,7 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from ablate_lit.callbacks.results import ResultWriter
+from ablate_lit.callbacks.results import COLUMNS as COLUMNS_EXPECTED, ResultWriter
 from ablate_lit.cli import main
 
 from helpers import data, module
@@ -83,7 +83,11 @@ def test_a_whole_run_writes_results_table_config_and_curves(capsys, tiny_models,
     assert [e.step for e in acc.Scalars("ablation/top1")] == [0, 50, 100]
     cal = EventAccumulator(str(run_dir / "tb" / "calibration"))
     cal.Reload()
-    assert "neurons/layer_00" in cal.Tags()["images"]
+    assert {"neurons/layer_00", "distribution/layer_average", "distribution/atypical"} <= set(cal.Tags()["images"])
+    with open(run_dir / "neurons.csv") as fh:
+        neurons = list(csv.DictReader(fh))
+    assert len(neurons) == 2 * 32 and {"mean", "peak", "std", "skew", "bimodality"} <= set(neurons[0])
+    assert (run_dir / "neurons" / "layer_average.png").stat().st_size > 1000
 
 
 def test_interrupted_run_resumes_to_the_same_results(capsys, tiny_models, corpus, tmp_path, monkeypatch):
@@ -131,13 +135,29 @@ BAD = {
     "unknown method": (["--ablation.methods", "[zero,median]"], "unknown ablation method 'median'; use one of: zero"),
     "unknown resample source": (["--ablation.methods", "[resample:noise]"], "unknown resample source 'noise'"),
     "token budget beyond data": (["--data.max_tokens", "10000000"], "the data holds .* tokens but .* are needed.*lower --data.max_tokens"),
+    "context too short": (["--data.context_length", "1"], "data.context_length must be at least 2"),
+    "batch size zero": (["--data.batch_size", "0"], "data.batch_size must be positive"),
+    "too few bins": (["--ablation.n_bins", "1"], "ablation.n_bins must be at least 2"),
+    "unknown selection": (["--ablation.selection", "random"], "unknown ablation.selection 'random'; use one of: per_layer, global"),
+    "unknown bin alignment": (["--ablation.bin_alignment", "left"], "unknown ablation.bin_alignment 'left'"),
+    "duplicate seeds": (["--ablation.seeds", "[1,1]"], r"ablation.seeds has duplicates: \[1, 1\]"),
+    "no methods": (["--ablation.methods", "[]"], "ablation.methods is empty"),
+    "no resample rows": (["--ablation.n_resample", "0"], "ablation.n_resample must be positive"),
+    "unknown mode": (["--ablation.mode", "patch"], "unknown ablation.mode 'patch'; use hook or fold"),
+    "unknown dtype": (["--model.dtype", "float8"], "unknown dtype 'float8'; use one of"),
+    "spawned processes": (["--trainer.strategy", "ddp_spawn"], "spawned processes cannot hand calibration statistics back; use --trainer.strategy ddp"),
+    "missing GGUF file": (["--model.gguf_file", "nope.gguf"], "GGUF file .*nope.gguf' not found"),
+    "missing package in config": (["--data.path", "${pkg:no_such_pkg}/x.txt"], "package 'no_such_pkg' is not installed"),
+    "text column missing": (["--data.path", "JSONL", "--data.text_column", "body"], "data set has no column 'body' \\(columns: text\\); set --data.text_column"),
 }
 
 
 @pytest.mark.parametrize("case", sorted(BAD))
 def test_bad_input_gets_one_line_error(capsys, tiny_models, corpus, tmp_path, bert_folder, case):
     extra, pattern = BAD[case]
-    extra = [str(bert_folder) if e == "BERT" else e for e in extra]
+    jsonl = tmp_path / "docs.jsonl"
+    jsonl.write_text('{"text": "hello world"}\n')
+    extra = [str(bert_folder) if e == "BERT" else str(jsonl) if e == "JSONL" else e for e in extra]
     code, out, err = run(capsys, *tiny_args(tiny_models["gpt2"], corpus, tmp_path), *extra)
     lines = [l for l in err.strip().splitlines() if l.startswith("error:")]
     assert code == 2, err
@@ -186,3 +206,15 @@ def test_a_family_refuses_the_wrong_data_module(capsys, tiny_masked, corpus, tmp
 def test_a_resample_source_of_another_family_is_refused(capsys, tiny_models, corpus, tmp_path):
     code, out, err = run(capsys, *tiny_args(tiny_models["gpt2"], corpus, tmp_path), "--ablation.methods", "[resample:random_pixels]")
     assert code == 2 and "resample source 'random_pixels' does not apply to causal_lm models" in err
+
+
+def test_fold_mode_gives_the_hook_results(capsys, tiny_models, corpus, tmp_path):
+    rows = {}
+    for mode in ("hook", "fold"):
+        code, out, err = run(capsys, *tiny_args(tiny_models["gpt2"], corpus, tmp_path / mode), "--ablation.mode", mode,
+                             "--ablation.methods", "[zero,mean,peak]")
+        assert code == 0, err
+        rows[mode] = read_rows(tmp_path / mode / "run" / "results.csv")
+    for a, b in zip(rows["hook"], rows["fold"]):
+        assert (a["method"], a["fraction"], a["seed"]) == (b["method"], b["fraction"], b["seed"])
+        assert float(a["ce"]) == pytest.approx(float(b["ce"]), rel=1e-5)

@@ -112,3 +112,20 @@ def test_token_scores_match_reference():
     assert float(out["top1"]) == pytest.approx(float((logits[keep].argmax(-1) == labels[keep]).float().mean()))
     assert int(out["n_tokens"]) == int(keep.sum())
     assert float(out["ppl"]) == pytest.approx(float(ce.exp()), rel=1e-6)
+
+
+def test_skew_kurtosis_and_bimodality_match_scipy():
+    from scipy import stats as st
+
+    x = _activations().double()
+    m = NeuronMoments(1, 6)
+    for chunk in x.split(1000):
+        m.update(0, chunk)
+    out = m.compute()
+    for n in range(6):
+        v = x[:, n].numpy()
+        assert float(out["skew"][0, n]) == pytest.approx(st.skew(v), rel=1e-6, abs=1e-9)
+        assert float(out["kurtosis"][0, n]) == pytest.approx(st.kurtosis(v, fisher=False), rel=1e-6)
+        g, k, size = st.skew(v), st.kurtosis(v), len(v)
+        assert float(out["bimodality"][0, n]) == pytest.approx((g**2 + 1) / (k + 3 * (size - 1) ** 2 / ((size - 2) * (size - 3))), rel=1e-6)
+    assert float(out["bimodality"][0, 1]) > 5 / 9 > float(out["bimodality"][0, 3])  # bimodal vs normal neuron

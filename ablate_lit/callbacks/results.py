@@ -46,6 +46,8 @@ class ResultWriter(L.Callback):
     def __init__(self, run_dir: Path, fixed: dict):
         self.run_dir = Path(run_dir)
         self.path = self.run_dir / "results.csv"
+        for stale in self.run_dir.glob(f".{self.path.name}.tmp*"):  # left by a run killed mid-write
+            stale.unlink(missing_ok=True)
         self.fixed = fixed
         self.rows = read_results(self.path)
         self.point: Point | None = None

@@ -1,0 +1,128 @@
+"""``python -m ablate_lit report RUN_DIR [RUN_DIR ...]``: the paper's Table 2 and Figures 2-3 from runs."""
+
+from __future__ import annotations
+
+import argparse
+import csv
+import io
+import math
+from pathlib import Path
+
+from ablate_lit.callbacks.results import read_results, write_atomic
+from ablate_lit.errors import AblateError
+from ablate_lit.report import aggregate, mean_std
+
+
+def load_runs(run_dirs: list[str]) -> list[dict]:
+    """Rows of every run; a (model, method, seed, fraction) seen twice is kept once (first run wins)."""
+    rows, seen = [], set()
+    for d in run_dirs:
+        path = Path(d) / "results.csv"
+        if not path.is_file():
+            raise AblateError(f"'{d}' holds no results.csv; pass run folders such as lightning_logs/<run>")
+        for r in read_results(path):
+            key = (r["model"], r["method"], r["seed"], round(float(r["fraction"]), 6))
+            if key not in seen:
+                seen.add(key)
+                rows.append(r)
+    if not rows:
+        raise AblateError("the runs hold no results yet")
+    return rows
+
+
+def _fmt(values: list[float], scale: float, digits: int) -> str:
+    if not values:
+        return "—"
+    m, s = mean_std(values)
+    if not math.isfinite(m):
+        return "non-finite!"
+    return f"{m * scale:.{digits}f}" + (f" ± {s * scale:.{digits}f}" if math.isfinite(s) else "")
+
+
+def table(rows: list[dict], fractions: list[float]) -> tuple[str, list[dict]]:
+    """Markdown (Top1 then CE; rows baseline, then method @ fraction; columns models) and CSV records."""
+    agg = aggregate(rows)
+    models = list(dict.fromkeys(r["model"] for r in rows))
+    methods = list(dict.fromkeys(r["method"] for r in rows))
+    records, blocks = [], []
+    for metric, title, scale, digits in (("top1", "Top1 accuracy (%)", 100.0, 2), ("ce", "cross-entropy", 1.0, 3)):
+        lines = [f"### {title}, mean ± std over seeds", "", "| | " + " | ".join(models) + " |", "|---" * (len(models) + 1) + "|"]
+        entries = [("baseline", 0.0)] + [(m, f) for f in fractions for m in methods]
+        for method, f in entries:
+            key_method = "baseline" if method == "baseline" else method
+            cells = []
+            for model in models:
+                values = agg.get((model, key_method, 0.0 if method == "baseline" else round(f, 6)), {}).get(metric, [])
+                cells.append(_fmt(values, scale, digits))
+                m, s = mean_std(values) if values else (float("nan"), float("nan"))
+                records.append({"metric": metric, "method": method, "fraction": f, "model": model, "mean": m,
+                                "std": s, "n_seeds": len(values)})
+            label = "baseline" if method == "baseline" else f"{method} @ {round(100 * f)}%"
+            lines.append(f"| {label} | " + " | ".join(cells) + " |")
+        blocks.append("\n".join(lines))
+    return "\n\n".join(blocks) + "\n", records
+
+
+def figures(rows: list[dict], out: Path) -> list[Path]:
+    """One PNG per model: Top1 and CE against % ablated, a line per method, a band of ± std over seeds."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    agg = aggregate(rows)
+    written = []
+    for model in dict.fromkeys(r["model"] for r in rows):
+        fig, axes = plt.subplots(1, 2, figsize=(11, 4))
+        base = agg.get((model, "baseline", 0.0))
+        for method in dict.fromkeys(r["method"] for r in rows if r["model"] == model):
+            points = sorted(f for (mo, me, f) in agg if mo == model and me == method)
+            for ax, metric, scale in ((axes[0], "top1", 100.0), (axes[1], "ce", 1.0)):
+                xs, means, stds = [], [], []
+                if base:
+                    xs.append(0.0), means.append(mean_std(base[metric])[0] * scale), stds.append(0.0)
+                for f in points:
+                    m, s = mean_std(agg[(model, method, f)][metric])
+                    xs.append(100 * f), means.append(m * scale), stds.append(0.0 if not math.isfinite(s) else s * scale)
+                line, = ax.plot(xs, means, marker="o", ms=3, label=method)
+                ax.fill_between(xs, [m - s for m, s in zip(means, stds)], [m + s for m, s in zip(means, stds)],
+                                color=line.get_color(), alpha=0.2)
+        axes[0].set_ylabel("Top1 accuracy (%)")
+        axes[1].set_ylabel("cross-entropy")
+        for ax in axes:
+            ax.set_xlabel("neurons ablated (%)")
+            ax.grid(alpha=0.3)
+        axes[0].legend(fontsize=8)
+        fig.suptitle(model)
+        fig.tight_layout()
+        path = out / f"{model}.png"
+        fig.savefig(path, dpi=110)
+        plt.close(fig)
+        written.append(path)
+    return written
+
+
+def main(argv: list[str]) -> None:
+    ap = argparse.ArgumentParser(prog="python -m ablate_lit report",
+                                 description="Merge runs into the paper's Table 2 (Markdown + CSV) and Figures 2-3 (PNG).")
+    ap.add_argument("runs", nargs="+", help="run folders (lightning_logs/<run>), several models or seeds")
+    ap.add_argument("--fractions", type=float, nargs="+", default=[0.5, 0.9], help="fractions in the table (default 0.5 0.9)")
+    ap.add_argument("--out", default=None, help="output folder (default: lightning_logs/report)")
+    args = ap.parse_args(argv)
+    for f in args.fractions:
+        if not 0 < f <= 1:
+            raise AblateError(f"--fractions holds {f}; table fractions must be in (0, 1]")
+    rows = load_runs(args.runs)
+    out = Path(args.out or Path(args.runs[0]).parent / "report")
+    out.mkdir(parents=True, exist_ok=True)
+    markdown, records = table(rows, args.fractions)
+    write_atomic(out / "table.md", markdown)
+    buf = io.StringIO()
+    writer = csv.DictWriter(buf, fieldnames=list(records[0]))
+    writer.writeheader()
+    writer.writerows(records)
+    write_atomic(out / "table.csv", buf.getvalue())
+    pngs = figures(rows, out)
+    print(markdown)
+    print(f"table:   {out / 'table.md'}, {out / 'table.csv'}")
+    print("figures: " + ", ".join(str(p) for p in pngs))

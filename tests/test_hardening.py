@@ -1,0 +1,105 @@
+"""A run killed at any moment resumes to the same results; caches and result files are never half-used."""
+
+from __future__ import annotations
+
+import csv
+import os
+import subprocess
+import sys
+
+import pytest
+
+from test_cli import COLUMNS_EXPECTED, read_rows, tiny_args
+
+# Each patch makes the process SIGKILL itself at one moment of the run (no cleanup code runs).
+KILLS = {
+    "during calibration": """
+from ablate_lit.callbacks.calibration import CalibrationCallback
+_orig = CalibrationCallback.on_validation_batch_start
+def _patched(self, trainer, module, batch, idx, dl=0):
+    if self.mode == "stats" and idx == 1:
+        os.kill(os.getpid(), signal.SIGKILL)
+    return _orig(self, trainer, module, batch, idx, dl)
+CalibrationCallback.on_validation_batch_start = _patched
+""",
+    "between points": """
+from ablate_lit.callbacks.results import ResultWriter
+_orig, _n = ResultWriter.begin, [0]
+def _patched(self, *a):
+    _n[0] += 1
+    if _n[0] == 5:
+        os.kill(os.getpid(), signal.SIGKILL)
+    return _orig(self, *a)
+ResultWriter.begin = _patched
+""",
+    "while writing results": """
+_orig, _n = os.replace, [0]
+def _patched(src, dst):
+    if str(dst).endswith("results.csv"):
+        _n[0] += 1
+        if _n[0] == 3:  # the new file is written in full beside the old one, not yet moved
+            os.kill(os.getpid(), signal.SIGKILL)
+    return _orig(src, dst)
+os.replace = _patched
+""",
+    "while saving the calibration cache": """
+_orig = os.replace
+def _patched(src, dst):
+    if str(dst).endswith(".pt"):
+        os.kill(os.getpid(), signal.SIGKILL)
+    return _orig(src, dst)
+os.replace = _patched
+""",
+}
+
+
+def launch(args, patch: str = "") -> subprocess.CompletedProcess:
+    script = f"import os, signal, sys\n{patch}\nfrom ablate_lit.cli import main\nmain(sys.argv[1:])\n"
+    env = {**os.environ, "PYTHONWARNINGS": "ignore", "TOKENIZERS_PARALLELISM": "false"}
+    return subprocess.run([sys.executable, "-c", script, "test", *map(str, args)], env=env, capture_output=True,
+                          text=True, timeout=600)
+
+
+@pytest.fixture(scope="module")
+def reference(tiny_models, corpus, tmp_path_factory):
+    root = tmp_path_factory.mktemp("reference")
+    proc = launch(tiny_args(tiny_models["qwen2"], corpus, root, "--ablation.methods", "[zero,peak,resample:random_tokens]"))
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    return read_rows(root / "run" / "results.csv")
+
+
+@pytest.mark.parametrize("moment", sorted(KILLS))
+def test_killed_run_resumes_to_the_same_results(tiny_models, corpus, tmp_path, reference, moment):
+    args = tiny_args(tiny_models["qwen2"], corpus, tmp_path, "--ablation.methods", "[zero,peak,resample:random_tokens]")
+    killed = launch(args, KILLS[moment])
+    assert killed.returncode == -9, killed.stderr[-2000:]
+    results = tmp_path / "run" / "results.csv"
+    if results.exists():  # whatever is there is whole: a header and complete rows only
+        with open(results, newline="") as fh:
+            rows = list(csv.reader(fh))
+        assert rows[0] == COLUMNS_EXPECTED and all(len(r) == len(COLUMNS_EXPECTED) for r in rows)
+        assert len(rows) - 1 < len(reference)
+    resumed = launch(args)
+    assert resumed.returncode == 0, resumed.stderr[-2000:]
+    assert read_rows(results) == reference
+    assert not list((tmp_path / "run").glob(".*.tmp*")), "a killed write's temporary file is cleared on resume"
+
+
+def test_corrupt_or_foreign_cache_is_rebuilt_not_used(tiny_models, corpus, tmp_path, reference):
+    args = tiny_args(tiny_models["qwen2"], corpus, tmp_path, "--ablation.methods", "[zero,peak,resample:random_tokens]",
+                     "--ablation.cache_dir", tmp_path / "cache")
+    assert launch(args).returncode == 0
+    caches = sorted((tmp_path / "cache").glob("*.pt"))
+    stats = next(p for p in caches if p.name.startswith("stats-"))
+    stats.write_bytes(b"not a torch file")  # corrupt
+    other = next(p for p in caches if p.name.startswith("resample-"))
+    import torch
+
+    obj = torch.load(other, weights_only=False)
+    obj["key"] = "made-with-other-settings"
+    torch.save(obj, other)  # foreign
+    (tmp_path / "run" / "results.csv").unlink()
+    proc = launch(args)
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    assert "unreadable" in proc.stderr + proc.stdout and "other settings" in proc.stderr + proc.stdout
+    assert read_rows(tmp_path / "run" / "results.csv") == reference

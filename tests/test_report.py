@@ -1,0 +1,54 @@
+"""``python -m ablate_lit report``: the merged table against numbers computed here, and the figures."""
+
+from __future__ import annotations
+
+import csv
+import statistics
+
+import pytest
+from PIL import Image
+
+from ablate_lit.cli import main
+
+from test_cli import read_rows, tiny_args
+
+
+@pytest.fixture(scope="module")
+def two_runs(tiny_models, corpus, tmp_path_factory):
+    root = tmp_path_factory.mktemp("runs")
+    for model in ("llama", "gpt2"):
+        args = tiny_args(tiny_models[model], corpus, root, "--ablation.methods", "[zero,peak]")
+        args[args.index("--name") + 1] = model
+        try:
+            main(["test", *map(str, args)])
+        except SystemExit as exc:
+            assert exc.code in (0, None)
+    return root
+
+
+def test_report_merges_runs_into_table_and_figures(capsys, two_runs, tmp_path):
+    capsys.readouterr()
+    main(["report", str(two_runs / "llama"), str(two_runs / "gpt2"), "--fractions", "0.5", "--out", str(tmp_path)])
+    out = capsys.readouterr().out
+    md = (tmp_path / "table.md").read_text()
+    assert md in out
+    rows = read_rows(two_runs / "llama" / "results.csv")
+    values = [float(r["top1"]) * 100 for r in rows if r["method"] == "peak" and r["fraction"] == "0.5"]
+    expected = f"{statistics.fmean(values):.2f} ± {statistics.stdev(values):.2f}"
+    line = next(l for l in md.splitlines() if l.startswith("| peak @ 50% |"))
+    assert line.split("|")[2].strip() == expected  # first model column: llama
+    assert md.count("| baseline |") == 2  # Top1 and CE blocks
+    with open(tmp_path / "table.csv") as fh:
+        records = list(csv.DictReader(fh))
+    assert {r["model"] for r in records} == {"llama", "gpt2"}
+    assert {(r["method"], r["fraction"]) for r in records} >= {("baseline", "0.0"), ("zero", "0.5"), ("peak", "0.5")}
+    for model in ("llama", "gpt2"):
+        with Image.open(tmp_path / f"{model}.png") as img:
+            assert img.size[0] > 800 and img.size[1] > 300
+
+
+def test_report_of_a_folder_without_results_is_a_one_line_error(capsys, tmp_path):
+    with pytest.raises(SystemExit) as exc:
+        main(["report", str(tmp_path)])
+    assert exc.value.code == 2
+    assert "holds no results.csv" in capsys.readouterr().err
