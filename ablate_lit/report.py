@@ -39,9 +39,10 @@ def mean_std(values: list[float]) -> tuple[float, float]:
     return m, (statistics.stdev(values) if len(values) > 1 else float("nan"))
 
 
-def _cell(values: list[float], scale: float, digits: int) -> str:
+def format_cell(values: list[float], scale: float, digits: int, empty: str = "") -> str:
+    """``mean ± std`` of the values (no ± with one value); ``non-finite!`` flags a NaN or inf mean."""
     if not values:
-        return ""
+        return empty
     m, s = mean_std(values)
     if not math.isfinite(m):
         return "non-finite!"
@@ -62,9 +63,9 @@ def summary_table(rows: list[dict], methods: list[str], fractions: list[float]) 
             lines = [f"### {model}: {title}, mean ± std over {n_seeds} seed(s)", "", header,
                      "|---" * (len(fractions) + 1) + "|"]
             base = agg.get((model, "baseline", 0.0), {}).get(metric, [])
-            lines.append("| baseline | " + " | ".join(_cell(base, scale, digits) if f == 0 else "" for f in fractions) + " |")
+            lines.append("| baseline | " + " | ".join(format_cell(base, scale, digits) if f == 0 else "" for f in fractions) + " |")
             for method in methods:
-                cells = [_cell(agg.get((model, method, f), {}).get(metric, []), scale, digits) if f > 0 else ""
+                cells = [format_cell(agg.get((model, method, f), {}).get(metric, []), scale, digits) if f > 0 else ""
                          for f in fractions]
                 lines.append(f"| {method} | " + " | ".join(cells) + " |")
             blocks.append("\n".join(lines))

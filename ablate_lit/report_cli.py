@@ -10,7 +10,7 @@ from pathlib import Path
 
 from ablate_lit.callbacks.results import read_results, write_atomic
 from ablate_lit.errors import AblateError
-from ablate_lit.report import aggregate, mean_std
+from ablate_lit.report import aggregate, format_cell, mean_std
 
 
 def load_runs(run_dirs: list[str]) -> list[dict]:
@@ -30,15 +30,6 @@ def load_runs(run_dirs: list[str]) -> list[dict]:
     return rows
 
 
-def _fmt(values: list[float], scale: float, digits: int) -> str:
-    if not values:
-        return "—"
-    m, s = mean_std(values)
-    if not math.isfinite(m):
-        return "non-finite!"
-    return f"{m * scale:.{digits}f}" + (f" ± {s * scale:.{digits}f}" if math.isfinite(s) else "")
-
-
 def table(rows: list[dict], fractions: list[float]) -> tuple[str, list[dict]]:
     """Markdown (Top1 then CE; rows baseline, then method @ fraction; columns models) and CSV records."""
     agg = aggregate(rows)
@@ -53,7 +44,7 @@ def table(rows: list[dict], fractions: list[float]) -> tuple[str, list[dict]]:
             cells = []
             for model in models:
                 values = agg.get((model, key_method, 0.0 if method == "baseline" else round(f, 6)), {}).get(metric, [])
-                cells.append(_fmt(values, scale, digits))
+                cells.append(format_cell(values, scale, digits, empty="—"))
                 m, s = mean_std(values) if values else (float("nan"), float("nan"))
                 records.append({"metric": metric, "method": method, "fraction": f, "model": model, "mean": m,
                                 "std": s, "n_seeds": len(values)})

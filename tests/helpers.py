@@ -23,3 +23,17 @@ def data(corpus, mod, **kwargs) -> TextData:
     d.connect(mod.tokenizer)
     d.setup("test")
     return d
+
+
+def with_zero_inputs(pre_outs, fn):
+    """fn() while every out-projection's forward is fed zeros, patched by hand (no ablate_lit hooks)."""
+    import torch
+
+    saved = [(p.module, p.module.forward) for p in pre_outs]
+    for m, forward in saved:
+        m.forward = lambda x, _f=forward: _f(torch.zeros_like(x))
+    try:
+        return fn()
+    finally:
+        for m, forward in saved:
+            m.forward = forward

@@ -7,7 +7,7 @@ import torch
 
 from ablate_lit.ablation.hooks import PreOutHooks
 
-from helpers import module
+from helpers import module, with_zero_inputs
 from test_families import ARCHS
 
 IDS = torch.randint(4, 300, (3, 10), generator=torch.Generator().manual_seed(1))
@@ -38,16 +38,7 @@ def test_zeroing_all_neurons_equals_zeros_fed_by_hand(tiny_models, model_type):
     L, D = mod.hooks.n_layers, mod.hooks.width
     with mod.hooks.ablating(torch.ones(L, D, dtype=torch.bool), values=torch.zeros(L, D)):
         ablated = _logits(mod)
-    originals = []
-    for p in mod.pre_outs:  # by hand: the out-projection's forward sees zeros
-        forward = p.module.forward
-        originals.append((p.module, forward))
-        p.module.forward = lambda x, _f=forward: _f(torch.zeros_like(x))
-    try:
-        by_hand = _logits(mod)
-    finally:
-        for m, f in originals:
-            m.forward = f
+    by_hand = with_zero_inputs(mod.pre_outs, lambda: _logits(mod))
     torch.testing.assert_close(ablated, by_hand, rtol=0, atol=0)
     assert not torch.allclose(ablated, _logits(mod))
 

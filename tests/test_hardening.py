@@ -103,3 +103,41 @@ def test_corrupt_or_foreign_cache_is_rebuilt_not_used(tiny_models, corpus, tmp_p
     assert proc.returncode == 0, proc.stderr[-2000:]
     assert "unreadable" in proc.stderr + proc.stdout and "other settings" in proc.stderr + proc.stdout
     assert read_rows(tmp_path / "run" / "results.csv") == reference
+
+
+def test_nan_activations_in_calibration_are_counted_and_refused(capsys, tiny_models, corpus, tmp_path):
+    import torch
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    from test_cli import run
+
+    model = AutoModelForCausalLM.from_pretrained(tiny_models["llama"])
+    with torch.no_grad():
+        model.model.layers[1].self_attn.v_proj.weight[0, 0] = float("nan")
+    model.save_pretrained(tmp_path / "nan_model")
+    AutoTokenizer.from_pretrained(tiny_models["llama"]).save_pretrained(tmp_path / "nan_model")
+    code, out, err = run(capsys, *tiny_args(tmp_path / "nan_model", corpus, tmp_path))
+    lines = [l for l in err.splitlines() if l.startswith("error:")]
+    assert code == 2 and len(lines) == 1 and "Traceback" not in err
+    assert "NaN/inf pre-out activations in calibration (layers [1])" in lines[0]
+    assert "--trainer.precision 32" in lines[0]
+
+
+def test_non_finite_scores_are_counted_and_flagged_in_the_tables():
+    import torch
+
+    from ablate_lit.report import summary_table
+    from ablate_lit.report_cli import table
+    from ablate_lit.stats import TokenScores
+
+    scores = TokenScores()
+    logits = torch.randn(6, 5)
+    logits[2] = float("nan")
+    scores.update(logits, torch.tensor([0, 1, 2, 3, 4, 0]))
+    out = scores.compute()
+    assert int(out["nonfinite"]) == 1 and not torch.isfinite(out["ce"])
+    base = {"model": "m", "selection": "per_layer", "n_ablated": 0, "n_tokens": 6}
+    rows = [{**base, "method": "zero", "seed": 0, "fraction": "0", "top1": "0.5", "ce": "2.0", "evaluated_as": "baseline"},
+            {**base, "method": "zero", "seed": 0, "fraction": "0.5", "top1": "0.1", "ce": "nan", "evaluated_as": "zero"}]
+    assert "non-finite!" in summary_table(rows, ["zero"], [0.0, 0.5])
+    assert "non-finite!" in table(rows, [0.5])[0]

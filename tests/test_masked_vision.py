@@ -11,6 +11,7 @@ from ablate_lit.ablation.hooks import PreOutHooks
 from ablate_lit.stats import TokenScores
 
 from conftest import N_CLASSES
+from helpers import with_zero_inputs
 
 MASKED = ["bert", "roberta", "xlm-roberta"]
 VISION = ["timm", "hf"]
@@ -85,14 +86,7 @@ def test_invariants_at_zero_and_full_ablation(tiny_masked, tiny_vision, kind, na
         assert torch.equal(logits(mod), reference)
     with mod.hooks.ablating(torch.ones(L, D, dtype=torch.bool), values=torch.zeros(L, D)):
         ablated = logits(mod)
-    saved = [(p.module, p.module.forward) for p in mod.pre_outs]
-    for m, f in saved:
-        m.forward = lambda x, _f=f: _f(torch.zeros_like(x))
-    try:
-        by_hand = logits(mod)
-    finally:
-        for m, f in saved:
-            m.forward = f
+    by_hand = with_zero_inputs(mod.pre_outs, lambda: logits(mod))
     torch.testing.assert_close(ablated, by_hand, rtol=0, atol=0)
 
 

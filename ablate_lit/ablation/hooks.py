@@ -48,7 +48,14 @@ class PreOutHooks:
         return bool(self._handles)
 
     @contextmanager
-    def recording(self, record: Callable[[int, torch.Tensor], None]) -> Iterator[None]:
+    def _attached(self, make_hook: Callable[[int], Callable]) -> Iterator[None]:
+        self._attach(make_hook)
+        try:
+            yield
+        finally:
+            self.remove()
+
+    def recording(self, record: Callable[[int, torch.Tensor], None]):
         """Call ``record(layer, x)`` with each layer's pre-out ``x`` [batch, pos, width]."""
 
         def make_hook(layer):
@@ -57,15 +64,10 @@ class PreOutHooks:
 
             return hook
 
-        self._attach(make_hook)
-        try:
-            yield
-        finally:
-            self.remove()
+        return self._attached(make_hook)
 
-    @contextmanager
     def ablating(self, mask: torch.Tensor, values: torch.Tensor | None = None,
-                 resample: torch.Tensor | None = None) -> Iterator[None]:
+                 resample: torch.Tensor | None = None):
         """Replace the neurons where ``mask`` [n_layers, width] is True.
 
         ``values`` [n_layers, width] gives one constant per neuron (zero, mean, peak). ``resample``
@@ -102,11 +104,7 @@ class PreOutHooks:
 
         if resample is not None and self.sample_index is None:
             self.sample_index = torch.zeros(1, dtype=torch.long)
-        self._attach(make_hook)
-        try:
-            yield
-        finally:
-            self.remove()
+        return self._attached(make_hook)
 
 
 @contextmanager

@@ -87,3 +87,35 @@ class AblationModule(L.LightningModule):
                 t = t.detach().double()
                 h.update(f"{name}:{t.sum().item():.10e}:{t.abs().sum().item():.10e}".encode())
         return h.hexdigest()[:16]
+
+
+class TextAblationModule(AblationModule):
+    """Shared by the text families: token windows, and the three text resample sources."""
+
+    resample_sources = ("random_chars", "random_tokens", "generated")
+
+    def default_generator(self):
+        """(model, tokenizer) that writes the text for resample:generated when none is configured; None
+        means the built-in English sample."""
+        return None
+
+    def random_inputs(self, source: str, n: int, seed: int, data):
+        from ablate_lit.data import random_inputs as rnd
+        from ablate_lit.data.text import WindowDataset
+        from ablate_lit.families.causal_lm import load_causal_lm
+
+        args = (self.tokenizer, n, data.context_length, data.prefix, data.suffix, seed)
+        if source == "random_tokens":
+            return WindowDataset(rnd.random_tokens(*args))
+        if source == "random_chars":
+            return WindowDataset(rnd.random_chars(*args))
+        if source != "generated":
+            raise ValueError(source)
+        if self.hparams.get("generator"):
+            model, tokenizer, _ = load_causal_lm(self.hparams.generator)
+            generator = (model.to(self.device), tokenizer)
+        else:
+            generator = self.default_generator()
+        if generator is None:
+            return WindowDataset(rnd.builtin_sample(*args))
+        return WindowDataset(rnd.generated(*args, generator=generator[0], generator_tokenizer=generator[1]))

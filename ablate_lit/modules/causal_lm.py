@@ -3,18 +3,15 @@
 from __future__ import annotations
 
 from ablate_lit.ablation.hooks import PreOutHooks
-from ablate_lit.data import random_inputs as rnd
-from ablate_lit.data.text import WindowDataset
 from ablate_lit.families.base import head_layout, locate_pre_outs
 from ablate_lit.families.causal_lm import load_causal_lm
-from ablate_lit.modules.base import AblationModule
+from ablate_lit.modules.base import TextAblationModule
 
 
-class CausalLMAblation(AblationModule):
+class CausalLMAblation(TextAblationModule):
     """Scores next-token prediction (Top1, CE) of a causal LM whose attention pre-outs are ablated."""
 
     family = "causal_lm"
-    resample_sources = ("random_chars", "random_tokens", "generated")
     data_types = ("TextData",)
 
     def __init__(
@@ -52,16 +49,5 @@ class CausalLMAblation(AblationModule):
         logits = self.model(input_ids=ids).logits  # [batch, pos, vocab]
         return logits[:, :-1].reshape(-1, logits.shape[-1]), ids[:, 1:].reshape(-1)
 
-    def random_inputs(self, source: str, n: int, seed: int, data) -> WindowDataset:
-        args = (self.tokenizer, n, data.context_length, data.prefix, data.suffix, seed)
-        if source == "random_tokens":
-            return WindowDataset(rnd.random_tokens(*args))
-        if source == "random_chars":
-            return WindowDataset(rnd.random_chars(*args))
-        if source == "generated":
-            gen_model, gen_tok = self.model, self.tokenizer
-            if self.hparams.generator:
-                gen_model, gen_tok, _ = load_causal_lm(self.hparams.generator)
-                gen_model.to(self.device)
-            return WindowDataset(rnd.generated(*args, generator=gen_model, generator_tokenizer=gen_tok))
-        raise ValueError(source)
+    def default_generator(self):
+        return self.model, self.tokenizer  # the model under test writes its own text

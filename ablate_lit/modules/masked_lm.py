@@ -3,19 +3,15 @@
 from __future__ import annotations
 
 from ablate_lit.ablation.hooks import PreOutHooks
-from ablate_lit.data import random_inputs as rnd
-from ablate_lit.data.text import WindowDataset
 from ablate_lit.families.base import head_layout, locate_pre_outs
-from ablate_lit.families.causal_lm import load_causal_lm
 from ablate_lit.families.masked_lm import load_masked_lm
-from ablate_lit.modules.base import AblationModule
+from ablate_lit.modules.base import TextAblationModule
 
 
-class MaskedLMAblation(AblationModule):
+class MaskedLMAblation(TextAblationModule):
     """Scores the masked-out tokens (Top1, CE) of a masked LM whose attention pre-outs are ablated."""
 
     family = "masked_lm"
-    resample_sources = ("random_chars", "random_tokens", "generated")
     data_types = ("MaskedTextData",)
 
     def __init__(self, name_or_path: str, dtype: str = "float32", revision: str | None = None,
@@ -40,16 +36,3 @@ class MaskedLMAblation(AblationModule):
         if labels is None:  # randomised inputs for the resample cache are not scored
             labels = batch["input_ids"].new_full(batch["input_ids"].shape, -100)
         return logits.reshape(-1, logits.shape[-1]), labels.reshape(-1)
-
-    def random_inputs(self, source: str, n: int, seed: int, data) -> WindowDataset:
-        args = (self.tokenizer, n, data.context_length, data.prefix, data.suffix, seed)
-        if source == "random_tokens":
-            return WindowDataset(rnd.random_tokens(*args))
-        if source == "random_chars":
-            return WindowDataset(rnd.random_chars(*args))
-        if source == "generated":
-            if not self.hparams.generator:
-                return WindowDataset(rnd.builtin_sample(*args))
-            gen_model, gen_tok, _ = load_causal_lm(self.hparams.generator)
-            return WindowDataset(rnd.generated(*args, generator=gen_model.to(self.device), generator_tokenizer=gen_tok))
-        raise ValueError(source)
