@@ -64,7 +64,7 @@ class AblateCLI(LightningCLI):
 
     @staticmethod
     def subcommands() -> dict[str, set[str]]:
-        return {"test": {"model", "dataloaders", "datamodule"}}
+        return {"test": {"model", "dataloaders", "datamodule", "ckpt_path", "verbose", "weights_only"}}
 
     def test(self, model, datamodule, **_ignored) -> None:
         from ablate_lit.experiment import run_experiment
@@ -77,12 +77,19 @@ class AblateCLI(LightningCLI):
 
 
 def build_cli(args=None) -> AblateCLI:
+    try:  # show the AblationConfig attribute docstrings in --help
+        from jsonargparse import set_parsing_settings
+
+        set_parsing_settings(docstring_parse_attribute_docstrings=True)
+    except (ImportError, TypeError):  # older jsonargparse
+        pass
     return AblateCLI(
         AblationModule,
         L.LightningDataModule,
         subclass_mode_model=True,
         subclass_mode_data=True,
         save_config_callback=None,
+        auto_configure_optimizers=False,
         parser_kwargs={"parser_mode": "omegaconf"},
         trainer_defaults={"logger": False, "enable_checkpointing": False, "enable_model_summary": False,
                           "default_root_dir": "lightning_logs"},

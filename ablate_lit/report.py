@@ -102,21 +102,28 @@ def layer_average(stats: dict, layer: int) -> tuple[torch.Tensor, torch.Tensor]:
     grid.index_add_(0, flat, (counts / counts.sum(1, keepdim=True).clamp_min(1)).reshape(-1))
     shift = 0.0 if stats["alignment"] == "edge" else 0.5
     centres = (low + torch.arange(grid.numel()) + 0.5 - shift).double() * stats["eps"]
-    nz = grid.nonzero().squeeze(1)
-    lo, hi = int(nz.min()), int(nz.max()) + 1
+    cdf = grid.cumsum(0) / grid.sum().clamp_min(1e-300)  # show the central 99.8% of the mass
+    lo = int(torch.searchsorted(cdf, torch.tensor(0.001, dtype=torch.float64)))
+    hi = int(torch.searchsorted(cdf, torch.tensor(0.999, dtype=torch.float64))) + 1
     return centres[lo:hi], grid[lo:hi] / width
 
 
 ATYPICAL_SCORES = {
-    "off-zero peak": "|peak| / std: how many standard deviations the modal value lies from zero",
+    "off-zero peak": "|peak| / (median std of the layer's neurons): how far the modal value lies from zero, in the layer's typical scale",
     "several modes": "Sarle's bimodality coefficient (skew^2 + 1) / (excess kurtosis + small-sample term); > 5/9 suggests several modes",
     "strong skew": "|skew|, the third standardised moment",
 }
 
 
 def atypical_scores(stats: dict) -> dict[str, torch.Tensor]:
-    std = stats["std"].clamp_min(1e-12)
-    return {"off-zero peak": stats["peak"].abs() / std, "several modes": stats["bimodality"], "strong skew": stats["skew"].abs()}
+    """Scores per neuron [n_layers, width] (see ATYPICAL_SCORES). Neurons whose fullest bin holds a
+    quarter of their values or more are nearly constant: their moment ratios are dominated by a few
+    outliers, so they score -inf (not ranked)."""
+    layer_scale = stats["std"].median(dim=1, keepdim=True).values.clamp_min(1e-12)
+    spread = stats["peak_count"].double() < 0.25 * stats["count"].double()
+    scores = {"off-zero peak": stats["peak"].abs() / layer_scale, "several modes": stats["bimodality"],
+              "strong skew": stats["skew"].abs()}
+    return {k: torch.where(spread, v.double(), torch.tensor(float("-inf"), dtype=torch.float64)) for k, v in scores.items()}
 
 
 def neuron_table(stats: dict) -> str:
@@ -181,7 +188,7 @@ def neuron_views(stats: dict, run_dir: Path, per_score: int = 3) -> list[Path]:
     scores = atypical_scores(stats)
     fig, axes = plt.subplots(len(scores), per_score, figsize=(4.2 * per_score, 3 * len(scores)), squeeze=False)
     for row, (name, score) in zip(axes, scores.items()):
-        flat = torch.nan_to_num(score.reshape(-1), nan=-1.0)
+        flat = torch.nan_to_num(score.reshape(-1), nan=float("-inf"))
         for ax, idx in zip(row, flat.argsort(descending=True)[:per_score].tolist()):
             layer, n = divmod(idx, score.shape[1])
             _plot_neuron(ax, stats, layer, n, f"{name} {float(score[layer, n]):.2f}: layer {layer} neuron {n}")

@@ -62,12 +62,12 @@ class NeuronHistogram(Metric):
                 dist.all_reduce(total)
                 dist.all_reduce(count)
             self.set_origin(layer, total / count.clamp_min(1))
-        # slot 0 = underflow, 1..n_bins = window, n_bins+1 = overflow; non-finite values are skipped.
-        slot = (self.grid_index(x) - self.origin[layer] + 1).clamp_(0, self.n_bins + 1)
-        slot = slot + torch.arange(self.width, device=x.device) * (self.n_bins + 2)
-        slot = slot[finite] if not bool(finite.all()) else slot.reshape(-1)
-        ones = torch.ones(slot.numel(), dtype=torch.int32, device=x.device)
-        self.counts[layer].view(-1).index_add_(0, slot, ones)
+        # slot 0 = underflow, 1..n_bins = window, n_bins+1 = overflow. Non-finite values add nothing
+        # (weight 0; NeuronMoments counts them), branch-free so no host-device sync is needed.
+        k = self.grid_index(torch.where(finite, x, torch.zeros((), dtype=x.dtype, device=x.device)))
+        slot = (k - self.origin[layer] + 1).clamp_(0, self.n_bins + 1)
+        slot = (slot + torch.arange(self.width, device=x.device) * (self.n_bins + 2)).reshape(-1)
+        self.counts[layer].view(-1).index_add_(0, slot, finite.reshape(-1).to(torch.int32))
 
     def bin_centres(self, layer: int) -> torch.Tensor:
         """Centres ``[width, n_bins]`` of each neuron's window bins."""

@@ -34,11 +34,9 @@ class NeuronMoments(Metric):
 
     def update(self, layer: int, x: torch.Tensor) -> None:  # x: [n_samples, width]
         x = x.detach().to(torch.float64)
-        finite = torch.isfinite(x)
-        n_bad = int(x.numel() - finite.sum())
-        if n_bad:
-            self.nonfinite[layer] += n_bad
-            x = torch.where(finite, x, torch.zeros((), dtype=x.dtype, device=x.device))
+        finite = torch.isfinite(x)  # branch-free: no host-device sync per layer and batch
+        self.nonfinite[layer] += (~finite).sum()
+        x = torch.where(finite, x, torch.zeros((), dtype=x.dtype, device=x.device))
         x2 = x * x
         self.sum[layer] += x.sum(0)
         self.sumsq[layer] += x2.sum(0)
