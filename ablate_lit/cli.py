@@ -113,7 +113,7 @@ def main(args=None) -> None:
         build_cli(args)
     except AblateError as exc:
         _fail(exc)
-    except (ValueError, TypeError) as exc:
+    except (ValueError, TypeError):
         original = first_raised()
         if original is None:
             raise

@@ -184,6 +184,9 @@ def run_experiment(trainer, module, data, cfg: AblationConfig, name: str | None,
     """Everything ``python -m ablate_lit test`` does; returns the run folder."""
     if getattr(trainer.strategy, "_start_method", "popen") != "popen":
         raise AblateError("spawned processes cannot hand calibration statistics back; use --trainer.strategy ddp")
+    if cfg.mode == "fold" and any(k in type(trainer.strategy).__name__ for k in ("FSDP", "ModelParallel", "DeepSpeed")):
+        raise AblateError("--ablation.mode fold edits whole weight matrices, which a sharding strategy splits; use --ablation.mode hook")
+    module.fingerprint()  # before any strategy wraps or shards the weights
     module.connect_data(data)
     data.setup("test")
     world = trainer.world_size

@@ -203,7 +203,7 @@ def main():
     mistral = SHAPES["mistral-7b"]
     mistral_neurons = mistral["num_hidden_layers"] * mistral["num_attention_heads"] * mistral["head_dim"]
     counts_bytes = mistral_neurons * (args.n_bins + 2) * torch.empty((), dtype=torch.int32).element_size()
-    other_bytes = mistral_neurons * 8 * 6  # moments: sum, sumsq, count, min, max (float64/int64) + origin (int64)
+    other_bytes = mistral_neurons * 8 * 8  # moments: 4 power sums, min, max (float64), count + origin (int64)
 
     out = {"shape": args.shape, "device": str(device), "dtype": args.dtype, "positions_per_pass": tokens,
            "plain_positions_per_s": tokens / med["plain"], "n_neurons": L * D,

@@ -7,10 +7,9 @@ import json
 from pathlib import Path
 
 import pytest
-import torch
 import torch.nn.functional as F
 
-from ablate_lit.callbacks.results import COLUMNS as COLUMNS_EXPECTED, ResultWriter
+from ablate_lit.callbacks.results import ResultWriter
 from ablate_lit.cli import main
 
 from helpers import data, module

@@ -5,7 +5,6 @@ The 2-process run uses Lightning's DDP on CPU (gloo), launched by the real CLI i
 
 from __future__ import annotations
 
-import csv
 import os
 import subprocess
 import sys

@@ -9,7 +9,8 @@ import sys
 
 import pytest
 
-from test_cli import COLUMNS_EXPECTED, read_rows, tiny_args
+from ablate_lit.callbacks.results import COLUMNS as COLUMNS_EXPECTED
+from test_cli import read_rows, tiny_args
 
 # Each patch makes the process SIGKILL itself at one moment of the run (no cleanup code runs).
 KILLS = {

@@ -7,7 +7,6 @@ import torch
 import torch.nn.functional as F
 
 from ablate_lit import AblateError, ImageData, MaskedLMAblation, MaskedTextData, VisionAblation
-from ablate_lit.ablation.hooks import PreOutHooks
 from ablate_lit.stats import TokenScores
 
 from conftest import N_CLASSES

@@ -6,7 +6,6 @@ from contextlib import contextmanager
 from typing import Callable, Iterator, Sequence
 
 import torch
-from torch import nn
 
 from ablate_lit.families.base import PreOut
 

@@ -6,7 +6,6 @@ The *pre-out* of a layer is the input of its attention output projection (Transf
 
 from __future__ import annotations
 
-import os
 from dataclasses import dataclass
 
 import torch

@@ -72,7 +72,13 @@ class AblationModule(L.LightningModule):
         self.scores.update(logits, labels)
 
     def fingerprint(self) -> str:
-        """Identifies the weights cheaply: config, dtype and checksums of a few tensors."""
+        """Identifies the weights cheaply: config, dtype and checksums of a few tensors. Computed once,
+        on the first call (before any strategy wraps or shards the model), so every process agrees."""
+        if getattr(self, "_fingerprint", None) is None:
+            self._fingerprint = self._compute_fingerprint()
+        return self._fingerprint
+
+    def _compute_fingerprint(self) -> str:
         h = hashlib.sha1(type(self.model).__name__.encode())
         config = getattr(self.model, "config", None)
         if hasattr(config, "to_json_string"):
