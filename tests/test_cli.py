@@ -135,6 +135,7 @@ BAD = {
     "unknown resample source": (["--ablation.methods", "[resample:noise]"], "unknown resample source 'noise'"),
     "token budget beyond data": (["--data.max_tokens", "10000000"], "the data holds .* tokens but .* are needed.*lower --data.max_tokens"),
     "context too short": (["--data.context_length", "1"], "data.context_length must be at least 2"),
+    "context beyond the model": (["--data.context_length", "500"], "data.context_length 500 exceeds the model's 128 positions"),
     "batch size zero": (["--data.batch_size", "0"], "data.batch_size must be positive"),
     "too few bins": (["--ablation.n_bins", "1"], "ablation.n_bins must be at least 2"),
     "unknown selection": (["--ablation.selection", "random"], "unknown ablation.selection 'random'; use one of: per_layer, global"),

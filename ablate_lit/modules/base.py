@@ -100,6 +100,23 @@ class TextAblationModule(AblationModule):
 
     resample_sources = ("random_chars", "random_tokens", "generated")
 
+    def max_positions(self) -> int | None:
+        """Longest window the model takes (RoBERTa-style position ids start after the padding index)."""
+        config = self.model.config
+        limit = getattr(config, "n_positions", None) or getattr(config, "max_position_embeddings", None)
+        if limit and config.model_type in ("roberta", "xlm-roberta"):
+            limit -= config.pad_token_id + 1
+        return limit
+
+    def connect_data(self, data) -> None:
+        super().connect_data(data)
+        limit = self.max_positions()
+        if limit and data.context_length > limit:
+            from ablate_lit.errors import AblateError
+
+            raise AblateError(f"data.context_length {data.context_length} exceeds the model's {limit} positions; "
+                              f"lower --data.context_length to at most {limit}")
+
     def default_generator(self):
         """(model, tokenizer) that writes the text for resample:generated when none is configured; None
         means the built-in English sample."""
