@@ -15,6 +15,7 @@ from torch.utils.data import DataLoader
 from ablate_lit.ablation.hooks import folded
 from ablate_lit.ablation.methods import parse_method
 from ablate_lit.ablation.schedule import ablation_mask, neuron_order, plan
+from ablate_lit.batch_size import find_batch_size
 from ablate_lit.callbacks.calibration import CalibrationCallback
 from ablate_lit.callbacks.results import ResultWriter, read_results
 from ablate_lit.config import AblationConfig
@@ -189,6 +190,10 @@ def run_experiment(trainer, module, data, cfg: AblationConfig, name: str | None,
     module.fingerprint()  # before any strategy wraps or shards the weights
     module.connect_data(data)
     data.setup("test")
+    if data.batch_size == "auto":
+        module.to(trainer.strategy.root_device)
+        data.batch_size = find_batch_size(module, data.eval_dataset(), trainer.strategy.root_device.type)
+        _say(trainer, f"batch size: {data.batch_size} (found automatically)")
     world = trainer.world_size
     if world > 1:
         n_calib = len(data.val_dataloader().dataset)

@@ -38,7 +38,7 @@ class ImageData(L.LightningDataModule):
     """
 
     def __init__(self, path: str, split: str = "validation", name: str | None = None, image_column: str = "image",
-                 label_column: str = "label", max_images: int = 1000, calib_images: int = 1000, batch_size: int = 32,
+                 label_column: str = "label", max_images: int = 1000, calib_images: int = 1000, batch_size: int | str = 32,
                  num_workers: int = 0, seed: int = 0, streaming: bool | None = None):
         """
         Args:
@@ -49,7 +49,7 @@ class ImageData(L.LightningDataModule):
             label_column: column holding the integer class labels.
             max_images: evaluation images.
             calib_images: calibration images (disjoint from the evaluation images).
-            batch_size: images per batch.
+            batch_size: images per batch, or auto (the largest power of two that fits on the accelerator).
             num_workers: DataLoader workers.
             seed: seed of the shuffle that picks and splits the images.
             streaming: stream a hub data set (default: yes).
@@ -57,7 +57,8 @@ class ImageData(L.LightningDataModule):
         super().__init__()
         check(max_images >= 1, f"data.max_images must be positive, got {max_images}")
         check(calib_images >= 1, f"data.calib_images must be positive, got {calib_images}")
-        check(batch_size >= 1, f"data.batch_size must be positive, got {batch_size}")
+        check(batch_size == "auto" or (isinstance(batch_size, int) and batch_size >= 1),
+              f"data.batch_size must be a positive integer or auto, got {batch_size}")
         self.path, self.split, self.name, self.streaming = path, split, name, streaming
         self.image_column, self.label_column = image_column, label_column
         self.max_images, self.calib_images, self.batch_size, self.num_workers, self.seed = max_images, calib_images, batch_size, num_workers, seed
@@ -148,6 +149,9 @@ class ImageData(L.LightningDataModule):
 
     def _loader(self, ds) -> DataLoader:
         return make_loader(ds, self.batch_size, self.num_workers)
+
+    def eval_dataset(self) -> ImageDataset:
+        return self.eval_set
 
     def test_dataloader(self) -> DataLoader:
         return self._loader(self.eval_set)

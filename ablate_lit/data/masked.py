@@ -96,8 +96,11 @@ class MaskedTextData(TextData):
     def _masked_loader(self, inputs, labels):
         return make_loader(MaskedDataset(inputs, labels), self.batch_size, self.num_workers)
 
+    def eval_dataset(self) -> MaskedDataset:
+        return MaskedDataset(self.eval_inputs, self.eval_labels)
+
     def test_dataloader(self):
-        return self._masked_loader(self.eval_inputs, self.eval_labels)
+        return make_loader(self.eval_dataset(), self.batch_size, self.num_workers)
 
     def val_dataloader(self):
         return self._masked_loader(self.calib_inputs, self.calib_labels)

@@ -47,7 +47,7 @@ class TextData(L.LightningDataModule):
         calib_tokens: int = 100_000,
         context_length: int = 1024,
         prepend_bos: bool = True,
-        batch_size: int = 8,
+        batch_size: int | str = 8,
         num_workers: int = 0,
         seed: int = 0,
     ):
@@ -62,7 +62,7 @@ class TextData(L.LightningDataModule):
             calib_tokens: calibration text tokens for the statistics (rounded up to whole windows).
             context_length: tokens per window.
             prepend_bos: start every window with the tokenizer's BOS token (EOS if it has none).
-            batch_size: windows per batch.
+            batch_size: windows per batch, or auto (the largest power of two that fits on the accelerator).
             num_workers: DataLoader workers.
             seed: seed of the window shuffle that splits evaluation from calibration.
         """
@@ -70,7 +70,8 @@ class TextData(L.LightningDataModule):
         check(context_length >= 2, f"data.context_length must be at least 2, got {context_length}")
         check(max_tokens >= 1, f"data.max_tokens must be positive, got {max_tokens}")
         check(calib_tokens >= 1, f"data.calib_tokens must be positive, got {calib_tokens}")
-        check(batch_size >= 1, f"data.batch_size must be positive, got {batch_size}")
+        check(batch_size == "auto" or (isinstance(batch_size, int) and batch_size >= 1),
+              f"data.batch_size must be a positive integer or auto, got {batch_size}")
         self.path, self.text_column, self.name, self.split, self.streaming = path, text_column, name, split, streaming
         self.max_tokens, self.calib_tokens, self.context_length = max_tokens, calib_tokens, context_length
         self.prepend_bos, self.batch_size, self.num_workers, self.seed = prepend_bos, batch_size, num_workers, seed
@@ -171,8 +172,11 @@ class TextData(L.LightningDataModule):
     def _loader(self, windows: torch.Tensor) -> DataLoader:
         return make_loader(WindowDataset(windows), self.batch_size, self.num_workers)
 
+    def eval_dataset(self) -> Dataset:
+        return WindowDataset(self.eval_windows)
+
     def test_dataloader(self) -> DataLoader:
-        return self._loader(self.eval_windows)
+        return make_loader(self.eval_dataset(), self.batch_size, self.num_workers)
 
     def val_dataloader(self) -> DataLoader:
         """The calibration split (the calibration pass runs as a validation epoch)."""
