@@ -124,7 +124,7 @@ def folded(pre_outs: Sequence[PreOut], mask: torch.Tensor, values: torch.Tensor)
             conv1d = type(p.module).__name__ == "Conv1D"  # GPT-2: weight [in, out]
             w = p.module.weight
             cols = (w.t() if conv1d else w)[:, m].to(torch.float64)  # [out, n_ablated]
-            shift = (cols @ values[p.layer][m.cpu()].to(device=w.device, dtype=torch.float64)).to(w.dtype)
+            shift = (cols @ values[p.layer].to(device=w.device, dtype=torch.float64)[m]).to(w.dtype)
             bias = p.module.bias
             saved.append((p.module, w.detach().clone(), None if bias is None else bias.detach().clone()))
             with torch.no_grad():
