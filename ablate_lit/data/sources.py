@@ -40,9 +40,9 @@ def _wiki_documents(path: Path) -> Iterator[str]:
 def _local_files(path: Path) -> list[Path]:
     if path.is_file():
         return [path]
-    files = sorted(p for p in path.rglob("*") if p.is_file() and (p.suffix in _BUILDERS or p.suffix == ".bz2"))
+    files = sorted(p for p in path.rglob("*") if p.is_file() and (p.suffix in _BUILDERS or p.suffix in (".bz2", ".xml")))
     if not files:
-        raise AblateError(f"data folder '{path}' holds no .txt/.md/.json/.jsonl/.csv/.parquet files; point --data.path at one")
+        raise AblateError(f"data folder '{path}' holds no .txt/.md/.json/.jsonl/.csv/.parquet or MediaWiki .xml(.bz2) files; point --data.path at one")
     return files
 
 
