@@ -24,9 +24,6 @@ class CalibrationCallback(L.Callback):
         self._ctx = None
         self._rows: torch.Tensor | None = None
 
-    def sweep_stats(self) -> None:
-        self.mode = "stats"
-
     def sweep_resample(self, n_rows: int) -> None:
         self.mode, self.n_rows = "resample", n_rows
 

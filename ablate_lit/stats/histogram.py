@@ -69,11 +69,6 @@ class NeuronHistogram(Metric):
         slot = (slot + torch.arange(self.width, device=x.device) * (self.n_bins + 2)).reshape(-1)
         self.counts[layer].view(-1).index_add_(0, slot, finite.reshape(-1).to(torch.int32))
 
-    def bin_centres(self, layer: int) -> torch.Tensor:
-        """Centres ``[width, n_bins]`` of each neuron's window bins."""
-        j = torch.arange(self.n_bins, device=self.origin.device)
-        return (self.origin[layer, :, None] + j + 0.5 - self.shift).to(torch.float64) * self.eps
-
     def compute(self) -> dict[str, torch.Tensor]:
         window = self.counts[..., 1:-1]
         # Ties go to the lowest bin (torch.argmax returns the first maximal index).
