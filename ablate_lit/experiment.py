@@ -5,7 +5,6 @@ from __future__ import annotations
 import hashlib
 import json
 import logging
-import os
 import time
 from pathlib import Path
 
@@ -15,6 +14,7 @@ from torch.utils.data import DataLoader
 from ablate_lit.ablation.hooks import folded
 from ablate_lit.ablation.methods import parse_method
 from ablate_lit.ablation.schedule import ablation_mask, neuron_order, plan
+from ablate_lit.atomic import atomic_path
 from ablate_lit.batch_size import find_batch_size
 from ablate_lit.callbacks.calibration import CalibrationCallback
 from ablate_lit.callbacks.results import ResultWriter, read_results
@@ -39,10 +39,8 @@ def _say(trainer, msg: str) -> None:
 
 
 def _save(obj, path: Path) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.tmp{os.getpid()}")
-    torch.save(obj, tmp)
-    os.replace(tmp, path)
+    with atomic_path(path) as tmp:
+        torch.save(obj, tmp)
 
 
 def _load(path: Path, key: str):

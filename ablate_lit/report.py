@@ -9,6 +9,8 @@ from pathlib import Path
 
 import torch
 
+from ablate_lit.atomic import write_text
+
 
 def _pct(f: float) -> str:
     return f"{round(100 * float(f))}%"
@@ -73,9 +75,7 @@ def summary_table(rows: list[dict], methods: list[str], fractions: list[float]) 
 
 
 def write_summary(run_dir: Path, table: str) -> None:
-    from ablate_lit.callbacks.results import write_atomic
-
-    write_atomic(Path(run_dir) / "summary.md", table)
+    write_text(Path(run_dir) / "summary.md", table)
 
 
 def _window_values(stats: dict, layer: int, neuron: int) -> tuple[torch.Tensor, torch.Tensor]:
@@ -161,10 +161,8 @@ def neuron_views(stats: dict, run_dir: Path, per_score: int = 3) -> list[Path]:
     import matplotlib.pyplot as plt
     from torch.utils.tensorboard import SummaryWriter
 
-    from ablate_lit.callbacks.results import write_atomic
-
     out.mkdir(parents=True, exist_ok=True)
-    write_atomic(Path(run_dir) / "neurons.csv", neuron_table(stats))
+    write_text(Path(run_dir) / "neurons.csv", neuron_table(stats))
     writer = SummaryWriter(str(Path(run_dir) / "tb" / "calibration"))
     L = stats["mean"].shape[0]
     written = []

@@ -3,12 +3,11 @@
 from __future__ import annotations
 
 import argparse
-import csv
-import io
 import math
 from pathlib import Path
 
-from ablate_lit.callbacks.results import read_results, write_atomic
+from ablate_lit.atomic import write_csv, write_text
+from ablate_lit.callbacks.results import read_results
 from ablate_lit.errors import AblateError
 from ablate_lit.report import aggregate, format_cell, mean_std
 
@@ -40,10 +39,9 @@ def table(rows: list[dict], fractions: list[float]) -> tuple[str, list[dict]]:
         lines = [f"### {title}, mean ± std over seeds", "", "| | " + " | ".join(models) + " |", "|---" * (len(models) + 1) + "|"]
         entries = [("baseline", 0.0)] + [(m, f) for f in fractions for m in methods]
         for method, f in entries:
-            key_method = "baseline" if method == "baseline" else method
             cells = []
             for model in models:
-                values = agg.get((model, key_method, 0.0 if method == "baseline" else round(f, 6)), {}).get(metric, [])
+                values = agg.get((model, method, 0.0 if method == "baseline" else round(f, 6)), {}).get(metric, [])
                 cells.append(format_cell(values, scale, digits, empty="—"))
                 m, s = mean_std(values) if values else (float("nan"), float("nan"))
                 records.append({"metric": metric, "method": method, "fraction": f, "model": model, "mean": m,
@@ -107,12 +105,8 @@ def main(argv: list[str]) -> None:
     out = Path(args.out or Path(args.runs[0]).parent / "report")
     out.mkdir(parents=True, exist_ok=True)
     markdown, records = table(rows, args.fractions)
-    write_atomic(out / "table.md", markdown)
-    buf = io.StringIO()
-    writer = csv.DictWriter(buf, fieldnames=list(records[0]))
-    writer.writeheader()
-    writer.writerows(records)
-    write_atomic(out / "table.csv", buf.getvalue())
+    write_text(out / "table.md", markdown)
+    write_csv(out / "table.csv", records, list(records[0]))
     pngs = figures(rows, out)
     print(markdown)
     print(f"table:   {out / 'table.md'}, {out / 'table.csv'}")

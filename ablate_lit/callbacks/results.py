@@ -8,15 +8,14 @@ TensorBoard gets one run per (method, seed) under ``tb/``, with the ablated perc
 from __future__ import annotations
 
 import csv
-import io
 import math
-import os
 import time
 from pathlib import Path
 
 import lightning as L
 
 from ablate_lit.ablation.schedule import Point
+from ablate_lit.atomic import clear_stale, write_csv
 
 COLUMNS = ["model", "method", "seed", "fraction", "pct", "n_ablated", "n_neurons", "top1", "ce", "ppl", "n_tokens",
            "nonfinite", "evaluated_as", "selection", "eps", "bin_alignment", "precision", "time_s"]
@@ -29,15 +28,6 @@ def read_results(path: Path) -> list[dict]:
         return list(csv.DictReader(fh))
 
 
-def write_atomic(path: Path, text: str) -> None:
-    tmp = path.with_name(f".{path.name}.tmp{os.getpid()}")
-    with open(tmp, "w", newline="") as fh:
-        fh.write(text)
-        fh.flush()
-        os.fsync(fh.fileno())
-    os.replace(tmp, path)
-
-
 def row_key(method: str, seed, fraction) -> tuple[str, int, float]:
     return (method, int(seed), round(float(fraction), 6))
 
@@ -46,8 +36,7 @@ class ResultWriter(L.Callback):
     def __init__(self, run_dir: Path, fixed: dict):
         self.run_dir = Path(run_dir)
         self.path = self.run_dir / "results.csv"
-        for stale in self.run_dir.glob(f".{self.path.name}.tmp*"):  # left by a run killed mid-write
-            stale.unlink(missing_ok=True)
+        clear_stale(self.path)  # left by a run killed mid-write
         self.fixed = fixed
         self.rows = read_results(self.path)
         self.point: Point | None = None
@@ -80,11 +69,7 @@ class ResultWriter(L.Callback):
                 "n_tokens": int(scores["n_tokens"]), "nonfinite": int(scores["nonfinite"]), "evaluated_as": p.method,
                 "time_s": f"{time.perf_counter() - self._t0:.3f}"} for m, s in p.rows]
         self.rows += new
-        buf = io.StringIO()
-        out = csv.DictWriter(buf, fieldnames=COLUMNS, extrasaction="ignore")
-        out.writeheader()
-        out.writerows(self.rows)
-        write_atomic(self.path, buf.getvalue())
+        write_csv(self.path, self.rows, COLUMNS)
         for row in new:
             writer = self._writer(row["method"], row["seed"])
             writer.add_scalar("ablation/top1", float(row["top1"]), row["pct"])
