@@ -39,14 +39,18 @@ class AblationModule(L.LightningModule):
         """``n`` randomised inputs from ``source``, shaped like ``data``'s evaluation inputs, with indices 0..n-1."""
         raise NotImplementedError
 
+    def data_connection(self) -> tuple:
+        """What the DataModule's ``connect`` needs from the model (tokenizer; or preprocessing and classes)."""
+        raise NotImplementedError
+
     def connect_data(self, data) -> None:
-        """Give the DataModule what it needs from the model (tokenizer, preprocessing, classes)."""
+        """Check that ``data`` is this family's kind of DataModule and connect it to the model."""
         from ablate_lit.errors import AblateError
 
         if type(data).__name__ not in self.data_types:
             raise AblateError(f"{type(self).__name__} evaluates on {' or '.join(self.data_types)}, not {type(data).__name__}; "
                               f"set --data ablate_lit.{self.data_types[0]}")
-        data.connect(self.tokenizer)
+        data.connect(*self.data_connection())
 
     @property
     def model_label(self) -> str:
@@ -99,6 +103,9 @@ class TextAblationModule(AblationModule):
     """Shared by the text families: token windows, and the three text resample sources."""
 
     resample_sources = ("random_chars", "random_tokens", "generated")
+
+    def data_connection(self) -> tuple:
+        return (self.tokenizer,)
 
     def max_positions(self) -> int | None:
         """Longest window the model takes (RoBERTa-style position ids start after the padding index)."""

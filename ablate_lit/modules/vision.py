@@ -30,10 +30,8 @@ class VisionAblation(AblationModule):
         self.pre_outs = locate_pre_outs(self.model, arch, n_heads, head_dim)
         self.hooks = PreOutHooks(self.pre_outs)
 
-    def connect_data(self, data) -> None:
-        if type(data).__name__ not in self.data_types:
-            super().connect_data(data)  # raises the one-line error
-        data.connect(self.preprocess, self.n_classes)
+    def data_connection(self) -> tuple:
+        return (self.preprocess, self.n_classes)
 
     @property
     def input_size(self) -> tuple[int, int]:
