@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from ablate_lit.families.base import Architecture
-from ablate_lit.families.causal_lm import load_hf
+from ablate_lit.families.hf import load_hf
 
 _BERT_OUT = ("attention.output.dense", "attention.o_proj")  # transformers 4.x / later layouts
 

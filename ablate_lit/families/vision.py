@@ -8,7 +8,7 @@ from pathlib import Path
 
 from ablate_lit.errors import AblateError
 from ablate_lit.families.base import Architecture, head_layout, looks_like_path, resolve_dtype
-from ablate_lit.families.causal_lm import _hub_error, architecture_for
+from ablate_lit.families.hf import architecture_for, hub_error
 
 # timm: every ViT-style block has attn.proj; the head layout is read from the attention module.
 TIMM_ARCHITECTURE = Architecture(layers="blocks", out_proj="attn.proj")
@@ -56,7 +56,7 @@ def _load_timm(name_or_path: str, dtype: str):
     try:
         model = timm.create_model(name, pretrained=True)
     except Exception as exc:  # hub unreachable, missing weights, unknown name
-        raise _hub_error(name_or_path, exc, "timm model", "--model.name_or_path (a folder saved by timm.models.save_for_hf)") from exc
+        raise hub_error(name_or_path, exc, "timm model", "--model.name_or_path (a folder saved by timm.models.save_for_hf)") from exc
     torch_dtype = resolve_dtype(dtype)
     model = model.to(dtype=torch_dtype) if torch_dtype != "auto" else model
     if not hasattr(model, "blocks"):
@@ -78,7 +78,7 @@ def _load_hf(name_or_path: str, dtype: str, revision: str | None):
                                                                              dtype=resolve_dtype(dtype))
         processor = transformers.AutoImageProcessor.from_pretrained(path, revision=revision)
     except (OSError, ValueError) as exc:
-        raise _hub_error(name_or_path, exc, "model", "--model.name_or_path") from exc
+        raise hub_error(name_or_path, exc, "model", "--model.name_or_path") from exc
 
     def preprocess(image):
         return processor(images=image, return_tensors="pt")["pixel_values"][0]
