@@ -36,6 +36,14 @@ def tiny_args(model, corpus, root, *extra):
             "--trainer.enable_progress_bar", "false", "--trainer.accelerator", "cpu", *extra]
 
 
+def run_rows(capsys, *args):
+    """Run the CLI (with --root/--name from tiny_args) and return (stdout, results rows); it must succeed."""
+    code, out, err = run(capsys, *args)
+    assert code == 0, err
+    root = Path(str(args[list(map(str, args)).index("--root") + 1]))
+    return out, read_rows(root / "run" / "results.csv")
+
+
 def read_rows(path):
     with open(path) as fh:
         return [{k: v for k, v in r.items() if k != "time_s"} for r in csv.DictReader(fh)]
@@ -210,12 +218,8 @@ def test_a_resample_source_of_another_family_is_refused(capsys, tiny_models, cor
 
 
 def test_fold_mode_gives_the_hook_results(capsys, tiny_models, corpus, tmp_path):
-    rows = {}
-    for mode in ("hook", "fold"):
-        code, out, err = run(capsys, *tiny_args(tiny_models["gpt2"], corpus, tmp_path / mode), "--ablation.mode", mode,
-                             "--ablation.methods", "[zero,mean,peak]")
-        assert code == 0, err
-        rows[mode] = read_rows(tmp_path / mode / "run" / "results.csv")
+    rows = {mode: run_rows(capsys, *tiny_args(tiny_models["gpt2"], corpus, tmp_path / mode), "--ablation.mode", mode,
+                           "--ablation.methods", "[zero,mean,peak]")[1] for mode in ("hook", "fold")}
     for a, b in zip(rows["hook"], rows["fold"]):
         assert (a["method"], a["fraction"], a["seed"]) == (b["method"], b["fraction"], b["seed"])
         assert float(a["ce"]) == pytest.approx(float(b["ce"]), rel=1e-5)

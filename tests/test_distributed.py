@@ -12,7 +12,7 @@ import sys
 import pytest
 import torch
 
-from test_cli import read_rows, run, tiny_args
+from test_cli import read_rows, run_rows, tiny_args
 
 
 def cli(*args) -> subprocess.CompletedProcess:
@@ -56,13 +56,9 @@ def test_two_ddp_processes_give_the_statistics_and_results_of_one(tiny_models, c
 
 
 def test_bf16_results_are_within_bf16_rounding_of_fp32(capsys, tiny_models, corpus, tmp_path):
-    for precision in ("32", "bf16-mixed"):
-        code, out, err = run(capsys, *tiny_args(tiny_models["llama"], corpus, tmp_path / precision),
-                             "--trainer.precision", precision, "--ablation.methods", "[zero,mean,peak]",
-                             "--ablation.cache_dir", tmp_path / f"cache{precision}")
-        assert code == 0, err
-    fp32 = read_rows(tmp_path / "32" / "run" / "results.csv")
-    bf16 = read_rows(tmp_path / "bf16-mixed" / "run" / "results.csv")
+    fp32, bf16 = (run_rows(capsys, *tiny_args(tiny_models["llama"], corpus, tmp_path / precision),
+                           "--trainer.precision", precision, "--ablation.methods", "[zero,mean,peak]",
+                           "--ablation.cache_dir", tmp_path / f"cache{precision}")[1] for precision in ("32", "bf16-mixed"))
     assert {r["precision"] for r in bf16} == {"bf16-mixed"}
     for a, b in zip(fp32, bf16):
         assert (a["method"], a["seed"], a["fraction"]) == (b["method"], b["seed"], b["fraction"])
