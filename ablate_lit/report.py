@@ -108,17 +108,14 @@ def layer_average(stats: dict, layer: int) -> tuple[torch.Tensor, torch.Tensor]:
     return centres[lo:hi], grid[lo:hi] / width
 
 
-ATYPICAL_SCORES = {
-    "off-zero peak": "|peak| / (median std of the layer's neurons): how far the modal value lies from zero, in the layer's typical scale",
-    "several modes": "Sarle's bimodality coefficient (skew^2 + 1) / (excess kurtosis + small-sample term); > 5/9 suggests several modes",
-    "strong skew": "|skew|, the third standardised moment",
-}
-
-
 def atypical_scores(stats: dict) -> dict[str, torch.Tensor]:
-    """Scores per neuron [n_layers, width] (see ATYPICAL_SCORES). Neurons whose fullest bin holds a
-    quarter of their values or more are nearly constant: their moment ratios are dominated by a few
-    outliers, so they score -inf (not ranked)."""
+    """Scores per neuron [n_layers, width]:
+      off-zero peak: |peak| / (median std of the layer's neurons), the mode's distance from zero in
+        the layer's typical scale;
+      several modes: Sarle's bimodality coefficient (> 5/9 suggests several modes; heavy tails raise it);
+      strong skew: |skew|.
+    Neurons whose fullest bin holds a quarter of their values or more are nearly constant: their
+    moment ratios are dominated by a few outliers, so they score -inf (not ranked)."""
     layer_scale = stats["std"].median(dim=1, keepdim=True).values.clamp_min(1e-12)
     spread = stats["peak_count"].double() < 0.25 * stats["count"].double()
     scores = {"off-zero peak": stats["peak"].abs() / layer_scale, "several modes": stats["bimodality"],

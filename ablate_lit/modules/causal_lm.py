@@ -2,10 +2,13 @@
 
 from __future__ import annotations
 
+import torch
+
 from ablate_lit.ablation.hooks import PreOutHooks
 from ablate_lit.families.base import head_layout, locate_pre_outs
 from ablate_lit.families.causal_lm import load_causal_lm
 from ablate_lit.modules.base import TextAblationModule
+from ablate_lit.stats.token_metrics import IGNORE_INDEX
 
 
 class CausalLMAblation(TextAblationModule):
@@ -47,7 +50,10 @@ class CausalLMAblation(TextAblationModule):
     def logits_and_labels(self, batch):
         ids = batch["input_ids"]
         logits = self.model(input_ids=ids).logits  # [batch, pos, vocab]
-        return logits[:, :-1].reshape(-1, logits.shape[-1]), ids[:, 1:].reshape(-1)
+        # position t predicts token t+1; the last position has no label (-100). Scoring the full,
+        # contiguous logits avoids copying them, as slicing off the last position would.
+        labels = torch.cat([ids[:, 1:], ids.new_full((ids.shape[0], 1), IGNORE_INDEX)], 1)
+        return logits.reshape(-1, logits.shape[-1]), labels.reshape(-1)
 
     def default_generator(self):
         return self.model, self.tokenizer  # the model under test writes its own text
