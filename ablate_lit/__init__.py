@@ -7,7 +7,8 @@ from ablate_lit.errors import AblateError
 from ablate_lit.modules.causal_lm import CausalLMAblation
 from ablate_lit.modules.masked_lm import MaskedLMAblation
 from ablate_lit.modules.vision import VisionAblation
+from ablate_lit.sharding import FSDP2Strategy  # registers --trainer.strategy fsdp2
 
-__all__ = ["AblateError", "CausalLMAblation", "ImageData", "MaskedLMAblation", "MaskedTextData", "TextData",
+__all__ = ["AblateError", "CausalLMAblation", "FSDP2Strategy", "ImageData", "MaskedLMAblation", "MaskedTextData", "TextData",
            "VisionAblation"]
 __version__ = "0.1.0"

@@ -66,6 +66,15 @@ class AblateCLI(LightningCLI):
     def subcommands() -> dict[str, set[str]]:
         return {"test": {"model", "dataloaders", "datamodule", "ckpt_path", "verbose", "weights_only"}}
 
+    def instantiate_trainer(self, **kwargs):
+        from lightning.fabric.utilities.exceptions import MisconfigurationException
+
+        try:
+            return super().instantiate_trainer(**kwargs)
+        except (ValueError, MisconfigurationException) as exc:  # Lightning's checks of the trainer settings
+            message = " ".join(str(exc).split())
+            raise AblateError(f"trainer settings: {message} (see python -m ablate_lit test --help)") from exc
+
     def test(self, model, datamodule, **_ignored) -> None:
         from ablate_lit.experiment import run_experiment
 

@@ -22,6 +22,7 @@ from ablate_lit.config import AblationConfig
 from ablate_lit.data.sampler import make_loader
 from ablate_lit.errors import AblateError
 from ablate_lit.report import neuron_views, summary_table, write_summary
+from ablate_lit.sharding import is_sharded
 
 log = logging.getLogger("ablate_lit")
 
@@ -183,8 +184,16 @@ def run_experiment(trainer, module, data, cfg: AblationConfig, name: str | None,
     """Everything ``python -m ablate_lit test`` does; returns the run folder."""
     if getattr(trainer.strategy, "_start_method", "popen") != "popen":
         raise AblateError("spawned processes cannot hand calibration statistics back; use --trainer.strategy ddp")
-    if cfg.mode == "fold" and any(k in type(trainer.strategy).__name__ for k in ("FSDP", "ModelParallel", "DeepSpeed")):
+    sharded = is_sharded(trainer.strategy)
+    if cfg.mode == "fold" and sharded:
         raise AblateError("--ablation.mode fold edits whole weight matrices, which a sharding strategy splits; use --ablation.mode hook")
+    if getattr(trainer.strategy, "_tensor_parallel_size", 1) not in (1, "auto") or (
+            getattr(trainer.strategy, "_tensor_parallel_size", 1) == "auto" and trainer.world_size > 1):
+        raise AblateError("tensor parallelism would split the attention heads across processes; "
+                          "use --trainer.strategy fsdp2 (ModelParallelStrategy with tensor_parallel_size 1)")
+    if data.batch_size == "auto" and sharded:
+        raise AblateError("--data.batch_size auto probes the whole model on one device, which a sharding strategy avoids; "
+                          "set --data.batch_size to a number")
     module.fingerprint()  # before any strategy wraps or shards the weights
     module.connect_data(data)
     data.setup("test")
@@ -194,10 +203,10 @@ def run_experiment(trainer, module, data, cfg: AblationConfig, name: str | None,
         _say(trainer, f"batch size: {data.batch_size} (found automatically)")
     world = trainer.world_size
     if world > 1:
-        n_calib = len(data.val_dataloader().dataset)
-        if n_calib < world or (cfg.n_resample < world):
-            raise AblateError(f"{world} processes need at least {world} calibration windows/images and "
-                              f"--ablation.n_resample >= {world} (have {n_calib} and {cfg.n_resample})")
+        n_calib, n_eval = len(data.val_dataloader().dataset), len(data.eval_dataset())
+        if min(n_calib, n_eval, cfg.n_resample) < world:
+            raise AblateError(f"{world} processes need at least {world} calibration and {world} evaluation windows/images "
+                              f"and --ablation.n_resample >= {world} (have {n_calib}, {n_eval} and {cfg.n_resample})")
     label = module.model_label
     run_dir = Path(root) / (name or f"{label}-{_hash(identity)[:8]}")
     cache_dir = Path(cfg.cache_dir) if cfg.cache_dir else Path(root) / ".calibration_cache"

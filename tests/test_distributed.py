@@ -1,6 +1,7 @@
 """Results must not depend on the number of processes, nor (beyond its rounding) on the precision.
 
-The 2-process run uses Lightning's DDP on CPU (gloo), launched by the real CLI in a subprocess.
+The 2-process runs use Lightning's DDP and FSDP2 (``--trainer.strategy fsdp2``) on CPU (gloo),
+launched by the real CLI in a subprocess.
 """
 
 from __future__ import annotations
@@ -21,38 +22,53 @@ def cli(*args) -> subprocess.CompletedProcess:
                           capture_output=True, text=True, timeout=900)
 
 
-def test_two_ddp_processes_give_the_statistics_and_results_of_one(tiny_models, corpus, tmp_path):
+def _stats(cache, kind):
+    return torch.load(next(cache.glob(f"{kind}-*.pt")), weights_only=False)
+
+
+def test_two_processes_give_the_statistics_and_results_of_one(tiny_models, corpus, tmp_path):
+    """DDP (replicated weights) and FSDP2 (weights sharded over the processes), against one process.
+
+    7 evaluation windows, 15 calibration windows and 3 resample rows in batches of 3: the processes
+    get different numbers of batches (4+3 windows is 2 and 1 batches), which under FSDP2 needs the
+    padding forward passes, and the batches differ from the one-process run's."""
+    data = ["--data.max_tokens", 105, "--data.calib_tokens", 225, "--data.batch_size", 3, "--ablation.n_resample", 3,
+            "--ablation.methods", "[zero,mean,peak,resample:random_tokens,resample:generated]"]
     runs = {}
-    for n in (1, 2):
-        extra = ["--trainer.devices", n, "--ablation.cache_dir", tmp_path / f"cache{n}",
-                 "--ablation.methods", "[zero,mean,peak,resample:random_tokens]"]
-        if n == 2:
-            extra += ["--trainer.strategy", "ddp"]
-        proc = cli(*tiny_args(tiny_models["llama"], corpus, tmp_path / f"p{n}"), *extra)
+    for strategy in ("single", "ddp", "fsdp2"):
+        extra = [*data, "--ablation.cache_dir", tmp_path / f"cache-{strategy}"]
+        if strategy != "single":
+            extra += ["--trainer.devices", 2, "--trainer.strategy", strategy]
+        proc = cli(*tiny_args(tiny_models["llama"], corpus, tmp_path / strategy), *extra)
         assert proc.returncode == 0, proc.stderr[-3000:]
-        runs[n] = tmp_path / f"p{n}" / "run"
+        assert ("sharded: 2 blocks" in proc.stdout) == (strategy == "fsdp2"), proc.stdout[-2000:]
+        runs[strategy] = tmp_path / strategy / "run"
 
-    one, two = read_rows(runs[1] / "results.csv"), read_rows(runs[2] / "results.csv")
-    assert len(one) == len(two) == 3 * 2 * 4
+    one = read_rows(runs["single"] / "results.csv")
     key = lambda r: (r["method"], r["seed"], r["fraction"])  # noqa: E731
-    for a, b in zip(sorted(one, key=key), sorted(two, key=key)):
-        assert key(a) == key(b) and a["n_ablated"] == b["n_ablated"]
-        assert a["n_tokens"] == b["n_tokens"]  # every evaluation token counted exactly once
-        # Batches differ between the runs, and a matmul's rounding depends on the batch it is in:
-        # CE agrees to float32 rounding; Top1 may flip on a near-tie (at most one token here).
-        assert float(a["ce"]) == pytest.approx(float(b["ce"]), rel=1e-5)
-        assert abs(float(a["top1"]) - float(b["top1"])) <= 1.0 / int(a["n_tokens"]) + 1e-12
+    assert len(one) == 5 * 2 * 3  # methods x seeds x fractions (0% and 100% evaluated once, written per row)
+    s1, r1 = _stats(tmp_path / "cache-single", "stats"), {
+        source: _stats(tmp_path / "cache-single", f"resample-{source}")["resample"] for source in ("random_tokens", "generated")}
+    for strategy in ("ddp", "fsdp2"):
+        two = read_rows(runs[strategy] / "results.csv")
+        assert len(two) == len(one)
+        for a, b in zip(sorted(one, key=key), sorted(two, key=key)):
+            assert key(a) == key(b) and a["n_ablated"] == b["n_ablated"]
+            assert a["n_tokens"] == b["n_tokens"] == str(7 * 15)  # every evaluation token counted exactly once
+            # Batches differ between the runs, and a matmul's rounding depends on the batch it is in:
+            # CE agrees to float32 rounding; Top1 may flip on a near-tie (at most one token here).
+            assert float(a["ce"]) == pytest.approx(float(b["ce"]), rel=1e-5)
+            assert abs(float(a["top1"]) - float(b["top1"])) <= 1.0 / int(a["n_tokens"]) + 1e-12
 
-    s1 = torch.load(next((tmp_path / "cache1").glob("stats-*.pt")), weights_only=False)
-    s2 = torch.load(next((tmp_path / "cache2").glob("stats-*.pt")), weights_only=False)
-    assert torch.equal(s1["count"], s2["count"])
-    torch.testing.assert_close(s1["mean"], s2["mean"], rtol=1e-5, atol=1e-7)  # float32 activations, float64 sums
-    assert torch.equal(s1["min"], s2["min"]) or torch.allclose(s1["min"], s2["min"], rtol=1e-5, atol=1e-6)
-    same = s1["peak"] == s2["peak"]
-    assert same.float().mean() > 0.99, "peaks may differ only where an activation sits on a bin edge"
-    r1 = torch.load(next((tmp_path / "cache1").glob("resample-*.pt")), weights_only=False)["resample"]
-    r2 = torch.load(next((tmp_path / "cache2").glob("resample-*.pt")), weights_only=False)["resample"]
-    torch.testing.assert_close(r1, r2, rtol=1e-5, atol=1e-6)
+        s2 = _stats(tmp_path / f"cache-{strategy}", "stats")
+        assert torch.equal(s1["count"], s2["count"]) and int(s1["count"].flatten()[0]) == 15 * 16
+        torch.testing.assert_close(s1["mean"], s2["mean"], rtol=1e-5, atol=1e-7)  # float32 activations, float64 sums
+        torch.testing.assert_close(s1["min"], s2["min"], rtol=1e-5, atol=1e-6)
+        same = s1["peak"] == s2["peak"]
+        assert same.float().mean() > 0.99, "peaks may differ only where an activation sits on a bin edge"
+        for source, cache in r1.items():
+            torch.testing.assert_close(cache, _stats(tmp_path / f"cache-{strategy}", f"resample-{source}")["resample"],
+                                       rtol=1e-5, atol=1e-6)
 
 
 def test_bf16_results_are_within_bf16_rounding_of_fp32(capsys, tiny_models, corpus, tmp_path):

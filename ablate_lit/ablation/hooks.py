@@ -22,6 +22,7 @@ class PreOutHooks:
         self._handles: list = []
         self.sample_index: torch.Tensor | None = None
         """Dataset indices of the batch being evaluated ([batch]); resampling picks cache rows by them."""
+        self._paused = False
 
     @property
     def n_layers(self) -> int:
@@ -47,6 +48,15 @@ class PreOutHooks:
         return bool(self._handles)
 
     @contextmanager
+    def paused(self) -> Iterator[None]:
+        """Attached hooks do nothing inside this block (forward passes whose results are discarded)."""
+        self._paused = True
+        try:
+            yield
+        finally:
+            self._paused = False
+
+    @contextmanager
     def _attached(self, make_hook: Callable[[int], Callable]) -> Iterator[None]:
         self._attach(make_hook)
         try:
@@ -59,7 +69,8 @@ class PreOutHooks:
 
         def make_hook(layer):
             def hook(module, args):
-                record(layer, args[0])
+                if not self._paused:
+                    record(layer, args[0])
 
             return hook
 
@@ -84,6 +95,8 @@ class PreOutHooks:
             cast: dict = {}  # mask and constants converted once per (device, dtype) the layer sees
 
             def hook(module, args):
+                if self._paused:
+                    return None
                 x = args[0]
                 key = (x.device, x.dtype)
                 if key not in cast:

@@ -39,6 +39,8 @@ class PreOut:
     module: nn.Module
     n_heads: int
     head_dim: int
+    block: nn.Module | None = None
+    """The transformer block holding the projection (the unit a sharding strategy splits)."""
 
     @property
     def width(self) -> int:
@@ -84,7 +86,7 @@ def locate_pre_outs(model: nn.Module, arch: Architecture, n_heads: int, head_dim
                 f"layer {i}: out-projection takes {width} inputs but the config states "
                 f"{n_heads} heads x {head_dim} head_dim; the architecture mapping does not fit this model"
             )
-        found.append(PreOut(i, f"{layers_path}.{i}.{out_path}", module, n_heads, head_dim))
+        found.append(PreOut(i, f"{layers_path}.{i}.{out_path}", module, n_heads, head_dim, block))
     if not found:
         raise AblateError("the model has no transformer layers to ablate")
     return found

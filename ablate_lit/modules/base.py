@@ -62,10 +62,26 @@ class AblationModule(L.LightningModule):
     def _set_index(self, batch) -> None:
         self.hooks.sample_index = batch["index"]
 
+    def configure_model(self) -> None:
+        """Under ``--trainer.strategy fsdp2`` (a device mesh is set): shard each block, then the rest."""
+        if self._device_mesh is not None:
+            from ablate_lit.sharding import shard
+
+            if shard(self.model, [p.block for p in self.pre_outs], self._device_mesh) and self.trainer.is_global_zero:
+                print(f"sharded: {len(self.pre_outs)} blocks and the rest of the model split over "
+                      f"{self.trainer.world_size} processes (FSDP2)", flush=True)
+
+    def _even_out(self, batch, batch_idx: int, n_batches: int) -> None:
+        from ablate_lit.sharding import even_out, is_sharded
+
+        if self.trainer.world_size > 1 and is_sharded(self.trainer.strategy):
+            even_out(self, batch_idx, n_batches, lambda: self.logits_and_labels(batch))
+
     # calibration runs as a validation epoch: forward only, the recording hooks do the rest
     def validation_step(self, batch, batch_idx):
         self._set_index(batch)
         self.logits_and_labels(batch)
+        self._even_out(batch, batch_idx, self.trainer.num_val_batches[0])
 
     def on_test_epoch_start(self) -> None:
         self.scores.reset()
@@ -74,6 +90,7 @@ class AblationModule(L.LightningModule):
         self._set_index(batch)
         logits, labels = self.logits_and_labels(batch)
         self.scores.update(logits, labels)
+        self._even_out(batch, batch_idx, self.trainer.num_test_batches[0])
 
     def fingerprint(self) -> str:
         """Identifies the weights cheaply: config, dtype and checksums of a few tensors. Computed once,
