@@ -187,8 +187,8 @@ def run_experiment(trainer, module, data, cfg: AblationConfig, name: str | None,
     sharded = is_sharded(trainer.strategy)
     if cfg.mode == "fold" and sharded:
         raise AblateError("--ablation.mode fold edits whole weight matrices, which a sharding strategy splits; use --ablation.mode hook")
-    if getattr(trainer.strategy, "_tensor_parallel_size", 1) not in (1, "auto") or (
-            getattr(trainer.strategy, "_tensor_parallel_size", 1) == "auto" and trainer.world_size > 1):
+    tensor_parallel = getattr(trainer.strategy, "_tensor_parallel_size", 1)  # ModelParallelStrategy: "auto" = all processes
+    if (trainer.world_size if tensor_parallel == "auto" else tensor_parallel) > 1:
         raise AblateError("tensor parallelism would split the attention heads across processes; "
                           "use --trainer.strategy fsdp2 (ModelParallelStrategy with tensor_parallel_size 1)")
     if data.batch_size == "auto" and sharded:

@@ -1,6 +1,8 @@
 """Throughput of ablated evaluation and of the calibration pass, as ratios to a plain forward.
 
-All timings in one process, on the same batches, interleaved over repeats (median reported):
+All timings in one process, on the same batches. Each variant is timed right next to a plain
+forward (which goes first alternates), the ratio is taken per pair, and the median over repeats is
+reported with the range:
   plain       Hugging Face forward + CE + Top1 computed directly (no hooks, no torchmetrics)
   <method>    the suite's evaluation step at 50% ablated (hooks + TokenScores)
   calibration the suite's statistics sweep (moments + histograms of every neuron)
@@ -113,7 +115,7 @@ def main():
     ap.add_argument("--repeats", type=int, default=6)
     ap.add_argument("--eps", type=float, default=0.01)
     ap.add_argument("--n-bins", type=int, default=1024)
-    ap.add_argument("--json", default=None, help="also write the figures here")
+    ap.add_argument("--json", default=None, help="also write all figures here as JSON")
     args = ap.parse_args()
     device, dtype = torch.device(args.device), getattr(torch, args.dtype)
     torch.manual_seed(0)
@@ -178,16 +180,23 @@ def main():
         moments.compute(), hist.compute()
 
     methods = ("zero", "mean", "peak", "resample", "peak_folded")
-    runs = {"plain": plain, **{m: ablated(m) for m in methods}, "calibration": calibration}
-    for fn in runs.values():  # warm-up
+    variants = {**{m: ablated(m) for m in methods}, "calibration": calibration}
+    plain()
+    for fn in variants.values():  # warm-up
         fn()
-    times = {k: [] for k in runs}
-    names = list(runs)
-    for r in range(args.repeats):  # rotate the order so no variant always runs first or after the same one
-        for k in names[r % len(names):] + names[: r % len(names)]:
-            times[k].append(timed(runs[k], device))
-    med = {k: statistics.median(v) for k, v in times.items()}
-    best = {k: min(v) for k, v in times.items()}
+    # Paired timing: each variant runs right next to a plain forward (alternating which goes first),
+    # and the ratio is taken per pair, so drifts in the machine's speed cancel out.
+    ratios = {k: [] for k in variants}
+    plain_times = []
+    names = list(variants)
+    for r in range(args.repeats):
+        for i, k in enumerate(names[r % len(names):] + names[: r % len(names)]):
+            if (r + i) % 2:
+                t_k, t_plain = timed(variants[k], device), timed(plain, device)
+            else:
+                t_plain, t_k = timed(plain, device), timed(variants[k], device)
+            plain_times.append(t_plain)
+            ratios[k].append(t_k / t_plain if k == "calibration" else t_plain / t_k)
     tokens = args.batch * n_pos["n"] * args.batches
 
     # histogram update alone vs a naive per-neuron torch.histc loop, on one layer's activations
@@ -206,18 +215,32 @@ def main():
     other_bytes = mistral_neurons * 8 * 8  # moments: 4 power sums, min, max (float64), count + origin (int64)
 
     out = {"shape": args.shape, "device": str(device), "dtype": args.dtype, "positions_per_pass": tokens,
-           "plain_positions_per_s": tokens / med["plain"], "n_neurons": L * D,
-           "ratio_throughput_vs_plain_median": {m: med["plain"] / med[m] for m in methods},
-           "ratio_throughput_vs_plain_min": {m: best["plain"] / best[m] for m in methods},
-           "ratio_calibration_time_vs_plain_median": med["calibration"] / med["plain"],
-           "ratio_calibration_time_vs_plain_min": best["calibration"] / best["plain"],
+           "plain_positions_per_s": tokens / statistics.median(plain_times), "n_neurons": L * D,
+           "ratio_throughput_vs_plain_median": {m: statistics.median(ratios[m]) for m in methods},
+           "ratio_throughput_vs_plain_range": {m: [min(ratios[m]), max(ratios[m])] for m in methods},
+           "ratio_calibration_time_vs_plain_median": statistics.median(ratios["calibration"]),
+           "ratio_calibration_time_vs_plain_range": [min(ratios["calibration"]), max(ratios["calibration"])],
+           "pairs_per_ratio": args.repeats,
            "histogram_update_elements_per_s": x.numel() / t_vec,
            "histogram_speedup_vs_per_neuron_histc": t_naive / t_vec,
            "mistral7b_histogram_MiB": counts_bytes / 2**20, "mistral7b_moments_MiB": other_bytes / 2**20,
            "eps": args.eps, "n_bins": args.n_bins}
     if device.type == "cuda":
         out["peak_memory_GiB"] = torch.cuda.max_memory_allocated() / 2**30
-    print(json.dumps(out, indent=2))
+    print(f"{args.shape}, {device}, {args.dtype}: plain forward + CE + Top1 at {out['plain_positions_per_s']:.0f} positions/s; "
+          f"median [range] of {args.repeats} paired ratios\n")
+    print("| measured against the plain forward | ratio | target |\n|---|---|---|")
+    for m in methods:
+        lo, hi = out["ratio_throughput_vs_plain_range"][m]
+        print(f"| throughput at 50% ablated, `{m}` | {out['ratio_throughput_vs_plain_median'][m]:.2f}× [{lo:.2f}, {hi:.2f}] | ≥ 0.95× |")
+    lo, hi = out["ratio_calibration_time_vs_plain_range"]
+    print(f"| calibration sweep time ({L * D:,} neurons) | {out['ratio_calibration_time_vs_plain_median']:.2f}× [{lo:.2f}, {hi:.2f}] | ≤ 1.3× |")
+    print(f"| histogram update vs a per-neuron `torch.histc` loop | {out['histogram_speedup_vs_per_neuron_histc']:.1f}× faster "
+          f"({out['histogram_update_elements_per_s'] / 1e6:.0f} M values/s) | |")
+    if "peak_memory_GiB" in out:
+        print(f"| peak GPU memory | {out['peak_memory_GiB']:.2f} GiB | |")
+    print(f"\nhistogram memory for Mistral-7B's shape: {out['mistral7b_histogram_MiB']:.0f} MiB "
+          f"(+ {out['mistral7b_moments_MiB']:.0f} MiB moments)")
     if args.json:
         with open(args.json, "w") as fh:
             json.dump(out, fh, indent=2)
