@@ -71,13 +71,17 @@ def test_two_processes_give_the_statistics_and_results_of_one(tiny_models, corpu
                                        rtol=1e-5, atol=1e-6)
 
 
-def test_bf16_results_are_within_bf16_rounding_of_fp32(capsys, tiny_models, corpus, tmp_path):
-    fp32, bf16 = (run_rows(capsys, *tiny_args(tiny_models["llama"], corpus, tmp_path / precision),
-                           "--trainer.precision", precision, "--ablation.methods", "[zero,mean,peak]",
-                           "--ablation.cache_dir", tmp_path / f"cache{precision}")[1] for precision in ("32", "bf16-mixed"))
-    assert {r["precision"] for r in bf16} == {"bf16-mixed"}
+@pytest.mark.parametrize("precision", ["bf16-mixed", "bf16-true"])
+def test_bf16_results_are_within_bf16_rounding_of_fp32(capsys, tiny_models, corpus, tmp_path, precision):
+    fp32, bf16 = (run_rows(capsys, *tiny_args(tiny_models["llama"], corpus, tmp_path / p),
+                           "--trainer.precision", p, "--ablation.methods", "[zero,mean,peak]",
+                           "--ablation.cache_dir", tmp_path / f"cache{p}")[1] for p in ("32", precision))
+    assert {r["precision"] for r in bf16} == {precision}
     for a, b in zip(fp32, bf16):
         assert (a["method"], a["seed"], a["fraction"]) == (b["method"], b["seed"], b["fraction"])
         # bf16 keeps 8 significant bits (relative rounding 2**-9 per operation); over two tiny
         # layers the CE of a random-init model stays within 2% of fp32.
         assert float(b["ce"]) == pytest.approx(float(a["ce"]), rel=0.02)
+        # the score totals themselves accumulate in float64 whatever the model runs in: a mean CE
+        # summed in bf16 would land on bf16's grid (multiples of 2**-5 between 4 and 8)
+        assert float(b["ce"]) * 2**5 != round(float(b["ce"]) * 2**5)

@@ -114,6 +114,29 @@ def test_token_scores_match_reference():
     assert float(out["ppl"]) == pytest.approx(float(ce.exp()), rel=1e-6)
 
 
+def test_a_module_cast_to_bf16_keeps_the_statistics_exact():
+    """Lightning's bf16-true/16-true precisions call module.to(dtype) on the whole LightningModule;
+    the metrics inside must keep accumulating in float64/int, or a CE sum over many tokens rounds
+    to bf16's 8 significant bits."""
+    holder = torch.nn.Module()
+    holder.scores, holder.moments = TokenScores(), NeuronMoments(1, 3)
+    holder.hist, holder.cache = NeuronHistogram(1, 3, 0.01, 16), ResampleCache(1, 2, 1, 3)
+    declared = {name: {k: getattr(m, k).dtype for k in m._defaults} for name, m in holder.named_children()}
+    holder.to(torch.bfloat16)
+    holder.half()
+    for name, m in holder.named_children():
+        assert {k: getattr(m, k).dtype for k in m._defaults} == declared[name], name
+        assert {k: v.dtype for k, v in m._defaults.items()} == declared[name], name
+
+    g = torch.Generator().manual_seed(0)
+    logits = (torch.randn(20000, 11, generator=g) * 3).bfloat16()
+    labels = torch.randint(0, 11, (20000,), generator=g)
+    for i in range(0, 20000, 1000):
+        holder.scores.update(logits[i:i + 1000], labels[i:i + 1000])
+    reference = F.cross_entropy(logits.double(), labels)  # the same bf16 logits, in float64
+    assert float(holder.scores.compute()["ce"]) == pytest.approx(float(reference), rel=1e-6)
+
+
 def test_skew_kurtosis_and_bimodality_match_scipy():
     from scipy import stats as st
 

@@ -6,12 +6,13 @@ import math
 
 import torch
 import torch.distributed as dist
-from torchmetrics import Metric
+
+from ablate_lit.stats.exact import ExactMetric
 
 ALIGNMENTS = ("edge", "centered")
 
 
-class NeuronHistogram(Metric):
+class NeuronHistogram(ExactMetric):
     """Counts of every neuron's activations in ``n_bins`` bins of width ``eps``.
 
     Bins lie on one global grid. With ``alignment="edge"`` (the paper's definition) grid bin k is

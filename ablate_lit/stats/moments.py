@@ -3,10 +3,11 @@
 from __future__ import annotations
 
 import torch
-from torchmetrics import Metric
+
+from ablate_lit.stats.exact import ExactMetric
 
 
-class NeuronMoments(Metric):
+class NeuronMoments(ExactMetric):
     """Streaming moments of ``[n_layers, width]`` neurons: power sums up to 4, accumulated in float64.
 
     ``update(layer, x)`` takes one layer's activations ``[n_samples, width]`` in any dtype. The mean

@@ -3,10 +3,11 @@
 from __future__ import annotations
 
 import torch
-from torchmetrics import Metric
+
+from ablate_lit.stats.exact import ExactMetric
 
 
-class ResampleCache(Metric):
+class ResampleCache(ExactMetric):
     """``values[layer, row, pos, neuron]``: the pre-out that random input ``row`` produced.
 
     Each process records the rows its data loader gives it and leaves the others at zero; the sum

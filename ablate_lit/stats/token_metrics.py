@@ -4,12 +4,13 @@ from __future__ import annotations
 
 import torch
 import torch.nn.functional as F
-from torchmetrics import Metric
+
+from ablate_lit.stats.exact import ExactMetric
 
 IGNORE_INDEX = -100
 
 
-class TokenScores(Metric):
+class TokenScores(ExactMetric):
     """Top1 accuracy and mean cross-entropy per scored token (labels == -100 are not scored).
 
     CE is computed in float32 from the logits and summed in float64; both scores are totals over
