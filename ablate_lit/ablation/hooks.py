@@ -125,26 +125,25 @@ def folded(pre_outs: Sequence[PreOut], mask: torch.Tensor, values: torch.Tensor)
 
     For y = W x + b with neurons S fixed to c_S: y = W[:, ~S] x[~S] + (b + W[:, S] c_S). The columns
     S of W are zeroed and W[:, S] c_S (computed in float64) is added to the bias; a layer without a
-    bias gets one for the duration. Everything is restored in ``finally``. Equal to the hook up to
-    float rounding (the sum runs in another order), and free at run time.
+    bias gets one for the duration. Only the ablated columns and the bias are saved, and everything
+    is restored in ``finally``. Equal to the hook up to float rounding (the sum runs in another
+    order), and free at run time.
     """
     saved = []
     try:
         for p in pre_outs:
-            m = mask[p.layer].to(p.module.weight.device)
-            if not bool(m.any()):
-                continue
-            conv1d = type(p.module).__name__ == "Conv1D"  # GPT-2: weight [in, out]
             w = p.module.weight
-            cols = (w.t() if conv1d else w)[:, m].to(torch.float64)  # [out, n_ablated]
-            shift = (cols @ values[p.layer].to(device=w.device, dtype=torch.float64)[m]).to(w.dtype)
+            idx = mask[p.layer].to(w.device).nonzero().squeeze(1)
+            if idx.numel() == 0:
+                continue
+            dim = 0 if type(p.module).__name__ == "Conv1D" else 1  # input axis: GPT-2's Conv1D stores [in, out]
+            cols = w.index_select(dim, idx)  # a copy: the original weights of the ablated inputs, restored on exit
+            shift = ((cols.t() if dim == 0 else cols).to(torch.float64)
+                     @ values[p.layer].to(device=w.device, dtype=torch.float64)[idx]).to(w.dtype)
             bias = p.module.bias
-            saved.append((p.module, w.detach().clone(), None if bias is None else bias.detach().clone()))
+            saved.append((p.module, dim, idx, cols, None if bias is None else bias.detach().clone()))
             with torch.no_grad():
-                if conv1d:
-                    w[m, :] = 0
-                else:
-                    w[:, m] = 0
+                w.index_fill_(dim, idx, 0)
                 if bias is None:
                     p.module.bias = torch.nn.Parameter(shift, requires_grad=False)
                 else:
@@ -152,8 +151,8 @@ def folded(pre_outs: Sequence[PreOut], mask: torch.Tensor, values: torch.Tensor)
         yield
     finally:
         with torch.no_grad():
-            for module, w, b in saved:
-                module.weight.copy_(w)
+            for module, dim, idx, cols, b in saved:
+                module.weight.index_copy_(dim, idx, cols)
                 if b is None:
                     module.bias = None
                 else:
