@@ -128,14 +128,15 @@ class Experiment:
 
     # -- the schedule ------------------------------------------------------------------------------
     def replacement(self, method, stats: dict) -> dict:
-        device = self.module.device
+        """The replacement values, on the CPU: each point moves them to the device for its duration,
+        so a run with several resample sources holds one resample cache on the device at a time."""
         if method.name == "zero":
-            return {"values": torch.zeros_like(stats["mean"], dtype=torch.float32).to(device)}
+            return {"values": torch.zeros_like(stats["mean"], dtype=torch.float32)}
         if method.name == "mean":
-            return {"values": stats["mean"].float().to(device)}
+            return {"values": stats["mean"].float()}
         if method.name == "peak":
-            return {"values": stats["peak"].float().to(device)}
-        return {"resample": self.resample_cache(method.source).to(device)}
+            return {"values": stats["peak"].float()}
+        return {"resample": self.resample_cache(method.source)}
 
     def _ablated(self, mask: torch.Tensor, replacement: dict):
         if self.cfg.mode == "fold" and "values" in replacement:
@@ -167,7 +168,7 @@ class Experiment:
                 else:
                     if point.method not in replacements:
                         replacements[point.method] = self.replacement(parse_method(point.method), stats)
-                    with self._ablated(mask, replacements[point.method]):
+                    with self._ablated(mask, {k: v.to(module.device) for k, v in replacements[point.method].items()}):
                         trainer.test(module, dataloaders=self.data.test_dataloader(), verbose=False)
                 eta = (time.perf_counter() - started) / i * (len(todo) - i)
                 _say(trainer, f"[{i}/{len(todo)}] {point.method:>24} seed {point.seed} {round(100 * point.fraction):3d}% ablated: "
