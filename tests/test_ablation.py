@@ -90,6 +90,24 @@ def test_hooks_are_removed_after_an_exception(tiny_models):
     assert all(len(p.module._forward_pre_hooks) == 0 for p in mod.pre_outs)
 
 
+def test_paused_hooks_neither_record_nor_ablate(tiny_models):
+    """The padding forwards of a sharded run: hooks stay attached but leave no trace."""
+    mod = module(tiny_models["llama"])
+    L, D = mod.hooks.n_layers, mod.hooks.width
+    clean = _logits(mod)
+    calls = []
+    with mod.hooks.recording(lambda l, x: calls.append(l)):
+        with mod.hooks.paused():
+            _logits(mod)
+        assert calls == []
+        _logits(mod)
+        assert calls == list(range(L))
+    with mod.hooks.ablating(torch.ones(L, D, dtype=torch.bool), values=torch.zeros(L, D)):
+        with mod.hooks.paused():
+            torch.testing.assert_close(_logits(mod), clean, rtol=0, atol=0)
+        assert not torch.allclose(_logits(mod), clean)
+
+
 @pytest.mark.parametrize("model_type", ARCHS)
 def test_folding_into_the_out_projection_equals_the_hook_and_restores_weights(tiny_models, model_type):
     from ablate_lit.ablation.hooks import folded
