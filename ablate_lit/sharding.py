@@ -8,13 +8,12 @@ inputs exactly as on one device, and the calibration statistics reduce across pr
 under DDP. It runs on CPU (gloo) as well as on GPUs (nccl).
 
 Every process must run the same number of forward passes, because each forward gathers weights
-from all processes; ``even_out`` pads a process whose shard of the data has fewer batches with
-forward passes whose results are discarded (hooks paused), so no sample is counted twice.
+from all processes; ``AblationModule`` pads a process whose shard of the data has fewer batches
+with forward passes whose results are discarded (hooks paused), so no sample is counted twice.
 """
 
 from __future__ import annotations
 
-import torch
 from lightning.pytorch.strategies import ModelParallelStrategy, StrategyRegistry
 from torch import nn
 
@@ -62,17 +61,3 @@ def shard(model: nn.Module, blocks: list[nn.Module], mesh) -> bool:
     fully_shard(model, mesh=group)
     return True
 
-
-def even_out(module, batch_idx: int, n_batches: int, forward) -> None:
-    """Called from each evaluation step: on the last batch of a process with fewer batches than
-    another, run the missing forward passes (results discarded, hooks paused).
-
-    The maximum over processes is agreed on at batch 0, before the first forward, so every process
-    issues its collectives in the same order."""
-    if batch_idx == 0:
-        mine = torch.tensor(n_batches, device=module.device)
-        module._most_batches = int(module.trainer.strategy.reduce(mine, reduce_op="max"))
-    if batch_idx == n_batches - 1:
-        with module.hooks.paused():
-            for _ in range(module._most_batches - n_batches):
-                forward()

@@ -100,7 +100,7 @@ class MaskedTextData(TextData):
         return MaskedDataset(self.eval_inputs, self.eval_labels)
 
     def test_dataloader(self):
-        return make_loader(self.eval_dataset(), self.batch_size, self.num_workers)
+        return self._masked_loader(self.eval_inputs, self.eval_labels)
 
     def val_dataloader(self):
         return self._masked_loader(self.calib_inputs, self.calib_labels)

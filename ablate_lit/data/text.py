@@ -176,7 +176,7 @@ class TextData(L.LightningDataModule):
         return WindowDataset(self.eval_windows)
 
     def test_dataloader(self) -> DataLoader:
-        return make_loader(self.eval_dataset(), self.batch_size, self.num_workers)
+        return self._loader(self.eval_windows)
 
     def val_dataloader(self) -> DataLoader:
         """The calibration split (the calibration pass runs as a validation epoch)."""

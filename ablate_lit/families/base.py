@@ -39,7 +39,7 @@ class PreOut:
     module: nn.Module
     n_heads: int
     head_dim: int
-    block: nn.Module | None = None
+    block: nn.Module
     """The transformer block holding the projection (the unit a sharding strategy splits)."""
 
     @property

@@ -30,6 +30,7 @@ class AblationModule(L.LightningModule):
         super().__init__()
         self.scores = TokenScores()
         self.hooks: PreOutHooks
+        self._most_batches = 0  # largest batch count of any process in the running epoch (sharded runs)
 
     def logits_and_labels(self, batch) -> tuple[torch.Tensor, torch.Tensor]:
         """Scored logits [N, n_classes] and labels [N] (-100 = not scored)."""
@@ -72,10 +73,21 @@ class AblationModule(L.LightningModule):
                       f"{self.trainer.world_size} processes (FSDP2)", flush=True)
 
     def _even_out(self, batch, batch_idx: int, n_batches: int) -> None:
-        from ablate_lit.sharding import even_out, is_sharded
+        """Under a sharding strategy every forward gathers weights from all processes, so all must run
+        as many. After batch 0 (which every process has) the processes agree on the largest batch
+        count; on its last batch, a process with fewer runs the missing forwards with the hooks
+        paused and the results discarded."""
+        from ablate_lit.sharding import is_sharded
 
-        if self.trainer.world_size > 1 and is_sharded(self.trainer.strategy):
-            even_out(self, batch_idx, n_batches, lambda: self.logits_and_labels(batch))
+        if self.trainer.world_size == 1 or not is_sharded(self.trainer.strategy):
+            return
+        if batch_idx == 0:
+            mine = torch.tensor(n_batches, device=self.device)
+            self._most_batches = int(self.trainer.strategy.reduce(mine, reduce_op="max"))
+        if batch_idx == n_batches - 1:
+            with self.hooks.paused():
+                for _ in range(self._most_batches - n_batches):
+                    self.logits_and_labels(batch)
 
     # calibration runs as a validation epoch: forward only, the recording hooks do the rest
     def validation_step(self, batch, batch_idx):
