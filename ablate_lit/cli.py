@@ -110,6 +110,7 @@ def build_cli(args=None) -> AblateCLI:
 def main(args=None) -> None:
     """``test`` (LightningCLI) or ``report`` (tables and figures from finished runs)."""
     os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+    _quiet_loading()
     # Deprecation chatter from inside Lightning's own code, not actionable by users.
     warnings.filterwarnings("ignore", message=r".*isinstance\(treespec, LeafSpec\).*")
     clear_raised()
@@ -127,6 +128,16 @@ def main(args=None) -> None:
         if original is None:
             raise
         _fail(original)
+
+
+def _quiet_loading() -> None:
+    """No per-file progress bars while loading weights (one status line per step is printed instead)."""
+    try:
+        from transformers.utils import logging as hf_logging
+
+        hf_logging.disable_progress_bar()
+    except ImportError:
+        pass
 
 
 def _fail(exc: AblateError) -> None:

@@ -69,6 +69,9 @@ class Experiment:
             if m.source and m.source not in module.resample_sources:
                 raise AblateError(f"resample source '{m.source}' does not apply to {module.family} models; "
                                   f"use one of: {', '.join('resample:' + s for s in module.resample_sources)}")
+            if m.source and not all(p.batch_major for p in module.pre_outs):
+                raise AblateError(f"{m.label} needs pre-outs laid out [batch, pos, width], but this model's attention folds "
+                                  "windows into the batch (windowed attention); use zero, mean or peak")
 
     # -- calibration -----------------------------------------------------------------------------
     def _validate(self, callback: CalibrationCallback, loader: DataLoader) -> dict:
@@ -188,6 +191,9 @@ def run_experiment(trainer, module, data, cfg: AblationConfig, name: str | None,
     sharded = is_sharded(trainer.strategy)
     if cfg.mode == "fold" and sharded:
         raise AblateError("--ablation.mode fold edits whole weight matrices, which a sharding strategy splits; use --ablation.mode hook")
+    if cfg.mode == "fold" and not all(p.direct and not p.shared for p in module.pre_outs):
+        why = "a norm sits between the heads and the out-projection" if not module.pre_outs[0].direct else "its layers share weights"
+        raise AblateError(f"--ablation.mode fold edits each layer's out-projection, but in this model {why}; use --ablation.mode hook")
     tensor_parallel = getattr(trainer.strategy, "_tensor_parallel_size", 1)  # ModelParallelStrategy: "auto" = all processes
     if (trainer.world_size if tensor_parallel == "auto" else tensor_parallel) > 1:
         raise AblateError("tensor parallelism would split the attention heads across processes; "
@@ -215,6 +221,7 @@ def run_experiment(trainer, module, data, cfg: AblationConfig, name: str | None,
         run_dir.mkdir(parents=True, exist_ok=True)
         (run_dir / "config.yaml").write_text(config_yaml)
     _say(trainer, f"run folder: {run_dir}")
+    _say(trainer, module.describe_pre_outs())
     fixed = {"model": label, "selection": cfg.selection, "eps": cfg.eps, "bin_alignment": cfg.bin_alignment,
              "precision": str(trainer.precision)}
     writer = ResultWriter(run_dir, fixed)

@@ -155,6 +155,85 @@ def build_tiny_model(model_type: str, folder: Path, tokenizer_folder: Path, seed
     return folder
 
 
+# Architectures without a tested entry, located by structure (families.layout): tiny configs of each.
+# name -> (family, builder kwargs). Causal and masked configs share the tokenizer's special ids.
+_SMALL = dict(hidden_size=32, intermediate_size=64, num_hidden_layers=2, num_attention_heads=4)
+ZOO_CAUSAL = {
+    "gemma2": dict(**_SMALL, num_key_value_heads=2, head_dim=16, max_position_embeddings=128, sliding_window=8),
+    "gemma3_text": dict(**_SMALL, num_key_value_heads=2, head_dim=16, max_position_embeddings=128, sliding_window=8),
+    "qwen3": dict(**_SMALL, num_key_value_heads=2, head_dim=16, max_position_embeddings=128),
+    "phi3": dict(**_SMALL, num_key_value_heads=2, max_position_embeddings=128, original_max_position_embeddings=128),
+    "phi": dict(**_SMALL, max_position_embeddings=128, partial_rotary_factor=0.5),
+    "olmo2": dict(**_SMALL, num_key_value_heads=2, max_position_embeddings=128),
+    "mixtral": dict(**_SMALL, num_key_value_heads=2, max_position_embeddings=128, num_local_experts=4, num_experts_per_tok=2),
+    "qwen2_moe": dict(**_SMALL, num_key_value_heads=2, max_position_embeddings=128, num_experts=4, num_experts_per_tok=2,
+                      moe_intermediate_size=32, shared_expert_intermediate_size=32),
+    "falcon": dict(hidden_size=32, num_hidden_layers=2, num_attention_heads=4, max_position_embeddings=128),
+    "bloom": dict(hidden_size=32, n_layer=2, n_head=4),
+    "gpt_bigcode": dict(n_embd=32, n_layer=2, n_head=4, n_positions=128),
+    "gptj": dict(n_embd=32, n_layer=2, n_head=4, n_positions=128, rotary_dim=4),
+    "stablelm": dict(**_SMALL, num_key_value_heads=2, max_position_embeddings=128, partial_rotary_factor=0.25),
+}
+ZOO_MASKED = {
+    "distilbert": dict(dim=32, hidden_dim=64, n_layers=2, n_heads=4, max_position_embeddings=80),
+    "deberta-v2": dict(**_SMALL, max_position_embeddings=80, relative_attention=True, pos_att_type=["p2c", "c2p"],
+                       position_buckets=8, max_relative_positions=16),
+    "electra": dict(**_SMALL, embedding_size=16, max_position_embeddings=80),
+    "albert": dict(**{**_SMALL, "num_hidden_layers": 3}, embedding_size=16, max_position_embeddings=80),  # one layer, 3 times
+    "modernbert": dict(**_SMALL, max_position_embeddings=80, global_attn_every_n_layers=2, local_attention=8,
+                       cls_token_id=0, sep_token_id=1),
+}
+_VISION = dict(hidden_size=32, num_hidden_layers=2, num_attention_heads=4, intermediate_size=64, image_size=32, patch_size=8)
+ZOO_HF_VISION = {
+    "beit": dict(**_VISION, use_relative_position_bias=True),
+    "dinov2": dict(**_VISION),
+    "clip": dict(vision_config=_VISION),
+    "swin": dict(embed_dim=16, depths=[1, 1], num_heads=[2, 4], image_size=32, patch_size=4, window_size=4),  # widths 16, 32
+}
+ZOO_TIMM = {  # timm model name -> constructor arguments
+    "beit_base_patch16_224": dict(img_size=32, patch_size=8, embed_dim=32, depth=2, num_heads=4),
+    "eva02_tiny_patch14_224": dict(img_size=32, patch_size=8, embed_dim=32, depth=2, num_heads=4, scale_attn_inner=True),
+    "vit_tiny_patch16_224": dict(img_size=32, patch_size=8, embed_dim=32, depth=2, num_heads=4, scale_attn_norm=True),
+    "swin_tiny_patch4_window7_224": dict(img_size=32, patch_size=4, embed_dim=16, depths=(1, 1), num_heads=(2, 4), window_size=4),
+}
+
+
+def build_zoo(root: Path, tokenizer_folder: Path, seed: int = 0) -> dict[str, Path]:
+    """Tiny random-init models of the architectures located by structure; returns {name: folder}."""
+    import timm
+    from timm.models import save_for_hf
+    from transformers import (AutoConfig, AutoModelForCausalLM, AutoModelForImageClassification, AutoModelForMaskedLM,
+                              AutoTokenizer, ViTImageProcessor)
+
+    root, out = Path(root), {}
+    ids = dict(vocab_size=VOCAB, bos_token_id=0, eos_token_id=1, pad_token_id=3)
+    groups = ((ZOO_CAUSAL, AutoModelForCausalLM), (ZOO_MASKED, AutoModelForMaskedLM))
+    for table, auto in groups:
+        for model_type, kwargs in table.items():
+            torch.manual_seed(seed)
+            model = auto.from_config(AutoConfig.for_model(model_type, **ids, **kwargs))
+            _scale_weights(model)
+            out[model_type] = folder = root / model_type
+            model.save_pretrained(folder)
+            AutoTokenizer.from_pretrained(tokenizer_folder).save_pretrained(folder)
+    for model_type, kwargs in ZOO_HF_VISION.items():
+        torch.manual_seed(seed)
+        model = AutoModelForImageClassification.from_config(AutoConfig.for_model(model_type, num_labels=N_CLASSES, **kwargs))
+        _scale_weights(model)
+        out[f"hf-{model_type}"] = folder = root / f"hf-{model_type}"
+        model.save_pretrained(folder)
+        ViTImageProcessor(size={"height": 32, "width": 32}).save_pretrained(folder)
+    for name, kwargs in ZOO_TIMM.items():
+        torch.manual_seed(seed)
+        model = timm.create_model(name, pretrained=False, num_classes=N_CLASSES, **kwargs)
+        _scale_weights(model)
+        model.pretrained_cfg = {**model.pretrained_cfg, "input_size": (3, 32, 32), "crop_pct": 1.0, "num_classes": N_CLASSES}
+        out[f"timm-{name.split('_')[0]}"] = folder = root / f"timm-{name.split('_')[0]}"
+        folder.mkdir(parents=True, exist_ok=True)
+        save_for_hf(model, str(folder), model_args={**kwargs, "num_classes": N_CLASSES}, safe_serialization=True)
+    return out
+
+
 def build_all(root: Path) -> Path:
     root = Path(root)
     train_tokenizer(root / "tokenizer")

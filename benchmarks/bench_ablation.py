@@ -27,7 +27,7 @@ from transformers import AutoConfig, AutoModelForCausalLM, AutoModelForMaskedLM
 
 from ablate_lit.ablation.hooks import PreOutHooks, folded
 from ablate_lit.ablation.schedule import ablation_mask, neuron_order
-from ablate_lit.families.base import head_layout, locate_pre_outs
+from ablate_lit.families.layout import locate
 from ablate_lit.families.causal_lm import CAUSAL_LM_ARCHITECTURES
 from ablate_lit.families.masked_lm import MASKED_LM_ARCHITECTURES
 from ablate_lit.families.vision import TIMM_ARCHITECTURE
@@ -54,8 +54,7 @@ def build(shape: str):
         import timm
 
         model = timm.create_model(spec["name"], pretrained=False, num_classes=spec["num_classes"])
-        attn = model.blocks[0].attn
-        pre_outs = locate_pre_outs(model, TIMM_ARCHITECTURE, attn.num_heads, attn.head_dim)
+        pre_outs = locate(model, None, TIMM_ARCHITECTURE)[0]
 
         def scored(m, batch):
             return m(batch["x"]), batch["y"]
@@ -88,7 +87,7 @@ def build(shape: str):
 
         def make(b, length, gen, device, dtype):
             return {"x": torch.randint(0, config.vocab_size, (b, length), generator=gen).to(device)}
-    return model, locate_pre_outs(model, arch, *head_layout(config, arch)), scored, make, config.vocab_size
+    return model, locate(model, config, arch)[0], scored, make, config.vocab_size
 
 
 def sync(device):

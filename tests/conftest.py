@@ -39,3 +39,11 @@ def corpus(assets) -> Path:
 @pytest.fixture(scope="session")
 def image_folder(assets) -> Path:
     return assets / "images"
+
+
+@pytest.fixture(scope="session")
+def zoo(assets) -> dict[str, Path]:
+    """Tiny models of the architectures located by structure (ablate_lit.tiny.build_zoo)."""
+    from ablate_lit.tiny import build_zoo
+
+    return build_zoo(assets / "zoo", assets / "tokenizer")

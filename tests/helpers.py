@@ -1,10 +1,20 @@
-"""Small builders shared by the tests."""
+"""Small builders shared by the tests: tiny modules and data, and the real CLI in this process."""
 
 from __future__ import annotations
 
+import csv
+from pathlib import Path
+
 import lightning as L
+import numpy as np
 
 from ablate_lit import CausalLMAblation, TextData
+from ablate_lit.cli import main
+from ablate_lit.families.causal_lm import CAUSAL_LM_ARCHITECTURES
+
+ARCHS = sorted(CAUSAL_LM_ARCHITECTURES)
+EPS = 2.0**-4  # a power of two keeps x / eps exact, so the reference bins identically
+METHODS = "[zero,mean,peak,resample:random_chars,resample:random_tokens,resample:generated]"
 
 
 def trainer() -> L.Trainer:
@@ -37,3 +47,41 @@ def with_zero_inputs(pre_outs, fn):
     finally:
         for m, forward in saved:
             m.forward = forward
+
+
+def run(capsys, *args):
+    code = 0
+    try:
+        main(["test", *map(str, args)])
+    except SystemExit as exc:
+        code = exc.code
+    out, err = capsys.readouterr()
+    return code, out, err
+
+
+def tiny_args(model, corpus, root, *extra):
+    return ["--model", "ablate_lit.CausalLMAblation", "--model.name_or_path", model, "--data", "ablate_lit.TextData",
+            "--data.path", corpus, "--data.max_tokens", 120, "--data.calib_tokens", 256, "--data.context_length", 16,
+            "--data.batch_size", 4, "--ablation.n_resample", 2, "--ablation.seeds", "[0,1]",
+            "--ablation.fractions", "[0,0.5,1]", "--ablation.methods", METHODS, "--root", root, "--name", "run",
+            "--trainer.enable_progress_bar", "false", "--trainer.accelerator", "cpu", *extra]
+
+
+def run_rows(capsys, *args):
+    """Run the CLI (with --root/--name from tiny_args) and return (stdout, results rows); it must succeed."""
+    code, out, err = run(capsys, *args)
+    assert code == 0, err
+    root = Path(str(args[list(map(str, args)).index("--root") + 1]))
+    return out, read_rows(root / "run" / "results.csv")
+
+
+def read_rows(path):
+    with open(path) as fh:
+        return [{k: v for k, v in r.items() if k != "time_s"} for r in csv.DictReader(fh)]
+
+
+def reference_peak(values: np.ndarray, eps: float, shift: float) -> float:
+    k = np.floor(values / eps + shift).astype(np.int64)
+    ks, counts = np.unique(k, return_counts=True)
+    best = ks[np.flatnonzero(counts == counts.max())[0]]  # lowest bin wins a tie
+    return (best + 0.5 - shift) * eps

@@ -7,8 +7,7 @@ import torch
 
 from ablate_lit.ablation.hooks import PreOutHooks
 
-from helpers import module, with_zero_inputs
-from test_families import ARCHS
+from helpers import ARCHS, module, with_zero_inputs
 
 IDS = torch.randint(4, 300, (3, 10), generator=torch.Generator().manual_seed(1))
 

@@ -8,8 +8,7 @@ import torch
 from ablate_lit import AblateError
 from ablate_lit.batch_size import CPU_DEFAULT, find_batch_size
 
-from helpers import data, module
-from test_cli import run_rows, tiny_args
+from helpers import data, module, run_rows, tiny_args
 
 
 def oom_above(mod, limit):

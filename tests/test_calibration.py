@@ -10,8 +10,7 @@ from ablate_lit.ablation.hooks import PreOutHooks
 from ablate_lit.config import AblationConfig
 from ablate_lit.experiment import Experiment
 
-from helpers import data, module, trainer
-from test_stats import EPS, _reference_peak
+from helpers import EPS, data, module, reference_peak, trainer
 
 
 @pytest.fixture(scope="module")
@@ -38,7 +37,7 @@ def test_mean_and_peak_match_offline_computation(setup, tmp_path):
     for layer, x in acts.items():
         torch.testing.assert_close(stats["mean"][layer], x.double().mean(0))
         for n in range(0, x.shape[1], 5):
-            assert float(stats["peak"][layer, n]) == _reference_peak(x[:, n].numpy(), EPS, 0.0)
+            assert float(stats["peak"][layer, n]) == reference_peak(x[:, n].numpy(), EPS, 0.0)
     assert not mod.hooks.active
 
 

@@ -12,41 +12,9 @@ import torch.nn.functional as F
 from ablate_lit.callbacks.results import ResultWriter
 from ablate_lit.cli import main
 
-from helpers import data, module
+from helpers import data, module, read_rows, run, run_rows, tiny_args
 
 CONFIGS = sorted((Path(__file__).parents[1] / "configs").glob("*.yaml"))
-METHODS = "[zero,mean,peak,resample:random_chars,resample:random_tokens,resample:generated]"
-
-
-def run(capsys, *args):
-    code = 0
-    try:
-        main(["test", *map(str, args)])
-    except SystemExit as exc:
-        code = exc.code
-    out, err = capsys.readouterr()
-    return code, out, err
-
-
-def tiny_args(model, corpus, root, *extra):
-    return ["--model", "ablate_lit.CausalLMAblation", "--model.name_or_path", model, "--data", "ablate_lit.TextData",
-            "--data.path", corpus, "--data.max_tokens", 120, "--data.calib_tokens", 256, "--data.context_length", 16,
-            "--data.batch_size", 4, "--ablation.n_resample", 2, "--ablation.seeds", "[0,1]",
-            "--ablation.fractions", "[0,0.5,1]", "--ablation.methods", METHODS, "--root", root, "--name", "run",
-            "--trainer.enable_progress_bar", "false", "--trainer.accelerator", "cpu", *extra]
-
-
-def run_rows(capsys, *args):
-    """Run the CLI (with --root/--name from tiny_args) and return (stdout, results rows); it must succeed."""
-    code, out, err = run(capsys, *args)
-    assert code == 0, err
-    root = Path(str(args[list(map(str, args)).index("--root") + 1]))
-    return out, read_rows(root / "run" / "results.csv")
-
-
-def read_rows(path):
-    with open(path) as fh:
-        return [{k: v for k, v in r.items() if k != "time_s"} for r in csv.DictReader(fh)]
 
 
 @pytest.mark.parametrize("config", CONFIGS, ids=[c.stem for c in CONFIGS])
@@ -132,7 +100,7 @@ def bert_folder(tmp_path_factory):
 
 
 BAD = {
-    "unknown architecture": (["--model.name_or_path", "BERT"], "unsupported architecture 'bert'.*supported:"),
+    "encoder as causal LM": (["--model.name_or_path", "BERT"], "'bert' is a bidirectional encoder.*use --model ablate_lit.MaskedLMAblation"),
     "missing model folder": (["--model.name_or_path", "/nonexistent/model"], "model folder '/nonexistent/model' not found"),
     "missing data file": (["--data.path", "/nonexistent/text.txt"], "data file or folder '/nonexistent/text.txt' not found"),
     "eps not positive": (["--ablation.eps", "0"], "ablation.eps must be a positive number"),

@@ -13,7 +13,7 @@ import sys
 import pytest
 import torch
 
-from test_cli import read_rows, run_rows, tiny_args
+from helpers import read_rows, run_rows, tiny_args
 
 
 def cli(*args) -> subprocess.CompletedProcess:

@@ -8,11 +8,8 @@ import pytest
 import torch
 
 from ablate_lit import AblateError
-from ablate_lit.families.causal_lm import CAUSAL_LM_ARCHITECTURES
+from helpers import ARCHS, module
 
-from helpers import module
-
-ARCHS = sorted(CAUSAL_LM_ARCHITECTURES)
 ATTENTION = {"opt": "model.decoder.layers.{}.self_attn", "gpt2": "transformer.h.{}.attn",
              "gpt_neox": "gpt_neox.layers.{}.attention"}
 
@@ -72,10 +69,10 @@ def test_hooked_pre_out_equals_attention_times_values(tiny_models, model_type):
     assert not mod.hooks.active
 
 
-def test_unsupported_architecture_lists_supported(tmp_path):
+def test_an_encoder_is_refused_as_a_causal_lm_before_its_weights_are_read(tmp_path):
     (tmp_path / "config.json").write_text(json.dumps({"model_type": "bert", "architectures": ["BertForMaskedLM"]}))
-    with pytest.raises(AblateError, match=r"unsupported architecture 'bert'.*supported: gemma, gpt2, gpt_neox, llama"):
-        module(tmp_path)
+    with pytest.raises(AblateError, match=r"'bert' is a bidirectional encoder.*MaskedLMAblation"):
+        module(tmp_path)  # the folder holds no weights: refused from the config alone
 
 
 def test_missing_model_folder(tmp_path):

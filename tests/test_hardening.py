@@ -10,7 +10,7 @@ import sys
 import pytest
 
 from ablate_lit.callbacks.results import COLUMNS as COLUMNS_EXPECTED
-from test_cli import read_rows, tiny_args
+from helpers import read_rows, run, tiny_args
 
 # Each patch makes the process SIGKILL itself at one moment of the run (no cleanup code runs).
 KILLS = {
@@ -110,7 +110,6 @@ def test_nan_activations_in_calibration_are_counted_and_refused(capsys, tiny_mod
     import torch
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
-    from test_cli import run
 
     model = AutoModelForCausalLM.from_pretrained(tiny_models["llama"])
     with torch.no_grad():

@@ -9,7 +9,7 @@ import torch.nn.functional as F
 from ablate_lit import AblateError, ImageData, MaskedLMAblation, MaskedTextData, VisionAblation
 from ablate_lit.stats import TokenScores
 
-from conftest import N_CLASSES
+from ablate_lit.tiny import N_CLASSES
 from helpers import with_zero_inputs
 
 MASKED = ["bert", "roberta", "xlm-roberta"]

@@ -10,7 +10,7 @@ from PIL import Image
 
 from ablate_lit.cli import main
 
-from test_cli import read_rows, tiny_args
+from helpers import read_rows, tiny_args
 
 
 @pytest.fixture(scope="module")

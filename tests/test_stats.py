@@ -2,14 +2,14 @@
 
 from __future__ import annotations
 
-import numpy as np
 import pytest
 import torch
 import torch.nn.functional as F
 
 from ablate_lit.stats import NeuronHistogram, NeuronMoments, ResampleCache, TokenScores
 
-EPS = 2.0**-4  # a power of two keeps x / eps exact, so the reference bins identically
+from helpers import EPS, reference_peak
+
 
 
 def _activations(seed=0, n=3000, width=6):
@@ -19,13 +19,6 @@ def _activations(seed=0, n=3000, width=6):
     x[:, 1] = torch.where(torch.rand(n, generator=g) < 0.6, x[:, 1] - 1.0, x[:, 1] + 1.5)  # bimodal
     x[:, 2] = x[:, 2].abs() ** 2  # skewed, peak near 0
     return x
-
-
-def _reference_peak(values: np.ndarray, eps: float, shift: float) -> float:
-    k = np.floor(values / eps + shift).astype(np.int64)
-    ks, counts = np.unique(k, return_counts=True)
-    best = ks[np.flatnonzero(counts == counts.max())[0]]  # lowest bin wins a tie
-    return (best + 0.5 - shift) * eps
 
 
 def test_moments_match_torch_over_chunks():
@@ -62,7 +55,7 @@ def test_peak_is_centre_of_fullest_bin(alignment, shift):
         h.update(0, chunk)
     out = h.compute()
     for n in range(6):
-        assert float(out["peak"][0, n]) == pytest.approx(_reference_peak(x[:, n].numpy(), EPS, shift), abs=1e-12)
+        assert float(out["peak"][0, n]) == pytest.approx(reference_peak(x[:, n].numpy(), EPS, shift), abs=1e-12)
     assert int(h.counts.sum()) == x.numel()
     assert int(out["underflow"].sum() + out["overflow"].sum()) == 0
 

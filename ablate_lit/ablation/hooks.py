@@ -7,6 +7,8 @@ from typing import Callable, Iterator, Sequence
 
 import torch
 
+from torch import nn
+
 from ablate_lit.families.base import PreOut
 
 
@@ -17,12 +19,17 @@ class PreOutHooks:
     the block never leaves the model hooked.
     """
 
-    def __init__(self, pre_outs: Sequence[PreOut]):
+    def __init__(self, pre_outs: Sequence[PreOut], root: nn.Module | None = None):
         self.pre_outs = list(pre_outs)
+        self.root = root
+        """The whole model: a shared module's call count restarts at each of its forward passes."""
         self._handles: list = []
         self.sample_index: torch.Tensor | None = None
         """Dataset indices of the batch being evaluated ([batch]); resampling picks cache rows by them."""
         self._paused = False
+        self._calls: dict[int, int] = {}
+        if root is None and any(p.shared for p in self.pre_outs):
+            raise ValueError("shared modules need the root model to count their calls per forward pass")
 
     @property
     def n_layers(self) -> int:
@@ -32,11 +39,29 @@ class PreOutHooks:
     def width(self) -> int:
         return self.pre_outs[0].width
 
-    def _attach(self, make_hook: Callable[[int], Callable]) -> None:
+    def _attach(self, make_hook: Callable[[int], Callable | None]) -> None:
+        """One pre-hook per hooked module. A module run several times per forward pass (a shared layer)
+        gets a dispatcher: its k-th call in a pass is layer ``applications[k]``."""
+        groups: dict[int, list[PreOut]] = {}
         for p in self.pre_outs:
-            hook = make_hook(p.layer)
-            if hook is not None:
-                self._handles.append(p.module.register_forward_pre_hook(hook))
+            groups.setdefault(id(p.module), []).append(p)
+        for group in groups.values():
+            hooks = [make_hook(p.layer) for p in group]  # in execution order
+            if all(h is None for h in hooks):
+                continue
+            hook = hooks[0] if len(group) == 1 else self._dispatcher(id(group[0].module), hooks)
+            self._handles.append(group[0].module.register_forward_pre_hook(hook))
+        if len(groups) < len(self.pre_outs):
+            self._handles.append(self.root.register_forward_pre_hook(lambda module, args: self._calls.clear()))
+
+    def _dispatcher(self, key: int, hooks: list[Callable | None]) -> Callable:
+        def hook(module, args):
+            k = self._calls.get(key, 0)
+            self._calls[key] = k + 1
+            h = hooks[k % len(hooks)]
+            return None if h is None else h(module, args)
+
+        return hook
 
     def remove(self) -> None:
         for handle in self._handles:
@@ -129,23 +154,25 @@ def folded(pre_outs: Sequence[PreOut], mask: torch.Tensor, values: torch.Tensor)
     is restored in ``finally``. Equal to the hook up to float rounding (the sum runs in another
     order), and free at run time.
     """
+    if not all(p.direct and not p.shared for p in pre_outs):
+        raise ValueError("fold mode needs each layer's own out-projection to take the heads' output directly")
     saved = []
     try:
         for p in pre_outs:
-            w = p.module.weight
+            w = p.proj.weight
             idx = mask[p.layer].to(w.device).nonzero().squeeze(1)
             if idx.numel() == 0:
                 continue
-            dim = 0 if type(p.module).__name__ == "Conv1D" else 1  # input axis: GPT-2's Conv1D stores [in, out]
+            dim = 0 if type(p.proj).__name__ == "Conv1D" else 1  # input axis: GPT-2's Conv1D stores [in, out]
             cols = w.index_select(dim, idx)  # a copy: the original weights of the ablated inputs, restored on exit
             shift = ((cols.t() if dim == 0 else cols).to(torch.float64)
                      @ values[p.layer].to(device=w.device, dtype=torch.float64)[idx]).to(w.dtype)
-            bias = p.module.bias
-            saved.append((p.module, dim, idx, cols, None if bias is None else bias.detach().clone()))
+            bias = p.proj.bias
+            saved.append((p.proj, dim, idx, cols, None if bias is None else bias.detach().clone()))
             with torch.no_grad():
                 w.index_fill_(dim, idx, 0)
                 if bias is None:
-                    p.module.bias = torch.nn.Parameter(shift, requires_grad=False)
+                    p.proj.bias = torch.nn.Parameter(shift, requires_grad=False)
                 else:
                     bias.add_(shift)
         yield

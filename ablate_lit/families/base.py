@@ -1,7 +1,9 @@
-"""Declarative architecture mappings and the lookup of each layer's attention out-projection.
+"""The hook point of one layer, and small helpers shared by the families.
 
 The *pre-out* of a layer is the input of its attention output projection (TransformerLens
 ``hook_z`` flattened): ``[batch, pos, n_heads * d_head]``. Ablation hooks sit on that input.
+Where the pre-out lives in a model is found by ``families.layout`` (tested per-architecture paths,
+else discovery by structure) and checked on a real forward pass by ``families.trace``.
 """
 
 from __future__ import annotations
@@ -16,80 +18,76 @@ from ablate_lit.errors import AblateError
 
 @dataclass(frozen=True)
 class Architecture:
-    """Where the pre-out lives in one architecture (a small mapping, as in TransformerLens)."""
+    """A tested path to the pre-out of one architecture (a small mapping, as in TransformerLens)."""
 
     layers: str | tuple[str, ...]
     """Dotted path from the top model to the ModuleList of transformer blocks (alternatives: first found)."""
     out_proj: str | tuple[str, ...]
     """Dotted path, inside one block, of the attention output projection (alternatives: first found)."""
-    n_heads: str = "num_attention_heads"
-    """Config attribute holding the number of query heads."""
-    head_dim: str | None = "head_dim"
-    """Config attribute holding d_head where the config states it (never derived when stated)."""
-    hidden: str = "hidden_size"
-    """Config attribute holding the residual width, used only when head_dim is not stated."""
 
 
 @dataclass
 class PreOut:
-    """One layer's hook point: the out-projection module and the head layout of its input."""
+    """One layer's hook point: the module whose input is the heads' concatenated output, and its layout."""
 
     layer: int
+    """Position in execution order (a layer applied several times, as in ALBERT, is several layers)."""
     name: str
+    """Dotted path of the hooked module."""
     module: nn.Module
+    """The hooked module: the out-projection, or a norm that sits between the heads and it."""
+    proj: nn.Module
+    """The attention output projection itself (what fold mode edits)."""
     n_heads: int
     head_dim: int
     block: nn.Module
     """The transformer block holding the projection (the unit a sharding strategy splits)."""
+    application: int = 0
+    """Which call of ``module`` within one forward pass this layer is (0 unless the module is shared)."""
+    n_applications: int = 1
+    """How often ``module`` runs in one forward pass."""
+    batch_major: bool = True
+    """The hooked input is ``[batch, pos, width]`` (False for windowed attention such as Swin's)."""
 
     @property
     def width(self) -> int:
         return self.n_heads * self.head_dim
 
+    @property
+    def shared(self) -> bool:
+        return self.n_applications > 1
 
-def get_submodule(root: nn.Module, path: str | tuple[str, ...]) -> tuple[str, nn.Module]:
-    """The first of the alternative paths that exists (library versions name modules differently)."""
+    @property
+    def direct(self) -> bool:
+        """The hooked module is the out-projection itself (nothing between heads and projection)."""
+        return self.module is self.proj
+
+
+def get_submodule(root: nn.Module, path: str | tuple[str, ...]) -> tuple[str, nn.Module] | None:
+    """The first of the alternative paths that exists (library versions name modules differently), or None."""
     for candidate in (path,) if isinstance(path, str) else path:
         try:
             return candidate, root.get_submodule(candidate)
         except AttributeError:
             continue
-    raise AblateError(f"module path {path} not found in {type(root).__name__}: the architecture mapping does not fit this model")
+    return None
 
 
-def in_features(module: nn.Module) -> int:
-    """Input width of a projection: nn.Linear, or GPT-2's Conv1D (weight stored [in, out])."""
+def is_projection(module: nn.Module) -> bool:
+    """nn.Linear (and subclasses) or GPT-2's Conv1D."""
+    return isinstance(module, nn.Linear) or type(module).__name__ == "Conv1D"
+
+
+def input_width(module: nn.Module) -> int | None:
+    """Input width of a projection (Conv1D stores its weight [in, out]) or of a norm; None if unknown."""
     if isinstance(module, nn.Linear):
         return module.in_features
     if type(module).__name__ == "Conv1D":
         return module.weight.shape[0]
-    raise AblateError(f"unsupported out-projection type {type(module).__name__}; expected nn.Linear or Conv1D")
-
-
-def head_layout(config, arch: Architecture) -> tuple[int, int]:
-    n_heads = int(getattr(config, arch.n_heads))
-    stated = getattr(config, arch.head_dim, None) if arch.head_dim else None
-    if stated:
-        return n_heads, int(stated)
-    return n_heads, int(getattr(config, arch.hidden)) // n_heads
-
-
-def locate_pre_outs(model: nn.Module, arch: Architecture, n_heads: int, head_dim: int) -> list[PreOut]:
-    """All layers' out-projections, checked against the stated head layout."""
-    layers_path, layers = get_submodule(model, arch.layers)
-    found = []
-    for i, block in enumerate(layers):
-        out_path, module = get_submodule(block, arch.out_proj)
-        width = in_features(module)
-        if width != n_heads * head_dim:
-            raise AblateError(
-                f"layer {i}: out-projection takes {width} inputs but the config states "
-                f"{n_heads} heads x {head_dim} head_dim; the architecture mapping does not fit this model"
-            )
-        found.append(PreOut(i, f"{layers_path}.{i}.{out_path}", module, n_heads, head_dim, block))
-    if not found:
-        raise AblateError("the model has no transformer layers to ablate")
-    return found
+    weight = getattr(module, "weight", None)
+    if isinstance(weight, torch.Tensor) and weight.dim() == 1:
+        return weight.shape[0]
+    return None
 
 
 def looks_like_path(name: str) -> bool:

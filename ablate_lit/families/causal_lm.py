@@ -1,9 +1,11 @@
-"""Causal language models: architecture mappings and loading (hub name, local folder or GGUF file)."""
+"""Causal language models: tested architecture paths and loading (hub name, local folder or GGUF file).
+
+Architectures without an entry here are located by structure (``families.layout``)."""
 
 from __future__ import annotations
 
 from ablate_lit.families.base import Architecture
-from ablate_lit.families.hf import load_hf
+from ablate_lit.families.hf import load_hf, load_tokenizer
 
 _LLAMA_LIKE = Architecture(layers="model.layers", out_proj="self_attn.o_proj")
 
@@ -20,8 +22,10 @@ CAUSAL_LM_ARCHITECTURES: dict[str, Architecture] = {
 }
 
 
-def load_causal_lm(name_or_path: str, gguf_file: str | None = None, dtype: str = "float32",
-                   revision: str | None = None, attn_implementation: str | None = None):
-    """Load (model, tokenizer, architecture) from a hub name, a local folder, or a GGUF file in a folder."""
-    return load_hf(name_or_path, "AutoModelForCausalLM", CAUSAL_LM_ARCHITECTURES, "causal_lm", gguf_file, dtype,
-                   revision, attn_implementation)
+def load_causal_lm(name_or_path: str, gguf_file: str | None = None, dtype: str = "float32", revision: str | None = None,
+                   attn_implementation: str | None = None, blocks: str | None = None, out_proj: str | None = None,
+                   tokenizer: str | None = None):
+    """(model, tokenizer, tested architecture or None) from a hub name, a local folder, or a GGUF file in a folder."""
+    model, path, known = load_hf(name_or_path, "causal_lm", CAUSAL_LM_ARCHITECTURES, gguf_file, dtype, revision,
+                                 attn_implementation, blocks, out_proj)
+    return model, load_tokenizer(tokenizer or path, None if tokenizer else revision, given=bool(tokenizer)), known

@@ -1,4 +1,9 @@
-"""Loading shared by the families: Hugging Face models from hub names, folders or GGUF files."""
+"""Loading shared by the families: Hugging Face models from hub names, folders or GGUF files.
+
+The architecture is checked before any weight is read: the config alone says whether the family's
+head exists for it, and an empty skeleton of the model (on the meta device, no memory) says whether
+its pre-outs can be located. A refusal therefore costs no download and no GGUF conversion.
+"""
 
 from __future__ import annotations
 
@@ -7,18 +12,18 @@ import logging
 import os
 from pathlib import Path
 
+import torch
+
 from ablate_lit.errors import AblateError
 from ablate_lit.families.base import Architecture, looks_like_path, resolve_dtype
+from ablate_lit.families.layout import locate
 
 log = logging.getLogger(__name__)
 
-
-def architecture_for(model_type: str, registry: dict[str, Architecture], family: str) -> Architecture:
-    if model_type not in registry:
-        raise AblateError(
-            f"unsupported architecture '{model_type}' for the {family} family; supported: {', '.join(sorted(registry))}"
-        )
-    return registry[model_type]
+# family -> (transformers auto class, the LightningModule that evaluates it)
+AUTO_CLASSES = {"causal_lm": ("AutoModelForCausalLM", "CausalLMAblation"),
+                "masked_lm": ("AutoModelForMaskedLM", "MaskedLMAblation"),
+                "vision": ("AutoModelForImageClassification", "VisionAblation")}
 
 
 def hub_error(name: str, exc: Exception, what: str, flag: str) -> AblateError:
@@ -28,6 +33,43 @@ def hub_error(name: str, exc: Exception, what: str, flag: str) -> AblateError:
     )
 
 
+def heads_config(config, family: str):
+    """The (sub-)config describing the ablated tower: the vision config of CLIP-like models, else the text config."""
+    if family == "vision":
+        return getattr(config, "vision_config", None) or config
+    return config.get_text_config() if hasattr(config, "get_text_config") else config
+
+
+def check_family(config, family: str) -> None:
+    """Refuse a model type that has no head of this family in transformers, naming the family that fits."""
+    import transformers
+
+    auto, _ = AUTO_CLASSES[family]
+    mapping = getattr(transformers, auto)._model_mapping
+    if family == "causal_lm" and type(config) in transformers.AutoModelForMaskedLM._model_mapping and not config.is_decoder:
+        raise AblateError(f"'{config.model_type}' is a bidirectional encoder (transformers gives it a masked-LM head); "
+                          "use --model ablate_lit.MaskedLMAblation")
+    if type(config) in mapping:
+        return
+    fits = [module for other, (cls, module) in AUTO_CLASSES.items()
+            if other != family and type(config) in getattr(transformers, cls)._model_mapping]
+    hint = f"use --model ablate_lit.{fits[0]}" if fits else "ablate_lit evaluates causal LMs, masked LMs and image classifiers"
+    raise AblateError(f"'{config.model_type}' models have no {family.replace('_', ' ')} head in transformers ({auto}); {hint}")
+
+
+def check_layout(config, family: str, known: Architecture | None, blocks: str | None, out_proj: str | None) -> None:
+    """Locate the pre-outs in an empty skeleton of the model (meta device: no weights, no memory)."""
+    import transformers
+
+    try:
+        with torch.device("meta"):
+            skeleton = getattr(transformers, AUTO_CLASSES[family][0]).from_config(config)
+    except Exception as exc:  # some models cannot be built empty; the real load checks them
+        log.debug("no meta skeleton for %s: %s", config.model_type, exc)
+        return
+    locate(skeleton, heads_config(config, family), known, blocks, out_proj)
+
+
 def gguf_cache_dir(gguf_path: Path) -> Path:
     stat = gguf_path.stat()
     key = hashlib.sha1(f"{gguf_path.resolve()}:{stat.st_size}:{int(stat.st_mtime)}".encode()).hexdigest()[:16]
@@ -35,9 +77,10 @@ def gguf_cache_dir(gguf_path: Path) -> Path:
     return root / "gguf" / f"{gguf_path.stem}-{key}"
 
 
-def _convert_gguf(folder: str, gguf_file: str):
-    """Dequantise a GGUF file once into a normal HF folder (loading GGUF takes ~30 s, the copy <1 s)."""
-    from transformers import AutoModelForCausalLM, AutoTokenizer
+def _convert_gguf(folder: str, gguf_file: str, check) -> str:
+    """Dequantise a GGUF file once into a normal HF folder (loading GGUF takes ~30 s, the copy <1 s).
+    ``check(config)`` runs on the GGUF's config before anything is converted."""
+    import transformers
 
     gguf_path = Path(folder) / gguf_file
     if not gguf_path.is_file():
@@ -45,14 +88,19 @@ def _convert_gguf(folder: str, gguf_file: str):
     target = gguf_cache_dir(gguf_path)
     if (target / "config.json").is_file():
         return str(target)
-    log.info("converting %s once into %s", gguf_path, target)
     try:
-        tokenizer = AutoTokenizer.from_pretrained(folder, gguf_file=gguf_file)
-        loaded = AutoModelForCausalLM.from_pretrained(folder, gguf_file=gguf_file)
+        check(transformers.AutoConfig.from_pretrained(folder, gguf_file=gguf_file))
+        log.info("converting %s once into %s", gguf_path, target)
+        tokenizer = transformers.AutoTokenizer.from_pretrained(folder, gguf_file=gguf_file)
+        loaded = transformers.AutoModelForCausalLM.from_pretrained(folder, gguf_file=gguf_file)
     except ImportError as exc:
         raise AblateError(f"loading GGUF needs extra packages ({exc}); run: pip install 'ablate_lit[demo]'") from exc
+    except (OSError, ValueError) as exc:
+        if isinstance(exc, AblateError):
+            raise
+        raise AblateError(f"could not read GGUF file '{gguf_path}' ({str(exc).strip()[:160]})") from exc
     # A GGUF-loaded model will not save_pretrained; a fresh copy from its config will.
-    copy = AutoModelForCausalLM.from_config(loaded.config)
+    copy = transformers.AutoModelForCausalLM.from_config(loaded.config)
     copy.load_state_dict(loaded.state_dict())
     tmp = target.with_name(target.name + f".tmp{os.getpid()}")
     copy.save_pretrained(tmp)
@@ -61,30 +109,58 @@ def _convert_gguf(folder: str, gguf_file: str):
     return str(target)
 
 
-def load_hf(name_or_path: str, auto_class: str, registry: dict[str, Architecture], family: str,
-            gguf_file: str | None = None, dtype: str = "float32", revision: str | None = None,
-            attn_implementation: str | None = None):
-    """(model, tokenizer, architecture) from a hub name or local folder; the model type is checked first."""
+def load_hf(name_or_path: str, family: str, registry: dict[str, Architecture], gguf_file: str | None = None,
+            dtype: str = "float32", revision: str | None = None, attn_implementation: str | None = None,
+            blocks: str | None = None, out_proj: str | None = None):
+    """(model, the folder or hub id it came from, tested architecture or None) from a hub name, a local
+    folder or a GGUF file. The family and the layout are checked on the config and an empty skeleton
+    before any weight is read."""
     import transformers
+
+    def check(config) -> None:
+        check_family(config, family)
+        check_layout(config, family, registry.get(config.model_type), blocks, out_proj)
 
     path = os.path.expanduser(name_or_path)
     if looks_like_path(name_or_path) and not os.path.exists(path):
         raise AblateError(f"model folder '{name_or_path}' not found; pass an existing folder or a hub name with --model.name_or_path")
     if gguf_file:
-        path = _convert_gguf(path, gguf_file)
+        path = _convert_gguf(path, gguf_file, check)
     try:
         config = transformers.AutoConfig.from_pretrained(path, revision=revision)
     except (OSError, ValueError) as exc:
         raise hub_error(name_or_path, exc, "model", "--model.name_or_path") from exc
-    arch = architecture_for(config.model_type, registry, family)
+    check(config)
     kwargs = {"dtype": resolve_dtype(dtype), "revision": revision}
     if attn_implementation:
         kwargs["attn_implementation"] = attn_implementation
     try:
-        model = getattr(transformers, auto_class).from_pretrained(path, config=config, **kwargs)
-        tokenizer = transformers.AutoTokenizer.from_pretrained(path, revision=revision)
+        model = getattr(transformers, AUTO_CLASSES[family][0]).from_pretrained(path, config=config, **kwargs)
     except (OSError, ValueError) as exc:
         raise hub_error(name_or_path, exc, "model", "--model.name_or_path") from exc
     model.eval()
     model.requires_grad_(False)
-    return model, tokenizer, arch
+    return model, path, registry.get(config.model_type)
+
+
+PROBE = "The quick brown fox jumps over the lazy dog, and 42 others watched."
+
+
+def load_tokenizer(path: str, revision: str | None = None, given: bool = False):
+    """The tokenizer of a model folder or hub id (or of ``--model.tokenizer``), checked to work:
+    it must turn English text into several known tokens. A folder saved without its tokenizer files
+    is refused here, before any text is read."""
+    import transformers
+
+    where = f"--model.tokenizer '{path}'" if given else f"'{path}'"
+    fix = "pass the tokenizer's folder or hub id with --model.tokenizer PATH (e.g. the base model's)"
+    try:
+        tokenizer = transformers.AutoTokenizer.from_pretrained(path, revision=revision)
+    except (OSError, ValueError, TypeError, KeyError) as exc:
+        reason = (str(exc).strip().splitlines() or [type(exc).__name__])[0][:120]
+        raise AblateError(f"no usable tokenizer in {where} ({reason}); {fix}") from exc
+    ids = tokenizer(PROBE, add_special_tokens=False)["input_ids"]
+    unknown = tokenizer.unk_token_id
+    if len(tokenizer) < 2 or len(ids) < 3 or all(i == unknown for i in ids):
+        raise AblateError(f"the tokenizer in {where} is empty (it turns English text into {len(ids)} known tokens); {fix}")
+    return tokenizer

@@ -1,4 +1,8 @@
-"""Vision transformers: timm (vit_*, deit_*) and Hugging Face ViT, loading and preprocessing."""
+"""Vision transformers: timm and Hugging Face image classifiers, loading and preprocessing.
+
+timm ViT-style models (``blocks[i].attn.proj``) and Hugging Face ViT/DeiT have tested entries; every
+other model (BEiT, EVA, DINOv2, CLIP vision, ...) is located by structure (``families.layout``).
+"""
 
 from __future__ import annotations
 
@@ -7,12 +11,11 @@ import os
 from pathlib import Path
 
 from ablate_lit.errors import AblateError
-from ablate_lit.families.base import Architecture, head_layout, looks_like_path, resolve_dtype
-from ablate_lit.families.hf import architecture_for, hub_error
+from ablate_lit.families.base import Architecture, looks_like_path, resolve_dtype
+from ablate_lit.families.hf import heads_config, hub_error, load_hf
 
 # timm: every ViT-style block has attn.proj; the head layout is read from the attention module.
 TIMM_ARCHITECTURE = Architecture(layers="blocks", out_proj="attn.proj")
-TIMM_PREFIXES = ("vit_", "deit_", "deit3_", "eva", "beit")
 
 HF_VISION_ARCHITECTURES: dict[str, Architecture] = {
     "vit": Architecture(layers=("vit.encoder.layer", "vit.layers"), out_proj=("attention.output.dense", "attention.o_proj")),
@@ -33,12 +36,13 @@ def _backend(name_or_path: str) -> str:
     return "timm" if name_or_path.startswith("timm/") or "/" not in name_or_path else "hf"
 
 
-def load_vision(name_or_path: str, dtype: str = "float32", revision: str | None = None):
-    """(model, preprocess, n_classes, architecture, n_heads, head_dim, backend)."""
+def load_vision(name_or_path: str, dtype: str = "float32", revision: str | None = None, blocks: str | None = None,
+                out_proj: str | None = None):
+    """(model, preprocess, n_classes, tested architecture or None, config for the head layout, backend)."""
     backend = _backend(name_or_path)
     if backend == "timm":
         return _load_timm(name_or_path, dtype)
-    return _load_hf(name_or_path, dtype, revision)
+    return _load_hf(name_or_path, dtype, revision, blocks, out_proj)
 
 
 def _load_timm(name_or_path: str, dtype: str):
@@ -50,8 +54,11 @@ def _load_timm(name_or_path: str, dtype: str):
         name = f"local-dir:{local}"
     else:
         name = name_or_path.removeprefix("timm/")
-        if not name.split(".")[0].startswith(TIMM_PREFIXES) and not timm.is_model(name.split(".")[0]):
-            raise AblateError(f"unknown timm model '{name}'; use a ViT/DeiT name such as vit_base_patch16_224.augreg2_in21k_ft_in1k")
+        arch = name.split(".")[0]
+        if not timm.is_model(arch):
+            near = timm.list_models(f"*{arch[:5]}*")[:5]
+            raise AblateError(f"unknown timm model '{name}'" + (f" (similar: {', '.join(near)})" if near else "")
+                              + "; e.g. vit_base_patch16_224.augreg2_in21k_ft_in1k")
         name = f"hf-hub:timm/{name}" if "." in name else name
     try:
         model = timm.create_model(name, pretrained=True)
@@ -59,29 +66,21 @@ def _load_timm(name_or_path: str, dtype: str):
         raise hub_error(name_or_path, exc, "timm model", "--model.name_or_path (a folder saved by timm.models.save_for_hf)") from exc
     torch_dtype = resolve_dtype(dtype)
     model = model.to(dtype=torch_dtype) if torch_dtype != "auto" else model
-    if not hasattr(model, "blocks"):
-        raise AblateError(f"timm model '{name_or_path}' has no transformer blocks; supported: ViT-style models ({', '.join(TIMM_PREFIXES)}*)")
-    attn = model.blocks[0].attn
     preprocess = create_transform(**resolve_data_config({}, model=model), is_training=False)
     model.eval().requires_grad_(False)
-    return model, preprocess, model.num_classes, TIMM_ARCHITECTURE, attn.num_heads, attn.head_dim, "timm"
+    return model, preprocess, model.num_classes, TIMM_ARCHITECTURE, None, "timm"
 
 
-def _load_hf(name_or_path: str, dtype: str, revision: str | None):
+def _load_hf(name_or_path: str, dtype: str, revision: str | None, blocks: str | None, out_proj: str | None):
     import transformers
 
-    path = os.path.expanduser(name_or_path)
+    model, path, known = load_hf(name_or_path, "vision", HF_VISION_ARCHITECTURES, None, dtype, revision, None, blocks, out_proj)
     try:
-        config = transformers.AutoConfig.from_pretrained(path, revision=revision)
-        arch = architecture_for(config.model_type, HF_VISION_ARCHITECTURES, "vision")
-        model = transformers.AutoModelForImageClassification.from_pretrained(path, config=config, revision=revision,
-                                                                             dtype=resolve_dtype(dtype))
         processor = transformers.AutoImageProcessor.from_pretrained(path, revision=revision)
     except (OSError, ValueError) as exc:
-        raise hub_error(name_or_path, exc, "model", "--model.name_or_path") from exc
+        raise hub_error(name_or_path, exc, "image processor of", "--model.name_or_path") from exc
 
     def preprocess(image):
         return processor(images=image, return_tensors="pt")["pixel_values"][0]
 
-    model.eval().requires_grad_(False)
-    return model, preprocess, config.num_labels, arch, *head_layout(config, arch), "hf"
+    return model, preprocess, model.config.num_labels, known, heads_config(model.config, "vision"), "hf"

@@ -4,21 +4,30 @@ from __future__ import annotations
 
 import hashlib
 import json
+import re
 
 import lightning as L
 import torch
 from torch.utils.data import Dataset
 
 from ablate_lit.ablation.hooks import PreOutHooks
+from ablate_lit.families.base import Architecture
+from ablate_lit.families.layout import locate
+from ablate_lit.families.trace import trace
 from ablate_lit.stats.token_metrics import TokenScores
+
+
+def _pattern(name: str) -> str:
+    return re.sub(r"(?<=\.)\d+(?=\.)", "*", name)
 
 
 class AblationModule(L.LightningModule):
     """Wraps a model whose attention pre-outs are hooked.
 
-    Subclasses load the model and set ``self.model``, ``self.pre_outs`` and ``self.hooks``, and
-    implement ``logits_and_labels`` (how a batch becomes scored predictions) and
-    ``random_inputs`` (the randomised inputs for resampling).
+    Subclasses load ``self.model``, call ``locate_pre_outs`` (which sets ``self.pre_outs`` and
+    ``self.hooks``), and implement ``logits_and_labels`` (how a batch becomes scored predictions),
+    ``example_forward`` (a small forward pass to check the hook points on) and ``random_inputs``
+    (the randomised inputs for resampling).
     """
 
     family = "base"
@@ -35,6 +44,30 @@ class AblationModule(L.LightningModule):
     def logits_and_labels(self, batch) -> tuple[torch.Tensor, torch.Tensor]:
         """Scored logits [N, n_classes] and labels [N] (-100 = not scored)."""
         raise NotImplementedError
+
+    def example_forward(self, n: int) -> torch.Tensor:
+        """The model's output on ``n`` small synthetic inputs (the hook points are checked on it)."""
+        raise NotImplementedError
+
+    def check_example(self, output: torch.Tensor) -> None:
+        """Family-specific checks of ``example_forward``'s output (e.g. that a causal LM is causal)."""
+
+    def locate_pre_outs(self, config, known: Architecture | None, blocks: str | None, out_proj: str | None) -> None:
+        """Find every layer's pre-out (``families.layout``) and check it on one forward pass (``families.trace``)."""
+        pre_outs, self.layout_source = locate(self.model, config, known, blocks, out_proj)
+        self.pre_outs, output = trace(self.model, pre_outs, lambda: self.example_forward(2), batch_size=2)
+        self.check_example(output)
+        self.hooks = PreOutHooks(self.pre_outs, self.model)
+
+    def describe_pre_outs(self) -> str:
+        """One line: how many layers and neurons are hooked, where, and how the place was found."""
+        p = self.pre_outs[0]
+        names = list(dict.fromkeys(q.name for q in self.pre_outs))
+        where = names[0] if len(names) == 1 else ", ".join(dict.fromkeys(_pattern(n) for n in names))
+        shared = f", one module applied {p.n_applications} times" if p.shared else ""
+        between = "" if p.direct else f", the input of a {type(p.module).__name__} between the heads and the out-projection"
+        return (f"pre-outs: {len(self.pre_outs)} layers x {p.n_heads} heads x {p.head_dim} = {p.width} neurons each, at "
+                f"{where}{between}{shared} ({self.layout_source})")
 
     def random_inputs(self, source: str, n: int, seed: int, data) -> Dataset:
         """``n`` randomised inputs from ``source``, shaped like ``data``'s evaluation inputs, with indices 0..n-1."""
@@ -68,8 +101,9 @@ class AblationModule(L.LightningModule):
         if self._device_mesh is not None:
             from ablate_lit.sharding import shard
 
-            if shard(self.model, [p.block for p in self.pre_outs], self._device_mesh) and self.trainer.is_global_zero:
-                print(f"sharded: {len(self.pre_outs)} blocks and the rest of the model split over "
+            blocks = list({id(p.block): p.block for p in self.pre_outs}.values())  # a shared block once
+            if shard(self.model, blocks, self._device_mesh) and self.trainer.is_global_zero:
+                print(f"sharded: {len(blocks)} blocks and the rest of the model split over "
                       f"{self.trainer.world_size} processes (FSDP2)", flush=True)
 
     def _even_out(self, batch, batch_idx: int, n_batches: int) -> None:
@@ -120,7 +154,9 @@ class AblationModule(L.LightningModule):
             h.update(json.dumps(getattr(self.model, "pretrained_cfg", {}), sort_keys=True, default=str).encode())
         h.update(str(next(self.model.parameters()).dtype).encode())
         named = dict(self.model.named_parameters())
-        for name in sorted(named)[:: max(1, len(named) // 16)] + [p.name + ".weight" for p in self.pre_outs]:
+        proj_ids = {id(p.proj) for p in self.pre_outs}
+        projections = [n + ".weight" for n, m in self.model.named_modules() if id(m) in proj_ids]
+        for name in sorted(named)[:: max(1, len(named) // 16)] + projections:
             t = named.get(name)
             if t is not None:
                 t = t.detach().double()
@@ -152,6 +188,18 @@ class TextAblationModule(AblationModule):
 
             raise AblateError(f"data.context_length {data.context_length} exceeds the model's {limit} positions; "
                               f"lower --data.context_length to at most {limit}")
+
+    def example_forward(self, n: int) -> torch.Tensor:
+        """Logits on ``n`` copies of 8 ordinary tokens; the copies differ only in their last token."""
+        from ablate_lit.families.hf import PROBE
+
+        probe = self.tokenizer(PROBE, add_special_tokens=False)["input_ids"]
+        ids = torch.tensor(probe[:8]).repeat(n, 1)
+        ids[1:, -1] = probe[8]
+        return self.model(input_ids=ids.to(self.model.device), **self.forward_kwargs).logits
+
+    forward_kwargs: dict = {}
+    """Keyword arguments of every forward pass of the model (causal LMs: no key/value cache)."""
 
     def default_generator(self):
         """(model, tokenizer) that writes the text for resample:generated when none is configured; None

@@ -1,12 +1,12 @@
-"""Causal language models (OPT, Llama, Mistral, Qwen2, Gemma, GPT-2, GPT-NeoX): next-token scoring."""
+"""Causal language models (OPT, Llama, Mistral, Gemma, Qwen, Phi, GPT-2, GPT-NeoX, ...): next-token scoring."""
 
 from __future__ import annotations
 
 import torch
 
-from ablate_lit.ablation.hooks import PreOutHooks
-from ablate_lit.families.base import head_layout, locate_pre_outs
+from ablate_lit.errors import AblateError
 from ablate_lit.families.causal_lm import load_causal_lm
+from ablate_lit.families.hf import heads_config
 from ablate_lit.modules.base import TextAblationModule
 from ablate_lit.stats.token_metrics import IGNORE_INDEX
 
@@ -16,6 +16,7 @@ class CausalLMAblation(TextAblationModule):
 
     family = "causal_lm"
     data_types = ("TextData",)
+    forward_kwargs = {"use_cache": False}
 
     def __init__(
         self,
@@ -25,6 +26,9 @@ class CausalLMAblation(TextAblationModule):
         revision: str | None = None,
         attn_implementation: str | None = None,
         generator: str | None = None,
+        tokenizer: str | None = None,
+        blocks: str | None = None,
+        out_proj: str | None = None,
     ):
         """
         Args:
@@ -34,12 +38,21 @@ class CausalLMAblation(TextAblationModule):
             revision: hub revision (branch, tag or commit).
             attn_implementation: eager, sdpa, flash_attention_2 (default: transformers' choice).
             generator: model that generates the text for resample:generated (default: the model under test).
+            tokenizer: tokenizer folder or hub id, for a model folder saved without one (default: the model's).
+            blocks: path of the list of transformer blocks (e.g. model.layers), for a model whose layout is not found.
+            out_proj: path inside a block of the attention output projection (e.g. self_attn.o_proj).
         """
         super().__init__()
         self.save_hyperparameters()
-        self.model, self.tokenizer, arch = load_causal_lm(name_or_path, gguf_file, dtype, revision, attn_implementation)
-        self.pre_outs = locate_pre_outs(self.model, arch, *head_layout(self.model.config, arch))
-        self.hooks = PreOutHooks(self.pre_outs)
+        self.model, self.tokenizer, known = load_causal_lm(name_or_path, gguf_file, dtype, revision, attn_implementation,
+                                                           blocks, out_proj, tokenizer)
+        self.locate_pre_outs(heads_config(self.model.config, self.family), known, blocks, out_proj)
+
+    def check_example(self, logits: torch.Tensor) -> None:
+        """A causal LM's predictions before the last token cannot depend on the last token."""
+        if not torch.allclose(logits[0, :-1].float(), logits[1, :-1].float(), rtol=1e-3, atol=1e-3, equal_nan=True):
+            raise AblateError(f"'{self.model.config.model_type}' is not causal here: changing the last token changed the "
+                              "predictions before it; for a bidirectional model use --model ablate_lit.MaskedLMAblation")
 
     @property
     def model_label(self) -> str:
@@ -49,7 +62,7 @@ class CausalLMAblation(TextAblationModule):
 
     def logits_and_labels(self, batch):
         ids = batch["input_ids"]
-        logits = self.model(input_ids=ids).logits  # [batch, pos, vocab]
+        logits = self.model(input_ids=ids, **self.forward_kwargs).logits  # [batch, pos, vocab]
         # position t predicts token t+1; the last position has no label (-100). Scoring the full,
         # contiguous logits avoids copying them, as slicing off the last position would.
         labels = torch.cat([ids[:, 1:], ids.new_full((ids.shape[0], 1), IGNORE_INDEX)], 1)

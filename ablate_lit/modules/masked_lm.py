@@ -1,9 +1,8 @@
-"""Masked language models (BERT, RoBERTa, XLM-RoBERTa): token unmasking and de-randomisation."""
+"""Masked language models (BERT, RoBERTa, DeBERTa, ALBERT, ModernBERT, ...): token unmasking and de-randomisation."""
 
 from __future__ import annotations
 
-from ablate_lit.ablation.hooks import PreOutHooks
-from ablate_lit.families.base import head_layout, locate_pre_outs
+from ablate_lit.families.hf import heads_config
 from ablate_lit.families.masked_lm import load_masked_lm
 from ablate_lit.modules.base import TextAblationModule
 
@@ -15,7 +14,8 @@ class MaskedLMAblation(TextAblationModule):
     data_types = ("MaskedTextData",)
 
     def __init__(self, name_or_path: str, dtype: str = "float32", revision: str | None = None,
-                 attn_implementation: str | None = None, generator: str | None = None):
+                 attn_implementation: str | None = None, generator: str | None = None, tokenizer: str | None = None,
+                 blocks: str | None = None, out_proj: str | None = None):
         """
         Args:
             name_or_path: hub model id (e.g. FacebookAI/roberta-large) or a local folder.
@@ -23,12 +23,15 @@ class MaskedLMAblation(TextAblationModule):
             revision: hub revision.
             attn_implementation: eager, sdpa (default: transformers' choice).
             generator: causal LM generating the text for resample:generated (default: a built-in English sample).
+            tokenizer: tokenizer folder or hub id, for a model folder saved without one (default: the model's).
+            blocks: path of the list of transformer blocks (e.g. bert.encoder.layer), for a model whose layout is not found.
+            out_proj: path inside a block of the attention output projection (e.g. attention.output.dense).
         """
         super().__init__()
         self.save_hyperparameters()
-        self.model, self.tokenizer, arch = load_masked_lm(name_or_path, dtype, revision, attn_implementation)
-        self.pre_outs = locate_pre_outs(self.model, arch, *head_layout(self.model.config, arch))
-        self.hooks = PreOutHooks(self.pre_outs)
+        self.model, self.tokenizer, known = load_masked_lm(name_or_path, dtype, revision, attn_implementation, blocks,
+                                                           out_proj, tokenizer)
+        self.locate_pre_outs(heads_config(self.model.config, self.family), known, blocks, out_proj)
 
     def logits_and_labels(self, batch):
         logits = self.model(input_ids=batch["input_ids"]).logits  # [batch, pos, vocab]

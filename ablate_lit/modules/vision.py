@@ -1,10 +1,10 @@
-"""Vision transformers (timm ViT/DeiT, Hugging Face ViT): image classification under ablation."""
+"""Vision transformers (timm and Hugging Face image classifiers): image classification under ablation."""
 
 from __future__ import annotations
 
-from ablate_lit.ablation.hooks import PreOutHooks
+import torch
+
 from ablate_lit.data.random_inputs import RandomPixels
-from ablate_lit.families.base import locate_pre_outs
 from ablate_lit.families.vision import load_vision
 from ablate_lit.modules.base import AblationModule
 
@@ -16,19 +16,22 @@ class VisionAblation(AblationModule):
     resample_sources = ("random_pixels",)
     data_types = ("ImageData",)
 
-    def __init__(self, name_or_path: str, dtype: str = "float32", revision: str | None = None):
+    def __init__(self, name_or_path: str, dtype: str = "float32", revision: str | None = None,
+                 blocks: str | None = None, out_proj: str | None = None):
         """
         Args:
             name_or_path: timm model name (vit_base_patch16_224.augreg2_in21k_ft_in1k), Hugging Face id
                 (google/vit-base-patch16-224), or a local folder (timm save_for_hf or HF save_pretrained).
             dtype: weights' dtype: float32, bfloat16, float16.
             revision: hub revision (Hugging Face models).
+            blocks: path of the list of transformer blocks (e.g. blocks), for a model whose layout is not found.
+            out_proj: path inside a block of the attention output projection (e.g. attn.proj).
         """
         super().__init__()
         self.save_hyperparameters()
-        (self.model, self.preprocess, self.n_classes, arch, n_heads, head_dim, self.backend) = load_vision(name_or_path, dtype, revision)
-        self.pre_outs = locate_pre_outs(self.model, arch, n_heads, head_dim)
-        self.hooks = PreOutHooks(self.pre_outs)
+        (self.model, self.preprocess, self.n_classes, known, self.config, self.backend) = load_vision(
+            name_or_path, dtype, revision, blocks, out_proj)
+        self.locate_pre_outs(self.config, known, blocks, out_proj)
 
     def data_connection(self) -> tuple:
         return (self.preprocess, self.n_classes)
@@ -37,8 +40,12 @@ class VisionAblation(AblationModule):
     def input_size(self) -> tuple[int, int]:
         if self.backend == "timm":
             return tuple(self.model.pretrained_cfg.get("input_size", (3, 224, 224))[1:])
-        size = self.model.config.image_size
+        size = self.config.image_size
         return (size, size) if isinstance(size, int) else tuple(size)
+
+    def example_forward(self, n: int) -> torch.Tensor:
+        pixels = torch.zeros(n, 3, *self.input_size)
+        return self.logits_and_labels({"pixel_values": pixels, "label": None})[0]
 
     def logits_and_labels(self, batch):
         x = batch["pixel_values"].to(next(self.model.parameters()).dtype)

@@ -1,0 +1,103 @@
+"""Check located pre-outs on one real forward pass, and settle what only a forward pass shows.
+
+Observers on every module record which module returned which tensor. For each call of a located
+out-projection (in execution order) the trace then knows:
+  * that it runs at all (a model may use a projection's weight directly, never calling it);
+  * how often it runs per forward pass: a layer applied N times (ALBERT shares one layer across
+    the depth) becomes N layers of neurons, one per application, never one standing for N;
+  * what produced its input. The heads' concatenated output (TransformerLens ``hook_z``) comes from
+    tensor operations or from an attention module (BERT's self-attention feeding ``output.dense``).
+    A norm in between (timm's ``scale_attn_norm``, EVA-02's ``scale_attn_inner``) moves the hook
+    to the norm's input, which is the heads' output; any other module in between is refused;
+  * that its input is ``[batch, pos, n_heads * head_dim]`` (windowed attention, as in Swin, folds
+    windows into the batch: resampling by sample index is then refused).
+"""
+
+from __future__ import annotations
+
+from collections import Counter
+from dataclasses import replace
+from typing import Callable
+
+import torch
+from torch import nn
+
+from ablate_lit.errors import AblateError
+from ablate_lit.families.base import PreOut
+from ablate_lit.families.layout import NORM, OPTIONS, is_attention
+
+
+def _tensors(value) -> list[torch.Tensor]:
+    if isinstance(value, torch.Tensor):
+        return [value]
+    if isinstance(value, dict):
+        value = list(value.values())
+    if isinstance(value, (tuple, list)):
+        return [v for v in value if isinstance(v, torch.Tensor)]
+    return []
+
+
+def trace(model: nn.Module, pre_outs: list[PreOut], forward: Callable[[], object], batch_size: int):
+    """Run ``forward()`` (a batch of ``batch_size`` inputs through ``model``) once; return (the pre-outs
+    in execution order, hooked where the heads' output enters, one per application; forward's result)."""
+    names = {id(m): n for n, m in model.named_modules()}
+    targets = {id(p.module): p for p in pre_outs}
+    produced: dict[int, nn.Module] = {}  # id(tensor) -> the module that returned it (pass-throughs excluded)
+    first_input: dict[int, torch.Tensor] = {}  # id(module) -> the first input of its last call
+    keep: list = []  # holds every traced tensor, so no id is reused during the pass
+    calls: list[tuple[nn.Module, object]] = []
+
+    def after(module, args, output):
+        ins = _tensors(args)
+        if ins:
+            first_input[id(module)] = ins[0]
+        for t in _tensors(output):
+            if not any(t is a for a in ins):
+                produced[id(t)] = module
+                keep.append(t)
+
+    def before(module, args):
+        calls.append((module, args[0] if args else None))
+
+    handles = [m.register_forward_hook(after) for m in model.modules()]
+    handles += [p.module.register_forward_pre_hook(before) for p in pre_outs]
+    try:
+        with torch.no_grad():
+            result = forward()
+    except AblateError:
+        raise
+    except Exception as exc:
+        reason = (str(exc).strip().splitlines() or [type(exc).__name__])[0][:160]
+        raise AblateError(f"a test forward pass of {type(model).__name__} failed ({reason}); the model cannot be run "
+                          "as this family runs it") from exc
+    finally:
+        for h in handles:
+            h.remove()
+
+    ran = Counter(id(m) for m, _ in calls)
+    for p in pre_outs:
+        if not ran[id(p.module)]:
+            raise AblateError(f"{p.name} did not run in a forward pass (the model uses its weights directly); "
+                              f"pass {OPTIONS} naming a module that receives the heads' output")
+    located, seen = [], Counter()
+    for module, x in calls:
+        p = targets[id(module)]
+        if not isinstance(x, torch.Tensor) or x.shape[-1] != p.width:
+            got = tuple(x.shape) if isinstance(x, torch.Tensor) else type(x).__name__
+            raise AblateError(f"{p.name} receives {got}, not [..., {p.n_heads} heads x {p.head_dim}]; pass {OPTIONS}")
+        hooked, name = module, p.name
+        source = produced.get(id(x))
+        if source is not None and not is_attention(source):
+            if not NORM.search(type(source).__name__):
+                raise AblateError(f"{type(source).__name__} '{names.get(id(source))}' transforms the heads' output before "
+                                  f"{p.name}; ablate_lit hooks the heads' concatenated output (hook_z): pass "
+                                  "--model.out_proj PATH naming the module that receives it")
+            hooked, name = source, names.get(id(source), p.name)
+            earlier = produced.get(id(first_input.get(id(source))))
+            if earlier is not None and not is_attention(earlier):
+                raise AblateError(f"{type(earlier).__name__} '{names.get(id(earlier))}' and the norm '{name}' transform the "
+                                  f"heads' output before {p.name}; pass --model.out_proj PATH naming the module that receives it")
+        located.append(replace(p, layer=len(located), module=hooked, name=name, application=seen[id(module)],
+                               n_applications=ran[id(module)], batch_major=x.dim() == 3 and x.shape[0] == batch_size))
+        seen[id(module)] += 1
+    return located, result
