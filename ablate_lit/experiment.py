@@ -2,27 +2,26 @@
 
 from __future__ import annotations
 
-import hashlib
-import json
 import logging
 import time
 from pathlib import Path
 
 import torch
+import torch.distributed as dist
 from torch.utils.data import DataLoader
 
 from ablate_lit.ablation.hooks import folded
 from ablate_lit.ablation.methods import parse_method
 from ablate_lit.ablation.schedule import ablation_mask, neuron_order, plan
-from ablate_lit.atomic import atomic_path
-from ablate_lit.batch_size import find_batch_size
 from ablate_lit.callbacks.calibration import CalibrationCallback
-from ablate_lit.callbacks.results import ResultWriter, read_results
+from ablate_lit.callbacks.results import ResultWriter
+from ablate_lit.atomic import atomic_path
 from ablate_lit.config import AblationConfig
 from ablate_lit.data.sampler import make_loader
 from ablate_lit.errors import AblateError
-from ablate_lit.report import neuron_views, summary_table, write_summary
-from ablate_lit.sharding import is_sharded
+from ablate_lit.report import neuron_views
+from ablate_lit.resources import check_fits
+from ablate_lit.store import ResultStore, digest
 
 log = logging.getLogger("ablate_lit")
 
@@ -30,11 +29,11 @@ log = logging.getLogger("ablate_lit")
 CACHE_FORMAT = 2  # bump when the content of cached statistics changes, so older caches are rebuilt
 
 
-def _hash(obj) -> str:
-    return hashlib.sha1(json.dumps(obj, sort_keys=True, default=str).encode()).hexdigest()[:16]
+POLL_S = 2.0
+"""Seconds between looks at points another process is evaluating."""
 
 
-def _say(trainer, msg: str) -> None:
+def say(trainer, msg: str) -> None:
     if trainer.is_global_zero:
         print(msg, flush=True)
 
@@ -65,6 +64,10 @@ class Experiment:
         cfg.resolve_methods(module.resample_sources)
         self.run_dir, self.cache_dir = Path(run_dir), Path(cache_dir)
         self.methods = [parse_method(m) for m in cfg.methods]
+        self._stats: dict | None = None
+        self._orders: dict = {}
+        self._replacements: dict = {}
+        self.total = self.done = 0
         for m in self.methods:
             if m.source and m.source not in module.resample_sources:
                 raise AblateError(f"resample source '{m.source}' does not apply to {module.family} models; "
@@ -89,13 +92,17 @@ class Experiment:
 
     def statistics(self) -> dict:
         cfg = self.cfg
-        key = _hash(self._calibration_key("stats", self.data.fingerprint("calibration"), cfg.eps, cfg.n_bins, cfg.bin_alignment))
+        key = digest(self._calibration_key("stats", self.data.fingerprint("calibration"), cfg.eps, cfg.n_bins, cfg.bin_alignment))
         path = self.cache_dir / f"stats-{key}.pt"
         stats = _load(path, key)
         if stats is not None:
-            _say(self.trainer, f"calibration statistics: cached ({path})")
+            say(self.trainer, f"calibration statistics: cached ({path})")
             return stats
-        _say(self.trainer, f"calibration: {self.data.describe('calibration')}")
+        n_layers, width = self.module.hooks.n_layers, self.module.hooks.width
+        check_fits(n_layers * width * ((cfg.n_bins + 2) * 4 + 7 * 8), self.module.device,
+                   f"the calibration histograms ({n_layers} layers x {width} neurons x {cfg.n_bins + 2} int32 bins, plus "
+                   "float64 moments)", f"lower --ablation.n_bins (now {cfg.n_bins})")
+        say(self.trainer, f"calibration: {self.data.describe('calibration')}")
         callback = CalibrationCallback(cfg.eps, cfg.n_bins, cfg.bin_alignment)
         stats = self._validate(callback, self.data.val_dataloader())
         stats["key"] = key
@@ -108,19 +115,24 @@ class Experiment:
         outside = stats["underflow"].long() + stats["overflow"].long()
         risky = int((outside > stats["peak_count"].long()).sum())
         if risky:
-            _say(self.trainer, f"warning: {risky} neurons have more activations outside their histogram window than in "
+            say(self.trainer, f"warning: {risky} neurons have more activations outside their histogram window than in "
                                f"their fullest bin; raise --ablation.n_bins (now {self.cfg.n_bins}) so their peaks are exact")
 
     def resample_cache(self, source: str) -> torch.Tensor:
         cfg, data, module = self.cfg, self.data, self.module
-        key = _hash(self._calibration_key("resample", source, cfg.n_resample, cfg.resample_seed,
+        key = digest(self._calibration_key("resample", source, cfg.n_resample, cfg.resample_seed,
                                           module.hparams.get("generator")))
         path = self.cache_dir / f"resample-{source}-{key}.pt"
         cached = _load(path, key)
         if cached is not None:
-            _say(self.trainer, f"resample cache {source}: cached ({path})")
+            say(self.trainer, f"resample cache {source}: cached ({path})")
             return cached["resample"]
-        _say(self.trainer, f"resample cache {source}: {cfg.n_resample} random inputs")
+        positions, (n_layers, width) = self.data.positions(), (module.hooks.n_layers, module.hooks.width)
+        if positions:
+            check_fits(n_layers * cfg.n_resample * positions * width * 4, module.device,
+                       f"the {source} resample cache ({n_layers} layers x {cfg.n_resample} rows x {positions} positions x "
+                       f"{width} neurons)", f"lower --ablation.n_resample (now {cfg.n_resample})")
+        say(self.trainer, f"resample cache {source}: {cfg.n_resample} random inputs")
         inputs = module.random_inputs(source, cfg.n_resample, cfg.resample_seed, data)
         callback = CalibrationCallback(cfg.eps, cfg.n_bins, cfg.bin_alignment)
         callback.sweep_resample(cfg.n_resample)
@@ -146,89 +158,99 @@ class Experiment:
             return folded(self.module.pre_outs, mask, replacement["values"])
         return self.module.hooks.ablating(mask.to(self.module.device), **replacement)
 
-    def run(self, writer: ResultWriter) -> list[dict]:
-        trainer, module, cfg = self.trainer, self.module, self.cfg
+    @property
+    def stats(self) -> dict:
+        """The calibration statistics, computed (or loaded) when a point first needs them."""
+        if self._stats is None:
+            self._stats = self.statistics()
+            if self.cfg.log_histograms and self.trainer.is_global_zero:
+                neuron_views(self._stats, self.run_dir)
+        return self._stats
+
+    def _decide(self, store: ResultStore, point) -> tuple[str, object, list]:
+        """What to do with ``point`` now (decided by process 0 from the shared folder, told to all):
+        ("done", None, []), ("copy", row evaluated elsewhere, missing rows), ("busy", holder, []) or
+        ("evaluate", None, missing rows; the point is claimed)."""
+        decision = None
+        if self.trainer.is_global_zero:
+            rows = store.read()
+            missing = store.missing(point, {(r["method"], int(r["seed"]), float(r["fraction"])) for r in rows})
+            evaluated = store.evaluation_of(point, rows) if missing else None
+            if not missing:
+                decision = ("done", None, [])
+            elif evaluated is not None:
+                decision = ("copy", evaluated, missing)
+            elif not store.claim(point):
+                decision = ("busy", store.claim_holder(point), [])
+            else:
+                decision = ("evaluate", None, missing)
+        return self.trainer.strategy.broadcast(decision, src=0)
+
+    def _evaluate(self, point, writer: ResultWriter) -> None:
+        trainer, module = self.trainer, self.module
         n_layers, width = module.hooks.n_layers, module.hooks.width
+        if point.seed not in self._orders:
+            self._orders[point.seed] = neuron_order(point.seed, n_layers, width, self.cfg.selection)
+        mask = ablation_mask(self._orders[point.seed], point.fraction, n_layers, width)
+        writer.begin(point, int(mask.sum()), n_layers * width)
+        if point.method == "baseline":
+            trainer.test(module, dataloaders=self.data.test_dataloader(), verbose=False)
+            return
+        if point.method not in self._replacements:
+            self._replacements[point.method] = self.replacement(parse_method(point.method), self.stats)
+        with self._ablated(mask, {k: v.to(module.device) for k, v in self._replacements[point.method].items()}):
+            trainer.test(module, dataloaders=self.data.test_dataloader(), verbose=False)
+
+    def _join_processes(self) -> None:
+        """Under several processes, start them all now (Lightning starts them at its first call; an
+        empty validation pass is that call), so that process 0's decisions can be broadcast."""
+        if self.trainer.world_size > 1 and not (dist.is_available() and dist.is_initialized()):
+            self.trainer.validate(self.module, dataloaders=make_loader([], 1), verbose=False)
+
+    def run(self, writer: ResultWriter) -> None:
+        """Evaluate every point of the schedule that has no row yet. Points another process is
+        evaluating are left to it and waited for; a point whose evaluation exists gets its rows copied."""
+        trainer, cfg, store = self.trainer, self.cfg, writer.store
+        self._join_processes()
         points = plan(cfg.methods, cfg.seeds, cfg.fractions)
-        todo = [p for p in points if not writer.done(p)]
-        _say(trainer, f"schedule: {len(points)} evaluations ({len(points) - len(todo)} already in {writer.path}), "
+        have = {(r["method"], int(r["seed"]), float(r["fraction"])) for r in store.read()}
+        todo = [p for p in points if store.missing(p, have)]
+        self.total, self.done = len(points), len(points) - len(todo)
+        say(trainer, f"schedule: {len(points)} evaluations ({self.done} already in {store.csv}), "
                       f"each over {self.data.describe('evaluation')}")
-        if not todo:
-            return writer.rows
-        stats = self.statistics()
-        if cfg.log_histograms and trainer.is_global_zero:
-            neuron_views(stats, self.run_dir)
-        orders = {s: neuron_order(s, n_layers, width, cfg.selection) for s in cfg.seeds}
-        replacements: dict = {}
         trainer.callbacks.append(writer)
-        started = time.perf_counter()
+        started, evaluated, waiting, told = time.perf_counter(), 0, [], set()
         try:
-            for i, point in enumerate(todo, 1):
-                mask = ablation_mask(orders[point.seed], point.fraction, n_layers, width)
-                writer.begin(point, int(mask.sum()), n_layers * width)
-                if point.method == "baseline":
-                    trainer.test(module, dataloaders=self.data.test_dataloader(), verbose=False)
-                else:
-                    if point.method not in replacements:
-                        replacements[point.method] = self.replacement(parse_method(point.method), stats)
-                    with self._ablated(mask, {k: v.to(module.device) for k, v in replacements[point.method].items()}):
-                        trainer.test(module, dataloaders=self.data.test_dataloader(), verbose=False)
-                eta = (time.perf_counter() - started) / i * (len(todo) - i)
-                _say(trainer, f"[{i}/{len(todo)}] {point.method:>24} seed {point.seed} {round(100 * point.fraction):3d}% ablated: "
-                              f"top1 {writer.last['top1']:.4f}  ce {writer.last['ce']:.4f}  (eta {int(eta) // 60}:{int(eta) % 60:02d})")
+            while todo or waiting:
+                if not todo:
+                    time.sleep(POLL_S)
+                    todo, waiting = waiting, []
+                point = todo.pop(0)
+                action, detail, missing = self._decide(store, point)
+                if action == "busy":
+                    if detail not in told:
+                        say(trainer, f"waiting for {point.method} {round(100 * point.fraction)}% (seed {point.seed}): "
+                                      f"another process ({detail}) is evaluating it")
+                        told.add(detail)
+                    waiting.append(point)
+                    continue
+                if action == "copy" and trainer.is_global_zero:
+                    writer.copy(point, detail, missing)
+                elif action == "evaluate":
+                    try:
+                        self._evaluate(point, writer)
+                    finally:
+                        if trainer.is_global_zero:
+                            store.release(point)
+                    evaluated += 1
+                self.done += 1
+                if action != "evaluate":
+                    continue
+                eta = (time.perf_counter() - started) / evaluated * (len(todo) + len(waiting))
+                say(trainer, f"[{self.done}/{self.total}] {point.method:>24} seed {point.seed} "
+                              f"{round(100 * point.fraction):3d}% ablated: top1 {writer.last['top1']:.4f}  "
+                              f"ce {writer.last['ce']:.4f}  (eta {int(eta) // 60}:{int(eta) % 60:02d})")
         finally:
             trainer.callbacks.remove(writer)
-            module.hooks.remove()
+            self.module.hooks.remove()
             writer.close()
-        return writer.rows
-
-
-def run_experiment(trainer, module, data, cfg: AblationConfig, name: str | None, root: str,
-                   identity: dict, config_yaml: str) -> Path:
-    """Everything ``python -m ablate_lit test`` does; returns the run folder."""
-    if getattr(trainer.strategy, "_start_method", "popen") != "popen":
-        raise AblateError("spawned processes cannot hand calibration statistics back; use --trainer.strategy ddp")
-    sharded = is_sharded(trainer.strategy)
-    if cfg.mode == "fold" and sharded:
-        raise AblateError("--ablation.mode fold edits whole weight matrices, which a sharding strategy splits; use --ablation.mode hook")
-    if cfg.mode == "fold" and not all(p.direct and not p.shared for p in module.pre_outs):
-        why = "a norm sits between the heads and the out-projection" if not module.pre_outs[0].direct else "its layers share weights"
-        raise AblateError(f"--ablation.mode fold edits each layer's out-projection, but in this model {why}; use --ablation.mode hook")
-    tensor_parallel = getattr(trainer.strategy, "_tensor_parallel_size", 1)  # ModelParallelStrategy: "auto" = all processes
-    if (trainer.world_size if tensor_parallel == "auto" else tensor_parallel) > 1:
-        raise AblateError("tensor parallelism would split the attention heads across processes; "
-                          "use --trainer.strategy fsdp2 (ModelParallelStrategy with tensor_parallel_size 1)")
-    if data.batch_size == "auto" and sharded:
-        raise AblateError("--data.batch_size auto probes the whole model on one device, which a sharding strategy avoids; "
-                          "set --data.batch_size to a number")
-    module.fingerprint()  # before any strategy wraps or shards the weights
-    module.connect_data(data)
-    data.setup("test")
-    if data.batch_size == "auto":
-        module.to(trainer.strategy.root_device)
-        data.batch_size = find_batch_size(module, data.eval_dataset(), trainer.strategy.root_device.type)
-        _say(trainer, f"batch size: {data.batch_size} (found automatically)")
-    world = trainer.world_size
-    if world > 1:
-        n_calib, n_eval = len(data.val_dataloader().dataset), len(data.eval_dataset())
-        if min(n_calib, n_eval, cfg.n_resample) < world:
-            raise AblateError(f"{world} processes need at least {world} calibration and {world} evaluation windows/images "
-                              f"and --ablation.n_resample >= {world} (have {n_calib}, {n_eval} and {cfg.n_resample})")
-    label = module.model_label
-    run_dir = Path(root) / (name or f"{label}-{_hash(identity)[:8]}")
-    cache_dir = Path(cfg.cache_dir) if cfg.cache_dir else Path(root) / ".calibration_cache"
-    if trainer.is_global_zero:
-        run_dir.mkdir(parents=True, exist_ok=True)
-        (run_dir / "config.yaml").write_text(config_yaml)
-    _say(trainer, f"run folder: {run_dir}")
-    _say(trainer, module.describe_pre_outs())
-    fixed = {"model": label, "selection": cfg.selection, "eps": cfg.eps, "bin_alignment": cfg.bin_alignment,
-             "precision": str(trainer.precision)}
-    writer = ResultWriter(run_dir, fixed)
-    Experiment(trainer, module, data, cfg, run_dir, cache_dir).run(writer)
-    if trainer.is_global_zero:
-        table = summary_table(read_results(writer.path), cfg.methods, cfg.fractions)
-        write_summary(run_dir, table)
-        print("\n" + table, flush=True)
-        print(f"results: {writer.path}\ncurves:  tensorboard --logdir {run_dir / 'tb'}", flush=True)
-    return run_dir

@@ -4,23 +4,38 @@ from __future__ import annotations
 
 import argparse
 import math
+import sys
 from pathlib import Path
 
-from ablate_lit.atomic import write_csv, write_text
-from ablate_lit.callbacks.results import read_results
+from ablate_lit.ablation.schedule import fraction_key
+from ablate_lit.atomic import check_folder, write_csv, write_text
 from ablate_lit.errors import AblateError
 from ablate_lit.report import aggregate, format_cell, mean_std
+from ablate_lit.store import read_rows
 
 
 def load_runs(run_dirs: list[str]) -> list[dict]:
-    """Rows of every run; a (model, method, seed, fraction) seen twice is kept once (first run wins)."""
-    rows, seen = [], set()
+    """Valid rows of every run (malformed ones reported on stderr, file and line, and skipped); a
+    (model, method, seed, fraction) seen twice is kept once (first run wins). Runs of different
+    models that share a name (two folders called opt-1.3b) get their run folder added to the name."""
+    runs = []
     for d in run_dirs:
-        path = Path(d) / "results.csv"
-        if not path.is_file():
+        if not (Path(d) / "results.csv").is_file() and not (Path(d) / "points").is_dir():
             raise AblateError(f"'{d}' holds no results.csv; pass run folders such as lightning_logs/<run>")
-        for r in read_results(path):
-            key = (r["model"], r["method"], r["seed"], round(float(r["fraction"]), 6))
+        found, problems = read_rows(Path(d))
+        for problem in problems:
+            print(f"warning: {problem}", file=sys.stderr)
+        runs.append((Path(d), found))
+    models: dict[str, set] = {}
+    for d, found in runs:
+        for r in found:
+            models.setdefault(r["model"], set()).add(r.get("model_id") if r.get("model_id") not in (None, "-") else str(d))
+    rows, seen = [], set()
+    for d, found in runs:
+        for r in found:
+            if len(models[r["model"]]) > 1:
+                r = {**r, "model": f"{r['model']} ({d.name})"}
+            key = (r["model"], r["method"], int(r["seed"]), fraction_key(r["fraction"]))
             if key not in seen:
                 seen.add(key)
                 rows.append(r)
@@ -102,8 +117,7 @@ def main(argv: list[str]) -> None:
         if not 0 < f <= 1:
             raise AblateError(f"--fractions holds {f}; table fractions must be in (0, 1]")
     rows = load_runs(args.runs)
-    out = Path(args.out or Path(args.runs[0]).parent / "report")
-    out.mkdir(parents=True, exist_ok=True)
+    out = check_folder(args.out or Path(args.runs[0]).parent / "report", "--out")
     markdown, records = table(rows, args.fractions)
     write_text(out / "table.md", markdown)
     write_csv(out / "table.csv", records, list(records[0]))

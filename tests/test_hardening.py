@@ -4,12 +4,13 @@ from __future__ import annotations
 
 import csv
 import os
+import shutil
 import subprocess
 import sys
 
 import pytest
 
-from ablate_lit.callbacks.results import COLUMNS as COLUMNS_EXPECTED
+from ablate_lit.store import COLUMNS as COLUMNS_EXPECTED
 from helpers import read_rows, run, tiny_args
 
 # Each patch makes the process SIGKILL itself at one moment of the run (no cleanup code runs).
@@ -99,7 +100,7 @@ def test_corrupt_or_foreign_cache_is_rebuilt_not_used(tiny_models, corpus, tmp_p
     obj = torch.load(other, weights_only=False)
     obj["key"] = "made-with-other-settings"
     torch.save(obj, other)  # foreign
-    (tmp_path / "run" / "results.csv").unlink()
+    shutil.rmtree(tmp_path / "run")  # no results: every point is evaluated again, from the caches
     proc = launch(args)
     assert proc.returncode == 0, proc.stderr[-2000:]
     assert "unreadable" in proc.stderr + proc.stdout and "other settings" in proc.stderr + proc.stdout

@@ -18,6 +18,14 @@ from ablate_lit.errors import AblateError
 SELECTIONS = ("per_layer", "global")
 
 
+FRACTION_DIGITS = 6
+
+
+def fraction_key(fraction: float) -> float:
+    """A fraction as results store and compare it: rounded to 6 decimals (0.1*3 and 0.3 are one point)."""
+    return round(float(fraction), FRACTION_DIGITS)
+
+
 def n_ablated(fraction: float, n: int) -> int:
     """round(fraction * n), halves rounded up; fractions are first rounded to 1e-9 (0.1*3 != 0.3)."""
     return int(math.floor(round(fraction * n, 9) + 0.5))
@@ -61,7 +69,7 @@ def plan(methods: list[str], seeds: list[int], fractions: list[float]) -> list[P
     every seed ablates the same set: one evaluation per method stands for all seeds.
     """
     points: list[Point] = []
-    fractions = sorted(set(round(f, 9) for f in fractions))
+    fractions = sorted(set(fraction_key(f) for f in fractions))
     if 0.0 in fractions:
         points.append(Point(0.0, "baseline", seeds[0], tuple((m, s) for s in seeds for m in methods)))
     for seed in seeds:

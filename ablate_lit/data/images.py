@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import hashlib
+import io
 import os
 from pathlib import Path
 
@@ -11,10 +12,34 @@ import torch
 from torch.utils.data import DataLoader, Dataset
 
 from ablate_lit.data.sampler import make_loader
-from ablate_lit.errors import AblateError, check
+from ablate_lit.errors import AblateError, check, check_seed
 from ablate_lit.families.base import looks_like_path
 
 IMAGE_SUFFIXES = {".jpg", ".jpeg", ".png", ".bmp", ".webp", ".gif", ".tif", ".tiff", ".JPEG"}
+
+
+def _decode(value, where: str):
+    """(PIL image, its bytes) from a data set's image value; a file that cannot be decoded whole is
+    refused naming it (a truncated JPEG fails here, not in the middle of a run)."""
+    from PIL import Image
+
+    path = value.get("path") if isinstance(value, dict) else None
+    try:
+        if isinstance(value, Image.Image):
+            image, raw = value, None
+        elif isinstance(value, dict) and value.get("bytes"):
+            raw = value["bytes"]
+            image = Image.open(io.BytesIO(raw))
+        elif path:
+            raw = Path(path).read_bytes()
+            image = Image.open(io.BytesIO(raw))
+        else:
+            raise TypeError(f"a {type(value).__name__}, not an image")
+        image.load()
+    except Exception as exc:
+        reason = (str(exc).strip().splitlines() or [type(exc).__name__])[0][:120]
+        raise AblateError(f"image {path or where} cannot be read ({reason}); remove or replace it") from exc
+    return image, raw if raw is not None else image.tobytes()
 
 
 class ImageDataset(Dataset):
@@ -56,6 +81,7 @@ class ImageData(L.LightningDataModule):
         """
         super().__init__()
         check(max_images >= 1, f"data.max_images must be positive, got {max_images}")
+        check_seed(seed, "data.seed")
         check(calib_images >= 1, f"data.calib_images must be positive, got {calib_images}")
         check(batch_size == "auto" or (isinstance(batch_size, int) and batch_size >= 1),
               f"data.batch_size must be a positive integer or auto, got {batch_size}")
@@ -103,9 +129,13 @@ class ImageData(L.LightningDataModule):
     def setup(self, stage: str | None = None) -> None:
         if self.eval_set is not None:
             return
+        import datasets
+
         check(self.preprocess is not None, "ImageData needs the model's preprocessing: call connect(preprocess, n_classes) first")
         ds = self._load()
         columns = ds.column_names or []
+        if ds.features and isinstance(ds.features.get(self.image_column), datasets.Image):
+            ds = ds.cast_column(self.image_column, datasets.Image(decode=False))  # decoded below, naming a bad file
         for col, flag in ((self.image_column, "--data.image_column"), (self.label_column, "--data.label_column")):
             if columns and col not in columns:
                 raise AblateError(f"data set has no column '{col}' (columns: {', '.join(columns)}); set {flag}")
@@ -130,16 +160,21 @@ class ImageData(L.LightningDataModule):
         if bad:
             raise AblateError(f"label {bad[0]} is outside the model's {self.n_classes} classes; the data's label space does not "
                               "match the model's")
-        images = [r[self.image_column] for r in rows]
-        digest = hashlib.sha1()
-        for img, label in zip(images, labels):
-            digest.update(img.tobytes()[:4096] + f"{img.size}:{label}".encode())
+        digest, images = hashlib.sha1(), []
+        for i, (row, label) in enumerate(zip(rows, labels)):
+            image, raw = _decode(row[self.image_column], f"{i} of '{self.path}'")
+            images.append(image)
+            digest.update(hashlib.sha1(raw).digest() + f"{image.size}:{label}".encode())  # every byte of every image
         self._ids = {"all": digest.hexdigest()[:16]}
         self.eval_set = ImageDataset(images[: self.max_images], labels[: self.max_images], self.preprocess)
         self.calib_set = ImageDataset(images[self.max_images:], labels[self.max_images:], self.preprocess)
 
     def fingerprint(self, which: str) -> str:
         return f"{self._ids['all']}-{which}-{self.max_images}-{self.calib_images}-{self.seed}"
+
+    def positions(self) -> None:
+        """Positions per input: known only once the model has seen an image (patches + prefix tokens)."""
+        return None
 
     def shape_key(self) -> dict:
         return {"preprocess": repr(self.preprocess)}

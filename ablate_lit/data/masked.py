@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import hashlib
+
 import torch
 from torch.utils.data import Dataset
 
@@ -88,10 +90,16 @@ class MaskedTextData(TextData):
         mask_id = self.tokenizer.mask_token_id
         self.eval_inputs, self.eval_labels = mask_windows(self.eval_windows, special, mask_id, vocab, self.mask_prob, self.seed)
         self.calib_inputs, self.calib_labels = mask_windows(self.calib_windows, special, mask_id, vocab, self.mask_prob,
-                                                            self.seed + 1_000_003)
+                                                            (self.seed + 1_000_003) % 2**63)
+        per_window = self.body_length * self.mask_prob
+        check(bool((self.eval_labels != IGNORE_INDEX).any()),
+              f"no evaluation token is selected for scoring: data.mask_prob {self.mask_prob} x {self.body_length} text "
+              f"tokens per window = {per_window:.2f}, which rounds to 0; raise --data.mask_prob or --data.context_length")
 
     def fingerprint(self, which: str) -> str:
-        return super().fingerprint(which) + f"-m{self.mask_prob}"
+        """Hash of the exact model inputs and scored labels of a split (masking included)."""
+        inputs, labels = (self.calib_inputs, self.calib_labels) if which == "calibration" else (self.eval_inputs, self.eval_labels)
+        return hashlib.sha1(inputs.numpy().tobytes() + labels.numpy().tobytes()).hexdigest()[:16]
 
     def _masked_loader(self, inputs, labels):
         return make_loader(MaskedDataset(inputs, labels), self.batch_size, self.num_workers)

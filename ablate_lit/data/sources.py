@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import bz2
+import itertools
+import json
 import os
 from pathlib import Path
 from typing import Iterator
@@ -58,28 +60,74 @@ def iter_documents(path: str, text_column: str = "text", name: str | None = None
             builder = _BUILDERS.get(file.suffix)
             if builder is None:
                 raise AblateError(f"cannot read '{file}': use .txt, .md, .json(l), .csv, .parquet or a MediaWiki .xml(.bz2) dump")
-            yield from _dataset_texts(builder, text_column, split="train", data_files=str(file),
+            yield from _dataset_texts(builder, text_column, str(file), split="train", data_files=str(file),
                                       **({"sample_by": "document"} if builder == "text" else {}))
         return
     if looks_like_path(path):
         raise AblateError(f"data file or folder '{path}' not found; fix --data.path")
-    yield from _dataset_texts(path, text_column, name=name, split=split, streaming=True if streaming is None else streaming)
+    yield from _dataset_texts(path, text_column, path, name=name, split=split,
+                              streaming=True if streaming is None else streaming)
 
 
-def _dataset_texts(builder: str, text_column: str, **kwargs) -> Iterator[str]:
+def diagnose(file: Path, builder: str) -> str | None:
+    """Where a local file that ``datasets`` could not read goes wrong (the first bad line), or None."""
+    raw = file.read_bytes()
+    try:
+        text = raw.decode("utf-8")
+    except UnicodeDecodeError as exc:
+        kind = "binary, not text" if b"\x00" in raw[:8192] else "not UTF-8 text"
+        line = raw[:exc.start].count(b"\n") + 1
+        return f"'{file}' is {kind} (line {line}); convert it to UTF-8 text or remove it"
+    if builder != "json":
+        return None
+    if text.lstrip().startswith("["):
+        try:
+            json.loads(text)
+        except json.JSONDecodeError as exc:
+            return f"'{file}' is not valid JSON (line {exc.lineno}: {exc.msg}); fix the file"
+        return None
+    for number, line in enumerate(text.splitlines(), 1):
+        try:
+            if line.strip():
+                json.loads(line)
+        except json.JSONDecodeError as exc:
+            return f"'{file}' line {number} is not valid JSON ({exc.msg}); fix or remove that line"
+    return None
+
+
+def _dataset_texts(builder: str, text_column: str, source: str, **kwargs) -> Iterator[str]:
+    """The non-empty texts of ``text_column``, in order; ``source`` names the file or data set in errors."""
     import datasets
 
+    local = Path(kwargs["data_files"]) if "data_files" in kwargs else None
     try:
         ds = datasets.load_dataset(builder, **kwargs)
-    except Exception as exc:  # datasets raises many types for "not reachable" and "not found"
+    except Exception as exc:  # datasets raises many types for "unreadable", "not reachable" and "not found"
+        found = diagnose(local, builder) if local is not None else None
+        if found:
+            raise AblateError(found) from exc
         reason = (str(exc).strip().splitlines() or [type(exc).__name__])[0][:160]
+        if local is not None:
+            raise AblateError(f"could not read '{local}' ({reason}); check the file") from exc
         raise AblateError(
-            f"could not load data set '{builder}' ({reason}); without internet, point --data.path at a local file or folder"
+            f"could not load data set '{source}' ({reason}); without internet, point --data.path at a local file or folder"
         ) from exc
     columns = ds.column_names if not isinstance(ds.column_names, dict) else next(iter(ds.column_names.values()))
     if columns is not None and text_column not in columns:
         raise AblateError(f"data set has no column '{text_column}' (columns: {', '.join(columns)}); set --data.text_column")
-    for row in ds:
+    rows = iter(ds)
+    for number in itertools.count(1):
+        try:
+            row = next(rows)
+        except StopIteration:
+            return
+        except Exception as exc:  # a streamed data set failing mid-way
+            reason = (str(exc).strip().splitlines() or [type(exc).__name__])[0][:160]
+            raise AblateError(f"could not read row {number} of '{source}' ({reason})") from exc
         text = row[text_column]
-        if text:
-            yield text
+        if text is None or text == "":
+            continue
+        if not isinstance(text, str):
+            raise AblateError(f"row {number} of '{source}' holds a non-text value ({type(text).__name__}) in column "
+                              f"'{text_column}'; fix the data or choose another --data.text_column")
+        yield text

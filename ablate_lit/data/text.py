@@ -11,7 +11,7 @@ from torch.utils.data import DataLoader, Dataset
 
 from ablate_lit.data.sampler import make_loader
 from ablate_lit.data.sources import iter_documents
-from ablate_lit.errors import AblateError, check
+from ablate_lit.errors import AblateError, check, check_seed
 
 
 class WindowDataset(Dataset):
@@ -69,6 +69,7 @@ class TextData(L.LightningDataModule):
         super().__init__()
         check(context_length >= 2, f"data.context_length must be at least 2, got {context_length}")
         check(max_tokens >= 1, f"data.max_tokens must be positive, got {max_tokens}")
+        check_seed(seed, "data.seed")
         check(calib_tokens >= 1, f"data.calib_tokens must be positive, got {calib_tokens}")
         check(batch_size == "auto" or (isinstance(batch_size, int) and batch_size >= 1),
               f"data.batch_size must be a positive integer or auto, got {batch_size}")
@@ -111,6 +112,10 @@ class TextData(L.LightningDataModule):
     @property
     def n_calib_windows(self) -> int:
         return math.ceil(self.calib_tokens / self.body_length)
+
+    def positions(self) -> int:
+        """Positions per input (the length of every window)."""
+        return self.context_length
 
     def shape_key(self) -> dict:
         """What a resample cache's shape and content depend on, besides the model."""

@@ -27,7 +27,11 @@ AUTO_CLASSES = {"causal_lm": ("AutoModelForCausalLM", "CausalLMAblation"),
 
 
 def hub_error(name: str, exc: Exception, what: str, flag: str) -> AblateError:
+    """One line for a failed load: a local folder's files are unreadable, or a hub name was not reachable."""
     reason = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+    if os.path.exists(os.path.expanduser(name)):
+        return AblateError(f"could not read the {what} in '{name}' ({reason[:160]}); its files may be incomplete or "
+                           "corrupt: save or download it again")
     return AblateError(
         f"could not load {what} '{name}' ({reason[:160]}); without internet, download it elsewhere and pass the local folder with {flag}"
     )
@@ -136,7 +140,7 @@ def load_hf(name_or_path: str, family: str, registry: dict[str, Architecture], g
         kwargs["attn_implementation"] = attn_implementation
     try:
         model = getattr(transformers, AUTO_CLASSES[family][0]).from_pretrained(path, config=config, **kwargs)
-    except (OSError, ValueError) as exc:
+    except Exception as exc:  # OSError, ValueError, safetensors' own error for a truncated file, ...
         raise hub_error(name_or_path, exc, "model", "--model.name_or_path") from exc
     model.eval()
     model.requires_grad_(False)

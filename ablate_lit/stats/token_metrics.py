@@ -29,15 +29,18 @@ class TokenScores(ExactMetric):
         self.add_state("nonfinite", default=torch.tensor(0, dtype=torch.int64), dist_reduce_fx="sum")
 
     def update(self, logits: torch.Tensor, labels: torch.Tensor) -> None:  # [N, V], [N]
+        # Masked sums, no boolean indexing: nothing here waits for the device (no host-device sync).
         keep = labels != IGNORE_INDEX
         nll = F.cross_entropy(logits.float(), labels, ignore_index=IGNORE_INDEX, reduction="none")
-        self.nonfinite += (~torch.isfinite(nll[keep])).sum()
-        self.nll += nll[keep].sum(dtype=torch.float64)
-        self.correct += (logits.argmax(-1)[keep] == labels[keep]).sum()
+        nll = torch.where(keep, nll, torch.zeros((), dtype=nll.dtype, device=nll.device))
+        self.nonfinite += (keep & ~torch.isfinite(nll)).sum()
+        self.nll += nll.sum(dtype=torch.float64)
+        self.correct += ((logits.argmax(-1) == labels) & keep).sum()
         self.total += keep.sum()
 
     def compute(self) -> dict[str, torch.Tensor]:
-        total = self.total.clamp_min(1)
+        """Scores over the scored tokens; NaN (never 0) when no token was scored."""
+        total = torch.where(self.total > 0, self.total.to(torch.float64), torch.nan)
         ce = self.nll / total
         return {"top1": self.correct.to(torch.float64) / total, "ce": ce, "ppl": ce.exp(),
                 "n_tokens": self.total.clone(), "nonfinite": self.nonfinite.clone()}

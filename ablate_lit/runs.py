@@ -1,0 +1,88 @@
+"""One run folder: checks, the run's identity and store, the experiment, the summary table.
+
+``python -m ablate_lit test`` ends here after LightningCLI has built the trainer, the model and the
+data; the folder's identity (``run_identity``) decides where results go and which ones count.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from ablate_lit.atomic import clear_stale, write_text
+from ablate_lit.batch_size import find_batch_size
+from ablate_lit.callbacks.results import ResultWriter
+from ablate_lit.config import AblationConfig
+from ablate_lit.errors import AblateError
+from ablate_lit.experiment import Experiment, say
+from ablate_lit.report import summary_table, write_summary
+from ablate_lit.sharding import is_sharded
+from ablate_lit.signals import stopped_by_signals
+from ablate_lit.store import ResultStore, digest, run_id_of
+
+
+def run_identity(trainer, module, data, cfg: AblationConfig) -> dict:
+    """Everything a result depends on: the model (fingerprint of its weights and where its neurons
+    are), the exact evaluation and calibration inputs (content, not path), and every setting that
+    changes a number. Methods, fractions and seeds are not in it: each row names its own."""
+    return {"family": module.family, "model": module.model_label, "model_fingerprint": module.fingerprint(),
+            "pre_outs": digest([(p.name, p.width, p.application) for p in module.pre_outs]),
+            "eval_data": data.fingerprint("evaluation"), "calib_data": data.fingerprint("calibration"),
+            "precision": str(trainer.precision), "eps": cfg.eps, "n_bins": cfg.n_bins, "bin_alignment": cfg.bin_alignment,
+            "selection": cfg.selection, "n_resample": cfg.n_resample, "resample_seed": cfg.resample_seed,
+            "generator": module.hparams.get("generator")}
+
+
+def run_experiment(trainer, module, data, cfg: AblationConfig, name: str | None, root: str, config_yaml: str) -> Path:
+    """Everything ``python -m ablate_lit test`` does; returns the run folder."""
+    if getattr(trainer.strategy, "_start_method", "popen") != "popen":
+        raise AblateError("spawned processes cannot hand calibration statistics back; use --trainer.strategy ddp")
+    sharded = is_sharded(trainer.strategy)
+    if cfg.mode == "fold" and sharded:
+        raise AblateError("--ablation.mode fold edits whole weight matrices, which a sharding strategy splits; use --ablation.mode hook")
+    if cfg.mode == "fold" and not all(p.direct and not p.shared for p in module.pre_outs):
+        why = "a norm sits between the heads and the out-projection" if not module.pre_outs[0].direct else "its layers share weights"
+        raise AblateError(f"--ablation.mode fold edits each layer's out-projection, but in this model {why}; use --ablation.mode hook")
+    tensor_parallel = getattr(trainer.strategy, "_tensor_parallel_size", 1)  # ModelParallelStrategy: "auto" = all processes
+    if (trainer.world_size if tensor_parallel == "auto" else tensor_parallel) > 1:
+        raise AblateError("tensor parallelism would split the attention heads across processes; "
+                          "use --trainer.strategy fsdp2 (ModelParallelStrategy with tensor_parallel_size 1)")
+    if data.batch_size == "auto" and sharded:
+        raise AblateError("--data.batch_size auto probes the whole model on one device, which a sharding strategy avoids; "
+                          "set --data.batch_size to a number")
+    module.fingerprint()  # before any strategy wraps or shards the weights
+    module.connect_data(data)
+    data.setup("test")
+    if data.batch_size == "auto":
+        module.to(trainer.strategy.root_device)
+        data.batch_size = find_batch_size(module, data.eval_dataset(), trainer.strategy.root_device.type)
+        say(trainer, f"batch size: {data.batch_size} (found automatically)")
+    world = trainer.world_size
+    if world > 1:
+        n_calib, n_eval = len(data.val_dataloader().dataset), len(data.eval_dataset())
+        if min(n_calib, n_eval, cfg.n_resample) < world:
+            raise AblateError(f"{world} processes need at least {world} calibration and {world} evaluation windows/images "
+                              f"and --ablation.n_resample >= {world} (have {n_calib}, {n_eval} and {cfg.n_resample})")
+    identity = run_identity(trainer, module, data, cfg)
+    label = module.model_label
+    run_dir = Path(root) / (name or f"{label}-{run_id_of(identity)[:8]}")
+    store = ResultStore(run_dir, identity)
+    cache_dir = Path(cfg.cache_dir) if cfg.cache_dir else Path(root) / ".calibration_cache"
+    store.open()
+    if trainer.is_global_zero:
+        store.clear_stale()
+        clear_stale(cache_dir)
+        write_text(run_dir / "config.yaml", config_yaml)
+    say(trainer, f"run folder: {run_dir}")
+    say(trainer, module.describe_pre_outs())
+    fixed = {"model": label, "selection": cfg.selection, "eps": cfg.eps, "bin_alignment": cfg.bin_alignment,
+             "n_bins": cfg.n_bins, "n_resample": cfg.n_resample, "precision": str(trainer.precision), "mode": cfg.mode,
+             "model_id": module.fingerprint(), "run_id": store.run_id}
+    experiment = Experiment(trainer, module, data, cfg, run_dir, cache_dir)
+    with stopped_by_signals(lambda: f"{experiment.done} of {experiment.total} evaluations done (in {store.csv})"):
+        experiment.run(ResultWriter(store, fixed))
+    if trainer.is_global_zero:
+        table = summary_table(store.write_csv(), cfg.methods, cfg.fractions)
+        write_summary(run_dir, table)
+        print("\n" + table, flush=True)
+        print(f"results: {store.csv}\ncurves:  tensorboard --logdir {run_dir / 'tb'}", flush=True)
+    return run_dir

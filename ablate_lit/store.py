@@ -1,0 +1,264 @@
+"""The results of a run folder: one file per result row, created once, by any number of processes.
+
+    <run>/identity.json         everything the numbers depend on (model and data fingerprints, settings)
+    <run>/points/<row>.json     one result row, created by hard link, never rewritten
+    <run>/points/<point>.claim  the process evaluating that point right now (host, pid), kept fresh
+    <run>/results.csv           every valid row, rebuilt from points/ after each new row (a view)
+
+Why one file per row: when several processes share a run folder (array jobs on a shared file
+system), appending to or rewriting one file loses rows, and file locks are unreliable on network
+file systems; creating a file by ``link`` is atomic on NFS too, so each row is written by exactly
+one process and a second writer of the same row learns that it exists. A point (one evaluation,
+which may stand for several rows: 0% for every method and seed, 100% for every seed) is claimed
+before it is evaluated, so processes that share points do not evaluate them twice: the others wait
+for the row, or take the point over when its claim is stale (owner gone on this host, or not
+refreshed for CLAIM_STALE_S on another host).
+
+A row counts only if it parses, has every column with a value of the right type, and carries this
+folder's ``run_id``; anything else is reported (file and reason) and not counted.
+"""
+
+from __future__ import annotations
+
+import csv
+import hashlib
+import json
+import math
+import os
+import time
+from pathlib import Path
+
+from ablate_lit.ablation.schedule import Point, fraction_key
+from ablate_lit.atomic import HOST, clear_stale, create_text, csv_text, pid_alive, write_text
+from ablate_lit.errors import AblateError
+
+RESULT_FORMAT = 3
+CLAIM_STALE_S = 600.0
+CLAIM_REFRESH_S = 60.0
+
+COLUMNS = ["model", "method", "seed", "fraction", "pct", "n_ablated", "n_neurons", "top1", "ce", "ppl", "n_tokens",
+           "nonfinite", "evaluated_as", "selection", "eps", "bin_alignment", "n_bins", "n_resample", "precision", "mode",
+           "model_id", "run_id", "time_s"]
+"""results.csv columns: the point, its scores, the settings that shaped them, and the run's identity."""
+
+_INT = ("seed", "n_ablated", "n_neurons", "n_tokens", "nonfinite")
+_FLOAT = ("fraction", "top1", "ce", "eps")
+
+
+def digest(obj) -> str:
+    return hashlib.sha1(json.dumps(obj, sort_keys=True, default=str).encode()).hexdigest()[:16]
+
+
+def run_id_of(identity: dict) -> str:
+    """The short hash naming a run's identity (with the result format it was stored in)."""
+    return digest({"format": RESULT_FORMAT, **identity})
+
+
+def row_key(method: str, seed, fraction) -> tuple[str, int, float]:
+    return (str(method), int(seed), fraction_key(fraction))
+
+
+def check_row(row) -> str | None:
+    """Why ``row`` is not a complete result row, or None when it is."""
+    if not isinstance(row, dict):
+        return "not a row"
+    missing = [c for c in COLUMNS if c not in row or row[c] in (None, "")]
+    if missing:
+        return f"missing {', '.join(missing[:4])}"
+    values = {}
+    for c in _INT + _FLOAT:
+        try:
+            values[c] = float(row[c])
+        except (TypeError, ValueError):
+            return f"{c} '{row[c]}' is not a number"
+        if c in _INT and values[c] != int(values[c]):
+            return f"{c} '{row[c]}' is not an integer"
+    if not 0.0 <= values["fraction"] <= 1.0:
+        return f"fraction {row['fraction']} outside [0, 1]"
+    if int(float(row["n_tokens"])) <= 0:
+        return "no scored token"
+    if not math.isfinite(values["top1"]) or not 0.0 <= values["top1"] <= 1.0:
+        return f"top1 {row['top1']} outside [0, 1]"
+    return None
+
+
+def _safe(method: str) -> str:
+    return method.replace(":", "-").replace("/", "_")
+
+
+class ResultStore:
+    """The rows of one run folder; ``identity`` is what they all depend on."""
+
+    def __init__(self, run_dir: Path, identity: dict, run_id: str | None = None):
+        self.run_dir = Path(run_dir)
+        self.points = self.run_dir / "points"
+        self.csv = self.run_dir / "results.csv"
+        self.identity = {"format": RESULT_FORMAT, **identity}
+        self.run_id = run_id or run_id_of(identity)
+        self.problems: list[str] = []
+        self._reported: set[str] = set()
+        self.quiet = False
+        """Collect problems without printing them (report prints its own list)."""
+
+    # -- the folder's identity -------------------------------------------------------------------
+    def open(self) -> None:
+        """Create the folder's identity.json, or check it: results of another identity are refused."""
+        path = self.run_dir / "identity.json"
+        if not path.exists() and self.csv.exists() and not self.points.exists():
+            raise AblateError(f"run folder '{self.run_dir}' holds results of an earlier ablate_lit without their identity; "
+                              "use another --name, or remove the folder to start over")
+        text = json.dumps({"run_id": self.run_id, **self.identity}, indent=1, sort_keys=True, default=str) + "\n"
+        if create_text(path, text):
+            return
+        try:
+            stored = json.loads(path.read_text())
+        except (OSError, ValueError):
+            raise AblateError(f"'{path}' is unreadable; use another --name, or remove the folder to start over") from None
+        if stored.get("run_id") == self.run_id:
+            return
+        differ = [k for k in sorted(set(stored) | set(self.identity)) if k != "run_id" and stored.get(k) != self.identity.get(k)]
+        what = "; ".join(f"{k}: {_short(stored.get(k))} there, {_short(self.identity.get(k))} now" for k in differ[:3])
+        raise AblateError(f"run folder '{self.run_dir}' holds results of other settings ({what}); use another --name, "
+                          "or remove the folder to start over")
+
+    # -- rows ---------------------------------------------------------------------------------------
+    def row_path(self, method: str, seed: int, fraction: float) -> Path:
+        return self.points / f"{_safe(method)}__s{int(seed)}__f{fraction_key(fraction):.6f}.json"
+
+    def read(self) -> list[dict]:
+        """Every valid row of this run, in a fixed order; invalid files are reported once and skipped."""
+        rows: dict[tuple, dict] = {}
+        for path in sorted(self.points.glob("*.json")) if self.points.is_dir() else []:
+            try:
+                record = json.loads(path.read_text())
+                row = record.get("row") if isinstance(record, dict) else None
+                problem = check_row(row) or (None if record.get("run_id") == self.run_id else "made by another run")
+            except (OSError, ValueError, UnicodeDecodeError) as exc:
+                row, problem = None, f"unreadable ({type(exc).__name__})"
+            if problem:
+                self._report(f"ignored {path}: {problem}")
+                continue
+            rows.setdefault(row_key(row["method"], row["seed"], row["fraction"]), row)
+        return [rows[k] for k in sorted(rows, key=lambda k: (k[0], k[1], k[2]))]
+
+    def add(self, row: dict) -> bool:
+        """Create the row's file; False if that row exists already (another process wrote it)."""
+        record = {"format": RESULT_FORMAT, "run_id": self.run_id, "identity": self.identity, "row": row}
+        return create_text(self.row_path(row["method"], row["seed"], row["fraction"]), json.dumps(record, default=str) + "\n")
+
+    def write_csv(self) -> list[dict]:
+        """Rebuild results.csv from the rows; repeated while other processes add rows meanwhile."""
+        for _ in range(10):
+            before = self._listing()
+            rows = self.read()
+            write_text(self.csv, csv_text(rows, COLUMNS))
+            if self._listing() == before:
+                break
+        return rows
+
+    def _listing(self) -> set[str]:
+        return {p.name for p in self.points.glob("*.json")} if self.points.is_dir() else set()
+
+    def _report(self, message: str) -> None:
+        if message not in self._reported:
+            self._reported.add(message)
+            self.problems.append(message)
+            if not self.quiet:
+                print(f"warning: {message}", flush=True)
+
+    # -- points -------------------------------------------------------------------------------------
+    def missing(self, point: Point, have: set) -> list[tuple[str, int]]:
+        """The (method, seed) rows of ``point`` not in ``have`` (keys of valid rows)."""
+        return [(m, s) for m, s in point.rows if row_key(m, s, point.fraction) not in have]
+
+    @staticmethod
+    def evaluation_of(point: Point, rows: list[dict]) -> dict | None:
+        """A valid row that already holds this point's evaluation (written by any process)."""
+        for row in rows:
+            if row["evaluated_as"] != point.method or fraction_key(row["fraction"]) != point.fraction:
+                continue
+            if 0.0 < point.fraction < 1.0 and int(row["seed"]) != point.seed:
+                continue
+            return row
+        return None
+
+    def claim_path(self, point: Point) -> Path:
+        seed = f"__s{point.seed}" if 0.0 < point.fraction < 1.0 else ""
+        return self.points / f"{_safe(point.method)}{seed}__f{point.fraction:.6f}.claim"
+
+    def claim(self, point: Point) -> bool:
+        """Claim ``point`` for this process; False while a live process holds it."""
+        path = self.claim_path(point)
+        mine = json.dumps({"host": HOST, "pid": os.getpid(), "time": time.time()})
+        if create_text(path, mine):
+            return True
+        if self.claim_holder(point) is not None:
+            return False
+        path.unlink(missing_ok=True)  # stale: its owner is gone
+        return create_text(path, mine)
+
+    def claim_holder(self, point: Point) -> str | None:
+        """``host:pid`` of the live process evaluating ``point``, or None (no claim, or a stale one)."""
+        path = self.claim_path(point)
+        try:
+            holder = json.loads(path.read_text())
+            age = time.time() - path.stat().st_mtime
+        except (OSError, ValueError):
+            return None
+        if holder.get("host") == HOST and holder.get("pid") == os.getpid():
+            return None
+        alive = pid_alive(int(holder.get("pid", 0))) if holder.get("host") == HOST else age < CLAIM_STALE_S
+        return f"{holder.get('host')}:{holder.get('pid')}" if alive else None
+
+    def refresh(self, point: Point) -> None:
+        try:
+            os.utime(self.claim_path(point))
+        except OSError:
+            pass
+
+    def release(self, point: Point) -> None:
+        self.claim_path(point).unlink(missing_ok=True)
+
+    def clear_stale(self) -> None:
+        clear_stale(self.run_dir)
+        clear_stale(self.points)
+
+
+def _short(value) -> str:
+    text = json.dumps(value, default=str) if not isinstance(value, str) else value
+    return text if len(text) <= 40 else text[:37] + "..."
+
+
+def read_rows(run_dir: Path) -> tuple[list[dict], list[str]]:
+    """(valid rows, problems) of a run folder: from points/ where it exists, else from results.csv
+    (a folder copied without points/, or written by an earlier version), each line validated."""
+    run_dir = Path(run_dir)
+    identity_path = run_dir / "identity.json"
+    if (run_dir / "points").is_dir() and identity_path.is_file():
+        try:
+            identity = json.loads(identity_path.read_text())
+        except (OSError, ValueError):
+            return [], [f"ignored {run_dir}: '{identity_path.name}' is unreadable"]
+        store = ResultStore(run_dir, {k: v for k, v in identity.items() if k not in ("run_id", "format")}, identity.get("run_id"))
+        store.quiet = True
+        return store.read(), store.problems
+    return read_csv_rows(run_dir / "results.csv")
+
+
+def read_csv_rows(path: Path) -> tuple[list[dict], list[str]]:
+    """Rows of a results.csv; a line that is not a complete row is reported (file and line) and skipped."""
+    rows, problems = [], []
+    required = [c for c in COLUMNS if c not in ("model_id", "run_id", "n_bins", "n_resample", "mode")]  # older files lack these
+    try:
+        with open(path, newline="", encoding="utf-8") as fh:
+            reader = csv.DictReader(fh)
+            for row in reader:
+                full = {**{c: "-" for c in COLUMNS if c not in required}, **{k: v for k, v in row.items() if k}}
+                problem = check_row(full) if all(full.get(c) not in (None, "") for c in required) else "missing values"
+                if problem:
+                    problems.append(f"ignored {path}:{reader.line_num}: {problem}")
+                else:
+                    rows.append(full)
+    except (OSError, UnicodeDecodeError, csv.Error) as exc:
+        problems.append(f"ignored {path}: unreadable ({type(exc).__name__})")
+    return rows, problems
