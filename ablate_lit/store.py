@@ -133,7 +133,7 @@ class ResultStore:
                 record = json.loads(path.read_text())
                 row = record.get("row") if isinstance(record, dict) else None
                 problem = check_row(row) or (None if record.get("run_id") == self.run_id else "made by another run")
-            except (OSError, ValueError, UnicodeDecodeError) as exc:
+            except (OSError, ValueError, UnicodeDecodeError, AttributeError) as exc:
                 row, problem = None, f"unreadable ({type(exc).__name__})"
             if problem:
                 self._report(f"ignored {path}: {problem}")
@@ -142,9 +142,24 @@ class ResultStore:
         return [rows[k] for k in sorted(rows, key=lambda k: (k[0], k[1], k[2]))]
 
     def add(self, row: dict) -> bool:
-        """Create the row's file; False if that row exists already (another process wrote it)."""
-        record = {"format": RESULT_FORMAT, "run_id": self.run_id, "identity": self.identity, "row": row}
-        return create_text(self.row_path(row["method"], row["seed"], row["fraction"]), json.dumps(record, default=str) + "\n")
+        """Create the row's file; False if a valid one exists already (another process wrote it). A
+        damaged file in its place (reported by ``read``) is replaced."""
+        path = self.row_path(row["method"], row["seed"], row["fraction"])
+        text = json.dumps({"format": RESULT_FORMAT, "run_id": self.run_id, "identity": self.identity, "row": row},
+                          default=str) + "\n"
+        if create_text(path, text):
+            return True
+        if self._valid(path):
+            return False
+        write_text(path, text)
+        return True
+
+    def _valid(self, path: Path) -> bool:
+        try:
+            record = json.loads(path.read_text())
+        except (OSError, ValueError, UnicodeDecodeError):
+            return False
+        return isinstance(record, dict) and record.get("run_id") == self.run_id and check_row(record.get("row")) is None
 
     def write_csv(self) -> list[dict]:
         """Rebuild results.csv from the rows; repeated while other processes add rows meanwhile."""

@@ -85,6 +85,7 @@ def test_killed_run_resumes_to_the_same_results(tiny_models, corpus, tmp_path, r
     assert resumed.returncode == 0, resumed.stderr[-2000:]
     assert read_rows(results) == reference
     assert not list((tmp_path / "run").glob(".*.tmp*")), "a killed write's temporary file is cleared on resume"
+    assert not list((tmp_path / ".calibration_cache").glob(".*.tmp*")), "so is a killed cache save's"
 
 
 def test_corrupt_or_foreign_cache_is_rebuilt_not_used(tiny_models, corpus, tmp_path, reference):
