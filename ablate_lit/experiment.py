@@ -66,7 +66,7 @@ class Experiment:
         self.methods = [parse_method(m) for m in cfg.methods]
         self._stats: dict | None = None
         self._orders: dict = {}
-        self._replacements: dict = {}
+        self._current: tuple[str | None, dict] = (None, {})
         self.total = self.done = 0
         for m in self.methods:
             if m.source and m.source not in module.resample_sources:
@@ -143,8 +143,7 @@ class Experiment:
 
     # -- the schedule ------------------------------------------------------------------------------
     def replacement(self, method, stats: dict) -> dict:
-        """The replacement values, on the CPU: each point moves them to the device for its duration,
-        so a run with several resample sources holds one resample cache on the device at a time."""
+        """The replacement values of ``method`` (on the CPU; ``on_device`` moves them)."""
         if method.name == "zero":
             return {"values": torch.zeros_like(stats["mean"], dtype=torch.float32)}
         if method.name == "mean":
@@ -153,10 +152,20 @@ class Experiment:
             return {"values": stats["peak"].float()}
         return {"resample": self.resample_cache(method.source)}
 
+    def on_device(self, method: str) -> dict:
+        """``method``'s replacement values on the model's device. They move there once: the schedule
+        runs the points of one method together, and only the current method's values stay on the
+        device (a resample cache can take GiBs)."""
+        if self._current[0] != method:
+            self._current = (None, {})  # the previous method's values leave the device first
+            values = self.replacement(parse_method(method), self.stats)
+            self._current = (method, {k: v.to(self.module.device) for k, v in values.items()})
+        return self._current[1]
+
     def _ablated(self, mask: torch.Tensor, replacement: dict):
         if self.cfg.mode == "fold" and "values" in replacement:
             return folded(self.module.pre_outs, mask, replacement["values"])
-        return self.module.hooks.ablating(mask.to(self.module.device), **replacement)
+        return self.module.hooks.ablating(mask, device=self.module.device, **replacement)
 
     @property
     def stats(self) -> dict:
@@ -196,9 +205,7 @@ class Experiment:
         if point.method == "baseline":
             trainer.test(module, dataloaders=self.data.test_dataloader(), verbose=False)
             return
-        if point.method not in self._replacements:
-            self._replacements[point.method] = self.replacement(parse_method(point.method), self.stats)
-        with self._ablated(mask, {k: v.to(module.device) for k, v in self._replacements[point.method].items()}):
+        with self._ablated(mask, self.on_device(point.method)):
             trainer.test(module, dataloaders=self.data.test_dataloader(), verbose=False)
 
     def _join_processes(self) -> None:

@@ -33,7 +33,15 @@ def run_identity(trainer, module, data, cfg: AblationConfig) -> dict:
 
 
 def run_experiment(trainer, module, data, cfg: AblationConfig, name: str | None, root: str, config_yaml: str) -> Path:
-    """Everything ``python -m ablate_lit test`` does; returns the run folder."""
+    """Everything ``python -m ablate_lit test`` does; returns the run folder. The model moves to its
+    device once and stays there for calibration, every resample cache and every point."""
+    check_strategy(trainer, module, data, cfg)
+    with module.kept_in_place():
+        return _run(trainer, module, data, cfg, name, root, config_yaml)
+
+
+def check_strategy(trainer, module, data, cfg: AblationConfig) -> None:
+    """Settings that cannot work together, refused before anything runs."""
     if getattr(trainer.strategy, "_start_method", "popen") != "popen":
         raise AblateError("spawned processes cannot hand calibration statistics back; use --trainer.strategy ddp")
     sharded = is_sharded(trainer.strategy)
@@ -49,6 +57,9 @@ def run_experiment(trainer, module, data, cfg: AblationConfig, name: str | None,
     if data.batch_size == "auto" and sharded:
         raise AblateError("--data.batch_size auto probes the whole model on one device, which a sharding strategy avoids; "
                           "set --data.batch_size to a number")
+
+
+def _run(trainer, module, data, cfg: AblationConfig, name: str | None, root: str, config_yaml: str) -> Path:
     module.fingerprint()  # before any strategy wraps or shards the weights
     module.connect_data(data)
     data.setup("test")

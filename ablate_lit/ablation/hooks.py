@@ -89,59 +89,72 @@ class PreOutHooks:
         finally:
             self.remove()
 
-    def recording(self, record: Callable[[int, torch.Tensor], None]):
-        """Call ``record(layer, x)`` with each layer's pre-out ``x`` [batch, pos, width]."""
+    def recording(self, record: Callable[[int, torch.Tensor], None], stop_after_last: bool = False):
+        """Call ``record(layer, x)`` with each layer's pre-out ``x`` [batch, pos, width]. With
+        ``stop_after_last`` the forward pass ends (``StopForward``) once the last layer is recorded:
+        calibration needs nothing after it (the rest of the last block, the final norm, the head)."""
+        last = self.pre_outs[-1].layer
 
         def make_hook(layer):
             def hook(module, args):
                 if not self._paused:
                     record(layer, args[0])
+                    if stop_after_last and layer == last:
+                        raise StopForward
 
             return hook
 
         return self._attached(make_hook)
 
-    def ablating(self, mask: torch.Tensor, values: torch.Tensor | None = None,
-                 resample: torch.Tensor | None = None):
+    def ablating(self, mask: torch.Tensor, values: torch.Tensor | None = None, resample: torch.Tensor | None = None,
+                 device: torch.device | str | None = None):
         """Replace the neurons where ``mask`` [n_layers, width] is True.
 
         ``values`` [n_layers, width] gives one constant per neuron (zero, mean, peak). ``resample``
         [n_layers, n_cache, pos, width] gives, for cache row ``sample_index % n_cache``, the value at
         each position. Layers with no ablated neuron get no hook.
+
+        Everything a hook needs is prepared here, once per point, on ``device`` (default: where the
+        replacement values are): which layers have ablated neurons (read from a host copy of the
+        mask), each layer's mask and values. A hook then only casts the values to the dtype it sees
+        (once per dtype) and, for resampling, gathers rows by the batch's sample indices on the
+        device: nothing in a batch waits for the host.
         """
         if (values is None) == (resample is None):
             raise ValueError("pass exactly one of values or resample")
+        source = values if values is not None else resample
+        device = torch.device(device) if device is not None else source.device
+        host_mask = mask.cpu()
 
         def make_hook(layer):
-            layer_mask = mask[layer]
+            layer_mask = host_mask[layer]
             if not bool(layer_mask.any()):
                 return None
             every = bool(layer_mask.all())
-            cast: dict = {}  # mask and constants converted once per (device, dtype) the layer sees
+            here, replacement = layer_mask.to(device), source[layer].to(device)
+            by_dtype: dict = {}
 
             def hook(module, args):
                 if self._paused:
                     return None
                 x = args[0]
-                key = (x.device, x.dtype)
-                if key not in cast:
-                    cast[key] = (layer_mask.to(x.device),
-                                 None if values is None else values[layer].to(device=x.device, dtype=x.dtype))
-                layer_mask_here, constant = cast[key]
+                repl = by_dtype.get(x.dtype)
+                if repl is None:
+                    repl = by_dtype[x.dtype] = replacement.to(dtype=x.dtype)
                 if resample is not None:
-                    cache = resample[layer]
-                    rows = self.sample_index.to(cache.device) % cache.shape[0]
-                    repl = cache[rows, : x.shape[-2]].to(device=x.device, dtype=x.dtype)  # [batch, pos, width]
-                else:
-                    repl = constant  # [width]
-                out = repl.expand_as(x).clone() if every else torch.where(layer_mask_here, repl, x)
+                    repl = repl[self.sample_index % repl.shape[0], : x.shape[-2]]  # [batch, pos, width]
+                out = repl.expand_as(x).clone() if every else torch.where(here, repl, x)
                 return (out,) + tuple(args[1:])
 
             return hook
 
         if resample is not None and self.sample_index is None:
-            self.sample_index = torch.zeros(1, dtype=torch.long)
+            self.sample_index = torch.zeros(1, dtype=torch.long, device=device)
         return self._attached(make_hook)
+
+
+class StopForward(Exception):
+    """Ends a recording forward pass after the last hooked layer (nothing after it is needed)."""
 
 
 @contextmanager

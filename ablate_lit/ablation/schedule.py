@@ -63,7 +63,9 @@ class Point:
 
 
 def plan(methods: list[str], seeds: list[int], fractions: list[float]) -> list[Point]:
-    """Evaluation points in schedule order (seed, fraction, method), each evaluated once.
+    """Evaluation points in schedule order (the baseline, then method by method: seed, fraction), each
+    evaluated once. One method's points run together, so its replacement values (a resample cache
+    can take GiBs) move to the device once.
 
     At 0% every method is the unablated model: one baseline evaluation stands for all rows. At 100%
     every seed ablates the same set: one evaluation per method stands for all seeds.
@@ -72,10 +74,8 @@ def plan(methods: list[str], seeds: list[int], fractions: list[float]) -> list[P
     fractions = sorted(set(fraction_key(f) for f in fractions))
     if 0.0 in fractions:
         points.append(Point(0.0, "baseline", seeds[0], tuple((m, s) for s in seeds for m in methods)))
-    for seed in seeds:
-        for f in fractions:
-            if 0.0 < f < 1.0:
-                points += [Point(f, m, seed, ((m, seed),)) for m in methods]
-    if 1.0 in fractions:
-        points += [Point(1.0, m, seeds[0], tuple((m, s) for s in seeds)) for m in methods]
+    for m in methods:
+        points += [Point(f, m, seed, ((m, seed),)) for seed in seeds for f in fractions if 0.0 < f < 1.0]
+        if 1.0 in fractions:
+            points.append(Point(1.0, m, seeds[0], tuple((m, s) for s in seeds)))
     return points

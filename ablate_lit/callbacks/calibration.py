@@ -29,6 +29,8 @@ class CalibrationCallback(L.Callback):
 
     # -- lifecycle -----------------------------------------------------------------------------
     def on_validation_epoch_start(self, trainer, pl_module) -> None:
+        from ablate_lit.sharding import is_sharded
+
         hooks, device = pl_module.hooks, pl_module.device
         if self.mode == "stats":
             self.moments = NeuronMoments(hooks.n_layers, hooks.width).to(device)
@@ -38,7 +40,9 @@ class CalibrationCallback(L.Callback):
             self.cache = None  # sized at the first batch, from the number of positions the model sees
             record = self._record_resample
         self._hooks = hooks
-        self._ctx = hooks.recording(record)
+        # A forward pass ends after the last hooked layer; not under a sharding strategy, whose
+        # per-block gathering must see every block finish.
+        self._ctx = hooks.recording(record, stop_after_last=not is_sharded(trainer.strategy))
         self._ctx.__enter__()
 
     def on_validation_batch_start(self, trainer, pl_module, batch, batch_idx, dataloader_idx=0) -> None:
@@ -53,7 +57,7 @@ class CalibrationCallback(L.Callback):
         if self.cache is None:
             n_layers = len(self._hooks.pre_outs)
             self.cache = ResampleCache(n_layers, self.n_rows, x.shape[-2], x.shape[-1], dtype=x.dtype).to(x.device)
-        self.cache.update(layer, self._rows.to(x.device), x)
+        self.cache.update(layer, self._rows, x)
 
     def on_validation_epoch_end(self, trainer, pl_module) -> None:
         self._close()

@@ -31,9 +31,8 @@ class ResultWriter(L.Callback):
         self.last: dict = {}
 
     def begin(self, point: Point, n_ablated: int, n_neurons: int) -> None:
+        """Called just before the point's ``trainer.test``: ``time_s`` covers the whole call (setup included)."""
         self.point, self.n_ablated, self.n_neurons = point, n_ablated, n_neurons
-
-    def on_test_epoch_start(self, trainer, pl_module) -> None:
         self._t0 = self._refreshed = time.perf_counter()
 
     def on_test_batch_end(self, trainer, pl_module, outputs, batch, batch_idx, dataloader_idx=0) -> None:

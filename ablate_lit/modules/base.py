@@ -5,12 +5,14 @@ from __future__ import annotations
 import hashlib
 import json
 import re
+from contextlib import contextmanager
+from typing import Iterator
 
 import lightning as L
 import torch
 from torch.utils.data import Dataset
 
-from ablate_lit.ablation.hooks import PreOutHooks
+from ablate_lit.ablation.hooks import PreOutHooks, StopForward
 from ablate_lit.families.base import Architecture
 from ablate_lit.families.layout import locate
 from ablate_lit.families.trace import trace
@@ -123,11 +125,40 @@ class AblationModule(L.LightningModule):
                 for _ in range(self._most_batches - n_batches):
                     self.logits_and_labels(batch)
 
-    # calibration runs as a validation epoch: forward only, the recording hooks do the rest
+    # calibration runs as a validation epoch: forward only, the recording hooks do the rest (and may
+    # end the forward pass after the last hooked layer)
     def validation_step(self, batch, batch_idx):
         self._set_index(batch)
-        self.logits_and_labels(batch)
+        try:
+            self.logits_and_labels(batch)
+        except StopForward:
+            pass
         self._even_out(batch, batch_idx, self.trainer.num_val_batches[0])
+
+    # -- staying on the device ---------------------------------------------------------------------
+    @contextmanager
+    def kept_in_place(self) -> Iterator[None]:
+        """Inside this block the module moves at most once to each place (device or dtype): Lightning
+        moves it to the device (and, for the true half precisions, casts it) at the start of every
+        ``trainer.test``/``validate`` and back to the CPU at the end; here only the first move happens
+        and the move back is skipped, so the weights cross the bus once per run, not twice per point."""
+        self._kept, self._placed = True, set()
+        try:
+            yield
+        finally:
+            self._kept = False
+
+    def to(self, *args, **kwargs):
+        if getattr(self, "_kept", False):
+            device, dtype = torch._C._nn._parse_to(*args, **kwargs)[:2]
+            target = (None if device is None else torch.device(device), dtype)
+            if target in self._placed:
+                return self
+            self._placed.add(target)
+        return super().to(*args, **kwargs)
+
+    def cpu(self):
+        return self if getattr(self, "_kept", False) else super().cpu()
 
     def on_test_epoch_start(self) -> None:
         self.scores.reset()

@@ -2,7 +2,17 @@
 
 from __future__ import annotations
 
+import torch
 from torchmetrics import Metric
+
+CHUNK_VALUES = 1 << 21
+"""Values per temporary in a statistics update (2M: 16 MiB as float64), so a batch of 4096 tokens x
+4096 neurons costs a few chunks of bounded memory instead of 330+ MiB of copies at once."""
+
+
+def row_chunks(x: torch.Tensor) -> tuple[torch.Tensor, ...]:
+    """``x`` [n_samples, width] split along samples into chunks of at most CHUNK_VALUES values (views)."""
+    return x.split(max(1, CHUNK_VALUES // max(1, x.shape[-1])))
 
 
 class ExactMetric(Metric):

@@ -7,7 +7,7 @@ import math
 import torch
 import torch.distributed as dist
 
-from ablate_lit.stats.exact import ExactMetric
+from ablate_lit.stats.exact import ExactMetric, row_chunks
 
 ALIGNMENTS = ("edge", "centered")
 
@@ -41,7 +41,9 @@ class NeuronHistogram(ExactMetric):
         self.add_state("counts", default=torch.zeros(n_layers, width, n_bins + 2, dtype=torch.int32), dist_reduce_fx="sum")
         # origin is configuration shared by all processes, not a reduced state.
         self.register_buffer("origin", torch.zeros(n_layers, width, dtype=torch.int64), persistent=False)
+        self.register_buffer("offsets32", torch.arange(width, dtype=torch.int32) * (n_bins + 2), persistent=False)
         self._origin_set = [False] * n_layers
+        self._exact32 = [False] * n_layers
 
     def grid_index(self, x: torch.Tensor) -> torch.Tensor:
         return torch.floor(x.to(torch.float32) / self.eps + self.shift).to(torch.int64)
@@ -50,25 +52,41 @@ class NeuronHistogram(ExactMetric):
         """Centre layer ``layer``'s windows on the values ``centre`` ([width])."""
         self.origin[layer] = self.grid_index(centre.to(self.origin.device)) - self.n_bins // 2
         self._origin_set[layer] = True
+        # float32 holds every integer below 2**24 exactly: then the window's grid indices can be
+        # computed in float32 and the slots kept in int32 (one check per layer, at its first batch).
+        self._exact32[layer] = (bool(self.origin[layer].abs().max() + self.n_bins + 2 < 2**24)
+                                and self.width * (self.n_bins + 2) < 2**31)
 
     def update(self, layer: int, x: torch.Tensor) -> None:  # x: [n_samples, width]
         x = x.detach()
-        finite = torch.isfinite(x)
         if not self._origin_set[layer]:
             # Windows must sit on the same bins in every process: centre them on the mean of the
             # first batch of all processes together (every process reaches this point once per layer).
-            xs = torch.where(finite, x, torch.zeros((), dtype=x.dtype, device=x.device)).to(torch.float64)
-            total, count = xs.sum(0), finite.sum(0).to(torch.float64)
+            total = torch.zeros(self.width, dtype=torch.float64, device=x.device)
+            count = torch.zeros(self.width, dtype=torch.float64, device=x.device)
+            for part in row_chunks(x):
+                finite = torch.isfinite(part)
+                total += torch.where(finite, part, torch.zeros((), dtype=part.dtype, device=part.device)).sum(0, dtype=torch.float64)
+                count += finite.sum(0)
             if dist.is_available() and dist.is_initialized():
                 dist.all_reduce(total)
                 dist.all_reduce(count)
             self.set_origin(layer, total / count.clamp_min(1))
         # slot 0 = underflow, 1..n_bins = window, n_bins+1 = overflow. Non-finite values add nothing
-        # (weight 0; NeuronMoments counts them), branch-free so no host-device sync is needed.
-        k = self.grid_index(torch.where(finite, x, torch.zeros((), dtype=x.dtype, device=x.device)))
-        slot = (k - self.origin[layer] + 1).clamp_(0, self.n_bins + 1)
-        slot = (slot + torch.arange(self.width, device=x.device) * (self.n_bins + 2)).reshape(-1)
-        self.counts[layer].view(-1).index_add_(0, slot, finite.reshape(-1).to(torch.int32))
+        # (weight 0; NeuronMoments counts them). Branch-free, so no host-device sync; in chunks of
+        # bounded memory, with int32 slots where the window's grid indices are exact in float32.
+        counts = self.counts[layer].view(-1)
+        for part in row_chunks(x):
+            finite = torch.isfinite(part)
+            g = torch.where(finite, part, torch.zeros((), dtype=part.dtype, device=part.device))
+            g = torch.floor(g.to(torch.float32) / self.eps + self.shift)  # the grid index, as a float
+            if self._exact32[layer]:
+                slot = (g - self.origin[layer].to(torch.float32) + 1).clamp_(0, self.n_bins + 1).to(torch.int32)
+                slot = (slot + self.offsets32).reshape(-1)
+            else:
+                slot = (g.to(torch.int64) - self.origin[layer] + 1).clamp_(0, self.n_bins + 1)
+                slot = (slot + self.offsets32.to(torch.int64)).reshape(-1)
+            counts.index_add_(0, slot, finite.reshape(-1).to(torch.int32))
 
     def compute(self) -> dict[str, torch.Tensor]:
         window = self.counts[..., 1:-1]

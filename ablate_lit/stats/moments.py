@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import torch
 
-from ablate_lit.stats.exact import ExactMetric
+from ablate_lit.stats.exact import ExactMetric, row_chunks
 
 
 class NeuronMoments(ExactMetric):
@@ -34,19 +34,22 @@ class NeuronMoments(ExactMetric):
         self.add_state("max", default=torch.full((n_layers, width), float("-inf"), dtype=torch.float64), dist_reduce_fx="max")
 
     def update(self, layer: int, x: torch.Tensor) -> None:  # x: [n_samples, width]
-        x = x.detach().to(torch.float64)
-        finite = torch.isfinite(x)  # branch-free: no host-device sync per layer and batch
-        self.nonfinite[layer] += (~finite).sum()
-        x = torch.where(finite, x, torch.zeros((), dtype=x.dtype, device=x.device))
-        x2 = x * x
-        self.sum[layer] += x.sum(0)
-        self.sumsq[layer] += x2.sum(0)
-        self.sum3[layer] += (x2 * x).sum(0)
-        self.sum4[layer] += (x2 * x2).sum(0)
-        self.count[layer] += finite.sum(0)
-        big = torch.tensor(float("inf"), dtype=x.dtype, device=x.device)
-        self.min[layer] = torch.minimum(self.min[layer], torch.where(finite, x, big).amin(0))
-        self.max[layer] = torch.maximum(self.max[layer], torch.where(finite, x, -big).amax(0))
+        # Branch-free (no host-device sync per layer and batch), in chunks of bounded memory.
+        for part in row_chunks(x.detach()):
+            part = part.to(torch.float64)
+            finite = torch.isfinite(part)
+            self.nonfinite[layer] += (~finite).sum()
+            zero = torch.zeros((), dtype=part.dtype, device=part.device)
+            big = torch.full((), float("inf"), dtype=part.dtype, device=part.device)
+            self.min[layer] = torch.minimum(self.min[layer], torch.where(finite, part, big).amin(0))
+            self.max[layer] = torch.maximum(self.max[layer], torch.where(finite, part, -big).amax(0))
+            part = torch.where(finite, part, zero)
+            x2 = part * part
+            self.sum[layer] += part.sum(0)
+            self.sumsq[layer] += x2.sum(0)
+            self.sum3[layer] += (x2 * part).sum(0)
+            self.sum4[layer] += (x2 * x2).sum(0)
+            self.count[layer] += finite.sum(0)
 
     def compute(self) -> dict[str, torch.Tensor]:
         n = self.count.clamp_min(1).to(torch.float64)
