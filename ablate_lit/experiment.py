@@ -21,6 +21,7 @@ from ablate_lit.data.sampler import make_loader
 from ablate_lit.errors import AblateError
 from ablate_lit.report import neuron_views
 from ablate_lit.resources import check_fits
+from ablate_lit.sharding import is_sharded
 from ablate_lit.store import ResultStore, digest
 
 log = logging.getLogger("ablate_lit")
@@ -102,7 +103,8 @@ class Experiment:
         check_fits(n_layers * width * ((cfg.n_bins + 2) * 4 + 7 * 8), self.module.device,
                    f"the calibration histograms ({n_layers} layers x {width} neurons x {cfg.n_bins + 2} int32 bins, plus "
                    "float64 moments)", f"lower --ablation.n_bins (now {cfg.n_bins})")
-        say(self.trainer, f"calibration: {self.data.describe('calibration')}")
+        early = "" if is_sharded(self.trainer.strategy) else " (each forward pass stops after the last hooked layer)"
+        say(self.trainer, f"calibration: {self.data.describe('calibration')}{early}")
         callback = CalibrationCallback(cfg.eps, cfg.n_bins, cfg.bin_alignment)
         stats = self._validate(callback, self.data.val_dataloader())
         stats["key"] = key

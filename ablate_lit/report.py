@@ -10,6 +10,7 @@ from pathlib import Path
 import torch
 
 from ablate_lit.atomic import write_text
+from ablate_lit.stats.histogram import bin_centre
 
 
 def _pct(f: float) -> str:
@@ -80,9 +81,8 @@ def write_summary(run_dir: Path, table: str) -> None:
 
 def _window_values(stats: dict, layer: int, neuron: int) -> tuple[torch.Tensor, torch.Tensor]:
     """Bin centres and counts of one neuron's histogram, trimmed to its occupied range."""
-    eps, shift = stats["eps"], 0.0 if stats["alignment"] == "edge" else 0.5
     counts = stats["counts"][layer, neuron, 1:-1].double()
-    centres = (stats["origin"][layer, neuron] + torch.arange(counts.numel()) + 0.5 - shift).double() * eps
+    centres = bin_centre(stats["origin"][layer, neuron] + torch.arange(counts.numel()), stats["eps"], stats["alignment"])
     nz = counts.nonzero().squeeze(1)
     if nz.numel() == 0:
         return centres[:1], counts[:1]
@@ -100,8 +100,7 @@ def layer_average(stats: dict, layer: int) -> tuple[torch.Tensor, torch.Tensor]:
     grid = torch.zeros(int(origin.max()) - low + n_bins, dtype=torch.float64)
     flat = ((origin - low)[:, None] + torch.arange(n_bins)).reshape(-1)
     grid.index_add_(0, flat, (counts / counts.sum(1, keepdim=True).clamp_min(1)).reshape(-1))
-    shift = 0.0 if stats["alignment"] == "edge" else 0.5
-    centres = (low + torch.arange(grid.numel()) + 0.5 - shift).double() * stats["eps"]
+    centres = bin_centre(low + torch.arange(grid.numel()), stats["eps"], stats["alignment"])
     cdf = grid.cumsum(0) / grid.sum().clamp_min(1e-300)  # show the central 99.8% of the mass
     lo = int(torch.searchsorted(cdf, torch.tensor(0.001, dtype=torch.float64)))
     hi = int(torch.searchsorted(cdf, torch.tensor(0.999, dtype=torch.float64))) + 1

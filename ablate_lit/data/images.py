@@ -11,7 +11,7 @@ import lightning as L
 import torch
 from torch.utils.data import DataLoader, Dataset
 
-from ablate_lit.data.sampler import make_loader
+from ablate_lit.data.sampler import cached_loader, make_loader
 from ablate_lit.errors import AblateError, check, check_seed
 from ablate_lit.families.base import looks_like_path
 
@@ -189,7 +189,7 @@ class ImageData(L.LightningDataModule):
         return self.eval_set
 
     def test_dataloader(self) -> DataLoader:
-        return self._loader(self.eval_set)
+        return cached_loader(self, lambda: self._loader(self.eval_set))
 
     def val_dataloader(self) -> DataLoader:
         """The calibration split (the calibration pass runs as a validation epoch)."""

@@ -7,7 +7,7 @@ import hashlib
 import torch
 from torch.utils.data import Dataset
 
-from ablate_lit.data.sampler import make_loader
+from ablate_lit.data.sampler import cached_loader, make_loader
 from ablate_lit.data.text import TextData
 from ablate_lit.errors import check
 from ablate_lit.stats.token_metrics import IGNORE_INDEX
@@ -108,7 +108,7 @@ class MaskedTextData(TextData):
         return MaskedDataset(self.eval_inputs, self.eval_labels)
 
     def test_dataloader(self):
-        return self._masked_loader(self.eval_inputs, self.eval_labels)
+        return cached_loader(self, lambda: self._masked_loader(self.eval_inputs, self.eval_labels))
 
     def val_dataloader(self):
         return self._masked_loader(self.calib_inputs, self.calib_labels)

@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+from typing import Callable
+
+import torch
 import torch.distributed as dist
 from torch.utils.data import DataLoader, Dataset, DistributedSampler
 
@@ -40,4 +43,16 @@ class ShardSampler(DistributedSampler):
 
 
 def make_loader(dataset: Dataset, batch_size: int, num_workers: int = 0) -> DataLoader:
-    return DataLoader(dataset, batch_size=batch_size, sampler=ShardSampler(dataset), num_workers=num_workers)
+    """A loader over this process's shard; workers persist across epochs, and batches are pinned for
+    fast copies where a GPU is present."""
+    return DataLoader(dataset, batch_size=batch_size, sampler=ShardSampler(dataset), num_workers=num_workers,
+                      persistent_workers=num_workers > 0, pin_memory=torch.cuda.is_available())
+
+
+def cached_loader(owner, build: Callable[[], DataLoader]) -> DataLoader:
+    """``owner``'s evaluation loader, built once per batch size and reused by every point of the
+    schedule (with ``num_workers`` its workers start once per run, not once per point)."""
+    loader = getattr(owner, "_test_loader", None)
+    if loader is None or loader.batch_size != owner.batch_size:
+        loader = owner._test_loader = build()
+    return loader

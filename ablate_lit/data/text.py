@@ -9,7 +9,7 @@ import lightning as L
 import torch
 from torch.utils.data import DataLoader, Dataset
 
-from ablate_lit.data.sampler import make_loader
+from ablate_lit.data.sampler import cached_loader, make_loader
 from ablate_lit.data.sources import iter_documents
 from ablate_lit.errors import AblateError, check, check_seed
 
@@ -181,7 +181,7 @@ class TextData(L.LightningDataModule):
         return WindowDataset(self.eval_windows)
 
     def test_dataloader(self) -> DataLoader:
-        return self._loader(self.eval_windows)
+        return cached_loader(self, lambda: self._loader(self.eval_windows))
 
     def val_dataloader(self) -> DataLoader:
         """The calibration split (the calibration pass runs as a validation epoch)."""

@@ -12,6 +12,13 @@ from ablate_lit.stats.exact import ExactMetric, row_chunks
 ALIGNMENTS = ("edge", "centered")
 
 
+def bin_centre(grid_index: torch.Tensor, eps: float, alignment: str) -> torch.Tensor:
+    """Centre of grid bin ``grid_index`` (integer tensor): ``(k + 1/2) * eps`` for the paper's edge
+    bins, ``k * eps`` for centered ones; computed in float64 (float32 would round the index)."""
+    shift = 0.0 if alignment == "edge" else 0.5
+    return (grid_index.to(torch.float64) + (0.5 - shift)) * eps
+
+
 class NeuronHistogram(ExactMetric):
     """Counts of every neuron's activations in ``n_bins`` bins of width ``eps``.
 
@@ -92,7 +99,7 @@ class NeuronHistogram(ExactMetric):
         window = self.counts[..., 1:-1]
         # Ties go to the lowest bin (torch.argmax returns the first maximal index).
         best = window.argmax(-1)
-        peak = (self.origin + best + 0.5 - self.shift).to(torch.float64) * self.eps
+        peak = bin_centre(self.origin + best, self.eps, self.alignment)
         return {
             "peak": peak,
             "peak_count": window.gather(-1, best[..., None]).squeeze(-1),
