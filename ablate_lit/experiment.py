@@ -203,11 +203,13 @@ class Experiment:
         if point.seed not in self._orders:
             self._orders[point.seed] = neuron_order(point.seed, n_layers, width, self.cfg.selection)
         mask = ablation_mask(self._orders[point.seed], point.fraction, n_layers, width)
-        writer.begin(point, int(mask.sum()), n_layers * width)
         if point.method == "baseline":
+            writer.begin(point, 0, n_layers * width)
             trainer.test(module, dataloaders=self.data.test_dataloader(), verbose=False)
             return
-        with self._ablated(mask, self.on_device(point.method)):
+        replacement = self.on_device(point.method)  # calibration or a resample sweep may run here, before the clock starts
+        writer.begin(point, int(mask.sum()), n_layers * width)
+        with self._ablated(mask, replacement):
             trainer.test(module, dataloaders=self.data.test_dataloader(), verbose=False)
 
     def _join_processes(self) -> None:

@@ -173,6 +173,16 @@ ZOO_CAUSAL = {
     "gpt_bigcode": dict(n_embd=32, n_layer=2, n_head=4, n_positions=128),
     "gptj": dict(n_embd=32, n_layer=2, n_head=4, n_positions=128, rotary_dim=4),
     "stablelm": dict(**_SMALL, num_key_value_heads=2, max_position_embeddings=128, partial_rotary_factor=0.25),
+    "deepseek_v3": dict(**{**_SMALL, "num_attention_heads": 4}, num_key_value_heads=4, max_position_embeddings=128,
+                        kv_lora_rank=16, q_lora_rank=16, qk_rope_head_dim=8, qk_nope_head_dim=8, v_head_dim=16,
+                        first_k_dense_replace=2, n_routed_experts=2, num_experts_per_tok=1, moe_intermediate_size=32,
+                        n_group=1, topk_group=1),  # multi-head latent attention: heads' output 4 x v_head_dim 16
+    # refused: a tensor operation changes the heads' output before o_proj (a gate; differential heads)
+    "qwen3_next": dict(**_SMALL, num_key_value_heads=2, head_dim=8, max_position_embeddings=128,
+                       layer_types=["full_attention"] * 2, num_experts=2, num_experts_per_tok=1, moe_intermediate_size=32,
+                       shared_expert_intermediate_size=32, linear_num_value_heads=2, linear_num_key_heads=2,
+                       linear_key_head_dim=8, linear_value_head_dim=8),
+    "diffllama": dict(**_SMALL, num_key_value_heads=2, max_position_embeddings=128),
 }
 ZOO_MASKED = {
     "distilbert": dict(dim=32, hidden_dim=64, n_layers=2, n_heads=4, max_position_embeddings=80),
@@ -182,6 +192,7 @@ ZOO_MASKED = {
     "albert": dict(**{**_SMALL, "num_hidden_layers": 3}, embedding_size=16, max_position_embeddings=80),  # one layer, 3 times
     "modernbert": dict(**_SMALL, max_position_embeddings=80, global_attn_every_n_layers=2, local_attention=8,
                        cls_token_id=0, sep_token_id=1),
+    "roberta-prelayernorm": dict(**_SMALL, max_position_embeddings=80),
 }
 _VISION = dict(hidden_size=32, num_hidden_layers=2, num_attention_heads=4, intermediate_size=64, image_size=32, patch_size=8)
 ZOO_HF_VISION = {
@@ -195,6 +206,8 @@ ZOO_TIMM = {  # timm model name -> constructor arguments
     "eva02_tiny_patch14_224": dict(img_size=32, patch_size=8, embed_dim=32, depth=2, num_heads=4, scale_attn_inner=True),
     "vit_tiny_patch16_224": dict(img_size=32, patch_size=8, embed_dim=32, depth=2, num_heads=4, scale_attn_norm=True),
     "swin_tiny_patch4_window7_224": dict(img_size=32, patch_size=4, embed_dim=16, depths=(1, 1), num_heads=(2, 4), window_size=4),
+    "cait_xxs24_224": dict(img_size=32, patch_size=8, embed_dim=32, depth=2, num_heads=4, depth_token_only=1,
+                           init_values=1.0),  # its class-attention block is not ablated, and says so
 }
 
 

@@ -3,10 +3,13 @@
 from __future__ import annotations
 
 import csv
+from collections import Counter
 from pathlib import Path
 
 import lightning as L
 import numpy as np
+import torch
+from torch.overrides import TorchFunctionMode
 
 from ablate_lit import CausalLMAblation, TextData
 from ablate_lit.cli import main
@@ -85,3 +88,28 @@ def reference_peak(values: np.ndarray, eps: float, shift: float) -> float:
     ks, counts = np.unique(k, return_counts=True)
     best = ks[np.flatnonzero(counts == counts.max())[0]]  # lowest bin wins a tie
     return (best + 0.5 - shift) * eps
+
+
+# Calls that make the host wait for the device (or move data between them) when the tensors live on a GPU.
+SYNCS = {"__bool__", "item", "tolist", "nonzero", "numpy", "masked_select", "cpu", "cuda", "__int__", "__float__"}
+
+
+class SyncCalls(TorchFunctionMode):
+    """Counts the calls in SYNCS, boolean-mask indexing (its size depends on the data) and ``.to``
+    with a device (a per-batch move)."""
+
+    def __init__(self):
+        super().__init__()
+        self.calls = Counter()
+
+    def __torch_function__(self, func, types, args=(), kwargs=None):
+        kwargs = kwargs or {}
+        name = getattr(func, "__name__", str(func))
+        if name in SYNCS:
+            self.calls[name] += 1
+        elif name == "__getitem__" and any(isinstance(i, torch.Tensor) and i.dtype == torch.bool
+                                           for i in (args[1] if isinstance(args[1], tuple) else (args[1],))):
+            self.calls["boolean mask indexing"] += 1
+        elif name == "to" and ("device" in kwargs or any(isinstance(a, (str, torch.device)) for a in args[1:])):
+            self.calls["to(device)"] += 1
+        return func(*args, **kwargs)

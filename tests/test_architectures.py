@@ -32,16 +32,19 @@ HOOKED = {
     "phi": "model.layers.{}.self_attn.dense",
     "falcon": "transformer.h.{}.self_attention.dense", "bloom": "transformer.h.{}.self_attention.dense",
     "gpt_bigcode": "transformer.h.{}.attn.c_proj", "gptj": "transformer.h.{}.attn.out_proj",
+    "deepseek_v3": _LLAMA_LIKE,  # multi-head latent attention: 4 heads x v_head_dim 16 (head_dim is the rotary part)
     "distilbert": "distilbert.transformer.layer.{}.attention.out_lin",
     "deberta-v2": "deberta.encoder.layer.{}.attention.output.dense",
     "electra": "electra.encoder.layer.{}.attention.output.dense",
     "albert": "albert.encoder.albert_layer_groups.0.albert_layers.0.attention.dense",  # one module, called 3 times
     "modernbert": "model.layers.{}.attn.Wo",
+    "roberta-prelayernorm": "roberta_prelayernorm.encoder.layer.{}.attention.output.dense",
     "hf-beit": "beit.layers.{}.attention.o_proj",
     "hf-dinov2": "dinov2.encoder.layer.{}.attention.o_proj",
     "hf-clip": "vision_model.encoder.layers.{}.self_attn.out_proj",
     "hf-swin-stage": "swin.encoder.layers.0.blocks.{}.attention.o_proj",  # one stage (4 windows), chosen with --model.blocks
     "timm-beit": "blocks.{}.attn.proj",
+    "timm-cait": "blocks.{}.attn.proj",  # talking-heads attention; the class-attention block is left alone
     "timm-eva02": "blocks.{}.attn.norm",  # scale_attn_inner: a LayerNorm between the heads and attn.proj
     "timm-vit": "blocks.{}.attn.norm",  # scale_attn_norm: likewise
 }
@@ -161,6 +164,22 @@ def test_cli_results_equal_hooks_written_by_hand(capsys, zoo, corpus, image_fold
     assert f"pre-outs: {n_layers} layers x" in out
 
 
+@pytest.mark.parametrize("name", ["qwen3_next", "diffllama"])
+def test_heads_output_changed_by_tensor_operations_is_refused(capsys, zoo, corpus, image_folder, tmp_path, name):
+    """Qwen3-Next gates the heads' output (z * sigmoid(g)) and DiffLlama combines heads, both without a
+    module before o_proj: the hooked value differs from the SDPA output, so the model is refused."""
+    code, out, err = run(capsys, *cli_args(name, zoo[name], corpus, image_folder, tmp_path))
+    line = [l for l in err.splitlines() if l.startswith("error:")]
+    assert code == 2 and len(line) == 1 and "Traceback" not in err, err
+    assert "receives the attention heads' output changed by tensor operations" in line[0]
+
+
+def test_attention_outside_the_ablated_blocks_is_named(capsys, zoo, corpus, image_folder, tmp_path):
+    code, out, err = run(capsys, *cli_args("timm-cait", zoo["timm-cait"], corpus, image_folder, tmp_path))
+    assert code == 0, err
+    assert "not ablated: 1 attention module(s) outside these blocks (blocks_token_only.0)" in out
+
+
 @pytest.mark.parametrize("name", ["hf-swin", "timm-swin"])
 def test_stages_of_different_widths_are_refused_in_one_line(capsys, zoo, corpus, image_folder, tmp_path, name):
     code, out, err = run(capsys, *cli_args(name, zoo[name], corpus, image_folder, tmp_path))
@@ -198,7 +217,7 @@ def test_given_paths_give_the_discovered_results(capsys, zoo, corpus, image_fold
     for how, extra in (("discovered", []), ("given", ["--model.blocks", "model.layers", "--model.out_proj", "self_attn.o_proj"])):
         code, out, err = run(capsys, *cli_args("olmo2", zoo["olmo2"], corpus, image_folder, tmp_path / how), *extra)
         assert code == 0, err
-        assert f"at model.layers.*.self_attn.o_proj ({how})" in out
+        assert f"at model.layers.*.self_attn.o_proj ({how}, checked equal to the attention output)" in out
         rows[how] = read_rows(tmp_path / how / "run" / "results.csv")
     for a, b in zip(rows["discovered"], rows["given"], strict=True):
         assert (a["method"], a["fraction"], a["ce"]) == (b["method"], b["fraction"], b["ce"])

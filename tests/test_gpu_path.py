@@ -7,12 +7,11 @@ from collections import Counter
 
 import pytest
 import torch
-from torch.overrides import TorchFunctionMode
 
 from ablate_lit.modules.base import AblationModule
 from ablate_lit.stats import NeuronHistogram, NeuronMoments
 
-from helpers import EPS, data, module, reference_peak, run, tiny_args
+from helpers import EPS, SyncCalls, data, module, reference_peak, run, tiny_args
 
 
 def test_a_whole_cli_run_moves_the_model_once(capsys, tiny_models, corpus, tmp_path, monkeypatch):
@@ -33,31 +32,6 @@ def test_a_whole_cli_run_moves_the_model_once(capsys, tiny_models, corpus, tmp_p
     assert code == 0, err
     assert out.count("% ablated:") == 1 + 4 * 2 + 4  # baseline, 4 methods x 2 seeds at 50%, 4 methods at 100%
     assert moves == ["to"]
-
-
-# Calls that make the host wait for the device (or move data between them) when the tensors live on a GPU.
-SYNCS = {"__bool__", "item", "tolist", "nonzero", "numpy", "masked_select", "cpu", "cuda", "__int__", "__float__"}
-
-
-class SyncCalls(TorchFunctionMode):
-    """Counts the calls in SYNCS, boolean-mask indexing (its size depends on the data) and ``.to``
-    with a device (a per-batch move)."""
-
-    def __init__(self):
-        super().__init__()
-        self.calls = Counter()
-
-    def __torch_function__(self, func, types, args=(), kwargs=None):
-        kwargs = kwargs or {}
-        name = getattr(func, "__name__", str(func))
-        if name in SYNCS:
-            self.calls[name] += 1
-        elif name == "__getitem__" and any(isinstance(i, torch.Tensor) and i.dtype == torch.bool
-                                           for i in (args[1] if isinstance(args[1], tuple) else (args[1],))):
-            self.calls["boolean mask indexing"] += 1
-        elif name == "to" and ("device" in kwargs or any(isinstance(a, (str, torch.device)) for a in args[1:])):
-            self.calls["to(device)"] += 1
-        return func(*args, **kwargs)
 
 
 @pytest.mark.parametrize("method", ["mean", "resample"])

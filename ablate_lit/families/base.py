@@ -48,6 +48,8 @@ class PreOut:
     """How often ``module`` runs in one forward pass."""
     batch_major: bool = True
     """The hooked input is ``[batch, pos, width]`` (False for windowed attention such as Swin's)."""
+    verified: bool = False
+    """A test forward pass showed the hooked value equal to the layer's SDPA output, heads concatenated."""
 
     @property
     def width(self) -> int:

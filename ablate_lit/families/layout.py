@@ -27,19 +27,25 @@ from ablate_lit.errors import AblateError
 from ablate_lit.families.base import Architecture, PreOut, get_submodule, input_width, is_projection
 
 ATTENTION = re.compile(r"attention|attn", re.IGNORECASE)
-NORM = re.compile(r"norm", re.IGNORECASE)
+NORM = re.compile(r"norm(\d*d)?(gated)?$", re.IGNORECASE)
+"""Class names of normalisations: LayerNorm, Qwen3RMSNorm, GroupNorm, BatchNorm2d, RMSNormGated, ..."""
 OUT_NAMES = ("o_proj", "out_proj", "c_proj", "out_lin", "wo", "proj", "dense", "out", "o")
 """Names of output projections, most specific first."""
-HEADS = ("num_heads", "num_attention_heads", "n_heads", "n_head")
-HEAD_DIM = ("head_dim", "attention_head_size", "head_size", "d_head", "dim_head")
+HEADS = ("num_heads", "num_attention_heads", "n_heads", "n_head", "heads")
+HEAD_DIM = ("v_head_dim", "head_dim", "attention_head_size", "head_size", "d_head", "dim_head")
+"""v_head_dim first: in multi-head latent attention (DeepSeek-V2/V3) head_dim is the rotary part of
+the queries and keys, and the heads' output has n_heads x v_head_dim values."""
 HIDDEN = ("hidden_size", "n_embd", "d_model", "embed_dim", "dim")
 OPTIONS = "--model.blocks PATH (the list of transformer blocks) and --model.out_proj PATH (inside a block)"
 
 
+def is_norm(module: nn.Module) -> bool:
+    return bool(NORM.search(type(module).__name__))
+
+
 def is_attention(module: nn.Module) -> bool:
     """An attention module: its class name says so, and it holds a projection."""
-    name = type(module).__name__
-    return (bool(ATTENTION.search(name)) and not NORM.search(name) and not is_projection(module)
+    return (bool(ATTENTION.search(type(module).__name__)) and not is_norm(module) and not is_projection(module)
             and any(is_projection(m) for m in module.modules()))
 
 
@@ -160,7 +166,8 @@ def locate(model: nn.Module, config, known: Architecture | None = None, blocks: 
         try:
             proj = block.get_submodule(path)
         except AttributeError:
-            raise AblateError(f"block {block_path} has no module '{path}'; pass {OPTIONS}") from None
+            raise AblateError(f"block {block_path} has no module '{path}' (blocks of several kinds, as in a hybrid of "
+                              f"attention and other layers?); pass {OPTIONS}") from None
         attention = next((m for p, m in attention_modules(block) if path.startswith(p + ".")), None)
         parent = block.get_submodule(path.rsplit(".", 1)[0]) if "." in path else block
         n_heads, head_dim = head_layout(config, attention or parent, input_width(proj), f"{block_path}.{path}")

@@ -10,7 +10,13 @@ out-projection (in execution order) the trace then knows:
     A norm in between (timm's ``scale_attn_norm``, EVA-02's ``scale_attn_inner``) moves the hook
     to the norm's input, which is the heads' output; any other module in between is refused;
   * that its input is ``[batch, pos, n_heads * head_dim]`` (windowed attention, as in Swin, folds
-    windows into the batch: resampling by sample index is then refused).
+    windows into the batch: resampling by sample index is then refused);
+  * that the hooked value equals the output of the layer's ``scaled_dot_product_attention`` call,
+    heads concatenated, where the model makes one. Tensor operations that no module marks can
+    change the heads' output before the projection (Qwen3-Next's gate ``z * sigmoid(g)``,
+    DiffLlama's differential heads): such a model is refused, never ablated at the wrong place.
+    A model that does not call SDPA (an eager attention) is located but not checked this way, and
+    its description says so.
 """
 
 from __future__ import annotations
@@ -20,11 +26,12 @@ from dataclasses import replace
 from typing import Callable
 
 import torch
+import torch.nn.functional as F
 from torch import nn
 
 from ablate_lit.errors import AblateError
 from ablate_lit.families.base import PreOut
-from ablate_lit.families.layout import NORM, OPTIONS, is_attention
+from ablate_lit.families.layout import OPTIONS, is_attention, is_norm
 
 
 def _tensors(value) -> list[torch.Tensor]:
@@ -37,6 +44,17 @@ def _tensors(value) -> list[torch.Tensor]:
     return []
 
 
+def _same_as_heads(value: torch.Tensor, attention: torch.Tensor) -> bool | None:
+    """Whether ``value`` [..., n_heads * head_dim] is the SDPA output [batch, heads, pos, head_dim] with
+    its heads concatenated (None when the shapes cannot be compared)."""
+    if attention.dim() != 4 or attention.numel() != value.numel():
+        return None
+    for z in (attention.transpose(1, 2), attention):
+        if torch.allclose(z.reshape(value.shape).float(), value.float(), rtol=1e-4, atol=1e-6, equal_nan=True):
+            return True
+    return False
+
+
 def trace(model: nn.Module, pre_outs: list[PreOut], forward: Callable[[], object], batch_size: int):
     """Run ``forward()`` (a batch of ``batch_size`` inputs through ``model``) once; return (the pre-outs
     in execution order, hooked where the heads' output enters, one per application; forward's result)."""
@@ -45,7 +63,14 @@ def trace(model: nn.Module, pre_outs: list[PreOut], forward: Callable[[], object
     produced: dict[int, nn.Module] = {}  # id(tensor) -> the module that returned it (pass-throughs excluded)
     first_input: dict[int, torch.Tensor] = {}  # id(module) -> the first input of its last call
     keep: list = []  # holds every traced tensor, so no id is reused during the pass
-    calls: list[tuple[nn.Module, object]] = []
+    calls: list[tuple] = []  # (module, its input, SDPA calls before it, the input's producer, the producer's input)
+    attention_outputs: list[torch.Tensor] = []
+    sdpa = F.scaled_dot_product_attention
+
+    def recording_sdpa(*args, **kwargs):
+        out = sdpa(*args, **kwargs)
+        attention_outputs.append(out)
+        return out
 
     def after(module, args, output):
         ins = _tensors(args)
@@ -57,10 +82,13 @@ def trace(model: nn.Module, pre_outs: list[PreOut], forward: Callable[[], object
                 keep.append(t)
 
     def before(module, args):
-        calls.append((module, args[0] if args else None))
+        x = args[0] if args else None
+        source = produced.get(id(x))
+        calls.append((module, x, len(attention_outputs), source, first_input.get(id(source))))
 
     handles = [m.register_forward_hook(after) for m in model.modules()]
     handles += [p.module.register_forward_pre_hook(before) for p in pre_outs]
+    F.scaled_dot_product_attention = recording_sdpa
     try:
         with torch.no_grad():
             result = forward()
@@ -71,33 +99,42 @@ def trace(model: nn.Module, pre_outs: list[PreOut], forward: Callable[[], object
         raise AblateError(f"a test forward pass of {type(model).__name__} failed ({reason}); the model cannot be run "
                           "as this family runs it") from exc
     finally:
+        F.scaled_dot_product_attention = sdpa
         for h in handles:
             h.remove()
 
-    ran = Counter(id(m) for m, _ in calls)
+    ran = Counter(id(c[0]) for c in calls)
     for p in pre_outs:
         if not ran[id(p.module)]:
-            raise AblateError(f"{p.name} did not run in a forward pass (the model uses its weights directly); "
-                              f"pass {OPTIONS} naming a module that receives the heads' output")
-    located, seen = [], Counter()
-    for module, x in calls:
+            raise AblateError(f"{p.name} did not run in a forward pass (this family's forward does not reach it, or the "
+                              f"model uses its weights directly); pass {OPTIONS} naming a module that receives the heads' output")
+    located, seen, used = [], Counter(), set()
+    for module, x, n_sdpa, source, source_input in calls:
         p = targets[id(module)]
         if not isinstance(x, torch.Tensor) or x.shape[-1] != p.width:
             got = tuple(x.shape) if isinstance(x, torch.Tensor) else type(x).__name__
             raise AblateError(f"{p.name} receives {got}, not [..., {p.n_heads} heads x {p.head_dim}]; pass {OPTIONS}")
-        hooked, name = module, p.name
-        source = produced.get(id(x))
+        hooked, name, value = module, p.name, x
         if source is not None and not is_attention(source):
-            if not NORM.search(type(source).__name__):
+            if not is_norm(source):
                 raise AblateError(f"{type(source).__name__} '{names.get(id(source))}' transforms the heads' output before "
                                   f"{p.name}; ablate_lit hooks the heads' concatenated output (hook_z): pass "
                                   "--model.out_proj PATH naming the module that receives it")
-            hooked, name = source, names.get(id(source), p.name)
-            earlier = produced.get(id(first_input.get(id(source))))
+            hooked, name, value = source, names.get(id(source), p.name), source_input
+            earlier = produced.get(id(source_input))
             if earlier is not None and not is_attention(earlier):
                 raise AblateError(f"{type(earlier).__name__} '{names.get(id(earlier))}' and the norm '{name}' transform the "
                                   f"heads' output before {p.name}; pass --model.out_proj PATH naming the module that receives it")
+        verified = False
+        if n_sdpa and n_sdpa - 1 not in used:  # this layer's attention ran SDPA: its output must be the hooked value
+            used.add(n_sdpa - 1)
+            verified = _same_as_heads(value, attention_outputs[n_sdpa - 1])
+            if verified is False:
+                raise AblateError(f"{p.name} receives the attention heads' output changed by tensor operations that no "
+                                  "module marks (a gate such as z * sigmoid(g), or a combination of heads); ablate_lit hooks "
+                                  "the heads' output itself (hook_z) and cannot reach it in this model")
         located.append(replace(p, layer=len(located), module=hooked, name=name, application=seen[id(module)],
-                               n_applications=ran[id(module)], batch_major=x.dim() == 3 and x.shape[0] == batch_size))
+                               n_applications=ran[id(module)], batch_major=x.dim() == 3 and x.shape[0] == batch_size,
+                               verified=bool(verified)))
         seen[id(module)] += 1
     return located, result

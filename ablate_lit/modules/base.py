@@ -14,7 +14,7 @@ from torch.utils.data import Dataset
 
 from ablate_lit.ablation.hooks import PreOutHooks, StopForward
 from ablate_lit.families.base import Architecture
-from ablate_lit.families.layout import locate
+from ablate_lit.families.layout import attention_modules, locate
 from ablate_lit.families.trace import trace
 from ablate_lit.stats.token_metrics import TokenScores
 
@@ -60,6 +60,11 @@ class AblationModule(L.LightningModule):
         self.pre_outs, output = trace(self.model, pre_outs, lambda: self.example_forward(2), batch_size=2)
         self.check_example(output)
         self.hooks = PreOutHooks(self.pre_outs, self.model)
+        names = {id(m): n for n, m in self.model.named_modules()}
+        blocks = {names[id(p.block)] for p in self.pre_outs}
+        self.unhooked = [path for path, _ in attention_modules(self.model)
+                         if not any(path == b or path.startswith(b + ".") for b in blocks)]
+        """Attention modules outside the ablated blocks (CaiT's class-attention blocks, a second tower)."""
 
     def describe_pre_outs(self) -> str:
         """One line: how many layers and neurons are hooked, where, and how the place was found."""
@@ -68,8 +73,16 @@ class AblationModule(L.LightningModule):
         where = names[0] if len(names) == 1 else ", ".join(dict.fromkeys(_pattern(n) for n in names))
         shared = f", one module applied {p.n_applications} times" if p.shared else ""
         between = "" if p.direct else f", the input of a {type(p.module).__name__} between the heads and the out-projection"
+        checked = sum(q.verified for q in self.pre_outs)
+        n = len(self.pre_outs)
+        checked = (", checked equal to the attention output" if checked == n else
+                   ", not checked against the attention output (it runs no scaled_dot_product_attention)" if not checked else
+                   f", {checked} of {n} layers checked equal to the attention output (the others run no "
+                   "scaled_dot_product_attention)")
+        others = (f"; not ablated: {len(self.unhooked)} attention module(s) outside these blocks "
+                  f"({', '.join(self.unhooked[:2])}{', ...' if len(self.unhooked) > 2 else ''})" if self.unhooked else "")
         return (f"pre-outs: {len(self.pre_outs)} layers x {p.n_heads} heads x {p.head_dim} = {p.width} neurons each, at "
-                f"{where}{between}{shared} ({self.layout_source})")
+                f"{where}{between}{shared} ({self.layout_source}{checked}){others}")
 
     def random_inputs(self, source: str, n: int, seed: int, data) -> Dataset:
         """``n`` randomised inputs from ``source``, shaped like ``data``'s evaluation inputs, with indices 0..n-1."""

@@ -31,17 +31,23 @@ class VisionAblation(AblationModule):
         self.save_hyperparameters()
         (self.model, self.preprocess, self.n_classes, known, self.config, self.backend) = load_vision(
             name_or_path, dtype, revision, blocks, out_proj)
+        self.input_size = self._input_size()
         self.locate_pre_outs(self.config, known, blocks, out_proj)
 
     def data_connection(self) -> tuple:
         return (self.preprocess, self.n_classes)
 
-    @property
-    def input_size(self) -> tuple[int, int]:
-        if self.backend == "timm":
-            return tuple(self.model.pretrained_cfg.get("input_size", (3, 224, 224))[1:])
-        size = self.config.image_size
-        return (size, size) if isinstance(size, int) else tuple(size)
+    def _input_size(self) -> tuple[int, int]:
+        """(height, width) the model takes: what its own preprocessing makes of an image."""
+        from PIL import Image
+
+        try:
+            return tuple(self.preprocess(Image.new("RGB", (256, 256))).shape[-2:])
+        except Exception as exc:
+            from ablate_lit.errors import AblateError
+
+            raise AblateError(f"the model's image preprocessing fails on an RGB image ({exc}); "
+                              "VisionAblation evaluates image classifiers that take pixel values") from exc
 
     def example_forward(self, n: int) -> torch.Tensor:
         pixels = torch.zeros(n, 3, *self.input_size)
