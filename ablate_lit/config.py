@@ -11,6 +11,10 @@ from ablate_lit.errors import check, check_seed
 from ablate_lit.stats.histogram import ALIGNMENTS
 
 
+EPS_RANGE = (1e-8, 1e4)
+"""Bin widths that float32 activations can be binned by (x / eps neither underflows nor saturates)."""
+
+
 def _default_fractions() -> list[float]:
     return [round(i / 10, 1) for i in range(11)]
 
@@ -46,6 +50,8 @@ class AblationConfig:
 
     def __post_init__(self):
         check(math.isfinite(self.eps) and self.eps > 0, f"ablation.eps must be a positive number, got {self.eps}; e.g. --ablation.eps 0.01")
+        check(EPS_RANGE[0] <= self.eps <= EPS_RANGE[1], f"ablation.eps {self.eps} is outside [{EPS_RANGE[0]:g}, "
+                                                        f"{EPS_RANGE[1]:g}] (activations are binned in float32); e.g. --ablation.eps 0.01")
         check(self.n_bins >= 2, f"ablation.n_bins must be at least 2, got {self.n_bins}")
         check(self.n_resample >= 1, f"ablation.n_resample must be positive, got {self.n_resample}")
         check(self.methods is None or len(self.methods) > 0, "ablation.methods is empty; name at least one of: " + ", ".join(ALL_METHODS))

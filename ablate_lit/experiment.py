@@ -99,10 +99,7 @@ class Experiment:
         if stats is not None:
             say(self.trainer, f"calibration statistics: cached ({path})")
             return stats
-        n_layers, width = self.module.hooks.n_layers, self.module.hooks.width
-        check_fits(n_layers * width * ((cfg.n_bins + 2) * 4 + 7 * 8), self.module.device,
-                   f"the calibration histograms ({n_layers} layers x {width} neurons x {cfg.n_bins + 2} int32 bins, plus "
-                   "float64 moments)", f"lower --ablation.n_bins (now {cfg.n_bins})")
+        self.check_statistics_fit(self.module.device)
         early = "" if is_sharded(self.trainer.strategy) else " (each forward pass stops after the last hooked layer)"
         say(self.trainer, f"calibration: {self.data.describe('calibration')}{early}")
         callback = CalibrationCallback(cfg.eps, cfg.n_bins, cfg.bin_alignment)
@@ -112,6 +109,13 @@ class Experiment:
             _save(stats, path)
         self._warn_outside_window(stats)
         return stats
+
+    def check_statistics_fit(self, device) -> None:
+        """Refuse histograms that cannot fit on ``device`` before anything is allocated or evaluated."""
+        n_bins, n_layers, width = self.cfg.n_bins, self.module.hooks.n_layers, self.module.hooks.width
+        check_fits(n_layers * width * ((n_bins + 2) * 4 + 7 * 8), device,
+                   f"the calibration histograms ({n_layers} layers x {width} neurons x {n_bins + 2} int32 bins, plus "
+                   "float64 moments)", f"lower --ablation.n_bins (now {n_bins})")
 
     def _warn_outside_window(self, stats: dict) -> None:
         outside = stats["underflow"].long() + stats["overflow"].long()

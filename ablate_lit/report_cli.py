@@ -16,8 +16,9 @@ from ablate_lit.store import read_rows
 
 def load_runs(run_dirs: list[str]) -> list[dict]:
     """Valid rows of every run (malformed ones reported on stderr, file and line, and skipped); a
-    (model, method, seed, fraction) seen twice is kept once (first run wins). Runs of different
-    models that share a name (two folders called opt-1.3b) get their run folder added to the name."""
+    (model, method, seed, fraction) seen twice is kept once (first run wins). Runs of one model name
+    with different identities (other weights, data or settings) are never merged: each gets its run
+    folder added to the name, so each has its own column."""
     runs = []
     for d in run_dirs:
         if not (Path(d) / "results.csv").is_file() and not (Path(d) / "points").is_dir():
@@ -26,10 +27,10 @@ def load_runs(run_dirs: list[str]) -> list[dict]:
         for problem in problems:
             print(f"warning: {problem}", file=sys.stderr)
         runs.append((Path(d), found))
-    models: dict[str, set] = {}
+    models: dict[str, set] = {}  # model name -> the identities (model, data, settings) of its runs
     for d, found in runs:
         for r in found:
-            models.setdefault(r["model"], set()).add(r.get("model_id") if r.get("model_id") not in (None, "-") else str(d))
+            models.setdefault(r["model"], set()).add(r.get("run_id") if r.get("run_id") not in (None, "-") else str(d))
     rows, seen = [], set()
     for d, found in runs:
         for r in found:

@@ -73,11 +73,14 @@ def _run(trainer, module, data, cfg: AblationConfig, name: str | None, root: str
         if min(n_calib, n_eval, cfg.n_resample) < world:
             raise AblateError(f"{world} processes need at least {world} calibration and {world} evaluation windows/images "
                               f"and --ablation.n_resample >= {world} (have {n_calib}, {n_eval} and {cfg.n_resample})")
+    cache_dir = Path(cfg.cache_dir) if cfg.cache_dir else Path(root) / ".calibration_cache"
+    experiment = Experiment(trainer, module, data, cfg, Path(root), cache_dir)
+    experiment.check_statistics_fit(trainer.strategy.root_device)  # before a run folder is made
     identity = run_identity(trainer, module, data, cfg)
     label = module.model_label
     run_dir = Path(root) / (name or f"{label}-{run_id_of(identity)[:8]}")
     store = ResultStore(run_dir, identity)
-    cache_dir = Path(cfg.cache_dir) if cfg.cache_dir else Path(root) / ".calibration_cache"
+    experiment.run_dir = run_dir
     store.open()
     if trainer.is_global_zero:
         store.clear_stale()
@@ -88,7 +91,6 @@ def _run(trainer, module, data, cfg: AblationConfig, name: str | None, root: str
     fixed = {"model": label, "selection": cfg.selection, "eps": cfg.eps, "bin_alignment": cfg.bin_alignment,
              "n_bins": cfg.n_bins, "n_resample": cfg.n_resample, "precision": str(trainer.precision), "mode": cfg.mode,
              "model_id": module.fingerprint(), "run_id": store.run_id}
-    experiment = Experiment(trainer, module, data, cfg, run_dir, cache_dir)
     with stopped_by_signals(lambda: f"{experiment.done} of {experiment.total} evaluations done (in {store.csv})"):
         experiment.run(ResultWriter(store, fixed))
     if trainer.is_global_zero:

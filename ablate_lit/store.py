@@ -102,24 +102,42 @@ class ResultStore:
 
     # -- the folder's identity -------------------------------------------------------------------
     def open(self) -> None:
-        """Create the folder's identity.json, or check it: results of another identity are refused."""
-        path = self.run_dir / "identity.json"
+        """Create the folder's identity.json, or check it: results of another identity are refused, and
+        so is a folder whose files were edited or removed by hand in a way that would lose rows."""
+        path, fix = self.run_dir / "identity.json", "use another --name, or remove the folder to start over"
+        if self.points.exists() and not self.points.is_dir():
+            raise AblateError(f"'{self.points}' is a file, not the folder of result rows; {fix}")
         if not path.exists() and self.csv.exists() and not self.points.exists():
-            raise AblateError(f"run folder '{self.run_dir}' holds results of an earlier ablate_lit without their identity; "
-                              "use another --name, or remove the folder to start over")
+            raise AblateError(f"run folder '{self.run_dir}' holds results of an earlier ablate_lit without their identity; {fix}")
         text = json.dumps({"run_id": self.run_id, **self.identity}, indent=1, sort_keys=True, default=str) + "\n"
-        if create_text(path, text):
-            return
+        if not create_text(path, text):
+            self._check_identity(path, fix)
+        lost = self._rows_only_in_csv()
+        if lost:
+            raise AblateError(f"results.csv in '{self.run_dir}' holds {lost} row(s) that points/ lacks (was points/ removed?); "
+                              "restore points/, or remove results.csv to evaluate those points again")
+
+    def _check_identity(self, path: Path, fix: str) -> None:
         try:
             stored = json.loads(path.read_text())
-        except (OSError, ValueError):
-            raise AblateError(f"'{path}' is unreadable; use another --name, or remove the folder to start over") from None
+        except (OSError, ValueError, UnicodeDecodeError):
+            stored = None
+        if not isinstance(stored, dict):
+            raise AblateError(f"'{path}' is unreadable; {fix}")
+        if stored.get("run_id") != digest({k: v for k, v in stored.items() if k != "run_id"}):
+            raise AblateError(f"'{path}' was edited by hand (its run_id does not match its content); {fix}")
         if stored.get("run_id") == self.run_id:
             return
         differ = [k for k in sorted(set(stored) | set(self.identity)) if k != "run_id" and stored.get(k) != self.identity.get(k)]
         what = "; ".join(f"{k}: {_short(stored.get(k))} there, {_short(self.identity.get(k))} now" for k in differ[:3])
-        raise AblateError(f"run folder '{self.run_dir}' holds results of other settings ({what}); use another --name, "
-                          "or remove the folder to start over")
+        raise AblateError(f"run folder '{self.run_dir}' holds results of other settings ({what or 'another format'}); {fix}")
+
+    def _rows_only_in_csv(self) -> int:
+        if not self.csv.is_file():
+            return 0
+        rows, _ = read_csv_rows(self.csv)
+        return sum(r.get("run_id") == self.run_id and not self.row_path(r["method"], r["seed"], r["fraction"]).exists()
+                   for r in rows)
 
     # -- rows ---------------------------------------------------------------------------------------
     def row_path(self, method: str, seed: int, fraction: float) -> Path:
@@ -129,37 +147,46 @@ class ResultStore:
         """Every valid row of this run, in a fixed order; invalid files are reported once and skipped."""
         rows: dict[tuple, dict] = {}
         for path in sorted(self.points.glob("*.json")) if self.points.is_dir() else []:
-            try:
-                record = json.loads(path.read_text())
-                row = record.get("row") if isinstance(record, dict) else None
-                problem = check_row(row) or (None if record.get("run_id") == self.run_id else "made by another run")
-            except (OSError, ValueError, UnicodeDecodeError, AttributeError) as exc:
-                row, problem = None, f"unreadable ({type(exc).__name__})"
+            row, problem = self._check_file(path)
             if problem:
                 self._report(f"ignored {path}: {problem}")
                 continue
             rows.setdefault(row_key(row["method"], row["seed"], row["fraction"]), row)
         return [rows[k] for k in sorted(rows, key=lambda k: (k[0], k[1], k[2]))]
 
+    def _checksum(self, row: dict) -> str:
+        return digest({"run_id": self.run_id, "row": row})
+
+    def _check_file(self, path: Path) -> tuple[dict | None, str | None]:
+        """(the row, None) for a valid row file of this run, else (None, why not)."""
+        try:
+            record = json.loads(path.read_text())
+        except (OSError, ValueError, UnicodeDecodeError) as exc:
+            return None, f"unreadable ({type(exc).__name__})"
+        row = record.get("row") if isinstance(record, dict) else None
+        problem = check_row(row)
+        if problem:
+            return None, problem
+        if record.get("run_id") != self.run_id:
+            return None, "made by another run"
+        if record.get("checksum") != self._checksum(row):
+            return None, "edited by hand (its checksum does not match)"
+        if path.name != self.row_path(row["method"], row["seed"], row["fraction"]).name:
+            return None, "its file name does not match its row"
+        return row, None
+
     def add(self, row: dict) -> bool:
         """Create the row's file; False if a valid one exists already (another process wrote it). A
-        damaged file in its place (reported by ``read``) is replaced."""
+        damaged or edited file in its place (reported by ``read``) is replaced."""
         path = self.row_path(row["method"], row["seed"], row["fraction"])
-        text = json.dumps({"format": RESULT_FORMAT, "run_id": self.run_id, "identity": self.identity, "row": row},
-                          default=str) + "\n"
+        text = json.dumps({"format": RESULT_FORMAT, "run_id": self.run_id, "identity": self.identity, "row": row,
+                           "checksum": self._checksum(row)}, default=str) + "\n"
         if create_text(path, text):
             return True
-        if self._valid(path):
+        if self._check_file(path)[1] is None:
             return False
         write_text(path, text)
         return True
-
-    def _valid(self, path: Path) -> bool:
-        try:
-            record = json.loads(path.read_text())
-        except (OSError, ValueError, UnicodeDecodeError):
-            return False
-        return isinstance(record, dict) and record.get("run_id") == self.run_id and check_row(record.get("row")) is None
 
     def write_csv(self) -> list[dict]:
         """Rebuild results.csv from the rows; repeated while other processes add rows meanwhile."""
@@ -204,7 +231,7 @@ class ResultStore:
     def claim(self, point: Point) -> bool:
         """Claim ``point`` for this process; False while a live process holds it."""
         path = self.claim_path(point)
-        mine = json.dumps({"host": HOST, "pid": os.getpid(), "time": time.time()})
+        mine = json.dumps({"host": HOST, "pid": os.getpid(), "start": _start_time(os.getpid()), "time": time.time()})
         if create_text(path, mine):
             return True
         if self.claim_holder(point) is not None:
@@ -218,12 +245,15 @@ class ResultStore:
         try:
             holder = json.loads(path.read_text())
             age = time.time() - path.stat().st_mtime
-        except (OSError, ValueError):
+            host, pid = holder["host"], int(holder["pid"])
+        except (OSError, ValueError, UnicodeDecodeError, TypeError, KeyError):
+            return None  # no claim, or an unreadable one: nobody holds the point
+        if host == HOST and pid == os.getpid():
             return None
-        if holder.get("host") == HOST and holder.get("pid") == os.getpid():
-            return None
-        alive = pid_alive(int(holder.get("pid", 0))) if holder.get("host") == HOST else age < CLAIM_STALE_S
-        return f"{holder.get('host')}:{holder.get('pid')}" if alive else None
+        alive = age < CLAIM_STALE_S  # a live owner refreshes its claim every CLAIM_REFRESH_S
+        if host == HOST:  # ... and on this host it must still run, as the same process (pids are reused)
+            alive = alive and pid_alive(pid) and holder.get("start") in (None, _start_time(pid))
+        return f"{host}:{pid}" if alive else None
 
     def refresh(self, point: Point) -> None:
         try:
@@ -237,6 +267,16 @@ class ResultStore:
     def clear_stale(self) -> None:
         clear_stale(self.run_dir)
         clear_stale(self.points)
+
+
+def _start_time(pid: int) -> int | None:
+    """When process ``pid`` started (clock ticks since boot; Linux), to tell it from a later process
+    given the same pid; None where it cannot be read."""
+    try:
+        stat = Path(f"/proc/{pid}/stat").read_text()
+        return int(stat[stat.rindex(")") + 2:].split()[19])
+    except (OSError, ValueError, IndexError):
+        return None
 
 
 def _short(value) -> str:

@@ -135,7 +135,7 @@ BAD = {
                                  r"3 processes need at least 3 .* --ablation.n_resample >= 3 \(have .*, .* and 2\)"),
     "missing GGUF file": (["--model.gguf_file", "nope.gguf"], "GGUF file .*nope.gguf' not found"),
     "missing package in config": (["--data.path", "${pkg:no_such_pkg}/x.txt"], "package 'no_such_pkg' is not installed"),
-    "text column missing": (["--data.path", "JSONL", "--data.text_column", "body"], "data set has no column 'body' \\(columns: text\\); set --data.text_column"),
+    "text column missing": (["--data.path", "JSONL", "--data.text_column", "body"], "'.*docs.jsonl' has no column 'body' \\(columns: text\\); set --data.text_column"),
 }
 
 

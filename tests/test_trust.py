@@ -210,6 +210,13 @@ def _write_bad_inputs(tmp_path: Path, corpus: Path, tiny_models) -> dict:
     shutil.copytree(tiny_models["llama"], made["TRUNCATED"])
     weights = made["TRUNCATED"] / "model.safetensors"
     weights.write_bytes(weights.read_bytes()[: weights.stat().st_size // 2])
+    made["EMPTY"] = tmp_path / "empty.yaml"
+    made["EMPTY"].write_text("")
+    made["BROKEN"] = tmp_path / "broken.yaml"
+    made["BROKEN"].write_text("model: [unclosed\n")
+    made["PARQUET"] = tmp_path / "broken.parquet"
+    made["PARQUET"].write_bytes(b"PAR1" + bytes(200))
+    made["VISION"] = tiny_models["llama"].parent.parent / "vision" / "hf"
     made["NOTOKENIZER"] = tmp_path / "no-tokenizer"
     made["NOTOKENIZER"].mkdir()
     for f in ("config.json", "model.safetensors", "generation_config.json"):
@@ -232,6 +239,22 @@ BAD = {
     "data seed beyond 63 bits": (["--data.seed", str(2**64)], r"data.seed must be an integer in \[0, 2\*\*63\)"),
     "near-duplicate fractions": (["--ablation.fractions", "[0.5,0.5000001]"], r"ablation.fractions holds 0.5 and 0.5000001, one point at 6 decimals"),
     "histograms too large": (["--ablation.n_bins", str(2**40)], r"the calibration histograms .* need .* but .* are free on cpu; lower --ablation.n_bins"),
+    "eps too large for float32": (["--ablation.eps", "1e300"], r"ablation.eps 1e\+300 is outside \[1e-08, 10000\]"),
+    "eps too small for float32": (["--ablation.eps", "1e-300"], r"ablation.eps 1e-300 is outside \[1e-08, 10000\]"),
+    "name too long": (["--name", "n" * 300], r"--name 'n+' must be a plain folder name inside --root \(printable, at most 200 bytes"),
+    "name with a newline": (["--name", "a\nb"], r"--name 'a\\nb' must be a plain folder name"),
+    "an integer option given text": (["--data.max_tokens", "abc"], r"--data.max_tokens: 'abc' is not an integer; see python -m ablate_lit test --help"),
+    "a list given without brackets": (["--ablation.methods", "zero"], r"--ablation.methods: 'zero' is not a list in brackets, e.g. \[zero,mean\]"),
+    "a boolean given a word": (["--data.prepend_bos", "maybe"], r"--data.prepend_bos: 'maybe' is not true or false"),
+    "an unknown option": (["--data.foo", "1"], r"unknown option --data.foo; see python -m ablate_lit test --help"),
+    "an unknown class": (["--model", "ablate_lit.FooAblation"], r"--model: unknown class 'FooAblation'; use ablate_lit.CausalLMAblation"),
+    "a missing config file": (["--config", "/nonexistent/config.yaml"], r"--config file '/nonexistent/config.yaml' not found"),
+    "an empty config file": (["--config", "EMPTY"], r"the config is empty or not a mapping"),
+    "a config that is not YAML": (["--config", "BROKEN"], r"the config is not valid YAML \(while parsing"),
+    "a generator that does not exist": (["--model.generator", "/nonexistent/generator"], r"--model.generator '/nonexistent/generator' not found"),
+    "a generator that is not a causal LM": (["--model.generator", "VISION"], r"--model.generator '.*' must be a causal LM to write text"),
+    "a tokenizer folder that does not exist": (["--model.tokenizer", "/nonexistent/tok"], r"--model.tokenizer '/nonexistent/tok' not found"),
+    "a corrupt parquet file": (["--data.path", "PARQUET"], r"could not read '.*broken.parquet' \(.*\); the file may be truncated or corrupt"),
 }
 
 
@@ -286,6 +309,26 @@ def test_report_out_that_is_a_file_is_one_line(capsys, tiny_models, corpus, tmp_
     assert exit_info.value.code == 2 and "--out" in capsys.readouterr().err
 
 
+def test_the_shipped_tiny_configs_without_their_assets_are_one_line(capsys, monkeypatch, tmp_path):
+    monkeypatch.delenv("ABLATE_LIT_ASSETS", raising=False)
+    code, out, err = run(capsys, "--config", Path(__file__).parents[1] / "configs" / "tiny-masked.yaml", "--root", tmp_path)
+    assert code == 2 and "reads the environment variable ABLATE_LIT_ASSETS, which is not set" in one_line_error(err)
+
+
+def test_an_image_folder_without_class_folders_is_one_line(capsys, tiny_vision, image_folder, tmp_path):
+    import shutil
+
+    flat = tmp_path / "flat"
+    flat.mkdir()
+    for f in sorted((image_folder / "class_0").iterdir())[:4]:
+        shutil.copy(f, flat / f.name)
+    args = ["--model", "ablate_lit.VisionAblation", "--model.name_or_path", tiny_vision["timm"], "--data", "ablate_lit.ImageData",
+            "--data.path", flat, "--data.max_images", 2, "--data.calib_images", 2, "--root", tmp_path, "--name", "run",
+            "--trainer.accelerator", "cpu"]
+    code, out, err = run(capsys, *args)
+    assert code == 2 and "has 0 class sub-folder(s) with images; it needs one sub-folder per class" in one_line_error(err)
+
+
 def test_a_corrupt_image_is_named(capsys, tiny_vision, image_folder, tmp_path):
     import shutil
 
@@ -309,3 +352,83 @@ def test_csv_and_points_agree(capsys, tiny_models, corpus, tmp_path):
     assert len(points) == len(read_rows(tmp_path / "run" / "results.csv")) == 2 * 3
     assert all(p["run_id"] == identity["run_id"] == p["row"]["run_id"] for p in points)
     assert all(p["identity"]["model_fingerprint"] == identity["model_fingerprint"] for p in points)
+
+
+# -- hand-edited or damaged run folders (found by trying) ----------------------------------------------
+def _finished_run(capsys, tiny_models, corpus, tmp_path, *extra):
+    args = tiny_args(tiny_models["llama"], corpus, tmp_path, *SMALL, *extra)
+    assert run(capsys, *args)[0] == 0
+    return args, tmp_path / "run"
+
+
+def test_a_row_file_renamed_or_edited_by_hand_is_reported_and_replaced(capsys, tiny_models, corpus, tmp_path):
+    args, folder = _finished_run(capsys, tiny_models, corpus, tmp_path)
+    reference = read_rows(folder / "results.csv")
+    points = folder / "points"
+    (points / "zero__s1__f0.500000.json").write_text((points / "zero__s0__f0.500000.json").read_text())  # copied under another name
+    record = json.loads((points / "mean__s0__f0.500000.json").read_text())
+    record["row"]["ce"] = "1.00000000"  # a number edited by hand
+    (points / "mean__s0__f0.500000.json").write_text(json.dumps(record))
+    code, out, err = run(capsys, *args, "--ablation.seeds", "[0,1]")
+    assert code == 0, err
+    assert "zero__s1__f0.500000.json: its file name does not match its row" in out
+    assert "mean__s0__f0.500000.json: edited by hand (its checksum does not match)" in out
+    rows = {(r["method"], r["seed"], r["fraction"]): r["ce"] for r in read_rows(folder / "results.csv")}
+    assert ("zero", "1", "0.5") in rows  # the seed-1 point is evaluated and kept
+    assert rows[("mean", "0", "0.5")] == next(r["ce"] for r in reference if (r["method"], r["seed"], r["fraction"]) == ("mean", "0", "0.5"))
+    code, out, err = run(capsys, *args, "--ablation.seeds", "[0,1]")
+    assert code == 0 and "warning" not in out
+
+
+@pytest.mark.parametrize("claim", [
+    lambda: {"host": HOST, "pid": 1, "start": -1, "time": 0},  # pid 1 lives, but it is not the process that claimed
+    lambda: [1],
+    lambda: {"host": HOST, "pid": "abc"},
+])
+def test_a_stale_or_malformed_claim_does_not_block_a_run(capsys, tiny_models, corpus, tmp_path, claim):
+    args = tiny_args(tiny_models["llama"], corpus, tmp_path, *SMALL)
+    points = tmp_path / "run" / "points"
+    points.mkdir(parents=True)
+    (points / "peak__s0__f0.500000.claim").write_text(json.dumps(claim()))
+    (points / "zero__s0__f0.500000.claim").write_text(json.dumps(claim()))
+    code, out, err = run(capsys, *args)
+    assert code == 0, err
+    assert "waiting for" not in out and len(read_rows(tmp_path / "run" / "results.csv")) == 6
+
+
+@pytest.mark.parametrize("damage,message", [
+    (lambda f: (f / "identity.json").write_text((f / "identity.json").read_text().replace('"eps": 0.01', '"eps": 0.02')),
+     "identity.json' was edited by hand"),
+    (lambda f: (f / "identity.json").write_text("[1, 2]"), "identity.json' is unreadable"),
+    (lambda f: (__import__("shutil").rmtree(f / "points"), (f / "points").write_text("x")), "points' is a file, not the folder"),
+    (lambda f: __import__("shutil").rmtree(f / "points"), "results.csv in .* holds 6 row\\(s\\) that points/ lacks"),
+])
+def test_a_damaged_run_folder_is_refused_in_one_line(capsys, tiny_models, corpus, tmp_path, damage, message):
+    import re
+
+    args, folder = _finished_run(capsys, tiny_models, corpus, tmp_path)
+    damage(folder)
+    code, out, err = run(capsys, *args)
+    assert code == 2 and re.search(message, one_line_error(err)), err
+
+
+def test_report_keeps_apart_runs_of_one_model_with_other_data(capsys, tiny_models, corpus, tmp_path):
+    other = tmp_path / "other.txt"
+    other.write_text((corpus / "part1.txt").read_text() + "\n\n" + (corpus / "part0.txt").read_text())
+    for name, path in (("a", corpus), ("b", other)):
+        args = tiny_args(tiny_models["llama"], path, tmp_path, *SMALL)
+        assert run(capsys, *[a if a != "run" else f"run-{name}" for a in args])[0] == 0
+    main(["report", str(tmp_path / "run-a"), str(tmp_path / "run-b"), "--out", str(tmp_path / "rep")])
+    header = next(line for line in capsys.readouterr().out.splitlines() if line.startswith("| |"))
+    assert "llama (run-a)" in header and "llama (run-b)" in header
+
+
+def test_a_signal_while_the_model_loads_is_one_line(tiny_models, corpus, tmp_path):
+    patch = ("import functools\nimport ablate_lit.modules.causal_lm as m\n_orig = m.CausalLMAblation.__init__\n"
+             "@functools.wraps(_orig)\ndef _patched(self, *a, **k):\n    os.kill(os.getpid(), signal.SIGTERM)\n"
+             "    time.sleep(5)\n    _orig(self, *a, **k)\nm.CausalLMAblation.__init__ = _patched\n")
+    script = f"import os, signal, sys, time\n{patch}\nfrom ablate_lit.cli import main\nmain(sys.argv[1:])\n"
+    proc = subprocess.run([sys.executable, "-c", script, "test", *map(str, tiny_args(tiny_models["llama"], corpus, tmp_path))],
+                          env=_cli_env(), capture_output=True, text=True, timeout=300)
+    assert proc.returncode == 128 + signal.SIGTERM
+    assert "stopped by SIGTERM: no evaluation had started" in one_line_error(proc.stderr)

@@ -107,6 +107,10 @@ class ImageData(L.LightningDataModule):
             elif local.is_dir():
                 if not any(p.suffix in IMAGE_SUFFIXES for p in local.rglob("*")):
                     raise AblateError(f"image folder '{local}' holds no images; it needs one sub-folder of images per class")
+                classes = [p for p in local.iterdir() if p.is_dir() and any(f.suffix in IMAGE_SUFFIXES for f in p.rglob("*"))]
+                if len(classes) < 2:
+                    raise AblateError(f"image folder '{local}' has {len(classes)} class sub-folder(s) with images; it needs one "
+                                      "sub-folder per class (their sorted names give the labels), e.g. ImageNet's synset folders")
                 ds = datasets.load_dataset("imagefolder", data_dir=str(local), split="train")
             elif local.is_file():
                 builder = {".parquet": "parquet", ".arrow": "arrow"}.get(local.suffix)

@@ -71,6 +71,8 @@ def iter_documents(path: str, text_column: str = "text", name: str | None = None
 
 def diagnose(file: Path, builder: str) -> str | None:
     """Where a local file that ``datasets`` could not read goes wrong (the first bad line), or None."""
+    if builder not in ("text", "json", "csv"):
+        return None  # parquet / arrow: binary formats, read by datasets or not at all
     raw = file.read_bytes()
     try:
         text = raw.decode("utf-8")
@@ -108,13 +110,14 @@ def _dataset_texts(builder: str, text_column: str, source: str, **kwargs) -> Ite
             raise AblateError(found) from exc
         reason = (str(exc).strip().splitlines() or [type(exc).__name__])[0][:160]
         if local is not None:
-            raise AblateError(f"could not read '{local}' ({reason}); check the file") from exc
+            raise AblateError(f"could not read '{local}' ({reason}); the file may be truncated or corrupt") from exc
         raise AblateError(
             f"could not load data set '{source}' ({reason}); without internet, point --data.path at a local file or folder"
         ) from exc
     columns = ds.column_names if not isinstance(ds.column_names, dict) else next(iter(ds.column_names.values()))
     if columns is not None and text_column not in columns:
-        raise AblateError(f"data set has no column '{text_column}' (columns: {', '.join(columns)}); set --data.text_column")
+        raise AblateError(f"'{source}' has no column '{text_column}' (columns: {', '.join(columns)}); set "
+                          "--data.text_column, or keep files of other layouts out of --data.path")
     rows = iter(ds)
     for number in itertools.count(1):
         try:

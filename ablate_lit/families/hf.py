@@ -46,19 +46,29 @@ def heads_config(config, family: str):
 
 def check_family(config, family: str) -> None:
     """Refuse a model type that has no head of this family in transformers, naming the family that fits."""
+    problem = family_problem(config, family)
+    if problem:
+        raise AblateError(problem)
+
+
+def family_problem(config, family: str) -> str | None:
+    """Why a model of ``config``'s type cannot be evaluated by ``family`` (naming the family that fits), or None."""
     import transformers
 
     auto, _ = AUTO_CLASSES[family]
     mapping = getattr(transformers, auto)._model_mapping
     if family == "causal_lm" and type(config) in transformers.AutoModelForMaskedLM._model_mapping and not config.is_decoder:
-        raise AblateError(f"'{config.model_type}' is a bidirectional encoder (transformers gives it a masked-LM head); "
-                          "use --model ablate_lit.MaskedLMAblation")
+        return (f"'{config.model_type}' is a bidirectional encoder (transformers gives it a masked-LM head); "
+                "use --model ablate_lit.MaskedLMAblation")
     if type(config) in mapping:
-        return
+        return None
     fits = [module for other, (cls, module) in AUTO_CLASSES.items()
             if other != family and type(config) in getattr(transformers, cls)._model_mapping]
+    if "MaskedLMAblation" in fits and not getattr(config, "is_decoder", False):
+        fits.remove("MaskedLMAblation")  # an encoder: its causal-LM head is a decoder mode it is not trained for
+        fits.insert(0, "MaskedLMAblation")
     hint = f"use --model ablate_lit.{fits[0]}" if fits else "ablate_lit evaluates causal LMs, masked LMs and image classifiers"
-    raise AblateError(f"'{config.model_type}' models have no {family.replace('_', ' ')} head in transformers ({auto}); {hint}")
+    return f"'{config.model_type}' models have no {family.replace('_', ' ')} head in transformers ({auto}); {hint}"
 
 
 def check_layout(config, family: str, known: Architecture | None, blocks: str | None, out_proj: str | None) -> None:
@@ -147,6 +157,23 @@ def load_hf(name_or_path: str, family: str, registry: dict[str, Architecture], g
     return model, path, registry.get(config.model_type)
 
 
+def check_generator(name: str) -> None:
+    """``--model.generator`` must name a causal LM: checked from its config when the model loads, not
+    when resample:generated first needs it."""
+    import transformers
+
+    path = os.path.expanduser(name)
+    if looks_like_path(name) and not os.path.exists(path):
+        raise AblateError(f"--model.generator '{name}' not found; pass a causal LM's folder or hub id")
+    try:
+        config = transformers.AutoConfig.from_pretrained(path)
+    except (OSError, ValueError) as exc:
+        raise hub_error(name, exc, "generator", "--model.generator") from exc
+    problem = family_problem(config, "causal_lm")
+    if problem:
+        raise AblateError(f"--model.generator '{name}' must be a causal LM to write text: {problem}")
+
+
 PROBE = "The quick brown fox jumps over the lazy dog, and 42 others watched."
 
 
@@ -158,6 +185,8 @@ def load_tokenizer(path: str, revision: str | None = None, given: bool = False):
 
     where = f"--model.tokenizer '{path}'" if given else f"'{path}'"
     fix = "pass the tokenizer's folder or hub id with --model.tokenizer PATH (e.g. the base model's)"
+    if given and looks_like_path(path) and not os.path.exists(os.path.expanduser(path)):
+        raise AblateError(f"{where} not found; {fix}")
     try:
         tokenizer = transformers.AutoTokenizer.from_pretrained(path, revision=revision)
     except (OSError, ValueError, TypeError, KeyError) as exc:

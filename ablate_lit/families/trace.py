@@ -123,8 +123,9 @@ def trace(model: nn.Module, pre_outs: list[PreOut], forward: Callable[[], object
             hooked, name, value = source, names.get(id(source), p.name), source_input
             earlier = produced.get(id(source_input))
             if earlier is not None and not is_attention(earlier):
-                raise AblateError(f"{type(earlier).__name__} '{names.get(id(earlier))}' and the norm '{name}' transform the "
-                                  f"heads' output before {p.name}; pass --model.out_proj PATH naming the module that receives it")
+                raise AblateError(f"{p.name} does not receive the heads' output: its input comes from the norm '{name}', fed by "
+                                  f"{type(earlier).__name__} '{names.get(id(earlier))}'; pass --model.out_proj PATH naming "
+                                  "the module that receives the attention heads' output")
         verified = False
         if n_sdpa and n_sdpa - 1 not in used:  # this layer's attention ran SDPA: its output must be the hooked value
             used.add(n_sdpa - 1)

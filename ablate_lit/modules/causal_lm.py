@@ -6,7 +6,7 @@ import torch
 
 from ablate_lit.errors import AblateError
 from ablate_lit.families.causal_lm import load_causal_lm
-from ablate_lit.families.hf import heads_config
+from ablate_lit.families.hf import check_generator, heads_config
 from ablate_lit.modules.base import TextAblationModule
 from ablate_lit.stats.token_metrics import IGNORE_INDEX
 
@@ -44,6 +44,8 @@ class CausalLMAblation(TextAblationModule):
         """
         super().__init__()
         self.save_hyperparameters()
+        if generator:
+            check_generator(generator)
         self.model, self.tokenizer, known = load_causal_lm(name_or_path, gguf_file, dtype, revision, attn_implementation,
                                                            blocks, out_proj, tokenizer)
         self.locate_pre_outs(heads_config(self.model.config, self.family), known, blocks, out_proj)

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from ablate_lit.families.hf import heads_config
+from ablate_lit.families.hf import check_generator, heads_config
 from ablate_lit.families.masked_lm import load_masked_lm
 from ablate_lit.modules.base import TextAblationModule
 
@@ -29,6 +29,8 @@ class MaskedLMAblation(TextAblationModule):
         """
         super().__init__()
         self.save_hyperparameters()
+        if generator:
+            check_generator(generator)
         self.model, self.tokenizer, known = load_masked_lm(name_or_path, dtype, revision, attn_implementation, blocks,
                                                            out_proj, tokenizer)
         self.locate_pre_outs(heads_config(self.model.config, self.family), known, blocks, out_proj)
