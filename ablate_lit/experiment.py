@@ -189,7 +189,7 @@ class Experiment:
         decision = None
         if self.trainer.is_global_zero:
             rows = store.read()
-            missing = store.missing(point, {(r["method"], int(r["seed"]), float(r["fraction"])) for r in rows})
+            missing = store.missing(point, store.keys(rows))
             evaluated = store.evaluation_of(point, rows) if missing else None
             if not missing:
                 decision = ("done", None, [])
@@ -228,7 +228,7 @@ class Experiment:
         trainer, cfg, store = self.trainer, self.cfg, writer.store
         self._join_processes()
         points = plan(cfg.methods, cfg.seeds, cfg.fractions)
-        have = {(r["method"], int(r["seed"]), float(r["fraction"])) for r in store.read()}
+        have = store.keys(store.read())
         todo = [p for p in points if store.missing(p, have)]
         self.total, self.done = len(points), len(points) - len(todo)
         say(trainer, f"schedule: {len(points)} evaluations ({self.done} already in {store.csv}), "

@@ -25,6 +25,7 @@ import hashlib
 import json
 import math
 import os
+import re
 import time
 from pathlib import Path
 
@@ -65,14 +66,17 @@ def check_row(row) -> str | None:
     missing = [c for c in COLUMNS if c not in row or row[c] in (None, "")]
     if missing:
         return f"missing {', '.join(missing[:4])}"
+    for c in _INT:
+        value = row[c]
+        if not (isinstance(value, int) and not isinstance(value, bool)
+                or isinstance(value, str) and re.fullmatch(r"\s*-?\d+\s*", value)):
+            return f"{c} '{value}' is not an integer"
     values = {}
-    for c in _INT + _FLOAT:
+    for c in _FLOAT:
         try:
             values[c] = float(row[c])
         except (TypeError, ValueError):
             return f"{c} '{row[c]}' is not a number"
-        if c in _INT and values[c] != int(values[c]):
-            return f"{c} '{row[c]}' is not an integer"
     if not 0.0 <= values["fraction"] <= 1.0:
         return f"fraction {row['fraction']} outside [0, 1]"
     if int(float(row["n_tokens"])) <= 0:
@@ -209,8 +213,12 @@ class ResultStore:
                 print(f"warning: {message}", flush=True)
 
     # -- points -------------------------------------------------------------------------------------
+    @staticmethod
+    def keys(rows: list[dict]) -> set[tuple[str, int, float]]:
+        return {row_key(r["method"], r["seed"], r["fraction"]) for r in rows}
+
     def missing(self, point: Point, have: set) -> list[tuple[str, int]]:
-        """The (method, seed) rows of ``point`` not in ``have`` (keys of valid rows)."""
+        """The (method, seed) rows of ``point`` not in ``have`` (``keys`` of valid rows)."""
         return [(m, s) for m, s in point.rows if row_key(m, s, point.fraction) not in have]
 
     @staticmethod

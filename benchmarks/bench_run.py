@@ -150,12 +150,33 @@ def plain_forward(model, windows: torch.Tensor, batch: int, device: torch.device
     t = time.perf_counter()
     for ids in windows.split(batch):
         ids = ids.to(device)
-        logits = model(input_ids=ids, use_cache=use_cache).logits[:, :-1]
-        flat, labels = logits.reshape(-1, logits.shape[-1]), ids[:, 1:].reshape(-1)
-        F.cross_entropy(flat.float(), labels, reduction="sum").item()
-        (flat.argmax(-1) == labels).sum().item()
+        logits = model(input_ids=ids, use_cache=use_cache).logits
+        flat = logits.reshape(-1, logits.shape[-1])  # a view: the last position's label is ignored, not sliced off
+        labels = torch.cat([ids[:, 1:], torch.full_like(ids[:, :1], -100)], 1).reshape(-1)
+        F.cross_entropy(flat.float(), labels, reduction="sum", ignore_index=-100).item()
+        ((flat.argmax(-1) == labels) & (labels != -100)).sum().item()
     sync(device)
     return time.perf_counter() - t
+
+
+def in_fresh_process(fn, *args) -> int:
+    """``fn(*args)`` (which returns a peak in bytes) in a new process: on the CPU, memory freed by
+    earlier work in this process would be reused and hide a peak."""
+    import multiprocessing as mp
+    from concurrent.futures import ProcessPoolExecutor
+
+    with ProcessPoolExecutor(1, mp_context=mp.get_context("spawn")) as pool:
+        return pool.submit(fn, *args).result()
+
+
+def forward_peak(model_dir: str, dtype: str, device: str, windows: torch.Tensor, batch: int, use_cache: bool) -> int:
+    """Peak memory above the resident set of one batch's plain forward."""
+    device = torch.device(device)
+    model = AutoModelForCausalLM.from_pretrained(model_dir, dtype=getattr(torch, dtype)).to(device).eval()
+    plain_forward(model, windows[:1], 1, device)  # warm-up outside the measurement
+    before = reset_peak(device)
+    plain_forward(model, windows[:batch], batch, device, use_cache=use_cache)
+    return peak(device) - before
 
 
 def statistics_peak(device: torch.device, chunked: bool, tokens: int = 4096, width: int = 4096) -> int:
@@ -252,14 +273,11 @@ def main():
             ratios[key].append(plain_time / float(row["time_s"]))
         batches += len(rows) * -(-len(windows) // args.batch)
 
-    kv = {}
-    for use_cache in (True, False):
-        sync(device)
-        before = reset_peak(device)
-        plain_forward(model, windows[: args.batch], args.batch, device, use_cache=use_cache)
-        kv[use_cache] = peak(device) - before
     del model
-    stats_mem = {chunked: statistics_peak(device, chunked) for chunked in (True, False)}
+    fresh = in_fresh_process if device.type == "cpu" else (lambda fn, *a: fn(*a))
+    kv = {use_cache: fresh(forward_peak, str(model_dir), args.dtype, args.device, windows, args.batch, use_cache)
+          for use_cache in (True, False)}
+    stats_mem = {chunked: fresh(statistics_peak, device, chunked) for chunked in (True, False)}
     syncs = host_syncs_cpu(model_dir, text, args) if device.type == "cpu" else None
 
     tokens = windows.numel()
@@ -277,12 +295,13 @@ def main():
     else:
         print(f"| set_sync_debug_mode warnings per run / per evaluated batch | {statistics.median(gpu_sync_warnings):.0f} / "
               f"{statistics.median(gpu_sync_warnings) / max(1, batches / args.repeats):.2f} | |")
-    print(f"| peak memory of a run above the loaded state ({'GPU' if device.type == 'cuda' else 'process RSS'}) | "
-          f"{mib(statistics.median(run_peaks))} | |")
-    print(f"| plain forward of one batch, peak above resident: with / without key/value cache | {mib(kv[True])} / "
-          f"{mib(kv[False])} | |")
-    print(f"| one statistics update of 4096 tokens x 4096 neurons, peak above resident: chunked / in one piece | "
-          f"{mib(stats_mem[True])} / {mib(stats_mem[False])} | |")
+    if device.type == "cuda":
+        print(f"| peak GPU memory of a run above the loaded model | {mib(statistics.median(run_peaks))} | |")
+    where = "GPU" if device.type == "cuda" else "RSS of a fresh process"
+    print(f"| one batch's forward, peak {where} above the loaded model: key/value cache built (the default) / "
+          f"not built (ablate_lit) | {mib(kv[True])} / {mib(kv[False])} | |")
+    print(f"| one statistics update of 4096 tokens x 4096 neurons, peak {where}: in one piece (before) / chunked | "
+          f"{mib(stats_mem[False])} / {mib(stats_mem[True])} | |")
     out = {"shape": args.shape, "device": str(device), "dtype": args.dtype, "tokens_per_point": tokens,
            "throughput_ratio": {m: rs for m, rs in ratios.items()}, "model_moves_per_run": moves,
            "host_sync_calls_per_batch": syncs, "gpu_sync_warnings_per_run": gpu_sync_warnings,

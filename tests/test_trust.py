@@ -134,7 +134,7 @@ def test_a_damaged_row_file_is_reported_and_evaluated_again(capsys, tiny_models,
     points[1].write_text(json.dumps(record))  # hand-edited: a seed that is not a number
     code, out, err = run(capsys, *args)
     assert code == 0, err
-    assert f"warning: ignored {points[0]}: unreadable" in out and f"warning: ignored {points[1]}: seed 'zero' is not a number" in out
+    assert f"warning: ignored {points[0]}: unreadable" in out and f"warning: ignored {points[1]}: seed 'zero' is not an integer" in out
     assert read_rows(tmp_path / "run" / "results.csv") == reference  # the two rows evaluated again, nothing else
     code, out, err = run(capsys, *args)
     assert code == 0 and "5 already in" in out and "warning" not in out  # 5 evaluations stand for the 6 rows
@@ -143,7 +143,7 @@ def test_a_damaged_row_file_is_reported_and_evaluated_again(capsys, tiny_models,
 @pytest.mark.parametrize("damage,reason", [
     (lambda text: text[: len(text) - len(text.splitlines()[-1]) // 2 - 1], "missing"),  # the last row cut in half
     (lambda text: text + "garbage line\n", "missing"),
-    (lambda text: text.replace("\nllama,zero,0,", "\nllama,zero,x,", 1), "seed 'x' is not a number"),
+    (lambda text: text.replace("\nllama,zero,0,", "\nllama,zero,x,", 1), "seed 'x' is not an integer"),
 ])
 def test_report_skips_malformed_csv_lines_naming_file_and_line(capsys, tiny_models, corpus, tmp_path, damage, reason):
     assert run(capsys, *tiny_args(tiny_models["llama"], corpus, tmp_path, *SMALL))[0] == 0
