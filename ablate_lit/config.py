@@ -6,7 +6,7 @@ import math
 from dataclasses import dataclass, field
 
 from ablate_lit.ablation.methods import ALL_METHODS, parse_method
-from ablate_lit.ablation.schedule import FRACTION_DIGITS, SELECTIONS, fraction_key
+from ablate_lit.ablation.schedule import FRACTION_DIGITS, SELECTIONS, SITES, UNITS, fraction_key, parse_order
 from ablate_lit.errors import check, check_seed
 from ablate_lit.stats.histogram import ALIGNMENTS
 
@@ -29,7 +29,16 @@ class AblationConfig:
     seeds: list[int] = field(default_factory=lambda: [0, 1, 2])
     """Seeds of the random neuron sets; every method sees the same sets for a given seed."""
     selection: str = "per_layer"
-    """per_layer: every layer loses the same fraction of its neurons; global: draw over all neurons."""
+    """per_layer: every layer loses the same fraction of its units; global: draw over all units of the chosen layers."""
+    unit: str = "neuron"
+    """neuron, or head: whole attention heads (all head_dim neurons of a head; site attn only)."""
+    site: str = "attn"
+    """attn: the attention heads' output (the paper); mlp: the MLP hidden units (input of each block's MLP output projection)."""
+    layers: list[int] | None = None
+    """Only these layers' units are ablated (indices in execution order, negative from the end; default all); fractions count their units."""
+    order: str = "random"
+    """random, or ablate units in order of a calibration statistic: std, peak_mean_gap, abs_peak, abs_mean, off_zero_peak,
+    bimodality, abs_skew (ascending; :desc for descending, e.g. std:desc). An order is the same for every seed: one seed runs."""
     eps: float = 0.01
     """Histogram bin width for the peak method."""
     n_bins: int = 1024
@@ -68,6 +77,12 @@ class AblationConfig:
             check_seed(seed, "each of ablation.seeds")
         check_seed(self.resample_seed, "ablation.resample_seed")
         check(self.selection in SELECTIONS, f"unknown ablation.selection '{self.selection}'; use one of: {', '.join(SELECTIONS)}")
+        check(self.unit in UNITS, f"unknown ablation.unit '{self.unit}'; use one of: {', '.join(UNITS)}")
+        check(self.site in SITES, f"unknown ablation.site '{self.site}'; use one of: {', '.join(SITES)}")
+        check(not (self.unit == "head" and self.site == "mlp"), "ablation.unit head needs ablation.site attn (MLP units have no heads)")
+        check(self.layers is None or (len(self.layers) > 0 and len(set(self.layers)) == len(self.layers)),
+              f"ablation.layers must list distinct layer indices, got {self.layers}")
+        parse_order(self.order)
         check(self.bin_alignment in ALIGNMENTS, f"unknown ablation.bin_alignment '{self.bin_alignment}'; use one of: {', '.join(ALIGNMENTS)}")
         check(len(set(self.seeds)) == len(self.seeds), f"ablation.seeds has duplicates: {self.seeds}")
         check(self.mode in ("hook", "fold"), f"unknown ablation.mode '{self.mode}'; use hook or fold")

@@ -12,7 +12,7 @@ from torch.utils.data import DataLoader
 
 from ablate_lit.ablation.hooks import folded
 from ablate_lit.ablation.methods import parse_method
-from ablate_lit.ablation.schedule import ablation_mask, neuron_order, plan
+from ablate_lit.ablation.schedule import ablation_mask, neuron_order, parse_order, plan, unit_scores
 from ablate_lit.callbacks.calibration import CalibrationCallback
 from ablate_lit.callbacks.results import ResultWriter
 from ablate_lit.atomic import atomic_path
@@ -67,6 +67,16 @@ class Experiment:
         self.methods = [parse_method(m) for m in cfg.methods]
         self._stats: dict | None = None
         self._orders: dict = {}
+        n_layers = module.hooks.n_layers
+        for layer in cfg.layers or []:
+            if not -n_layers <= layer < n_layers:
+                raise AblateError(f"ablation.layers holds {layer}, but the model has {n_layers} layers (0 to {n_layers - 1})")
+        self.layers = sorted({layer % n_layers for layer in cfg.layers}) if cfg.layers else list(range(n_layers))
+        """The layers whose units are ablated (execution order)."""
+        self.unit_size = module.pre_outs[0].head_dim if cfg.unit == "head" else 1
+        if parse_order(cfg.order)[0] is not None and len(cfg.seeds) > 1:
+            say(trainer, f"order {cfg.order}: every seed gives the same sets, so only seed {cfg.seeds[0]} runs")
+            cfg.seeds = cfg.seeds[:1]
         self._current: tuple[str | None, dict] = (None, {})
         self.total = self.done = 0
         for m in self.methods:
@@ -88,8 +98,11 @@ class Experiment:
         return callback.result
 
     def _calibration_key(self, *extra) -> dict:
-        return {"format": CACHE_FORMAT, "model": self.module.fingerprint(), "precision": str(self.trainer.precision),
-                "data": self.data.shape_key(), "extra": extra}
+        """What cached statistics depend on: the model, where it is hooked (attention or MLP units,
+        which layers), the precision, the inputs' layout, and ``extra``."""
+        hooked = [(p.name, p.width, p.application) for p in self.module.pre_outs]
+        return {"format": CACHE_FORMAT, "model": self.module.fingerprint(), "hooked": hooked,
+                "precision": str(self.trainer.precision), "data": self.data.shape_key(), "extra": extra}
 
     def statistics(self) -> dict:
         cfg = self.cfg
@@ -204,15 +217,18 @@ class Experiment:
     def _evaluate(self, point, writer: ResultWriter) -> None:
         trainer, module = self.trainer, self.module
         n_layers, width = module.hooks.n_layers, module.hooks.width
-        if point.seed not in self._orders:
-            self._orders[point.seed] = neuron_order(point.seed, n_layers, width, self.cfg.selection)
-        mask = ablation_mask(self._orders[point.seed], point.fraction, n_layers, width)
+        cfg, n_neurons = self.cfg, len(self.layers) * width
         if point.method == "baseline":
-            writer.begin(point, 0, n_layers * width)
+            writer.begin(point, 0, n_neurons)
             trainer.test(module, dataloaders=self.data.test_dataloader(), verbose=False)
             return
         replacement = self.on_device(point.method)  # calibration or a resample sweep may run here, before the clock starts
-        writer.begin(point, int(mask.sum()), n_layers * width)
+        if point.seed not in self._orders:
+            scores = unit_scores(self.stats, cfg.order, self.unit_size)
+            self._orders[point.seed] = neuron_order(point.seed, n_layers, width, cfg.selection, self.unit_size,
+                                                    self.layers, scores, parse_order(cfg.order)[1])
+        mask = ablation_mask(self._orders[point.seed], point.fraction, n_layers, width, self.unit_size, self.layers)
+        writer.begin(point, int(mask.sum()), n_neurons)
         with self._ablated(mask, replacement):
             trainer.test(module, dataloaders=self.data.test_dataloader(), verbose=False)
 

@@ -17,8 +17,9 @@ from ablate_lit.store import read_rows
 def load_runs(run_dirs: list[str]) -> list[dict]:
     """Valid rows of every run (malformed ones reported on stderr, file and line, and skipped); a
     (model, method, seed, fraction) seen twice is kept once (first run wins). Runs of one model name
-    with different identities (other weights, data or settings) are never merged: each gets its run
-    folder added to the name, so each has its own column."""
+    with different setups (other weights, data or settings) are never merged: each gets its run
+    folder added to the name, so each has its own column. Runs of one setup that ablate other units
+    (MLP units, heads, some layers, an order) are lines of their own in the same column."""
     runs = []
     for d in run_dirs:
         if not (Path(d) / "results.csv").is_file() and not (Path(d) / "points").is_dir():
@@ -27,15 +28,17 @@ def load_runs(run_dirs: list[str]) -> list[dict]:
         for problem in problems:
             print(f"warning: {problem}", file=sys.stderr)
         runs.append((Path(d), found))
-    models: dict[str, set] = {}  # model name -> the identities (model, data, settings) of its runs
+    models: dict[str, dict] = {}  # model name -> {setup (model, data, settings): the first run folder with it}
     for d, found in runs:
         for r in found:
-            models.setdefault(r["model"], set()).add(r.get("run_id") if r.get("run_id") not in (None, "-") else str(d))
+            models.setdefault(r["model"], {}).setdefault(_setup(r, d), d.name)
     rows, seen = [], set()
     for d, found in runs:
         for r in found:
-            if len(models[r["model"]]) > 1:
-                r = {**r, "model": f"{r['model']} ({d.name})"}
+            r = {**r, "method": method_label(r)}  # attention neurons, heads and MLP units of one model: separate lines
+            setups = models[r["model"]]
+            if len(setups) > 1:
+                r = {**r, "model": f"{r['model']} ({setups[_setup(r, d)]})"}
             key = (r["model"], r["method"], int(r["seed"]), fraction_key(r["fraction"]))
             if key not in seen:
                 seen.add(key)
@@ -43,6 +46,29 @@ def load_runs(run_dirs: list[str]) -> list[dict]:
     if not rows:
         raise AblateError("the runs hold no results yet")
     return rows
+
+
+def _setup(row: dict, run_dir: Path) -> str:
+    for key in ("setup_id", "run_id"):
+        if row.get(key) not in (None, "", "-"):
+            return row[key]
+    return str(run_dir)
+
+
+def method_label(row: dict) -> str:
+    """The method, with what was ablated where it is not the paper's (attention neurons, all layers, at random)."""
+    parts = []
+    if row.get("site") == "mlp":
+        parts.append("MLP")
+    if row.get("unit") == "head":
+        parts.append("heads")
+    if row.get("layers") not in (None, "", "-", "all"):
+        parts.append(f"layers {row['layers']}")
+    if row.get("order") not in (None, "", "-", "random"):
+        parts.append(f"by {row['order']}")
+    if row.get("selection") == "global":
+        parts.append("global")
+    return row["method"] + (f" [{', '.join(parts)}]" if parts else "")
 
 
 def table(rows: list[dict], fractions: list[float]) -> tuple[str, list[dict]]:

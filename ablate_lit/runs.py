@@ -29,7 +29,17 @@ def run_identity(trainer, module, data, cfg: AblationConfig) -> dict:
             "eval_data": data.fingerprint("evaluation"), "calib_data": data.fingerprint("calibration"),
             "precision": str(trainer.precision), "eps": cfg.eps, "n_bins": cfg.n_bins, "bin_alignment": cfg.bin_alignment,
             "selection": cfg.selection, "n_resample": cfg.n_resample, "resample_seed": cfg.resample_seed,
-            "generator": module.hparams.get("generator")}
+            "generator": module.hparams.get("generator"), **what_is_ablated(module, cfg)}
+
+
+WHAT = ("site", "unit", "layers", "order", "selection", "pre_outs")
+"""The identity's keys that say what is ablated (one model and data can have runs of each)."""
+
+
+def what_is_ablated(module, cfg: AblationConfig) -> dict:
+    n = module.hooks.n_layers
+    layers = "all" if cfg.layers is None else ";".join(str(i % n) for i in sorted({i % n for i in cfg.layers}))
+    return {"site": cfg.site, "unit": cfg.unit, "layers": layers, "order": cfg.order}
 
 
 def run_experiment(trainer, module, data, cfg: AblationConfig, name: str | None, root: str, config_yaml: str) -> Path:
@@ -60,6 +70,7 @@ def check_strategy(trainer, module, data, cfg: AblationConfig) -> None:
 
 
 def _run(trainer, module, data, cfg: AblationConfig, name: str | None, root: str, config_yaml: str) -> Path:
+    module.select_site(cfg.site)
     module.fingerprint()  # before any strategy wraps or shards the weights
     module.connect_data(data)
     data.setup("test")
@@ -90,7 +101,8 @@ def _run(trainer, module, data, cfg: AblationConfig, name: str | None, root: str
     say(trainer, module.describe_pre_outs())
     fixed = {"model": label, "selection": cfg.selection, "eps": cfg.eps, "bin_alignment": cfg.bin_alignment,
              "n_bins": cfg.n_bins, "n_resample": cfg.n_resample, "precision": str(trainer.precision), "mode": cfg.mode,
-             "model_id": module.fingerprint(), "run_id": store.run_id}
+             **{k: identity[k] for k in WHAT}, "model_id": module.fingerprint(), "run_id": store.run_id,
+             "setup_id": digest({k: v for k, v in identity.items() if k not in WHAT})}
     with stopped_by_signals(lambda: f"{experiment.done} of {experiment.total} evaluations done (in {store.csv})"):
         experiment.run(ResultWriter(store, fixed))
     if trainer.is_global_zero:

@@ -33,14 +33,17 @@ from ablate_lit.ablation.schedule import Point, fraction_key
 from ablate_lit.atomic import HOST, clear_stale, create_text, csv_text, pid_alive, write_text
 from ablate_lit.errors import AblateError
 
-RESULT_FORMAT = 3
+RESULT_FORMAT = 4
 CLAIM_STALE_S = 600.0
 CLAIM_REFRESH_S = 60.0
 
 COLUMNS = ["model", "method", "seed", "fraction", "pct", "n_ablated", "n_neurons", "top1", "ce", "ppl", "n_tokens",
-           "nonfinite", "evaluated_as", "selection", "eps", "bin_alignment", "n_bins", "n_resample", "precision", "mode",
-           "model_id", "run_id", "time_s"]
-"""results.csv columns: the point, its scores, the settings that shaped them, and the run's identity."""
+           "nonfinite", "evaluated_as", "site", "unit", "layers", "order", "selection", "eps", "bin_alignment", "n_bins",
+           "n_resample", "precision", "mode", "model_id", "setup_id", "run_id", "time_s"]
+"""results.csv columns: the point, its scores (top1 as a fraction in [0, 1]), what was ablated, the settings that
+shaped the numbers, and the run's identity (setup_id: the same model, data and settings, whatever is ablated)."""
+OPTIONAL = ("site", "unit", "layers", "order", "n_bins", "n_resample", "mode", "model_id", "setup_id", "run_id")
+"""Columns that results.csv files of earlier versions lack."""
 
 _INT = ("seed", "n_ablated", "n_neurons", "n_tokens", "nonfinite")
 _FLOAT = ("fraction", "top1", "ce", "eps")
@@ -311,7 +314,7 @@ def read_rows(run_dir: Path) -> tuple[list[dict], list[str]]:
 def read_csv_rows(path: Path) -> tuple[list[dict], list[str]]:
     """Rows of a results.csv; a line that is not a complete row is reported (file and line) and skipped."""
     rows, problems = [], []
-    required = [c for c in COLUMNS if c not in ("model_id", "run_id", "n_bins", "n_resample", "mode")]  # older files lack these
+    required = [c for c in COLUMNS if c not in OPTIONAL]
     try:
         with open(path, newline="", encoding="utf-8") as fh:
             reader = csv.DictReader(fh)

@@ -113,3 +113,27 @@ class SyncCalls(TorchFunctionMode):
         elif name == "to" and ("device" in kwargs or any(isinstance(a, (str, torch.device)) for a in args[1:])):
             self.calls["to(device)"] += 1
         return func(*args, **kwargs)
+
+
+def patched(model, path: str, n_layers: int, fn, run_forward):
+    """run_forward() while the input x of the module(s) at ``path`` becomes fn(layer, x); layers are
+    counted in call order within each forward pass, so a module called 3 times is layers 0, 1, 2."""
+    paths = [path.format(i) for i in range(n_layers)] if "{}" in path else [path]
+    calls = {"n": 0}
+    saved = [(m, m.forward) for m in dict.fromkeys(model.get_submodule(p) for p in paths)]
+
+    def wrap(forward):
+        def patched_forward(x, *args, **kwargs):
+            layer = calls["n"] % n_layers
+            calls["n"] += 1
+            return forward(fn(layer, x), *args, **kwargs)
+        return patched_forward
+
+    for m, forward in saved:
+        m.forward = wrap(forward)
+    try:
+        with torch.no_grad():
+            return run_forward()
+    finally:
+        for m, forward in saved:
+            m.forward = forward

@@ -23,7 +23,7 @@ from ablate_lit import AblateError, CausalLMAblation, ImageData, MaskedLMAblatio
 from ablate_lit.ablation.schedule import ablation_mask, neuron_order
 from ablate_lit.tiny import ZOO_CAUSAL, ZOO_MASKED
 
-from helpers import read_rows, run
+from helpers import patched, read_rows, run
 
 _LLAMA_LIKE = "model.layers.{}.self_attn.o_proj"
 HOOKED = {
@@ -103,30 +103,6 @@ def ce_by_hand(mod, name, x, labels) -> float:
         return float(F.cross_entropy(out[:, :-1].reshape(-1, out.shape[-1]), x[:, 1:].reshape(-1)))
     keep = labels != -100
     return float(F.cross_entropy(out[keep], labels[keep]))
-
-
-def patched(model, path: str, n_layers: int, fn, run_forward):
-    """run_forward() while the input x of the module(s) at ``path`` becomes fn(layer, x); layers are
-    counted in call order within each forward pass, so a module called 3 times is layers 0, 1, 2."""
-    paths = [path.format(i) for i in range(n_layers)] if "{}" in path else [path]
-    calls = {"n": 0}
-    saved = [(m, m.forward) for m in dict.fromkeys(model.get_submodule(p) for p in paths)]
-
-    def wrap(forward):
-        def patched_forward(x, *args, **kwargs):
-            layer = calls["n"] % n_layers
-            calls["n"] += 1
-            return forward(fn(layer, x), *args, **kwargs)
-        return patched_forward
-
-    for m, forward in saved:
-        m.forward = wrap(forward)
-    try:
-        with torch.no_grad():
-            return run_forward()
-    finally:
-        for m, forward in saved:
-            m.forward = forward
 
 
 @pytest.mark.parametrize("name", sorted(HOOKED))

@@ -85,3 +85,23 @@ def test_bf16_results_are_within_bf16_rounding_of_fp32(capsys, tiny_models, corp
         # the score totals themselves accumulate in float64 whatever the model runs in: a mean CE
         # summed in bf16 would land on bf16's grid (multiples of 2**-5 between 4 and 8)
         assert float(b["ce"]) * 2**5 != round(float(b["ce"]) * 2**5)
+
+
+@pytest.mark.parametrize("what", [["--ablation.site", "mlp"], ["--ablation.unit", "head", "--ablation.selection", "global"]])
+def test_mlp_units_and_heads_under_two_processes_equal_one(tiny_models, corpus, tmp_path, what):
+    data = ["--data.max_tokens", 105, "--data.calib_tokens", 225, "--data.batch_size", 3, "--ablation.n_resample", 3,
+            "--ablation.methods", "[zero,mean,resample:random_tokens]", "--ablation.seeds", "[0]", *what]
+    runs = {}
+    for strategy in ("single", "ddp"):
+        extra = [*data, "--ablation.cache_dir", tmp_path / f"cache-{strategy}"]
+        if strategy == "ddp":
+            extra += ["--trainer.devices", 2, "--trainer.strategy", "ddp"]
+        proc = cli(*tiny_args(tiny_models["llama"], corpus, tmp_path / strategy), *extra)
+        assert proc.returncode == 0, proc.stderr[-3000:]
+        runs[strategy] = read_rows(tmp_path / strategy / "run" / "results.csv")
+    for a, b in zip(runs["single"], runs["ddp"], strict=True):
+        assert (a["method"], a["fraction"], a["n_ablated"], a["n_tokens"]) == (b["method"], b["fraction"], b["n_ablated"], b["n_tokens"])
+        assert float(a["ce"]) == pytest.approx(float(b["ce"]), rel=1e-5)
+    s1, s2 = _stats(tmp_path / "cache-single", "stats"), _stats(tmp_path / "cache-ddp", "stats")
+    assert torch.equal(s1["count"], s2["count"])
+    torch.testing.assert_close(s1["mean"], s2["mean"], rtol=1e-5, atol=1e-7)

@@ -1,9 +1,12 @@
-"""Nested random neuron sets and the list of evaluation points.
+"""Nested sets of ablated units and the list of evaluation points.
 
-The set ablated at a fraction depends only on (seed, fraction, selection, model shape), never on
-the method, so every method is compared on identical sets. For each seed a random order of the
-neurons is drawn once; the set at fraction f is its first ``n_ablated(f, n)`` entries, which makes
-the sets nested: the set at f is a subset of the set at any larger fraction.
+A unit is one neuron, or one attention head (its ``head_dim`` consecutive neurons). The units that
+can be ablated are those of the chosen layers (all by default). For each seed an order of the units
+is drawn once, per layer or over all chosen layers together: at random, or sorted by a calibration
+statistic (then the same for every seed). The set at fraction f is the first ``n_ablated(f, n)``
+units of that order, which makes the sets nested (the set at f is a subset of the set at any larger
+fraction), and it depends only on (seed, fraction, selection, order, model shape), never on the
+method, so every method is compared on identical sets.
 """
 
 from __future__ import annotations
@@ -16,6 +19,39 @@ import torch
 from ablate_lit.errors import AblateError
 
 SELECTIONS = ("per_layer", "global")
+UNITS = ("neuron", "head")
+SITES = ("attn", "mlp")
+
+ORDERS = {
+    "std": lambda s: s["std"],
+    "peak_mean_gap": lambda s: (s["peak"] - s["mean"]).abs(),
+    "abs_peak": lambda s: s["peak"].abs(),
+    "abs_mean": lambda s: s["mean"].abs(),
+    "off_zero_peak": lambda s: s["peak"].abs() / s["std"].median(dim=1, keepdim=True).values.clamp_min(1e-12),
+    "bimodality": lambda s: s["bimodality"],
+    "abs_skew": lambda s: s["skew"].abs(),
+}
+"""Calibration statistics units can be ablated in order of ([n_layers, width] from the statistics)."""
+
+
+def parse_order(text: str) -> tuple[str | None, bool]:
+    """``random`` -> (None, False); ``<statistic>[:asc|:desc]`` -> (statistic, descending)."""
+    name, _, direction = str(text).strip().partition(":")
+    if name == "random" and not direction:
+        return None, False
+    if name not in ORDERS or direction not in ("", "asc", "desc"):
+        raise AblateError(f"unknown ablation.order '{text}'; use random, or one of {', '.join(ORDERS)} "
+                          "(ascending; add :desc for descending, e.g. std:desc)")
+    return name, direction == "desc"
+
+
+def unit_scores(stats: dict, order: str, unit_size: int) -> torch.Tensor | None:
+    """[n_layers, n_units] scores of ``order`` (a head scores the mean of its neurons), or None for random."""
+    name, _ = parse_order(order)
+    if name is None:
+        return None
+    scores = ORDERS[name](stats).double()
+    return scores.view(scores.shape[0], -1, unit_size).mean(-1)
 
 
 FRACTION_DIGITS = 6
@@ -31,24 +67,40 @@ def n_ablated(fraction: float, n: int) -> int:
     return int(math.floor(round(fraction * n, 9) + 0.5))
 
 
-def neuron_order(seed: int, n_layers: int, width: int, selection: str) -> torch.Tensor:
-    """A random order of the neurons: [n_layers, width] per layer, or [n_layers*width] globally."""
+def neuron_order(seed: int, n_layers: int, width: int, selection: str, unit_size: int = 1,
+                 layers: list[int] | None = None, scores: torch.Tensor | None = None,
+                 descending: bool = False) -> torch.Tensor:
+    """An order of the units (``unit_size`` consecutive neurons each) of ``layers`` (default: all):
+    [len(layers), n_units] per layer, or [len(layers) * n_units] over all of them (``global``; flat
+    indices into (chosen layer, unit)). Random from ``seed``, or sorted by ``scores`` [n_layers,
+    n_units] (ascending unless ``descending``; ties by index, NaN last)."""
     if selection not in SELECTIONS:
         raise AblateError(f"unknown selection '{selection}'; use one of: {', '.join(SELECTIONS)}")
+    chosen = list(range(n_layers)) if layers is None else list(layers)
+    n_units = width // unit_size
+    if scores is not None:
+        keys = scores[chosen].double()
+        keys = torch.nan_to_num(-keys if descending else keys, nan=float("inf"))
+        flat = keys.reshape(-1) if selection == "global" else keys
+        return torch.sort(flat, dim=-1, stable=True).indices
     gen = torch.Generator().manual_seed(int(seed))
     if selection == "global":
-        return torch.randperm(n_layers * width, generator=gen)
-    return torch.stack([torch.randperm(width, generator=gen) for _ in range(n_layers)])
+        return torch.randperm(len(chosen) * n_units, generator=gen)
+    return torch.stack([torch.randperm(n_units, generator=gen) for _ in chosen])
 
 
-def ablation_mask(order: torch.Tensor, fraction: float, n_layers: int, width: int) -> torch.Tensor:
+def ablation_mask(order: torch.Tensor, fraction: float, n_layers: int, width: int, unit_size: int = 1,
+                  layers: list[int] | None = None) -> torch.Tensor:
     """Boolean [n_layers, width]: True where the neuron is ablated at ``fraction``."""
-    mask = torch.zeros(n_layers, width, dtype=torch.bool)
+    chosen = list(range(n_layers)) if layers is None else list(layers)
+    n_units = width // unit_size
+    units = torch.zeros(len(chosen), n_units, dtype=torch.bool)
     if order.dim() == 1:  # global
-        mask.view(-1)[order[: n_ablated(fraction, n_layers * width)]] = True
+        units.view(-1)[order[: n_ablated(fraction, len(chosen) * n_units)]] = True
     else:
-        k = n_ablated(fraction, width)
-        mask.scatter_(1, order[:, :k], True)
+        units.scatter_(1, order[:, : n_ablated(fraction, n_units)], True)
+    mask = torch.zeros(n_layers, width, dtype=torch.bool)
+    mask[chosen] = units.repeat_interleave(unit_size, dim=1)
     return mask
 
 

@@ -50,6 +50,8 @@ class PreOut:
     """The hooked input is ``[batch, pos, width]`` (False for windowed attention such as Swin's)."""
     verified: bool = False
     """A test forward pass showed the hooked value equal to the layer's SDPA output, heads concatenated."""
+    site: str = "attn"
+    """attn: the heads' concatenated output (n_heads x head_dim); mlp: the MLP hidden units (1 x intermediate size)."""
 
     @property
     def width(self) -> int:

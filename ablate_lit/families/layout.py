@@ -39,6 +39,13 @@ HIDDEN = ("hidden_size", "n_embd", "d_model", "embed_dim", "dim")
 OPTIONS = "--model.blocks PATH (the list of transformer blocks) and --model.out_proj PATH (inside a block)"
 
 
+ACTIVATION = re.compile(r"gelu|relu|silu|swish|tanh|sigmoid|activation|mish|softplus|glu|hardswish|act$", re.IGNORECASE)
+
+
+def is_activation(module: nn.Module) -> bool:
+    return bool(ACTIVATION.search(type(module).__name__))
+
+
 def is_norm(module: nn.Module) -> bool:
     return bool(NORM.search(type(module).__name__))
 

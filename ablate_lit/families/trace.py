@@ -31,7 +31,7 @@ from torch import nn
 
 from ablate_lit.errors import AblateError
 from ablate_lit.families.base import PreOut
-from ablate_lit.families.layout import OPTIONS, is_attention, is_norm
+from ablate_lit.families.layout import OPTIONS, is_activation, is_attention, is_norm
 
 
 def _tensors(value) -> list[torch.Tensor]:
@@ -77,7 +77,7 @@ def trace(model: nn.Module, pre_outs: list[PreOut], forward: Callable[[], object
         if ins:
             first_input[id(module)] = ins[0]
         for t in _tensors(output):
-            if not any(t is a for a in ins):
+            if not any(t is a for a in ins) and id(t) not in produced:  # the innermost module that made it
                 produced[id(t)] = module
                 keep.append(t)
 
@@ -113,21 +113,24 @@ def trace(model: nn.Module, pre_outs: list[PreOut], forward: Callable[[], object
         p = targets[id(module)]
         if not isinstance(x, torch.Tensor) or x.shape[-1] != p.width:
             got = tuple(x.shape) if isinstance(x, torch.Tensor) else type(x).__name__
-            raise AblateError(f"{p.name} receives {got}, not [..., {p.n_heads} heads x {p.head_dim}]; pass {OPTIONS}")
+            raise AblateError(f"{p.name} receives {got}, not [..., {p.width}]; pass {OPTIONS}")
         hooked, name, value = module, p.name, x
-        if source is not None and not is_attention(source):
+        expected = is_attention if p.site == "attn" else is_activation  # what may produce the hooked value
+        what = "the heads' output" if p.site == "attn" else "the MLP's hidden units"
+        option = "--model.out_proj" if p.site == "attn" else "--model.mlp_proj"
+        if source is not None and not expected(source):
             if not is_norm(source):
-                raise AblateError(f"{type(source).__name__} '{names.get(id(source))}' transforms the heads' output before "
-                                  f"{p.name}; ablate_lit hooks the heads' concatenated output (hook_z): pass "
-                                  "--model.out_proj PATH naming the module that receives it")
+                raise AblateError(f"{type(source).__name__} '{names.get(id(source))}' transforms {what} before "
+                                  f"{p.name}; ablate_lit hooks {what} themselves: pass {option} PATH naming the module "
+                                  "that receives them")
             hooked, name, value = source, names.get(id(source), p.name), source_input
             earlier = produced.get(id(source_input))
-            if earlier is not None and not is_attention(earlier):
-                raise AblateError(f"{p.name} does not receive the heads' output: its input comes from the norm '{name}', fed by "
-                                  f"{type(earlier).__name__} '{names.get(id(earlier))}'; pass --model.out_proj PATH naming "
-                                  "the module that receives the attention heads' output")
+            if earlier is not None and not expected(earlier):
+                raise AblateError(f"{p.name} does not receive {what}: its input comes from the norm '{name}', fed by "
+                                  f"{type(earlier).__name__} '{names.get(id(earlier))}'; pass {option} PATH naming "
+                                  f"the module that receives {what}")
         verified = False
-        if n_sdpa and n_sdpa - 1 not in used:  # this layer's attention ran SDPA: its output must be the hooked value
+        if p.site == "attn" and n_sdpa and n_sdpa - 1 not in used:  # this layer's attention ran SDPA: its output must be the hooked value
             used.add(n_sdpa - 1)
             verified = _same_as_heads(value, attention_outputs[n_sdpa - 1])
             if verified is False:

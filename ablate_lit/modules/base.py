@@ -60,11 +60,26 @@ class AblationModule(L.LightningModule):
         self.pre_outs, output = trace(self.model, pre_outs, lambda: self.example_forward(2), batch_size=2)
         self.check_example(output)
         self.hooks = PreOutHooks(self.pre_outs, self.model)
+        self.site, self._config = "attn", config
+        self._by_site = {"attn": (self.pre_outs, self.hooks)}
         names = {id(m): n for n, m in self.model.named_modules()}
         blocks = {names[id(p.block)] for p in self.pre_outs}
         self.unhooked = [path for path, _ in attention_modules(self.model)
                          if not any(path == b or path.startswith(b + ".") for b in blocks)]
         """Attention modules outside the ablated blocks (CaiT's class-attention blocks, a second tower)."""
+
+    def select_site(self, site: str) -> None:
+        """Hook the attention heads' output (``attn``) or the MLP hidden units (``mlp``: located in the
+        blocks of the attention layers, ``families.mlp``, and checked on one forward pass)."""
+        if site not in self._by_site:
+            from ablate_lit.families.mlp import locate_mlp
+
+            attention = self._by_site["attn"][0]
+            found = locate_mlp(self.model, self._config, attention, self.hparams.get("mlp_proj"))
+            pre_outs, _ = trace(self.model, found, lambda: self.example_forward(2), batch_size=2)
+            self._by_site[site] = (pre_outs, PreOutHooks(pre_outs, self.model))
+        self.site = site
+        self.pre_outs, self.hooks = self._by_site[site]
 
     def describe_pre_outs(self) -> str:
         """One line: how many layers and neurons are hooked, where, and how the place was found."""
@@ -72,6 +87,10 @@ class AblationModule(L.LightningModule):
         names = list(dict.fromkeys(q.name for q in self.pre_outs))
         where = names[0] if len(names) == 1 else ", ".join(dict.fromkeys(_pattern(n) for n in names))
         shared = f", one module applied {p.n_applications} times" if p.shared else ""
+        if p.site == "mlp":
+            between = "" if p.direct else f", the input of a {type(p.module).__name__} before the output projection"
+            return (f"MLP hidden units: {len(self.pre_outs)} layers x {p.width} neurons each, at {where}{between}{shared} "
+                    "(checked against the intermediate size and on a forward pass)")
         between = "" if p.direct else f", the input of a {type(p.module).__name__} between the heads and the out-projection"
         checked = sum(q.verified for q in self.pre_outs)
         n = len(self.pre_outs)
@@ -198,7 +217,7 @@ class AblationModule(L.LightningModule):
             h.update(json.dumps(getattr(self.model, "pretrained_cfg", {}), sort_keys=True, default=str).encode())
         h.update(str(next(self.model.parameters()).dtype).encode())
         named = dict(self.model.named_parameters())
-        proj_ids = {id(p.proj) for p in self.pre_outs}
+        proj_ids = {id(p.proj) for p in self._by_site["attn"][0]}  # the same whatever site is hooked
         projections = [n + ".weight" for n, m in self.model.named_modules() if id(m) in proj_ids]
         for name in sorted(named)[:: max(1, len(named) // 16)] + projections:
             t = named.get(name)

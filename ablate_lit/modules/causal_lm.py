@@ -29,6 +29,7 @@ class CausalLMAblation(TextAblationModule):
         tokenizer: str | None = None,
         blocks: str | None = None,
         out_proj: str | None = None,
+        mlp_proj: str | None = None,
     ):
         """
         Args:
@@ -41,6 +42,7 @@ class CausalLMAblation(TextAblationModule):
             tokenizer: tokenizer folder or hub id, for a model folder saved without one (default: the model's).
             blocks: path of the list of transformer blocks (e.g. model.layers), for a model whose layout is not found.
             out_proj: path inside a block of the attention output projection (e.g. self_attn.o_proj).
+            mlp_proj: path inside a block of the MLP output projection (e.g. mlp.down_proj), for --ablation.site mlp.
         """
         super().__init__()
         self.save_hyperparameters()

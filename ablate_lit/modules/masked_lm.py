@@ -15,7 +15,7 @@ class MaskedLMAblation(TextAblationModule):
 
     def __init__(self, name_or_path: str, dtype: str = "float32", revision: str | None = None,
                  attn_implementation: str | None = None, generator: str | None = None, tokenizer: str | None = None,
-                 blocks: str | None = None, out_proj: str | None = None):
+                 blocks: str | None = None, out_proj: str | None = None, mlp_proj: str | None = None):
         """
         Args:
             name_or_path: hub model id (e.g. FacebookAI/roberta-large) or a local folder.
@@ -26,6 +26,7 @@ class MaskedLMAblation(TextAblationModule):
             tokenizer: tokenizer folder or hub id, for a model folder saved without one (default: the model's).
             blocks: path of the list of transformer blocks (e.g. bert.encoder.layer), for a model whose layout is not found.
             out_proj: path inside a block of the attention output projection (e.g. attention.output.dense).
+            mlp_proj: path inside a block of the MLP output projection (e.g. output.dense), for --ablation.site mlp.
         """
         super().__init__()
         self.save_hyperparameters()

@@ -17,7 +17,7 @@ class VisionAblation(AblationModule):
     data_types = ("ImageData",)
 
     def __init__(self, name_or_path: str, dtype: str = "float32", revision: str | None = None,
-                 blocks: str | None = None, out_proj: str | None = None):
+                 blocks: str | None = None, out_proj: str | None = None, mlp_proj: str | None = None):
         """
         Args:
             name_or_path: timm model name (vit_base_patch16_224.augreg2_in21k_ft_in1k), Hugging Face id
@@ -26,6 +26,7 @@ class VisionAblation(AblationModule):
             revision: hub revision (Hugging Face models).
             blocks: path of the list of transformer blocks (e.g. blocks), for a model whose layout is not found.
             out_proj: path inside a block of the attention output projection (e.g. attn.proj).
+            mlp_proj: path inside a block of the MLP output projection (e.g. mlp.fc2), for --ablation.site mlp.
         """
         super().__init__()
         self.save_hyperparameters()
