@@ -94,8 +94,13 @@ def table(rows: list[dict], fractions: list[float]) -> tuple[str, list[dict]]:
     return "\n\n".join(blocks) + "\n", records
 
 
+STYLES = ["-", "--", ":", "-."]
+
+
 def figures(rows: list[dict], out: Path) -> list[Path]:
-    """One PNG per model: Top1 and CE against % ablated, a line per method, a band of ± std over seeds."""
+    """One PNG per model: Top1 and CE against % ablated, a line per method (colour: the method; line
+    style: what was ablated), a band of +- one std over seeds, the unablated model as a dashed line,
+    and the seeds and scored tokens behind every point in the title."""
     import matplotlib
 
     matplotlib.use("Agg")
@@ -104,10 +109,17 @@ def figures(rows: list[dict], out: Path) -> list[Path]:
     agg = aggregate(rows)
     written = []
     for model in dict.fromkeys(r["model"] for r in rows):
-        fig, axes = plt.subplots(1, 2, figsize=(11, 4))
+        mine = [r for r in rows if r["model"] == model]
+        methods = list(dict.fromkeys(r["method"] for r in mine))
+        bases = list(dict.fromkeys(m.split(" [")[0] for m in methods))
+        kinds = list(dict.fromkeys(m[len(m.split(" [")[0]):] for m in methods))
+        colours = {b: f"C{i % 10}" for i, b in enumerate(bases)}
+        fig, axes = plt.subplots(1, 2, figsize=(11.5, 4.3))
         base = agg.get((model, "baseline", 0.0))
-        for method in dict.fromkeys(r["method"] for r in rows if r["model"] == model):
+        for method in methods:
             points = sorted(f for (mo, me, f) in agg if mo == model and me == method)
+            kind = method[len(method.split(" [")[0]):]
+            style = dict(color=colours[method.split(" [")[0]], ls=STYLES[kinds.index(kind) % len(STYLES)])
             for ax, metric, scale in ((axes[0], "top1", 100.0), (axes[1], "ce", 1.0)):
                 xs, means, stds = [], [], []
                 if base:
@@ -115,16 +127,22 @@ def figures(rows: list[dict], out: Path) -> list[Path]:
                 for f in points:
                     m, s = mean_std(agg[(model, method, f)][metric])
                     xs.append(100 * f), means.append(m * scale), stds.append(0.0 if not math.isfinite(s) else s * scale)
-                line, = ax.plot(xs, means, marker="o", ms=3, label=method)
+                ax.plot(xs, means, marker="o", ms=3, label=method, **style)
                 ax.fill_between(xs, [m - s for m, s in zip(means, stds)], [m + s for m, s in zip(means, stds)],
-                                color=line.get_color(), alpha=0.2)
-        axes[0].set_ylabel("Top1 accuracy (%)")
-        axes[1].set_ylabel("cross-entropy")
-        for ax in axes:
-            ax.set_xlabel("neurons ablated (%)")
+                                color=style["color"], alpha=0.15)
+        for ax, metric, scale in ((axes[0], "top1", 100.0), (axes[1], "ce", 1.0)):
+            if base:
+                ax.axhline(mean_std(base[metric])[0] * scale, color="0.4", ls="--", lw=1, label="unablated")
+            ax.set_xlabel("units ablated (%): neurons, or heads for [heads]" if any("heads" in k for k in kinds)
+                          else "neurons ablated (%)")
             ax.grid(alpha=0.3)
-        axes[0].legend(fontsize=8)
-        fig.suptitle(model)
+        axes[0].set_ylabel("Top1 accuracy (%)")
+        axes[1].set_ylabel("cross-entropy (nats per scored token)")
+        axes[0].legend(fontsize=7, ncol=2 if len(methods) > 6 else 1)
+        seeds = max(len({r["seed"] for r in mine if r["method"] == m}) for m in methods)
+        tokens = sorted({int(r["n_tokens"]) for r in mine})
+        fig.suptitle(f"{model}: {seeds} seed(s), {'/'.join(map(str, tokens))} scored tokens (or images) per point, "
+                     "band: +- one std over seeds", fontsize=10)
         fig.tight_layout()
         path = out / f"{model}.png"
         fig.savefig(path, dpi=110)
