@@ -5,7 +5,7 @@ from __future__ import annotations
 import math
 from dataclasses import dataclass, field
 
-from ablate_lit.ablation.methods import ALL_METHODS, parse_method
+from ablate_lit.ablation.methods import METHODS, PAPER, parse_method
 from ablate_lit.ablation.schedule import FRACTION_DIGITS, SELECTIONS, SITES, UNITS, fraction_key, parse_order
 from ablate_lit.errors import check, check_seed
 from ablate_lit.stats.histogram import ALIGNMENTS
@@ -22,8 +22,9 @@ def _default_fractions() -> list[float]:
 @dataclass
 class AblationConfig:
     methods: list[str] | None = None
-    """Methods to compare: zero, mean, peak, resample:<source> with source random_chars, random_tokens, generated
-    (text) or random_pixels (images). Default: every method that applies to the model family."""
+    """Methods to compare: zero, mean, peak (peak:eps=E: bins E wide, a multiple of eps), median, peak_refined,
+    optimal, resample:<source> with source random_chars, random_tokens, generated (text), random_pixels (images)
+    or data (calibration inputs). Default: the paper's (zero, mean, peak and the family's random resample sources)."""
     fractions: list[float] = field(default_factory=_default_fractions)
     """Fractions of neurons ablated, each in [0, 1] (default 0, 0.1, ..., 1)."""
     seeds: list[int] = field(default_factory=lambda: [0, 1, 2])
@@ -63,7 +64,7 @@ class AblationConfig:
                                                         f"{EPS_RANGE[1]:g}] (activations are binned in float32); e.g. --ablation.eps 0.01")
         check(self.n_bins >= 2, f"ablation.n_bins must be at least 2, got {self.n_bins}")
         check(self.n_resample >= 1, f"ablation.n_resample must be positive, got {self.n_resample}")
-        check(self.methods is None or len(self.methods) > 0, "ablation.methods is empty; name at least one of: " + ", ".join(ALL_METHODS))
+        check(self.methods is None or len(self.methods) > 0, "ablation.methods is empty; name at least one of: " + ", ".join(METHODS))
         check(len(self.seeds) > 0, "ablation.seeds is empty; give at least one seed, e.g. --ablation.seeds [0]")
         check(len(self.fractions) > 0, "ablation.fractions is empty; e.g. --ablation.fractions [0,0.5,1]")
         for f in self.fractions:
@@ -91,6 +92,6 @@ class AblationConfig:
             check(len(set(self.methods)) == len(self.methods), f"ablation.methods has duplicates: {self.methods}")
 
     def resolve_methods(self, resample_sources: tuple[str, ...]) -> None:
-        """Fill in the default methods for a family (constants plus its resample sources)."""
+        """Fill in the default methods for a family: the paper's (zero, mean, peak and its randomised resample sources)."""
         if self.methods is None:
-            self.methods = ["zero", "mean", "peak"] + [f"resample:{s}" for s in resample_sources]
+            self.methods = [*PAPER] + [f"resample:{s}" for s in resample_sources if s != "data"]

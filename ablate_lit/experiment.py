@@ -12,6 +12,7 @@ from torch.utils.data import DataLoader
 
 from ablate_lit.ablation.hooks import folded
 from ablate_lit.ablation.methods import parse_method
+from ablate_lit.stats.calibration import CalibrationStats
 from ablate_lit.ablation.schedule import ablation_mask, neuron_order, parse_order, plan, unit_scores
 from ablate_lit.callbacks.calibration import CalibrationCallback
 from ablate_lit.callbacks.results import ResultWriter
@@ -64,8 +65,8 @@ class Experiment:
         self.trainer, self.module, self.data, self.cfg = trainer, module, data, cfg
         cfg.resolve_methods(module.resample_sources)
         self.run_dir, self.cache_dir = Path(run_dir), Path(cache_dir)
-        self.methods = [parse_method(m) for m in cfg.methods]
-        self._stats: dict | None = None
+        self.methods = {m.label: m for m in map(parse_method, cfg.methods)}
+        self._stats: CalibrationStats | None = None
         self._orders: dict = {}
         n_layers = module.hooks.n_layers
         for layer in cfg.layers or []:
@@ -79,13 +80,8 @@ class Experiment:
             cfg.seeds = cfg.seeds[:1]
         self._current: tuple[str | None, dict] = (None, {})
         self.total = self.done = 0
-        for m in self.methods:
-            if m.source and m.source not in module.resample_sources:
-                raise AblateError(f"resample source '{m.source}' does not apply to {module.family} models; "
-                                  f"use one of: {', '.join('resample:' + s for s in module.resample_sources)}")
-            if m.source and not all(p.batch_major for p in module.pre_outs):
-                raise AblateError(f"{m.label} needs pre-outs laid out [batch, pos, width], but this model's attention folds "
-                                  "windows into the batch (windowed attention); use zero, mean or peak")
+        for method in self.methods.values():
+            method.check(self)
 
     # -- calibration -----------------------------------------------------------------------------
     def _validate(self, callback: CalibrationCallback, loader: DataLoader) -> dict:
@@ -104,12 +100,13 @@ class Experiment:
         return {"format": CACHE_FORMAT, "model": self.module.fingerprint(), "hooked": hooked,
                 "precision": str(self.trainer.precision), "data": self.data.shape_key(), "extra": extra}
 
-    def statistics(self) -> dict:
+    def statistics(self) -> CalibrationStats:
         cfg = self.cfg
         key = digest(self._calibration_key("stats", self.data.fingerprint("calibration"), cfg.eps, cfg.n_bins, cfg.bin_alignment))
         path = self.cache_dir / f"stats-{key}.pt"
         stats = _load(path, key)
         if stats is not None:
+            stats = CalibrationStats(stats)
             say(self.trainer, f"calibration statistics: cached ({path})")
             return stats
         self.check_statistics_fit(self.module.device)
@@ -121,7 +118,7 @@ class Experiment:
         if self.trainer.is_global_zero:
             _save(stats, path)
         self._warn_outside_window(stats)
-        return stats
+        return CalibrationStats(stats)
 
     def check_statistics_fit(self, device) -> None:
         """Refuse histograms that cannot fit on ``device`` before anything is allocated or evaluated."""
@@ -139,8 +136,8 @@ class Experiment:
 
     def resample_cache(self, source: str) -> torch.Tensor:
         cfg, data, module = self.cfg, self.data, self.module
-        key = digest(self._calibration_key("resample", source, cfg.n_resample, cfg.resample_seed,
-                                          module.hparams.get("generator")))
+        inputs_from = self.data.fingerprint("calibration") if source == "data" else module.hparams.get("generator")
+        key = digest(self._calibration_key("resample", source, cfg.n_resample, cfg.resample_seed, inputs_from))
         path = self.cache_dir / f"resample-{source}-{key}.pt"
         cached = _load(path, key)
         if cached is not None:
@@ -161,33 +158,25 @@ class Experiment:
         return result["resample"]
 
     # -- the schedule ------------------------------------------------------------------------------
-    def replacement(self, method, stats: dict) -> dict:
-        """The replacement values of ``method`` (on the CPU; ``on_device`` moves them)."""
-        if method.name == "zero":
-            return {"values": torch.zeros_like(stats["mean"], dtype=torch.float32)}
-        if method.name == "mean":
-            return {"values": stats["mean"].float()}
-        if method.name == "peak":
-            return {"values": stats["peak"].float()}
-        return {"resample": self.resample_cache(method.source)}
-
-    def on_device(self, method: str) -> dict:
-        """``method``'s replacement values on the model's device. They move there once: the schedule
-        runs the points of one method together, and only the current method's values stay on the
-        device (a resample cache can take GiBs)."""
-        if self._current[0] != method:
+    def on_device(self, point) -> dict:
+        """The point's replacement values on the model's device. They move there once per method
+        (once per point for a method fitted per point): the schedule runs the points of one method
+        together, and only the current values stay on the device (a resample cache can take GiBs)."""
+        method = self.methods[point.method]
+        key = (method.label, point.seed, point.fraction) if getattr(method, "per_point", False) else method.label
+        if self._current[0] != key:
             self._current = (None, {})  # the previous method's values leave the device first
-            values = self.replacement(parse_method(method), self.stats)
-            self._current = (method, {k: v.to(self.module.device) for k, v in values.items()})
+            values = method.replacement(self, point)
+            self._current = (key, {k: v.to(self.module.device) for k, v in values.items()})
         return self._current[1]
 
     def _ablated(self, mask: torch.Tensor, replacement: dict):
-        if self.cfg.mode == "fold" and "values" in replacement:
+        if self.cfg.mode == "fold" and "values" in replacement:  # constant methods; resampling is always hooked
             return folded(self.module.pre_outs, mask, replacement["values"])
         return self.module.hooks.ablating(mask, device=self.module.device, **replacement)
 
     @property
-    def stats(self) -> dict:
+    def stats(self) -> CalibrationStats:
         """The calibration statistics, computed (or loaded) when a point first needs them."""
         if self._stats is None:
             self._stats = self.statistics()
@@ -222,7 +211,7 @@ class Experiment:
             writer.begin(point, 0, n_neurons)
             trainer.test(module, dataloaders=self.data.test_dataloader(), verbose=False)
             return
-        replacement = self.on_device(point.method)  # calibration or a resample sweep may run here, before the clock starts
+        replacement = self.on_device(point)  # calibration or a resample sweep may run here, before the clock starts
         if point.seed not in self._orders:
             scores = unit_scores(self.stats, cfg.order, self.unit_size)
             self._orders[point.seed] = neuron_order(point.seed, n_layers, width, cfg.selection, self.unit_size,

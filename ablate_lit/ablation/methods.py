@@ -1,35 +1,148 @@
-"""Ablation methods and the replacement value each one gives every neuron."""
+"""Ablation methods: each is a small class that gives the replacement values of a point.
+
+A method turns what the run knows (``Experiment``: its calibration statistics, resample caches,
+the point's neuron set) into replacement values: ``{"values": [n_layers, width]}`` (one constant
+per neuron) or ``{"resample": [n_layers, rows, pos, width]}`` (values per input row and position).
+Adding a method is one class here, registered in METHODS, and its test.
+"""
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from typing import ClassVar
+
+import torch
 
 from ablate_lit.errors import AblateError
 
-CONSTANT_METHODS = ("zero", "mean", "peak")
-RESAMPLE_SOURCES = ("random_chars", "random_tokens", "generated", "random_pixels")
-ALL_METHODS = CONSTANT_METHODS + tuple(f"resample:{s}" for s in RESAMPLE_SOURCES)
+RESAMPLE_SOURCES = ("random_chars", "random_tokens", "generated", "random_pixels", "data")
 
 
-@dataclass(frozen=True)
 class Method:
-    name: str
-    source: str | None = None
+    """A replacement value for ablated units. ``arg`` is what follows ``name:`` in its label."""
+
+    name: ClassVar[str] = ""
+    help: ClassVar[str] = ""
+    constant: ClassVar[bool] = True
+    """One value per neuron (fold mode can write it into the out-projection); False for resampling."""
+
+    def __init__(self, arg: str = ""):
+        self.arg = arg
 
     @property
     def label(self) -> str:
-        return f"{self.name}:{self.source}" if self.source else self.name
+        return f"{self.name}:{self.arg}" if self.arg else self.name
+
+    def check(self, experiment) -> None:
+        """Refuse settings this method cannot work with (one line), before anything runs."""
+
+    def replacement(self, experiment, point) -> dict:
+        raise NotImplementedError
+
+
+class Zero(Method):
+    name, help = "zero", "0"
+
+    def replacement(self, experiment, point):
+        hooks = experiment.module.hooks
+        return {"values": torch.zeros(hooks.n_layers, hooks.width)}
+
+
+class Mean(Method):
+    name, help = "mean", "the mean of the calibration activations"
+
+    def replacement(self, experiment, point):
+        return {"values": experiment.stats["mean"].float()}
+
+
+class Median(Method):
+    name, help = "median", "the centre of the eps-bin holding the median of the calibration activations"
+
+    def replacement(self, experiment, point):
+        return {"values": experiment.stats.median().float()}
+
+
+class Peak(Method):
+    name = "peak"
+    help = "the centre of the fullest eps-bin (the paper); peak:eps=E with bins E wide, E a multiple of ablation.eps"
+
+    def __init__(self, arg: str = ""):
+        super().__init__(arg)
+        self.eps = None
+        if arg:
+            key, _, value = arg.partition("=")
+            try:
+                self.eps = float(value) if key == "eps" else None
+            except ValueError:
+                self.eps = None
+            if self.eps is None or not self.eps > 0:
+                raise AblateError(f"unknown peak option '{arg}'; use peak:eps=E with E a multiple of ablation.eps, e.g. peak:eps=0.04")
+            self.arg = f"eps={self.eps:g}"
+
+    def multiple(self, eps: float) -> int:
+        return 1 if self.eps is None else round(self.eps / eps)
+
+    def check(self, experiment):
+        cfg = experiment.cfg
+        m = self.multiple(cfg.eps)
+        if self.eps is not None and (m < 1 or abs(m * cfg.eps - self.eps) > 1e-9 * self.eps):
+            raise AblateError(f"{self.label}: {self.eps:g} is not a multiple of ablation.eps {cfg.eps:g}; coarser bins are "
+                              "merged from the calibration histogram's")
+        if cfg.bin_alignment == "centered" and m % 2 == 0:
+            raise AblateError(f"{self.label}: centered bins merge exactly only in odd numbers; use an odd multiple of "
+                              f"ablation.eps {cfg.eps:g}")
+
+    def replacement(self, experiment, point):
+        return {"values": experiment.stats.peak_at(self.multiple(experiment.cfg.eps)).float()}
+
+
+class PeakRefined(Method):
+    name = "peak_refined"
+    help = "the mode of the histogram smoothed at the rate for modes, to sub-bin precision (less biased by the grid)"
+
+    def replacement(self, experiment, point):
+        return {"values": experiment.stats.peak_refined().float()}
+
+
+class Resample(Method):
+    name, constant = "resample", False
+    help = ("the value at the same position on other inputs: random_chars, random_tokens, generated (text), "
+            "random_pixels (images), or data (calibration inputs)")
+
+    def __init__(self, arg: str = ""):
+        super().__init__(arg)
+        if arg not in RESAMPLE_SOURCES:
+            raise AblateError(f"unknown resample source '{arg}' in 'resample:{arg}'; use one of: "
+                              f"{', '.join(RESAMPLE_SOURCES)} (e.g. resample:random_tokens)")
+
+    @property
+    def source(self) -> str:
+        return self.arg
+
+    def check(self, experiment):
+        module = experiment.module
+        if self.source not in module.resample_sources:
+            raise AblateError(f"resample source '{self.source}' does not apply to {module.family} models; "
+                              f"use one of: {', '.join('resample:' + s for s in module.resample_sources)}")
+        if not all(p.batch_major for p in module.pre_outs):
+            raise AblateError(f"{self.label} needs pre-outs laid out [batch, pos, width], but this model's attention folds "
+                              "windows into the batch (windowed attention); use zero, mean or peak")
+
+    def replacement(self, experiment, point):
+        return {"resample": experiment.resample_cache(self.source)}
+
+
+METHODS: dict[str, type[Method]] = {m.name: m for m in (Zero, Mean, Median, Peak, PeakRefined, Resample)}
+PAPER = ("zero", "mean", "peak")
 
 
 def parse_method(text: str) -> Method:
-    """``zero | mean | peak | resample:<source>``; a bare ``resample`` is refused (name the source)."""
-    name, _, source = str(text).strip().partition(":")
-    if name in CONSTANT_METHODS and not source:
-        return Method(name)
-    if name == "resample":
-        if source in RESAMPLE_SOURCES:
-            return Method(name, source)
-        raise AblateError(
-            f"unknown resample source '{source}' in '{text}'; use one of: {', '.join(RESAMPLE_SOURCES)} (e.g. resample:random_tokens)"
-        )
-    raise AblateError(f"unknown ablation method '{text}'; use one of: {', '.join(ALL_METHODS)}")
+    """``name`` or ``name:argument`` (``resample:<source>``, ``peak:eps=E``); a bare ``resample`` is refused."""
+    name, _, arg = str(text).strip().partition(":")
+    if name not in METHODS:
+        raise AblateError(f"unknown ablation method '{text}'; use one of: {', '.join(METHODS)} "
+                          "(resample:<source>, peak:eps=E)")
+    if name == "resample" and not arg:
+        return Resample(arg)  # raises: the source must be named
+    if arg and name not in ("resample", "peak"):
+        raise AblateError(f"ablation method '{name}' takes no option, got '{text}'")
+    return METHODS[name](arg)

@@ -189,6 +189,15 @@ class ImageData(L.LightningDataModule):
     def _loader(self, ds) -> DataLoader:
         return make_loader(ds, self.batch_size, self.num_workers)
 
+    def calibration_sample(self, n: int, seed: int) -> ImageDataset:
+        """``n`` calibration images (never evaluation ones), indexed 0..n-1: resample:data's inputs."""
+        available = len(self.calib_set)
+        check(n <= available, f"resample:data draws {n} rows from {available} calibration images; lower "
+                              f"--ablation.n_resample to at most {available} or raise --data.calib_images")
+        rows = torch.randperm(available, generator=torch.Generator().manual_seed(seed))[:n].tolist()
+        return ImageDataset([self.calib_set.images[i] for i in rows], [self.calib_set.labels[i] for i in rows],
+                            self.preprocess)
+
     def eval_dataset(self) -> ImageDataset:
         return self.eval_set
 

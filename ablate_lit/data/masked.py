@@ -104,6 +104,10 @@ class MaskedTextData(TextData):
     def _masked_loader(self, inputs, labels):
         return make_loader(MaskedDataset(inputs, labels), self.batch_size, self.num_workers)
 
+    def calibration_sample(self, n: int, seed: int) -> MaskedDataset:
+        rows = self.sample_rows(n, seed, len(self.calib_inputs))
+        return MaskedDataset(self.calib_inputs[rows], self.calib_labels[rows])
+
     def eval_dataset(self) -> MaskedDataset:
         return MaskedDataset(self.eval_inputs, self.eval_labels)
 

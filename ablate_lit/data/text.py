@@ -177,6 +177,16 @@ class TextData(L.LightningDataModule):
     def _loader(self, windows: torch.Tensor) -> DataLoader:
         return make_loader(WindowDataset(windows), self.batch_size, self.num_workers)
 
+    def sample_rows(self, n: int, seed: int, available: int) -> torch.Tensor:
+        """``n`` of ``available`` calibration rows, drawn with ``seed`` (resample:data)."""
+        check(n <= available, f"resample:data draws {n} rows from {available} calibration inputs; lower "
+                              f"--ablation.n_resample to at most {available} or raise --data.calib_tokens")
+        return torch.randperm(available, generator=torch.Generator().manual_seed(seed))[:n]
+
+    def calibration_sample(self, n: int, seed: int) -> Dataset:
+        """``n`` calibration windows (never evaluation ones), indexed 0..n-1: resample:data's inputs."""
+        return WindowDataset(self.calib_windows[self.sample_rows(n, seed, len(self.calib_windows))])
+
     def eval_dataset(self) -> Dataset:
         return WindowDataset(self.eval_windows)
 

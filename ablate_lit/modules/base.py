@@ -230,7 +230,7 @@ class AblationModule(L.LightningModule):
 class TextAblationModule(AblationModule):
     """Shared by the text families: token windows, and the three text resample sources."""
 
-    resample_sources = ("random_chars", "random_tokens", "generated")
+    resample_sources = ("random_chars", "random_tokens", "generated", "data")
 
     def data_connection(self) -> tuple:
         return (self.tokenizer,)
@@ -275,6 +275,8 @@ class TextAblationModule(AblationModule):
         from ablate_lit.families.causal_lm import load_causal_lm
 
         args = (self.tokenizer, n, data.context_length, data.prefix, data.suffix, seed)
+        if source == "data":
+            return data.calibration_sample(n, seed)
         if source == "random_tokens":
             return WindowDataset(rnd.random_tokens(*args))
         if source == "random_chars":

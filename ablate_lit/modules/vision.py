@@ -13,7 +13,7 @@ class VisionAblation(AblationModule):
     """Scores the class predictions (Top1, CE against the labels) of a ViT whose attention pre-outs are ablated."""
 
     family = "vision"
-    resample_sources = ("random_pixels",)
+    resample_sources = ("random_pixels", "data")
     data_types = ("ImageData",)
 
     def __init__(self, name_or_path: str, dtype: str = "float32", revision: str | None = None,
@@ -59,7 +59,9 @@ class VisionAblation(AblationModule):
         logits = self.model(x) if self.backend == "timm" else self.model(pixel_values=x).logits  # [batch, classes]
         return logits, batch["label"]
 
-    def random_inputs(self, source: str, n: int, seed: int, data) -> RandomPixels:
+    def random_inputs(self, source: str, n: int, seed: int, data):
+        if source == "data":
+            return data.calibration_sample(n, seed)
         if source != "random_pixels":
             raise ValueError(source)
         return RandomPixels(n, self.input_size, self.preprocess, seed)
