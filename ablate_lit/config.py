@@ -55,6 +55,16 @@ class AblationConfig:
     into the out-projection's weights and bias for each point (zero/mean/peak; not with sharded weights)."""
     cache_dir: str | None = None
     """Where calibration statistics are cached (default: <root>/.calibration_cache)."""
+    optimal_lr: float = 0.05
+    """optimal: Adam learning rate of the fitted constants, in units of each neuron's calibration standard deviation."""
+    optimal_epochs: int = 20
+    """optimal: most epochs over the training part of the calibration windows."""
+    optimal_patience: int = 4
+    """optimal: stop after this many epochs without a lower held-out CE (the best constants are kept)."""
+    optimal_held_out: float = 0.25
+    """optimal: share of the calibration windows held out for early stopping (never trained on)."""
+    kl: bool = False
+    """Also measure KL(unablated || ablated) of the predicted distributions per point (each batch runs twice)."""
     log_histograms: bool = True
     """Write neurons.csv and the neuron-distribution figures (zero, mean and peak marked) to the run folder and TensorBoard."""
 
@@ -63,6 +73,11 @@ class AblationConfig:
         check(EPS_RANGE[0] <= self.eps <= EPS_RANGE[1], f"ablation.eps {self.eps} is outside [{EPS_RANGE[0]:g}, "
                                                         f"{EPS_RANGE[1]:g}] (activations are binned in float32); e.g. --ablation.eps 0.01")
         check(self.n_bins >= 2, f"ablation.n_bins must be at least 2, got {self.n_bins}")
+        check(math.isfinite(self.optimal_lr) and self.optimal_lr > 0, f"ablation.optimal_lr must be a positive number, got {self.optimal_lr}")
+        check(self.optimal_epochs >= 0, f"ablation.optimal_epochs must be 0 or more, got {self.optimal_epochs}")
+        check(self.optimal_patience >= 1, f"ablation.optimal_patience must be at least 1, got {self.optimal_patience}")
+        check(0 < self.optimal_held_out < 1, f"ablation.optimal_held_out must be a share in (0, 1), got {self.optimal_held_out}; "
+                                             "e.g. --ablation.optimal_held_out 0.25")
         check(self.n_resample >= 1, f"ablation.n_resample must be positive, got {self.n_resample}")
         check(self.methods is None or len(self.methods) > 0, "ablation.methods is empty; name at least one of: " + ", ".join(METHODS))
         check(len(self.seeds) > 0, "ablation.seeds is empty; give at least one seed, e.g. --ablation.seeds [0]")
@@ -87,6 +102,8 @@ class AblationConfig:
         check(self.bin_alignment in ALIGNMENTS, f"unknown ablation.bin_alignment '{self.bin_alignment}'; use one of: {', '.join(ALIGNMENTS)}")
         check(len(set(self.seeds)) == len(self.seeds), f"ablation.seeds has duplicates: {self.seeds}")
         check(self.mode in ("hook", "fold"), f"unknown ablation.mode '{self.mode}'; use hook or fold")
+        check(not (self.kl and self.mode == "fold"), "ablation.kl needs the unablated model beside the ablated one, which "
+                                                     "fold mode edits away; use --ablation.mode hook")
         if self.methods is not None:
             self.methods = [parse_method(m).label for m in self.methods]
             check(len(set(self.methods)) == len(self.methods), f"ablation.methods has duplicates: {self.methods}")

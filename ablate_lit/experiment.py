@@ -28,7 +28,8 @@ from ablate_lit.store import ResultStore, digest
 log = logging.getLogger("ablate_lit")
 
 
-CACHE_FORMAT = 2  # bump when the content of cached statistics changes, so older caches are rebuilt
+CACHE_FORMAT = 3  # bump when the content of cached statistics changes, so older caches are rebuilt
+# (3: histogram counts summed over processes; format 2 stored process 0's under several processes)
 
 
 POLL_S = 2.0
@@ -170,6 +171,75 @@ class Experiment:
             self._current = (key, {k: v.to(self.module.device) for k, v in values.items()})
         return self._current[1]
 
+    def mask(self, point) -> torch.Tensor:
+        """Boolean [n_layers, width]: the neurons ablated at ``point`` (the same for every method)."""
+        cfg, hooks = self.cfg, self.module.hooks
+        if point.seed not in self._orders:
+            scores = unit_scores(self.stats, cfg.order, self.unit_size)
+            self._orders[point.seed] = neuron_order(point.seed, hooks.n_layers, hooks.width, cfg.selection, self.unit_size,
+                                                    self.layers, scores, parse_order(cfg.order)[1])
+        return ablation_mask(self._orders[point.seed], point.fraction, hooks.n_layers, hooks.width, self.unit_size,
+                             self.layers)
+
+    # -- optimal ablation --------------------------------------------------------------------------
+    def fit_split(self) -> tuple[torch.Tensor, torch.Tensor]:
+        """Calibration rows optimal ablation trains on, and those held out for early stopping (a fixed
+        permutation; the evaluated windows are never among them)."""
+        n = len(self.data.calibration_subset())
+        held = max(1, round(self.cfg.optimal_held_out * n))
+        if n - held < 1:
+            more = "--data.calib_images" if hasattr(self.data, "calib_images") else "--data.calib_tokens"
+            raise AblateError(f"optimal needs calibration inputs to train on and others to hold out, but there are {n} "
+                              f"({self.data.describe('calibration')}); raise {more}")
+        rows = torch.randperm(n, generator=torch.Generator().manual_seed(0))
+        return rows[held:].sort().values, rows[:held].sort().values
+
+    def fitted(self, point) -> torch.Tensor:
+        """``point``'s optimal constants [n_layers, width] (the mean where nothing is ablated), fitted
+        with ``trainer.fit`` (``ablation.optimal``) or loaded from the calibration cache."""
+        from ablate_lit.ablation.optimal import fit_constants
+
+        cfg, trainer, data = self.cfg, self.trainer, self.data
+        mask, init = self.mask(point), self.stats["mean"].float()
+        if not bool(mask.any()):
+            return init
+        train_rows, held_rows = self.fit_split()
+        settings = (cfg.optimal_lr, cfg.optimal_epochs, cfg.optimal_patience, cfg.optimal_held_out, data.batch_size,
+                    trainer.world_size)
+        key = digest(self._calibration_key("optimal", data.fingerprint("calibration"), cfg.eps, cfg.n_bins, cfg.bin_alignment,
+                                           digest(mask.numpy().tobytes().hex()), *settings))
+        path = self.cache_dir / f"optimal-{key}.pt"
+        where = f"optimal {round(100 * point.fraction)}% (seed {point.seed})"
+        cached = _load(path, key) if trainer.is_global_zero else None
+        cached = trainer.strategy.broadcast(None if cached is None else cached["values"], src=0)
+        if cached is not None:
+            say(trainer, f"{where}: fitted constants cached ({path})")
+            return cached
+        say(trainer, f"{where}: fitting {int(mask.sum())} constants from the mean on {len(train_rows)} calibration inputs "
+                     f"({len(held_rows)} held out for early stopping)")
+        writer = None
+        if trainer.is_global_zero:
+            from torch.utils.tensorboard import SummaryWriter
+
+            writer = SummaryWriter(str(self.run_dir / "tb" / f"optimal_seed{point.seed}"))
+        try:
+            scale = self.stats["std"].float().clamp_min(1e-6)
+            result = fit_constants(trainer, self.module, mask, init, scale,
+                                   make_loader(data.calibration_subset(train_rows), data.batch_size),
+                                   make_loader(data.calibration_subset(held_rows), data.batch_size),
+                                   lr=cfg.optimal_lr, max_epochs=cfg.optimal_epochs, patience=cfg.optimal_patience,
+                                   writer=writer, tag=f"{round(100 * point.fraction):03d}pct")
+        finally:
+            if writer is not None:
+                writer.close()
+        # under several processes the constants stay equal (DDP averages the gradients); process 0's are the record
+        result["values"] = trainer.strategy.broadcast(result["values"], src=0)
+        say(trainer, f"{where}: held-out CE {result['init_ce']:.4f} at the mean -> {result['best_ce']:.4f} after "
+                     f"{result['epochs']} epochs ({result['fit_s']:.1f} s)")
+        if trainer.is_global_zero:
+            _save({"key": key, **result, "mask": mask, "train_rows": train_rows, "held_out_rows": held_rows}, path)
+        return result["values"]
+
     def _ablated(self, mask: torch.Tensor, replacement: dict):
         if self.cfg.mode == "fold" and "values" in replacement:  # constant methods; resampling is always hooked
             return folded(self.module.pre_outs, mask, replacement["values"])
@@ -205,18 +275,13 @@ class Experiment:
 
     def _evaluate(self, point, writer: ResultWriter) -> None:
         trainer, module = self.trainer, self.module
-        n_layers, width = module.hooks.n_layers, module.hooks.width
-        cfg, n_neurons = self.cfg, len(self.layers) * width
+        n_neurons = len(self.layers) * module.hooks.width
         if point.method == "baseline":
             writer.begin(point, 0, n_neurons)
             trainer.test(module, dataloaders=self.data.test_dataloader(), verbose=False)
             return
-        replacement = self.on_device(point)  # calibration or a resample sweep may run here, before the clock starts
-        if point.seed not in self._orders:
-            scores = unit_scores(self.stats, cfg.order, self.unit_size)
-            self._orders[point.seed] = neuron_order(point.seed, n_layers, width, cfg.selection, self.unit_size,
-                                                    self.layers, scores, parse_order(cfg.order)[1])
-        mask = ablation_mask(self._orders[point.seed], point.fraction, n_layers, width, self.unit_size, self.layers)
+        replacement = self.on_device(point)  # calibration, a resample sweep or a fit may run here, before the clock starts
+        mask = self.mask(point)
         writer.begin(point, int(mask.sum()), n_neurons)
         with self._ablated(mask, replacement):
             trainer.test(module, dataloaders=self.data.test_dataloader(), verbose=False)
@@ -267,9 +332,10 @@ class Experiment:
                 if action != "evaluate":
                     continue
                 eta = (time.perf_counter() - started) / evaluated * (len(todo) + len(waiting))
+                kl = f"  kl {writer.last['kl']:.4f}" if self.cfg.kl else ""
                 say(trainer, f"[{self.done}/{self.total}] {point.method:>24} seed {point.seed} "
                               f"{round(100 * point.fraction):3d}% ablated: top1 {writer.last['top1']:.4f}  "
-                              f"ce {writer.last['ce']:.4f}  (eta {int(eta) // 60}:{int(eta) % 60:02d})")
+                              f"ce {writer.last['ce']:.4f}{kl}  (eta {int(eta) // 60}:{int(eta) % 60:02d})")
         finally:
             trainer.callbacks.remove(writer)
             self.module.hooks.remove()

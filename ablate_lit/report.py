@@ -18,8 +18,8 @@ def _pct(f: float) -> str:
 
 
 def aggregate(rows: list[dict]) -> dict:
-    """{(model, method, fraction): {"top1": [...], "ce": [...]}} over seeds; baseline under method 'baseline'."""
-    out: dict = defaultdict(lambda: {"top1": [], "ce": [], "seeds": []})
+    """{(model, method, fraction): {"top1": [...], "ce": [...], "kl": [...]}} over seeds; baseline under method 'baseline'."""
+    out: dict = defaultdict(lambda: {"top1": [], "ce": [], "kl": [], "seeds": []})
     seen = set()
     for r in rows:
         f = round(float(r["fraction"]), 6)
@@ -32,7 +32,17 @@ def aggregate(rows: list[dict]) -> dict:
             key = (r["model"], r["method"], f)
         out[key]["top1"].append(float(r["top1"]))
         out[key]["ce"].append(float(r["ce"]))
+        if r.get("kl") not in (None, "", "-"):
+            out[key]["kl"].append(float(r["kl"]))
         out[key]["seeds"].append(int(r["seed"]))
+    return out
+
+
+def metrics(rows: list[dict]) -> list[tuple[str, str, float, int]]:
+    """(column, title, scale, digits) of the scores to tabulate: Top1 (in %), CE, and KL where measured."""
+    out = [("top1", "Top1 accuracy (%)", 100.0, 2), ("ce", "cross-entropy (nats per scored token or image)", 1.0, 3)]
+    if any(r.get("kl") not in (None, "", "-") for r in rows):
+        out.append(("kl", "KL(unablated || ablated) (nats per scored token or image)", 1.0, 4))
     return out
 
 
@@ -61,10 +71,11 @@ def summary_table(rows: list[dict], methods: list[str], fractions: list[float]) 
     blocks = []
     for model in models:
         n_seeds = max((len(v["seeds"]) for k, v in agg.items() if k[0] == model and k[1] != "baseline"), default=1)
-        for metric, title, scale, digits in (("top1", "Top1 accuracy (%)", 100.0, 2), ("ce", "cross-entropy (nats per scored token or image)", 1.0, 3)):
+        tokens = "/".join(map(str, sorted({int(r["n_tokens"]) for r in rows if r["model"] == model})))
+        for metric, title, scale, digits in metrics(rows):
             header = "| method | " + " | ".join(_pct(f) for f in fractions) + " |"
-            lines = [f"### {model}: {title}, mean ± std over {n_seeds} seed(s)", "", header,
-                     "|---" * (len(fractions) + 1) + "|"]
+            lines = [f"### {model}: {title}, mean ± std over {n_seeds} seed(s), {tokens} scored tokens (or images) per point",
+                     "", header, "|---" * (len(fractions) + 1) + "|"]
             base = agg.get((model, "baseline", 0.0), {}).get(metric, [])
             lines.append("| baseline | " + " | ".join(format_cell(base, scale, digits) if f == 0 else "" for f in fractions) + " |")
             for method in methods:

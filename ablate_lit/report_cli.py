@@ -10,7 +10,8 @@ from pathlib import Path
 from ablate_lit.ablation.schedule import fraction_key
 from ablate_lit.atomic import check_folder, write_csv, write_text
 from ablate_lit.errors import AblateError
-from ablate_lit.report import aggregate, format_cell, mean_std
+from ablate_lit.paired import default_pairs, paired_figures, paired_table
+from ablate_lit.report import aggregate, format_cell, mean_std, metrics
 from ablate_lit.store import read_rows
 
 
@@ -24,7 +25,7 @@ def load_runs(run_dirs: list[str]) -> list[dict]:
     for d in run_dirs:
         if not (Path(d) / "results.csv").is_file() and not (Path(d) / "points").is_dir():
             raise AblateError(f"'{d}' holds no results.csv; pass run folders such as lightning_logs/<run>")
-        found, problems = read_rows(Path(d))
+        found, problems = read_rows(Path(d), windows=True)
         for problem in problems:
             print(f"warning: {problem}", file=sys.stderr)
         runs.append((Path(d), found))
@@ -77,7 +78,7 @@ def table(rows: list[dict], fractions: list[float]) -> tuple[str, list[dict]]:
     models = list(dict.fromkeys(r["model"] for r in rows))
     methods = list(dict.fromkeys(r["method"] for r in rows))
     records, blocks = [], []
-    for metric, title, scale, digits in (("top1", "Top1 accuracy (%)", 100.0, 2), ("ce", "cross-entropy", 1.0, 3)):
+    for metric, title, scale, digits in metrics(rows):
         lines = [f"### {title}, mean ± std over seeds", "", "| | " + " | ".join(models) + " |", "|---" * (len(models) + 1) + "|"]
         entries = [("baseline", 0.0)] + [(m, f) for f in fractions for m in methods]
         for method, f in entries:
@@ -157,6 +158,9 @@ def main(argv: list[str]) -> None:
     ap.add_argument("runs", nargs="+", help="run folders (lightning_logs/<run>), several models or seeds")
     ap.add_argument("--fractions", type=float, nargs="+", default=[0.5, 0.9], help="fractions in the table (default 0.5 0.9)")
     ap.add_argument("--out", default=None, help="output folder (default: lightning_logs/report)")
+    ap.add_argument("--pairs", nargs="*", default=None, metavar="A,B",
+                    help="pairs of methods to compare (A - B with 95%% bootstrap intervals), e.g. peak,mean "
+                         "'peak [MLP],mean [MLP]' (default: every method against mean of the same kind)")
     args = ap.parse_args(argv)
     for f in args.fractions:
         if not 0 < f <= 1:
@@ -166,7 +170,60 @@ def main(argv: list[str]) -> None:
     markdown, records = table(rows, args.fractions)
     write_text(out / "table.md", markdown)
     write_csv(out / "table.csv", records, list(records[0]))
-    pngs = figures(rows, out)
+    pngs = figures(rows, out) + eps_figures(rows, out)
+    methods = list(dict.fromkeys(r["method"] for r in rows))
+    pairs = default_pairs(methods) if args.pairs is None else [_pair(p, methods) for p in args.pairs]
+    if pairs and any(r.get("_windows") for r in rows):
+        paired_md, paired_records = paired_table(rows, pairs, args.fractions)
+        write_text(out / "paired.md", paired_md)
+        write_csv(out / "paired.csv", paired_records, list(paired_records[0]) if paired_records else ["a"])
+        markdown += "\n" + paired_md
+        pngs += paired_figures(rows, pairs, out)
     print(markdown)
     print(f"table:   {out / 'table.md'}, {out / 'table.csv'}")
     print("figures: " + ", ".join(str(p) for p in pngs))
+
+
+def _pair(text: str, methods: list[str]) -> tuple[str, str]:
+    a, sep, b = text.partition(",")
+    if not sep or a.strip() not in methods or b.strip() not in methods:
+        raise AblateError(f"--pairs '{text}' must be two methods of the runs joined by a comma, e.g. peak,mean "
+                          f"(methods: {', '.join(methods)})")
+    return a.strip(), b.strip()
+
+
+def eps_figures(rows: list[dict], out: Path) -> list[Path]:
+    """For runs with peaks at several bin widths (peak, peak:eps=E): CE of the peak method against eps,
+    one line per fraction (the grid bias the paper's definition carries)."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    agg = aggregate(rows)
+    written = []
+    for model in dict.fromkeys(r["model"] for r in rows):
+        widths = {}
+        for r in rows:
+            if r["model"] == model and r["method"].split(" [")[0].startswith("peak") and r["method"] != "peak_refined":
+                eps = float(r["method"].split("eps=")[1].split(" ")[0].rstrip("]")) if "eps=" in r["method"] else float(r["eps"])
+                widths[r["method"]] = eps
+        if len(set(widths.values())) < 2:
+            continue
+        fig, ax = plt.subplots(figsize=(6.5, 4))
+        fractions = sorted({f for (mo, me, f) in agg if mo == model and me in widths and 0 < f < 1})
+        for f in fractions:
+            pts = sorted((eps, mean_std(agg[(model, m, f)]["ce"])[0]) for m, eps in widths.items() if (model, m, f) in agg)
+            ax.plot([p[0] for p in pts], [p[1] for p in pts], marker="o", ms=3, label=f"{round(100 * f)}% ablated")
+        ax.set_xscale("log")
+        ax.set_xlabel("histogram bin width eps (log scale)")
+        ax.set_ylabel("cross-entropy with peak ablation (nats per scored token)")
+        ax.set_title(f"{model}: peak ablation against the bin width", fontsize=9)
+        ax.grid(alpha=0.3)
+        ax.legend(fontsize=7)
+        fig.tight_layout()
+        path = out / f"{model}-peak-eps.png"
+        fig.savefig(path, dpi=110)
+        plt.close(fig)
+        written.append(path)
+    return written

@@ -17,6 +17,7 @@ from ablate_lit.experiment import Experiment, say
 from ablate_lit.report import summary_table, write_summary
 from ablate_lit.sharding import is_sharded
 from ablate_lit.signals import stopped_by_signals
+from ablate_lit.stats.token_metrics import TokenScores
 from ablate_lit.store import ResultStore, digest, run_id_of
 
 
@@ -74,6 +75,8 @@ def _run(trainer, module, data, cfg: AblationConfig, name: str | None, root: str
     module.fingerprint()  # before any strategy wraps or shards the weights
     module.connect_data(data)
     data.setup("test")
+    module.scores = TokenScores(len(data.eval_dataset()))  # scores per evaluation window too (report's paired differences)
+    module.kl = cfg.kl
     if data.batch_size == "auto":
         module.to(trainer.strategy.root_device)
         data.batch_size = find_batch_size(module, data.eval_dataset(), trainer.strategy.root_device.type)

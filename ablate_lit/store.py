@@ -33,16 +33,16 @@ from ablate_lit.ablation.schedule import Point, fraction_key
 from ablate_lit.atomic import HOST, clear_stale, create_text, csv_text, pid_alive, write_text
 from ablate_lit.errors import AblateError
 
-RESULT_FORMAT = 4
+RESULT_FORMAT = 5
 CLAIM_STALE_S = 600.0
 CLAIM_REFRESH_S = 60.0
 
-COLUMNS = ["model", "method", "seed", "fraction", "pct", "n_ablated", "n_neurons", "top1", "ce", "ppl", "n_tokens",
+COLUMNS = ["model", "method", "seed", "fraction", "pct", "n_ablated", "n_neurons", "top1", "ce", "ppl", "kl", "n_tokens",
            "nonfinite", "evaluated_as", "site", "unit", "layers", "order", "selection", "eps", "bin_alignment", "n_bins",
            "n_resample", "precision", "mode", "model_id", "setup_id", "run_id", "time_s"]
 """results.csv columns: the point, its scores (top1 as a fraction in [0, 1]), what was ablated, the settings that
 shaped the numbers, and the run's identity (setup_id: the same model, data and settings, whatever is ablated)."""
-OPTIONAL = ("site", "unit", "layers", "order", "n_bins", "n_resample", "mode", "model_id", "setup_id", "run_id")
+OPTIONAL = ("kl", "site", "unit", "layers", "order", "n_bins", "n_resample", "mode", "model_id", "setup_id", "run_id")
 """Columns that results.csv files of earlier versions lack."""
 
 _INT = ("seed", "n_ablated", "n_neurons", "n_tokens", "nonfinite")
@@ -150,19 +150,22 @@ class ResultStore:
     def row_path(self, method: str, seed: int, fraction: float) -> Path:
         return self.points / f"{_safe(method)}__s{int(seed)}__f{fraction_key(fraction):.6f}.json"
 
-    def read(self) -> list[dict]:
-        """Every valid row of this run, in a fixed order; invalid files are reported once and skipped."""
+    def read(self, windows: bool = False) -> list[dict]:
+        """Every valid row of this run, in a fixed order; invalid files are reported once and skipped.
+        With ``windows`` each row carries its per-window totals under ``_windows`` (None if it has none)."""
         rows: dict[tuple, dict] = {}
         for path in sorted(self.points.glob("*.json")) if self.points.is_dir() else []:
             row, problem = self._check_file(path)
+            if windows and not problem:
+                row = {**row, "_windows": json.loads(path.read_text()).get("windows")}
             if problem:
                 self._report(f"ignored {path}: {problem}")
                 continue
             rows.setdefault(row_key(row["method"], row["seed"], row["fraction"]), row)
         return [rows[k] for k in sorted(rows, key=lambda k: (k[0], k[1], k[2]))]
 
-    def _checksum(self, row: dict) -> str:
-        return digest({"run_id": self.run_id, "row": row})
+    def _checksum(self, row: dict, windows: dict | None = None) -> str:
+        return digest({"run_id": self.run_id, "row": row, "windows": windows})
 
     def _check_file(self, path: Path) -> tuple[dict | None, str | None]:
         """(the row, None) for a valid row file of this run, else (None, why not)."""
@@ -176,18 +179,18 @@ class ResultStore:
             return None, problem
         if record.get("run_id") != self.run_id:
             return None, "made by another run"
-        if record.get("checksum") != self._checksum(row):
+        if record.get("checksum") != self._checksum(row, record.get("windows")):
             return None, "edited by hand (its checksum does not match)"
         if path.name != self.row_path(row["method"], row["seed"], row["fraction"]).name:
             return None, "its file name does not match its row"
         return row, None
 
-    def add(self, row: dict) -> bool:
-        """Create the row's file; False if a valid one exists already (another process wrote it). A
-        damaged or edited file in its place (reported by ``read``) is replaced."""
+    def add(self, row: dict, windows: dict | None = None) -> bool:
+        """Create the row's file (with its per-window totals); False if a valid one exists already
+        (another process wrote it). A damaged or edited file in its place (reported by ``read``) is replaced."""
         path = self.row_path(row["method"], row["seed"], row["fraction"])
         text = json.dumps({"format": RESULT_FORMAT, "run_id": self.run_id, "identity": self.identity, "row": row,
-                           "checksum": self._checksum(row)}, default=str) + "\n"
+                           "windows": windows, "checksum": self._checksum(row, windows)}, default=str) + "\n"
         if create_text(path, text):
             return True
         if self._check_file(path)[1] is None:
@@ -216,6 +219,12 @@ class ResultStore:
                 print(f"warning: {message}", flush=True)
 
     # -- points -------------------------------------------------------------------------------------
+    def windows_of(self, row: dict) -> dict | None:
+        """The per-window totals stored with ``row`` (None for a row written without them)."""
+        path = self.row_path(row["method"], row["seed"], row["fraction"])
+        found, problem = self._check_file(path)
+        return None if problem else json.loads(path.read_text()).get("windows")
+
     @staticmethod
     def keys(rows: list[dict]) -> set[tuple[str, int, float]]:
         return {row_key(r["method"], r["seed"], r["fraction"]) for r in rows}
@@ -295,9 +304,10 @@ def _short(value) -> str:
     return text if len(text) <= 40 else text[:37] + "..."
 
 
-def read_rows(run_dir: Path) -> tuple[list[dict], list[str]]:
-    """(valid rows, problems) of a run folder: from points/ where it exists, else from results.csv
-    (a folder copied without points/, or written by an earlier version), each line validated."""
+def read_rows(run_dir: Path, windows: bool = False) -> tuple[list[dict], list[str]]:
+    """(valid rows, problems) of a run folder: from points/ where it exists (with ``windows``, each row
+    carries its per-window totals under ``_windows``), else from results.csv (a folder copied
+    without points/, or written by an earlier version), each line validated."""
     run_dir = Path(run_dir)
     identity_path = run_dir / "identity.json"
     if (run_dir / "points").is_dir() and identity_path.is_file():
@@ -307,7 +317,7 @@ def read_rows(run_dir: Path) -> tuple[list[dict], list[str]]:
             return [], [f"ignored {run_dir}: '{identity_path.name}' is unreadable"]
         store = ResultStore(run_dir, {k: v for k, v in identity.items() if k not in ("run_id", "format")}, identity.get("run_id"))
         store.quiet = True
-        return store.read(), store.problems
+        return store.read(windows), store.problems
     return read_csv_rows(run_dir / "results.csv")
 
 

@@ -122,6 +122,7 @@ class PreOutHooks:
         """
         if (values is None) == (resample is None):
             raise ValueError("pass exactly one of values or resample")
+        live = callable(values)
         source = values if values is not None else resample
         device = torch.device(device) if device is not None else source.device
         host_mask = mask.cpu()
@@ -131,14 +132,15 @@ class PreOutHooks:
             if not bool(layer_mask.any()):
                 return None
             every = bool(layer_mask.all())
-            here, replacement = layer_mask.to(device), source[layer].to(device)
+            here = layer_mask.to(device)
+            replacement = None if live else source[layer].to(device)
             by_dtype: dict = {}
 
             def hook(module, args):
                 if self._paused:
                     return None
                 x = args[0]
-                repl = by_dtype.get(x.dtype)
+                repl = values()[layer].to(dtype=x.dtype) if live else by_dtype.get(x.dtype)
                 if repl is None:
                     repl = by_dtype[x.dtype] = replacement.to(dtype=x.dtype)
                 if resample is not None:

@@ -24,6 +24,8 @@ class Method:
     help: ClassVar[str] = ""
     constant: ClassVar[bool] = True
     """One value per neuron (fold mode can write it into the out-projection); False for resampling."""
+    per_point: ClassVar[bool] = False
+    """Its values depend on the point's neuron set (fitted per point), not only on the calibration data."""
 
     def __init__(self, arg: str = ""):
         self.arg = arg
@@ -131,7 +133,24 @@ class Resample(Method):
         return {"resample": experiment.resample_cache(self.source)}
 
 
-METHODS: dict[str, type[Method]] = {m.name: m for m in (Zero, Mean, Median, Peak, PeakRefined, Resample)}
+class Optimal(Method):
+    name, per_point = "optimal", True
+    help = ("the constants that minimise the ablated model's CE, fitted per point on calibration windows with "
+            "Lightning's fit loop (Li & Janson 2024; ablation.optimal_* settings)")
+
+    def check(self, experiment):
+        from ablate_lit.sharding import is_sharded
+
+        if is_sharded(experiment.trainer.strategy):
+            raise AblateError("optimal fits constants through the whole model, which is not done under a sharding "
+                              "strategy here; use --trainer.strategy ddp (or auto) for runs with optimal")
+        experiment.fit_split()  # refuses calibration data too small to hold some windows out
+
+    def replacement(self, experiment, point):
+        return {"values": experiment.fitted(point).float()}
+
+
+METHODS: dict[str, type[Method]] = {m.name: m for m in (Zero, Mean, Median, Peak, PeakRefined, Optimal, Resample)}
 PAPER = ("zero", "mean", "peak")
 
 

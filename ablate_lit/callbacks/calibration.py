@@ -71,7 +71,6 @@ class CalibrationCallback(L.Callback):
                     "the model overflows in this precision: use --trainer.precision 32 or --model.dtype float32"
                 )
             self.result = {**{k: v.cpu() for k, v in moments.items()}, **{k: v.cpu() for k, v in hist.items()},
-                           "counts": self.hist.counts.cpu().clone(), "origin": self.hist.origin.cpu().clone(),
                            "eps": self.eps, "n_bins": self.n_bins, "alignment": self.alignment}
         else:
             self.result = {"resample": self.cache.compute().cpu()}

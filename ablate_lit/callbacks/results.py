@@ -45,11 +45,14 @@ class ResultWriter(L.Callback):
                 "pct": round(100 * point.fraction), "n_ablated": self.n_ablated, "n_neurons": self.n_neurons,
                 "top1": f"{scores['top1']:.8f}", "ce": f"{scores['ce']:.8f}",
                 "ppl": f"{scores['ppl']:.6g}" if math.isfinite(scores["ppl"]) else "inf",
+                "kl": f"{scores['kl']:.8f}" if math.isfinite(scores["kl"]) else "-",
                 "n_tokens": int(scores["n_tokens"]), "nonfinite": int(scores["nonfinite"]), "evaluated_as": point.method,
                 "time_s": f"{elapsed:.3f}"}
 
     def on_test_epoch_end(self, trainer, pl_module) -> None:
-        scores = {k: v.item() for k, v in pl_module.scores.compute().items()}  # synchronised over processes
+        computed = pl_module.scores.compute()  # synchronised over processes
+        windows = {k: v.tolist() for k, v in computed.pop("windows").items()}
+        scores = {k: v.item() for k, v in computed.items()}
         self.last = scores
         if not trainer.is_global_zero or self.point is None:
             return
@@ -57,20 +60,23 @@ class ResultWriter(L.Callback):
         created = []
         for method, seed in p.rows:
             row = self.row(p, method, seed, scores, elapsed)
-            if self.store.add(row):  # False: another process wrote this row meanwhile; its row stands
+            if self.store.add(row, windows):  # False: another process wrote this row meanwhile; its row stands
                 created.append(row)
         self.store.write_csv()
         for row in created:
             writer = self._writer(row["method"], row["seed"])
             writer.add_scalar("ablation/top1", float(row["top1"]), row["pct"])
             writer.add_scalar("ablation/ce", float(row["ce"]), row["pct"])
+            if row["kl"] != "-":
+                writer.add_scalar("ablation/kl", float(row["kl"]), row["pct"])
             writer.flush()
         self.point = None
 
     def copy(self, point: Point, evaluated: dict, missing: list[tuple[str, int]]) -> None:
         """Write ``point``'s missing rows from an evaluation another process made (same identity)."""
+        windows = self.store.windows_of(evaluated)
         for method, seed in missing:
-            self.store.add({**evaluated, "method": method, "seed": seed})
+            self.store.add({**evaluated, "method": method, "seed": seed}, windows)
         self.store.write_csv()
 
     def _writer(self, method: str, seed: int):

@@ -198,6 +198,14 @@ class ImageData(L.LightningDataModule):
         return ImageDataset([self.calib_set.images[i] for i in rows], [self.calib_set.labels[i] for i in rows],
                             self.preprocess)
 
+    def calibration_subset(self, rows: torch.Tensor | None = None) -> ImageDataset:
+        """The calibration images (``rows`` of them), indexed 0..n-1 (optimal ablation fits on them)."""
+        if rows is None:
+            return self.calib_set
+        rows = rows.tolist()
+        return ImageDataset([self.calib_set.images[i] for i in rows], [self.calib_set.labels[i] for i in rows],
+                            self.preprocess)
+
     def eval_dataset(self) -> ImageDataset:
         return self.eval_set
 

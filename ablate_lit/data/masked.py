@@ -108,6 +108,11 @@ class MaskedTextData(TextData):
         rows = self.sample_rows(n, seed, len(self.calib_inputs))
         return MaskedDataset(self.calib_inputs[rows], self.calib_labels[rows])
 
+    def calibration_subset(self, rows: torch.Tensor | None = None) -> MaskedDataset:
+        if rows is None:
+            return MaskedDataset(self.calib_inputs, self.calib_labels)
+        return MaskedDataset(self.calib_inputs[rows], self.calib_labels[rows])
+
     def eval_dataset(self) -> MaskedDataset:
         return MaskedDataset(self.eval_inputs, self.eval_labels)
 

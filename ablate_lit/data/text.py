@@ -187,6 +187,10 @@ class TextData(L.LightningDataModule):
         """``n`` calibration windows (never evaluation ones), indexed 0..n-1: resample:data's inputs."""
         return WindowDataset(self.calib_windows[self.sample_rows(n, seed, len(self.calib_windows))])
 
+    def calibration_subset(self, rows: torch.Tensor | None = None) -> Dataset:
+        """The calibration windows (``rows`` of them), indexed 0..n-1 (optimal ablation fits on them)."""
+        return WindowDataset(self.calib_windows if rows is None else self.calib_windows[rows])
+
     def eval_dataset(self) -> Dataset:
         return WindowDataset(self.eval_windows)
 

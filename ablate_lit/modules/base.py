@@ -195,10 +195,20 @@ class AblationModule(L.LightningModule):
     def on_test_epoch_start(self) -> None:
         self.scores.reset()
 
+    kl: bool = False
+    """Also score KL(unablated || ablated): with ablation hooks attached, each batch runs once more with
+    them paused (the unablated reference); without (the baseline), KL is 0 by definition."""
+
     def test_step(self, batch, batch_idx):
         self._set_index(batch)
+        reference = None
+        if self.kl and self.hooks.active:
+            with self.hooks.paused():
+                reference, _ = self.logits_and_labels(batch)
         logits, labels = self.logits_and_labels(batch)
-        self.scores.update(logits, labels)
+        if self.kl and reference is None:
+            reference = logits
+        self.scores.update(logits, labels, batch.get("index"), reference)
         self._even_out(batch, batch_idx, self.trainer.num_test_batches[0])
 
     def fingerprint(self) -> str:

@@ -105,4 +105,8 @@ class NeuronHistogram(ExactMetric):
             "peak_count": window.gather(-1, best[..., None]).squeeze(-1),
             "underflow": self.counts[..., 0],
             "overflow": self.counts[..., -1],
+            # the counts themselves, summed over processes: after compute() returns, torchmetrics puts
+            # each process's own (unsynchronised) counts back into self.counts
+            "counts": self.counts.clone(),
+            "origin": self.origin.clone(),
         }

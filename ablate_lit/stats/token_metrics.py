@@ -10,37 +10,76 @@ from ablate_lit.stats.exact import ExactMetric
 IGNORE_INDEX = -100
 
 
-class TokenScores(ExactMetric):
-    """Top1 accuracy and mean cross-entropy per scored token (labels == -100 are not scored).
+KL_CHUNK = 4096
+"""Positions per chunk of the KL computation (two float32 log-softmaxes over the vocabulary)."""
 
-    CE is computed in float32 from the logits and summed in float64; both scores are totals over
+
+class TokenScores(ExactMetric):
+    """Top1 accuracy, mean cross-entropy and (optionally) mean KL per scored token (labels == -100 are
+    not scored), in total and per evaluation window (or image).
+
+    CE is computed in float32 from the logits and summed in float64; every score is a total over
     tokens divided by the token count, so batches and processes of any size weigh by tokens.
-    Perplexity is exp(mean CE), never a mean of per-token exponentials.
+    Perplexity is exp(mean CE), never a mean of per-token exponentials. KL is that of the ablated
+    model's predicted distribution from the unablated model's, KL(unablated || ablated), given the
+    unablated logits of the same batch. With ``n_windows``, the same totals are kept per window
+    (by the dataset index of each input): the paired comparisons of ``report`` resample them.
+    Every state reduces across processes by summation; nothing in ``update`` waits on the device.
     """
 
     full_state_update = False
     is_differentiable = False
 
-    def __init__(self, **kwargs):
+    def __init__(self, n_windows: int = 0, **kwargs):
         super().__init__(**kwargs)
+        self.n_windows = n_windows
         self.add_state("correct", default=torch.tensor(0, dtype=torch.int64), dist_reduce_fx="sum")
         self.add_state("nll", default=torch.tensor(0.0, dtype=torch.float64), dist_reduce_fx="sum")
         self.add_state("total", default=torch.tensor(0, dtype=torch.int64), dist_reduce_fx="sum")
         self.add_state("nonfinite", default=torch.tensor(0, dtype=torch.int64), dist_reduce_fx="sum")
+        self.add_state("kl", default=torch.tensor(0.0, dtype=torch.float64), dist_reduce_fx="sum")
+        self.add_state("kl_total", default=torch.tensor(0, dtype=torch.int64), dist_reduce_fx="sum")
+        for name, dtype in (("w_nll", torch.float64), ("w_correct", torch.int64), ("w_total", torch.int64), ("w_kl", torch.float64)):
+            self.add_state(name, default=torch.zeros(n_windows, dtype=dtype), dist_reduce_fx="sum")
 
-    def update(self, logits: torch.Tensor, labels: torch.Tensor) -> None:  # [N, V], [N]
-        # Masked sums, no boolean indexing: nothing here waits for the device (no host-device sync).
+    def update(self, logits: torch.Tensor, labels: torch.Tensor, index: torch.Tensor | None = None,
+               reference: torch.Tensor | None = None) -> None:  # [N, V], [N], [batch], [N, V]
         keep = labels != IGNORE_INDEX
-        nll = F.cross_entropy(logits.float(), labels, ignore_index=IGNORE_INDEX, reduction="none")
-        nll = torch.where(keep, nll, torch.zeros((), dtype=nll.dtype, device=nll.device))
+        zero = torch.zeros((), dtype=torch.float32, device=logits.device)
+        nll = torch.where(keep, F.cross_entropy(logits.float(), labels, ignore_index=IGNORE_INDEX, reduction="none"), zero)
+        right = (logits.argmax(-1) == labels) & keep
         self.nonfinite += (keep & ~torch.isfinite(nll)).sum()
         self.nll += nll.sum(dtype=torch.float64)
-        self.correct += ((logits.argmax(-1) == labels) & keep).sum()
+        self.correct += right.sum()
         self.total += keep.sum()
+        kl = None
+        if reference is not None:
+            kl = torch.where(keep, _kl(reference, logits), zero)
+            self.kl += kl.sum(dtype=torch.float64)
+            self.kl_total += keep.sum()
+        if self.n_windows and index is not None:
+            window = index.repeat_interleave(labels.numel() // index.numel())  # the input each scored row belongs to
+            self.w_nll.index_add_(0, window, nll.double())
+            self.w_correct.index_add_(0, window, right.long())
+            self.w_total.index_add_(0, window, keep.long())
+            if kl is not None:
+                self.w_kl.index_add_(0, window, kl.double())
 
     def compute(self) -> dict[str, torch.Tensor]:
-        """Scores over the scored tokens; NaN (never 0) when no token was scored."""
+        """Scores over the scored tokens; NaN (never 0) when no token was scored (and KL when not measured)."""
         total = torch.where(self.total > 0, self.total.to(torch.float64), torch.nan)
         ce = self.nll / total
-        return {"top1": self.correct.to(torch.float64) / total, "ce": ce, "ppl": ce.exp(),
-                "n_tokens": self.total.clone(), "nonfinite": self.nonfinite.clone()}
+        kl = self.kl / torch.where(self.kl_total > 0, self.kl_total.to(torch.float64), torch.nan)
+        windows = {"nll": self.w_nll.clone(), "correct": self.w_correct.clone(), "total": self.w_total.clone(),
+                   "kl": self.w_kl.clone()}  # per window: summed CE, correct and scored tokens, summed KL
+        return {"top1": self.correct.to(torch.float64) / total, "ce": ce, "ppl": ce.exp(), "kl": kl,
+                "n_tokens": self.total.clone(), "nonfinite": self.nonfinite.clone(), "windows": windows}
+
+
+def _kl(reference: torch.Tensor, logits: torch.Tensor) -> torch.Tensor:
+    """KL(softmax(reference) || softmax(logits)) per row [N], in float32, in chunks of KL_CHUNK rows."""
+    out = []
+    for ref, abl in zip(reference.split(KL_CHUNK), logits.split(KL_CHUNK)):
+        log_p, log_q = F.log_softmax(ref.float(), -1), F.log_softmax(abl.float(), -1)
+        out.append((log_p.exp() * (log_p - log_q)).sum(-1))
+    return torch.cat(out)

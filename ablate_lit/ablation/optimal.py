@@ -1,0 +1,145 @@
+"""Optimal ablation (Li & Janson, "Optimal ablation for interpretability", NeurIPS 2024): the
+constants of a point's ablated neurons that minimise the ablated model's cross-entropy.
+
+They are fitted with Lightning's own ``fit`` loop on the run's trainer (its accelerator, precision
+and processes): ``ConstantFit`` is a LightningModule whose only parameter is the ``[n_layers, width]``
+table of constants, initialised at the calibration mean; the model stays frozen, in eval mode, and
+is not part of the fitted module (Lightning neither moves nor wraps it). The ablation hook reads the
+constants live, so the gradient of the CE reaches them. Training runs on calibration windows, never
+on evaluated ones; a held-out part of the calibration windows is scored before training and after
+every epoch, training stops early when it stops improving, and the constants with the lowest
+held-out CE are kept (the mean, if nothing beat it). Curves go to TensorBoard beside the point's
+ablation curve.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+
+import lightning as L
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+
+class ConstantFit(L.LightningModule):
+    """Trains the constants [n_layers, width] ``init + scale * shift``: ``shift`` is the parameter, in
+    units of each neuron's calibration standard deviation ``scale``, so one learning rate suits
+    neurons of every magnitude."""
+
+    def __init__(self, target, init: torch.Tensor, scale: torch.Tensor, lr: float, writer=None, tag: str = ""):
+        super().__init__()
+        self.shift = nn.Parameter(torch.zeros_like(init, dtype=torch.float32))
+        self.register_buffer("init", init.detach().float().clone())
+        self.register_buffer("scale", scale.detach().float().clone())
+        object.__setattr__(self, "target", target)  # not a child module: Lightning must not move, cast or wrap it
+        self.lr, self.writer, self.tag = lr, writer, tag
+        self.best: tuple[float, torch.Tensor] | None = None
+        self.history: list[dict] = []
+        self._sum = self._count = None
+        self._step = 0
+
+    # the constants stay float32 under a true half precision (they are the master copy; the hook casts
+    # them to the activations' dtype)
+    def to(self, *args, **kwargs):
+        device = torch._C._nn._parse_to(*args, **kwargs)[0]
+        return super().to(device) if device is not None else self
+
+    def half(self):
+        return self
+
+    def bfloat16(self):
+        return self
+
+    def train(self, mode: bool = True):
+        super().train(mode)
+        self.target.eval()  # no dropout: the constants are fitted to the model as it is evaluated
+        return self
+
+    def values(self) -> torch.Tensor:
+        return self.init + self.scale * self.shift
+
+    def configure_optimizers(self):
+        return torch.optim.Adam([self.shift], lr=self.lr)
+
+    def _ce_sum(self, batch) -> tuple[torch.Tensor, torch.Tensor]:
+        logits, labels = self.target.logits_and_labels(batch)
+        scored = labels != -100
+        ce = F.cross_entropy(logits.float(), labels, ignore_index=-100, reduction="sum")
+        return ce, scored.sum()
+
+    def training_step(self, batch, batch_idx):
+        ce, n = self._ce_sum(batch)
+        loss = ce / n.clamp_min(1)
+        if self.writer is not None:
+            self._step += 1
+            self.writer.add_scalar(f"fit_{self.tag}/train_ce", float(loss.detach()), self._step)
+        return loss
+
+    def on_validation_epoch_start(self) -> None:
+        self._sum = torch.zeros((), dtype=torch.float64, device=self.device)
+        self._count = torch.zeros((), dtype=torch.float64, device=self.device)
+
+    def validation_step(self, batch, batch_idx):
+        ce, n = self._ce_sum(batch)
+        self._sum += ce.double()
+        self._count += n.double()
+
+    def on_validation_epoch_end(self) -> None:
+        total = self.trainer.strategy.reduce(self._sum, reduce_op="sum")
+        count = self.trainer.strategy.reduce(self._count, reduce_op="sum")
+        held_out = float(total / count.clamp_min(1))
+        if self.trainer.sanity_checking:
+            return
+        self.log("held_out_ce", held_out, sync_dist=False)  # already summed over processes
+        epoch = len(self.history)  # 0: the initial constants (before training)
+        self.history.append({"epoch": epoch, "held_out_ce": held_out})
+        if self.writer is not None:
+            self.writer.add_scalar(f"fit_{self.tag}/held_out_ce", held_out, epoch)
+        if self.best is None or held_out < self.best[0]:
+            self.best = (held_out, self.values().detach().cpu().clone())
+
+
+def fit_constants(trainer, target, mask: torch.Tensor, init: torch.Tensor, scale: torch.Tensor, train_loader,
+                  held_out_loader, *, lr: float, max_epochs: int, patience: int, writer=None, tag: str = "") -> dict:
+    """Fit the constants of the neurons where ``mask`` [n_layers, width] is True, starting at ``init``
+    and moving in units of ``scale`` (both [n_layers, width]), with ``trainer.fit``. Returns ``values``
+    (``init`` where ``mask`` is False, the held-out best where it is True), ``history`` (held-out CE
+    per epoch, 0 = ``init``), ``init_ce``, ``best_ce``, ``epochs`` and ``fit_s``."""
+    from lightning.pytorch.callbacks import EarlyStopping
+    from lightning.pytorch.loops.fit_loop import _FitLoop
+    from lightning.pytorch.loops.training_epoch_loop import _TrainingEpochLoop
+
+    started = time.perf_counter()
+    fit = ConstantFit(target, init, scale, lr, writer, tag)
+    stopper = EarlyStopping(monitor="held_out_ce", mode="min", patience=patience, min_delta=0.0, check_finite=True)
+    saved_loop, saved_sanity = trainer.fit_loop, trainer.num_sanity_val_steps
+    chatter = logging.getLogger("lightning.fabric.utilities.rank_zero")  # "`Trainer.fit` stopped: ..." (said by us)
+    saved_level = chatter.level
+    chatter.setLevel(logging.WARNING)
+    frozen = [(p, p.requires_grad) for p in target.parameters()]
+    for p, _ in frozen:
+        p.requires_grad_(False)
+    trainer.fit_loop = _FitLoop(trainer, min_epochs=0, max_epochs=max_epochs)  # a fresh loop for every fit
+    trainer.fit_loop.epoch_loop = _TrainingEpochLoop(trainer, min_steps=None, max_steps=-1)
+    trainer.num_sanity_val_steps = 0
+    trainer.callbacks.append(stopper)
+    try:
+        with target.hooks.ablating(mask, values=fit.values, device=target.device):
+            trainer.validate(fit, dataloaders=held_out_loader, verbose=False)  # the initial constants' held-out CE
+            if max_epochs > 0:
+                trainer.fit(fit, train_dataloaders=train_loader, val_dataloaders=held_out_loader)
+    finally:
+        trainer.callbacks.remove(stopper)
+        trainer.fit_loop, trainer.num_sanity_val_steps = saved_loop, saved_sanity
+        chatter.setLevel(saved_level)
+        for p, flag in frozen:
+            p.requires_grad_(flag)
+        target.hooks.remove()
+        if writer is not None:
+            writer.flush()
+    best_ce, best = fit.best
+    values = torch.where(mask, best, init.float())
+    return {"values": values, "history": fit.history, "init_ce": fit.history[0]["held_out_ce"], "best_ce": best_ce,
+            "epochs": len(fit.history) - 1, "fit_s": time.perf_counter() - started}
