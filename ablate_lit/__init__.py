@@ -1,5 +1,6 @@
 """ablate_lit: neuron ablation in attention heads (zero, mean, peak, resample) on PyTorch Lightning."""
 
+from ablate_lit.api import Results, load, run
 from ablate_lit.data.images import ImageData
 from ablate_lit.data.masked import MaskedTextData
 from ablate_lit.data.text import TextData
@@ -9,6 +10,6 @@ from ablate_lit.modules.masked_lm import MaskedLMAblation
 from ablate_lit.modules.vision import VisionAblation
 from ablate_lit.sharding import FSDP2Strategy  # registers --trainer.strategy fsdp2
 
-__all__ = ["AblateError", "CausalLMAblation", "FSDP2Strategy", "ImageData", "MaskedLMAblation", "MaskedTextData", "TextData",
-           "VisionAblation"]
+__all__ = ["AblateError", "CausalLMAblation", "FSDP2Strategy", "ImageData", "MaskedLMAblation", "MaskedTextData", "Results",
+           "TextData", "VisionAblation", "load", "run"]
 __version__ = "0.1.0"

@@ -5,12 +5,13 @@ from __future__ import annotations
 import importlib.util
 import logging
 import os
+import re
 import sys
 import warnings
 from pathlib import Path
 
 import lightning as L
-from jsonargparse import ArgumentError
+from jsonargparse import ArgumentError, DefaultHelpFormatter
 from lightning.pytorch.cli import LightningCLI
 from omegaconf import OmegaConf
 from omegaconf.errors import OmegaConfBaseException
@@ -35,12 +36,45 @@ if not OmegaConf.has_resolver("pkg"):
     _register("pkg", package_folder)
 
 
+GROUPS = {  # option group -> (title, description) in test --help
+    "ablation": ("what to ablate and how", "methods, fractions, seeds, units, calibration statistics"),
+    "model": ("the model", "--model ablate_lit.CausalLMAblation (OPT, Llama, Mistral, GPT-2, ...), MaskedLMAblation "
+              "(BERT, RoBERTa, ...) or VisionAblation (timm and Hugging Face ViTs), then --model.name_or_path and the "
+              "rest; '--model.help CausalLMAblation' lists a family's options"),
+    "data": ("the data", "--data ablate_lit.TextData (causal LMs), MaskedTextData (masked LMs) or ImageData (vision), "
+             "then --data.path and the rest; '--data.help TextData' lists its options"),
+    "trainer": ("where and how the model runs", "the Lightning Trainer settings that matter for evaluation"),
+}
+
+TEST_USAGE = ("python -m ablate_lit test [--config FILE.yaml] [--ablation.* ...] [--model CLASS --model.* ...] "
+              "[--data CLASS --data.* ...] [--name NAME] [--root DIR] [--trainer.* ...]")
+
+
+class HelpFormatter(DefaultHelpFormatter):
+    """jsonargparse's help, with each option's default but not its Python type."""
+
+    def _get_help_string(self, action) -> str:
+        text = super()._get_help_string(action) or ""
+        text = re.sub(r"\s*\(type: .*, default: (.*)\)\s*$", r" (default: \1)", text, flags=re.S)
+        text = re.sub(r"\s*\(type: [^\n]*\)\s*$", "", text, flags=re.S)
+        return re.sub(r",?\s*known subclasses:[^()]*\)\s*$", ")", text, flags=re.S).replace(" ()", "")
+
+
 class AblateCLI(LightningCLI):
-    def add_arguments_to_parser(self, parser) -> None:
+    def add_core_arguments_to_parser(self, parser) -> None:
+        """The options in the order a user reads them: what to ablate, the model, the data, where
+        results go, then where the model runs (``AblationTrainer``: no training-only options)."""
         parser.add_class_arguments(AblationConfig, "ablation")
+        parser.add_lightning_class_args(self._model_class, "model", subclass_mode=self.subclass_mode_model)
+        parser.add_lightning_class_args(self._datamodule_class, "data", subclass_mode=self.subclass_mode_data)
         parser.add_argument("--name", type=str | None, default=None,
                             help="run folder under --root (default: <model>-<hash of the settings that change results>)")
         parser.add_argument("--root", type=str, default="lightning_logs", help="folder holding the run folders")
+        parser.add_lightning_class_args(self.trainer_class, "trainer")
+        parser.set_defaults({"trainer." + k: v for k, v in self.trainer_defaults.items() if k != "callbacks"})
+        for key, (title, text) in GROUPS.items():
+            if key in parser.groups:
+                parser.groups[key].title, parser.groups[key].description = title, text
 
     def before_instantiate_classes(self) -> None:
         """Cheap checks of where results go, before any model or data is loaded."""
@@ -86,33 +120,58 @@ def build_cli(args=None) -> AblateCLI:
         set_parsing_settings(docstring_parse_attribute_docstrings=True)
     except (ImportError, TypeError):  # older jsonargparse
         pass
+    from ablate_lit.trainer import AblationTrainer
+
     return AblateCLI(
         AblationModule,
         L.LightningDataModule,
+        trainer_class=AblationTrainer,
         subclass_mode_model=True,
         subclass_mode_data=True,
         save_config_callback=None,
         auto_configure_optimizers=False,
-        parser_kwargs={"parser_mode": "omegaconf", "exit_on_error": False},  # parse errors become one line (main)
-        trainer_defaults={"logger": False, "enable_checkpointing": False, "enable_model_summary": False,
-                          "default_root_dir": "lightning_logs"},
+        parser_kwargs={"parser_mode": "omegaconf", "exit_on_error": False, "formatter_class": HelpFormatter,  # (main)
+                       "test": {"usage": TEST_USAGE, "formatter_class": HelpFormatter}},
+        trainer_defaults={"default_root_dir": "lightning_logs"},
         seed_everything_default=0,
         args=args,
     )
 
 
+USAGE = """\
+usage: python -m ablate_lit {test,report,cache} ...     (or: ablate-lit {test,report,cache} ...)
+
+Ablate the neurons of a transformer's attention heads (or its MLP units, or whole heads) and measure
+how much it degrades (Top1, cross-entropy, KL) with each replacement value: zero, mean, median, peak,
+optimal, resampled.
+
+subcommands:
+  test     run an experiment: calibrate, then evaluate every method at every fraction and seed;
+           resumable, results in lightning_logs/<run>/ (python -m ablate_lit test --config configs/demo.yaml)
+  report   merge finished runs into the paper's Table 2, its figures and paired differences
+  cache    list or clear what ablate_lit caches on disk (converted GGUF models, calibration statistics)
+
+'python -m ablate_lit <subcommand> --help' lists a subcommand's options. From Python: ablate_lit.run(...).
+"""
+
+
 def main(args=None) -> None:
-    """``test`` (LightningCLI) or ``report`` (tables and figures from finished runs)."""
+    """``test`` (LightningCLI), ``report`` (tables and figures from finished runs) or ``cache``."""
     os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
     _quiet_loading()
-    # Deprecation chatter from inside Lightning's own code, not actionable by users.
-    warnings.filterwarnings("ignore", message=r".*isinstance\(treespec, LeafSpec\).*")
     clear_raised()
     argv = sys.argv[1:] if args is None else list(args)
     # Lightning logs each SIGTERM at INFO; the run's own one line says it (ablate_lit.signals)
     logging.getLogger("lightning.pytorch.trainer.connectors.signal_connector").setLevel(logging.WARNING)
     try:
         with stopped_by_signals(lambda: "no evaluation had started"):
+            if not argv or argv[0] in ("-h", "--help"):
+                print(USAGE, end="")
+                return None
+            if argv[:1] == ["cache"]:
+                from ablate_lit.caches import main as cache_main
+
+                return cache_main(argv[1:])
             if argv[:1] == ["report"]:
                 from ablate_lit.report_cli import main as report_main
 
@@ -131,8 +190,19 @@ def main(args=None) -> None:
         _fail(original)
 
 
+class _NoAdverts(logging.Filter):
+    def filter(self, record: logging.LogRecord) -> bool:
+        return not str(record.msg).startswith("💡 Tip")
+
+
 def _quiet_loading() -> None:
-    """No per-file progress bars while loading weights (one status line per step is printed instead)."""
+    """No per-file progress bars while loading weights (one status line per step is printed instead),
+    no deprecation chatter from inside Lightning, and no advertisement at every Trainer."""
+    warnings.filterwarnings("ignore", message=r".*isinstance\(treespec, LeafSpec\).*")
+    for name in ("lightning.pytorch.utilities.rank_zero", "lightning.fabric.utilities.rank_zero"):
+        logger = logging.getLogger(name)
+        if not any(isinstance(f, _NoAdverts) for f in logger.filters):
+            logger.addFilter(_NoAdverts())
     try:
         import datasets
         from transformers.utils import logging as hf_logging

@@ -21,6 +21,10 @@ def _default_fractions() -> list[float]:
 
 @dataclass
 class AblationConfig:
+    """What to ablate and how: the methods compared, the fractions and seeds of the nested unit sets,
+    which units (attention neurons, heads, MLP units; which layers; in what order), how calibration
+    statistics are binned, and the optimal method's fitting settings."""
+
     methods: list[str] | None = None
     """Methods to compare: zero, mean, peak (peak:eps=E: bins E wide, a multiple of eps), median, peak_refined,
     optimal, resample:<source> with source random_chars, random_tokens, generated (text), random_pixels (images)

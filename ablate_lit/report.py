@@ -144,15 +144,30 @@ def neuron_table(stats: dict) -> str:
     return "\n".join(lines) + "\n"
 
 
+CENTRAL = 0.99
+"""Share of a neuron's calibration values its plot shows (the central range; tails are clipped)."""
+
+
 def _plot_neuron(ax, stats, layer, n, title=None):
     x, c = _window_values(stats, layer, n)
     edges = torch.cat([x - stats["eps"] / 2, x[-1:] + stats["eps"] / 2])
     ax.stairs(c.numpy(), edges.numpy(), fill=True, color="0.6")
     mean, peak = float(stats["mean"][layer, n]), float(stats["peak"][layer, n])
     ax.axvline(0.0, color="k", ls="--", lw=1, label="zero")
-    ax.axvline(mean, color="tab:blue", lw=1.5, label=f"mean {mean:.3f}")
-    ax.axvline(peak, color="tab:red", lw=1.5, label=f"peak {peak:.3f}")
+    ax.axvline(mean, color="tab:blue", lw=1.5, label=f"mean {mean:.3g}")
+    ax.axvline(peak, color="tab:red", lw=1.5, ls="-.", label=f"peak {peak:.3g}")
+    # the central CENTRAL share of the values (one outlier must not squeeze the mode into a spike),
+    # widened to show zero, the mean and the peak
+    cdf = c.cumsum(0) / c.sum().clamp_min(1)
+    tail = (1 - CENTRAL) / 2
+    lo = float(edges[int(torch.searchsorted(cdf, torch.tensor(tail, dtype=cdf.dtype)))])
+    hi = float(edges[min(len(x), int(torch.searchsorted(cdf, torch.tensor(1 - tail, dtype=cdf.dtype))) + 1)])
+    lo, hi = min(lo, 0.0, mean, peak), max(hi, 0.0, mean, peak)
+    pad = 0.05 * (hi - lo) or stats["eps"]
+    ax.set_xlim(lo - pad, hi + pad)
     ax.set_title(title or f"layer {layer} neuron {n}", fontsize=9)
+    ax.set_xlabel("activation (pre-out value)", fontsize=8)
+    ax.set_ylabel(f"calibration values per {stats['eps']:g}-wide bin", fontsize=8)
     ax.legend(fontsize=7)
 
 
@@ -179,10 +194,14 @@ def neuron_views(stats: dict, run_dir: Path, per_score: int = 3) -> list[Path]:
     for ax, layer in zip(axes[0], layers):
         x, density = layer_average(stats, layer)
         ax.plot(x.numpy(), density.numpy(), color="0.3")
+        mean, peak = float(stats["mean"][layer].mean()), float(stats["peak"][layer].median())
+        # the three often nearly coincide: distinct styles, and the values in the legend
         ax.axvline(0.0, color="k", ls="--", lw=1, label="zero")
-        ax.axvline(float(stats["mean"][layer].mean()), color="tab:blue", lw=1.5, label="mean of means")
-        ax.axvline(float(stats["peak"][layer].median()), color="tab:red", lw=1.5, label="median peak")
+        ax.axvline(mean, color="tab:blue", lw=2.5, alpha=0.6, label=f"mean of means {mean:.3g}")
+        ax.axvline(peak, color="tab:red", lw=1.2, ls="-.", label=f"median peak {peak:.3g}")
         ax.set_title(f"layer {layer}: average neuron distribution", fontsize=9)
+        ax.set_xlabel("activation (pre-out value); central 99.8% of the mass", fontsize=8)
+        ax.set_ylabel(f"share of a neuron's values per {stats['eps']:g}-wide bin", fontsize=8)
         ax.legend(fontsize=7)
     fig.tight_layout()
     fig.savefig(out / "layer_average.png", dpi=100)
@@ -197,6 +216,8 @@ def neuron_views(stats: dict, run_dir: Path, per_score: int = 3) -> list[Path]:
         for ax, idx in zip(row, flat.argsort(descending=True)[:per_score].tolist()):
             layer, n = divmod(idx, score.shape[1])
             _plot_neuron(ax, stats, layer, n, f"{name} {float(score[layer, n]):.2f}: layer {layer} neuron {n}")
+    fig.suptitle(f"the most atypical neurons by each score (x axis: the central {100 * CENTRAL:g}% of each neuron's "
+                 "calibration values, widened to show zero, mean and peak)", fontsize=9)
     fig.tight_layout()
     fig.savefig(out / "atypical.png", dpi=100)
     writer.add_figure("distribution/atypical", fig, 0)

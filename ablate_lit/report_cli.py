@@ -99,57 +99,65 @@ STYLES = ["-", "--", ":", "-."]
 
 
 def figures(rows: list[dict], out: Path) -> list[Path]:
-    """One PNG per model: Top1 and CE against % ablated, a line per method (colour: the method; line
-    style: what was ablated), a band of +- one std over seeds, the unablated model as a dashed line,
-    and the seeds and scored tokens behind every point in the title."""
+    """One PNG per model (``model_figure``)."""
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    agg = aggregate(rows)
     written = []
     for model in dict.fromkeys(r["model"] for r in rows):
-        mine = [r for r in rows if r["model"] == model]
-        methods = list(dict.fromkeys(r["method"] for r in mine))
-        bases = list(dict.fromkeys(m.split(" [")[0] for m in methods))
-        kinds = list(dict.fromkeys(m[len(m.split(" [")[0]):] for m in methods))
-        colours = {b: f"C{i % 10}" for i, b in enumerate(bases)}
-        fig, axes = plt.subplots(1, 2, figsize=(11.5, 4.3))
-        base = agg.get((model, "baseline", 0.0))
-        for method in methods:
-            points = sorted(f for (mo, me, f) in agg if mo == model and me == method)
-            kind = method[len(method.split(" [")[0]):]
-            style = dict(color=colours[method.split(" [")[0]], ls=STYLES[kinds.index(kind) % len(STYLES)])
-            for ax, metric, scale in ((axes[0], "top1", 100.0), (axes[1], "ce", 1.0)):
-                xs, means, stds = [], [], []
-                if base:
-                    xs.append(0.0), means.append(mean_std(base[metric])[0] * scale), stds.append(0.0)
-                for f in points:
-                    m, s = mean_std(agg[(model, method, f)][metric])
-                    xs.append(100 * f), means.append(m * scale), stds.append(0.0 if not math.isfinite(s) else s * scale)
-                ax.plot(xs, means, marker="o", ms=3, label=method, **style)
-                ax.fill_between(xs, [m - s for m, s in zip(means, stds)], [m + s for m, s in zip(means, stds)],
-                                color=style["color"], alpha=0.15)
-        for ax, metric, scale in ((axes[0], "top1", 100.0), (axes[1], "ce", 1.0)):
-            if base:
-                ax.axhline(mean_std(base[metric])[0] * scale, color="0.4", ls="--", lw=1, label="unablated")
-            ax.set_xlabel("units ablated (%): neurons, or heads for [heads]" if any("heads" in k for k in kinds)
-                          else "neurons ablated (%)")
-            ax.grid(alpha=0.3)
-        axes[0].set_ylabel("Top1 accuracy (%)")
-        axes[1].set_ylabel("cross-entropy (nats per scored token)")
-        axes[0].legend(fontsize=7, ncol=2 if len(methods) > 6 else 1)
-        seeds = max(len({r["seed"] for r in mine if r["method"] == m}) for m in methods)
-        tokens = sorted({int(r["n_tokens"]) for r in mine})
-        fig.suptitle(f"{model}: {seeds} seed(s), {'/'.join(map(str, tokens))} scored tokens (or images) per point, "
-                     "band: +- one std over seeds", fontsize=10)
-        fig.tight_layout()
+        fig = model_figure(rows, model)
         path = out / f"{model}.png"
         fig.savefig(path, dpi=110)
         plt.close(fig)
         written.append(path)
     return written
+
+
+def model_figure(rows: list[dict], model: str):
+    """A matplotlib Figure: Top1 and CE of ``model`` against % ablated, a line per method (colour: the
+    method; line style: what was ablated), a band of +- one std over seeds, the unablated model as a
+    dashed line, and the seeds and scored tokens behind every point in the title."""
+    import matplotlib.pyplot as plt
+
+    agg = aggregate(rows)
+    mine = [r for r in rows if r["model"] == model]
+    methods = list(dict.fromkeys(r["method"] for r in mine))
+    bases = list(dict.fromkeys(m.split(" [")[0] for m in methods))
+    kinds = list(dict.fromkeys(m[len(m.split(" [")[0]):] for m in methods))
+    colours = {b: f"C{i % 10}" for i, b in enumerate(bases)}
+    fig, axes = plt.subplots(1, 2, figsize=(11.5, 4.3))
+    base = agg.get((model, "baseline", 0.0))
+    for method in methods:
+        points = sorted(f for (mo, me, f) in agg if mo == model and me == method)
+        kind = method[len(method.split(" [")[0]):]
+        style = dict(color=colours[method.split(" [")[0]], ls=STYLES[kinds.index(kind) % len(STYLES)])
+        for ax, metric, scale in ((axes[0], "top1", 100.0), (axes[1], "ce", 1.0)):
+            xs, means, stds = [], [], []
+            if base:
+                xs.append(0.0), means.append(mean_std(base[metric])[0] * scale), stds.append(0.0)
+            for f in points:
+                m, s = mean_std(agg[(model, method, f)][metric])
+                xs.append(100 * f), means.append(m * scale), stds.append(0.0 if not math.isfinite(s) else s * scale)
+            ax.plot(xs, means, marker="o", ms=3, label=method, **style)
+            ax.fill_between(xs, [m - s for m, s in zip(means, stds)], [m + s for m, s in zip(means, stds)],
+                            color=style["color"], alpha=0.15)
+    for ax, metric, scale in ((axes[0], "top1", 100.0), (axes[1], "ce", 1.0)):
+        if base:
+            ax.axhline(mean_std(base[metric])[0] * scale, color="0.4", ls="--", lw=1, label="unablated")
+        ax.set_xlabel("units ablated (%): neurons, or heads for [heads]" if any("heads" in k for k in kinds)
+                      else "neurons ablated (%)")
+        ax.grid(alpha=0.3)
+    axes[0].set_ylabel("Top1 accuracy (%)")
+    axes[1].set_ylabel("cross-entropy (nats per scored token)")
+    axes[0].legend(fontsize=7, ncol=2 if len(methods) > 6 else 1)
+    seeds = max(len({r["seed"] for r in mine if r["method"] == m}) for m in methods)
+    tokens = sorted({int(r["n_tokens"]) for r in mine})
+    fig.suptitle(f"{model}: {seeds} seed(s), {'/'.join(map(str, tokens))} scored tokens (or images) per point, "
+                 "band: +- one std over seeds", fontsize=10)
+    fig.tight_layout()
+    return fig
 
 
 def main(argv: list[str]) -> None:

@@ -55,7 +55,9 @@ def test_a_whole_run_writes_results_table_config_and_curves(capsys, tiny_models,
 
     acc = EventAccumulator(str(run_dir / "tb" / "peak_seed1"))
     acc.Reload()
-    assert [e.step for e in acc.Scalars("ablation/top1")] == [0, 50, 100]
+    assert [e.step for e in acc.Scalars("ablation/top1_percent")] == [0, 50, 100]
+    half = next(r for r in rows if r["method"] == "peak" and r["seed"] == "1" and r["pct"] == "50")
+    assert acc.Scalars("ablation/top1_percent")[1].value == pytest.approx(100 * float(half["top1"]), rel=1e-6)  # %, not a fraction
     cal = EventAccumulator(str(run_dir / "tb" / "calibration"))
     cal.Reload()
     assert {"neurons/layer_00", "distribution/layer_average", "distribution/atypical"} <= set(cal.Tags()["images"])

@@ -2,7 +2,8 @@
 
 Each row is its own file in ``points/`` (``ablate_lit.store``), created once; ``results.csv`` is
 rebuilt from them. TensorBoard gets one run per (method, seed) under ``tb/``, with the ablated
-percentage as the step, for the rows this process created.
+percentage as the step, for the rows this process created: ``ablation/top1_percent`` (Top1 in %, as
+in every table and figure; results.csv keeps the fraction), ``ablation/ce`` (nats) and ``ablation/kl``.
 """
 
 from __future__ import annotations
@@ -65,7 +66,7 @@ class ResultWriter(L.Callback):
         self.store.write_csv()
         for row in created:
             writer = self._writer(row["method"], row["seed"])
-            writer.add_scalar("ablation/top1", float(row["top1"]), row["pct"])
+            writer.add_scalar("ablation/top1_percent", 100 * float(row["top1"]), row["pct"])  # % as in tables and figures
             writer.add_scalar("ablation/ce", float(row["ce"]), row["pct"])
             if row["kl"] != "-":
                 writer.add_scalar("ablation/kl", float(row["kl"]), row["pct"])

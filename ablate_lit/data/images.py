@@ -67,7 +67,8 @@ class ImageData(L.LightningDataModule):
                  num_workers: int = 0, seed: int = 0, streaming: bool | None = None):
         """
         Args:
-            path: hub data set, local image folder (class sub-folders), or a local data set (save_to_disk, parquet).
+            path: hub data set, local image folder (class sub-folders), or a local data set (save_to_disk, parquet);
+                from Python also a datasets.Dataset, or a list of {image: PIL image, label: int} rows.
             split: split of a hub data set.
             name: configuration name of a hub data set.
             image_column: column holding the images.
@@ -99,6 +100,13 @@ class ImageData(L.LightningDataModule):
     def _load(self):
         import datasets
 
+        if not isinstance(self.path, (str, os.PathLike)):  # from Python: a data set in memory
+            if isinstance(self.path, list):
+                return datasets.Dataset.from_list(self.path)
+            if not hasattr(self.path, "column_names"):
+                raise AblateError(f"image data must be a path, a hub name, a datasets.Dataset or a list of "
+                                  f"{{'{self.image_column}': image, '{self.label_column}': int}} rows, not a {type(self.path).__name__}")
+            return self.path
         local = Path(os.path.expanduser(self.path))
         try:
             if local.is_dir() and ((local / "dataset_info.json").exists() or (local / "state.json").exists()):
@@ -166,7 +174,8 @@ class ImageData(L.LightningDataModule):
                               "match the model's")
         digest, images = hashlib.sha1(), []
         for i, (row, label) in enumerate(zip(rows, labels)):
-            image, raw = _decode(row[self.image_column], f"{i} of '{self.path}'")
+            image, raw = _decode(row[self.image_column], f"{i} of '{self.path}'" if isinstance(self.path, (str, os.PathLike))
+                                 else f"{i} of the data set")
             images.append(image)
             digest.update(hashlib.sha1(raw).digest() + f"{image.size}:{label}".encode())  # every byte of every image
         self._ids = {"all": digest.hexdigest()[:16]}

@@ -50,7 +50,12 @@ def _local_files(path: Path) -> list[Path]:
 
 def iter_documents(path: str, text_column: str = "text", name: str | None = None, split: str = "train",
                    streaming: bool | None = None) -> Iterator[str]:
-    """Documents in a fixed order: local files sorted by path, hub data sets in their stored order."""
+    """Documents in a fixed order: local files sorted by path, hub data sets in their stored order. From
+    Python, ``path`` may also be texts in memory: a list of strings, or a ``datasets`` data set
+    (its ``text_column``)."""
+    if not isinstance(path, (str, os.PathLike)):
+        yield from _in_memory(path, text_column)
+        return
     local = Path(os.path.expanduser(path))
     if local.exists():
         for file in _local_files(local):
@@ -67,6 +72,21 @@ def iter_documents(path: str, text_column: str = "text", name: str | None = None
         raise AblateError(f"data file or folder '{path}' not found; fix --data.path")
     yield from _dataset_texts(path, text_column, path, name=name, split=split,
                               streaming=True if streaming is None else streaming)
+
+
+def _in_memory(texts, text_column: str) -> Iterator[str]:
+    columns = getattr(texts, "column_names", None)
+    if columns is not None:  # a datasets.Dataset or IterableDataset
+        if text_column not in columns:
+            raise AblateError(f"the data set has no column '{text_column}' (columns: {', '.join(columns)}); pass text_column=")
+        texts = (row[text_column] for row in texts)
+    elif isinstance(texts, (bytes, dict)) or not hasattr(texts, "__iter__"):
+        raise AblateError(f"text data must be a path, a hub name, a list of strings or a datasets.Dataset, not a "
+                          f"{type(texts).__name__}")
+    for i, text in enumerate(texts):
+        if not isinstance(text, str):
+            raise AblateError(f"text {i} is a {type(text).__name__}, not a string; pass a list of strings")
+        yield text
 
 
 def diagnose(file: Path, builder: str) -> str | None:

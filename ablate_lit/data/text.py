@@ -53,7 +53,8 @@ class TextData(L.LightningDataModule):
     ):
         """
         Args:
-            path: hub data set name, or a local file (.txt .md .json .jsonl .csv .parquet, MediaWiki .xml.bz2) or folder.
+            path: hub data set name, or a local file (.txt .md .json .jsonl .csv .parquet, MediaWiki .xml.bz2) or folder
+                (from Python also a list of strings, a datasets.Dataset, or a DataLoader of input_ids windows).
             text_column: column holding the text (hub and tabular files).
             name: hub data set configuration name.
             split: hub data set split.
@@ -132,12 +133,33 @@ class TextData(L.LightningDataModule):
         check(self.tokenizer is not None, "TextData needs a tokenizer: call connect(tokenizer) first")
         check(self.body_length >= 1, f"data.context_length {self.context_length} leaves no room for text between the special tokens")
         body, n_windows = self.body_length, self.n_eval_windows + self.n_calib_windows
-        stream = self._token_stream(n_windows * body).view(n_windows, body)
-        windows = torch.cat([torch.tensor([self.prefix] * n_windows, dtype=torch.long).view(n_windows, -1), stream,
-                             torch.tensor([self.suffix] * n_windows, dtype=torch.long).view(n_windows, -1)], 1)
+        if isinstance(self.path, DataLoader):
+            windows = self._given_windows(n_windows)
+        else:
+            stream = self._token_stream(n_windows * body).view(n_windows, body)
+            windows = torch.cat([torch.tensor([self.prefix] * n_windows, dtype=torch.long).view(n_windows, -1), stream,
+                                 torch.tensor([self.suffix] * n_windows, dtype=torch.long).view(n_windows, -1)], 1)
         order = torch.randperm(n_windows, generator=torch.Generator().manual_seed(self.seed))
         self.eval_windows = windows[order[: self.n_eval_windows]].contiguous()
         self.calib_windows = windows[order[self.n_eval_windows:]].contiguous()
+
+    def _given_windows(self, n_windows: int) -> torch.Tensor:
+        """Windows from a DataLoader of token ids (batches of ``input_ids`` [batch, context_length], as
+        tensors or dicts), used as they are: no special token is added."""
+        parts = []
+        for batch in self.path:
+            ids = batch["input_ids"] if isinstance(batch, dict) else batch[0] if isinstance(batch, (list, tuple)) else batch
+            if not isinstance(ids, torch.Tensor) or ids.dim() != 2 or ids.shape[1] != self.context_length:
+                raise AblateError(f"a DataLoader of text must give input_ids of shape [batch, context_length "
+                                  f"{self.context_length}], got {getattr(ids, 'shape', type(ids).__name__)}; set context_length")
+            parts.append(ids.long().cpu())
+            if sum(len(p) for p in parts) >= n_windows:
+                break
+        windows = torch.cat(parts) if parts else torch.zeros(0, self.context_length, dtype=torch.long)
+        if len(windows) < n_windows:
+            raise AblateError(f"the DataLoader gives {len(windows)} windows but {n_windows} are needed ({self.n_eval_windows} "
+                              f"evaluation + {self.n_calib_windows} calibration); lower max_tokens or calib_tokens")
+        return windows[:n_windows]
 
     def _token_stream(self, needed: int) -> torch.Tensor:
         tok, eos = self.tokenizer, self.tokenizer.eos_token_id

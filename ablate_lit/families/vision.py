@@ -36,13 +36,22 @@ def _backend(name_or_path: str) -> str:
     return "timm" if name_or_path.startswith("timm/") or "/" not in name_or_path else "hf"
 
 
+OFFLINE_DATA = ("; the images must be local too (ImageNet-1k is a gated hub data set): --data.path a folder of class "
+                "sub-folders (val/n01440764/...) or a save_to_disk folder")
+
+
 def load_vision(name_or_path: str, dtype: str = "float32", revision: str | None = None, blocks: str | None = None,
                 out_proj: str | None = None):
     """(model, preprocess, n_classes, tested architecture or None, config for the head layout, backend)."""
     backend = _backend(name_or_path)
-    if backend == "timm":
-        return _load_timm(name_or_path, dtype)
-    return _load_hf(name_or_path, dtype, revision, blocks, out_proj)
+    try:
+        if backend == "timm":
+            return _load_timm(name_or_path, dtype)
+        return _load_hf(name_or_path, dtype, revision, blocks, out_proj)
+    except AblateError as exc:
+        if "without internet" in str(exc):  # a hub name out of reach: the data set will be too
+            exc.args = (str(exc) + OFFLINE_DATA,)
+        raise
 
 
 def _load_timm(name_or_path: str, dtype: str):

@@ -43,6 +43,16 @@ class AblationModule(L.LightningModule):
         self.hooks: PreOutHooks
         self._most_batches = 0  # largest batch count of any process in the running epoch (sharded runs)
 
+    @classmethod
+    def _wrapping(cls, model, name: str, **hparams):
+        """An instance around ``model`` (already in memory: nothing is loaded), in eval mode, whose
+        hyperparameters say what it is (``name`` stands for ``name_or_path`` in run folders and tables)."""
+        self = cls.__new__(cls)
+        AblationModule.__init__(self)
+        self.save_hyperparameters({"name_or_path": name, **hparams})
+        self.model = model.eval()
+        return self
+
     def logits_and_labels(self, batch) -> tuple[torch.Tensor, torch.Tensor]:
         """Scored logits [N, n_classes] and labels [N] (-100 = not scored)."""
         raise NotImplementedError
@@ -241,6 +251,33 @@ class TextAblationModule(AblationModule):
     """Shared by the text families: token windows, and the three text resample sources."""
 
     resample_sources = ("random_chars", "random_tokens", "generated", "data")
+    architectures: dict = {}
+    """model_type -> tested layout (the family's registry)."""
+
+    @classmethod
+    def from_model(cls, model, tokenizer, name: str | None = None, generator: str | None = None, blocks: str | None = None,
+                   out_proj: str | None = None, mlp_proj: str | None = None):
+        """Wrap a Hugging Face model and tokenizer already in memory (fine-tuned, edited, never saved):
+        the same checks as a loaded one (its family, where its neurons are, one forward pass). ``name``
+        names it in run folders and tables (default: its config's ``name_or_path``, else its type)."""
+        from ablate_lit.errors import AblateError
+        from ablate_lit.families.hf import check_family, check_generator, heads_config
+
+        config = getattr(model, "config", None)
+        if config is None or not hasattr(config, "model_type"):
+            raise AblateError(f"{cls.__name__}.from_model takes a Hugging Face model (with a .config), not a "
+                              f"{type(model).__name__}")
+        if tokenizer is None or not callable(tokenizer):
+            raise AblateError(f"{cls.__name__}.from_model needs the model's tokenizer (tokenizer=...)")
+        check_family(config, cls.family)
+        if generator:
+            check_generator(generator)
+        label = name or str(getattr(config, "name_or_path", "") or "").rstrip("/") or config.model_type
+        self = cls._wrapping(model, label, dtype=str(next(model.parameters()).dtype).removeprefix("torch."),
+                             generator=generator, blocks=blocks, out_proj=out_proj, mlp_proj=mlp_proj, gguf_file=None)
+        self.tokenizer = tokenizer
+        self.locate_pre_outs(heads_config(config, cls.family), cls.architectures.get(config.model_type), blocks, out_proj)
+        return self
 
     def data_connection(self) -> tuple:
         return (self.tokenizer,)

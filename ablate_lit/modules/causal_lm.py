@@ -5,7 +5,7 @@ from __future__ import annotations
 import torch
 
 from ablate_lit.errors import AblateError
-from ablate_lit.families.causal_lm import load_causal_lm
+from ablate_lit.families.causal_lm import CAUSAL_LM_ARCHITECTURES, load_causal_lm
 from ablate_lit.families.hf import check_generator, heads_config
 from ablate_lit.modules.base import TextAblationModule
 from ablate_lit.stats.token_metrics import IGNORE_INDEX
@@ -17,6 +17,7 @@ class CausalLMAblation(TextAblationModule):
     family = "causal_lm"
     data_types = ("TextData",)
     forward_kwargs = {"use_cache": False}
+    architectures = CAUSAL_LM_ARCHITECTURES
 
     def __init__(
         self,
@@ -60,7 +61,7 @@ class CausalLMAblation(TextAblationModule):
 
     @property
     def model_label(self) -> str:
-        if self.hparams.gguf_file:
+        if self.hparams.get("gguf_file"):
             return self.hparams.gguf_file.removesuffix(".gguf")
         return super().model_label
 

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from ablate_lit.families.hf import check_generator, heads_config
-from ablate_lit.families.masked_lm import load_masked_lm
+from ablate_lit.families.masked_lm import MASKED_LM_ARCHITECTURES, load_masked_lm
 from ablate_lit.modules.base import TextAblationModule
 
 
@@ -12,6 +12,7 @@ class MaskedLMAblation(TextAblationModule):
 
     family = "masked_lm"
     data_types = ("MaskedTextData",)
+    architectures = MASKED_LM_ARCHITECTURES
 
     def __init__(self, name_or_path: str, dtype: str = "float32", revision: str | None = None,
                  attn_implementation: str | None = None, generator: str | None = None, tokenizer: str | None = None,

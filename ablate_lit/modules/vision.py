@@ -35,6 +35,53 @@ class VisionAblation(AblationModule):
         self.input_size = self._input_size()
         self.locate_pre_outs(self.config, known, blocks, out_proj)
 
+    @classmethod
+    def from_model(cls, model, preprocess=None, name: str | None = None, blocks: str | None = None,
+                   out_proj: str | None = None, mlp_proj: str | None = None):
+        """Wrap an image classifier already in memory: a timm model (``preprocess`` defaults to its
+        own evaluation transform) or a Hugging Face one (``preprocess``: its image processor, or any
+        function from a PIL image to a [3, H, W] tensor)."""
+        from ablate_lit.errors import AblateError
+        from ablate_lit.families.hf import check_family, heads_config
+        from ablate_lit.families.vision import HF_VISION_ARCHITECTURES, TIMM_ARCHITECTURE
+
+        config = getattr(model, "config", None)
+        timm_model = hasattr(model, "pretrained_cfg") or config is None
+        if timm_model:
+            if not hasattr(model, "num_classes"):
+                raise AblateError(f"VisionAblation.from_model takes a timm or Hugging Face image classifier, not a "
+                                  f"{type(model).__name__}")
+            if preprocess is None:
+                from timm.data import create_transform, resolve_data_config
+
+                settings = resolve_data_config({}, model=model)
+                size = getattr(getattr(model, "patch_embed", None), "img_size", None)  # what the model was built for
+                if size is not None and tuple(settings["input_size"][1:]) != tuple(size):
+                    settings.update(input_size=(3, *size), crop_pct=1.0)
+                preprocess = create_transform(**settings, is_training=False)
+            n_classes, known, heads = model.num_classes, TIMM_ARCHITECTURE, None
+            label = name or str(getattr(model, "pretrained_cfg", {}).get("architecture") or type(model).__name__)
+        else:
+            check_family(config, cls.family)
+            if preprocess is None:
+                raise AblateError("VisionAblation.from_model needs preprocess= for a Hugging Face model: its image "
+                                  "processor (AutoImageProcessor) or a function from a PIL image to a tensor")
+            n_classes, known, heads = config.num_labels, HF_VISION_ARCHITECTURES.get(config.model_type), heads_config(config, "vision")
+            label = name or str(getattr(config, "name_or_path", "") or "").rstrip("/") or config.model_type
+        if hasattr(preprocess, "preprocess") and hasattr(preprocess, "model_input_names"):  # a Hugging Face image processor
+            processor = preprocess
+
+            def preprocess(image):
+                return processor(images=image, return_tensors="pt")["pixel_values"][0]
+
+        self = cls._wrapping(model, label, dtype=str(next(model.parameters()).dtype).removeprefix("torch."),
+                             blocks=blocks, out_proj=out_proj, mlp_proj=mlp_proj)
+        self.preprocess, self.n_classes, self.config = preprocess, n_classes, heads
+        self.backend = "timm" if timm_model else "hf"
+        self.input_size = self._input_size()
+        self.locate_pre_outs(self.config, known, blocks, out_proj)
+        return self
+
     def data_connection(self) -> tuple:
         return (self.preprocess, self.n_classes)
 
