@@ -58,8 +58,12 @@ class Results:
         """Baseline, then mean ± std over seeds per method and fraction (Top1 in %, CE), in Markdown."""
         from ablate_lit.report import summary_table
 
+        from ablate_lit.ablation.methods import METHODS
+
         rows = self.rows()
-        methods = list(dict.fromkeys(r["method"] for r in rows))
+        order = list(METHODS)
+        methods = sorted(dict.fromkeys(r["method"] for r in rows),  # the registry's order: zero, mean, ..., resample
+                         key=lambda m: (order.index(m.split(":")[0]) if m.split(":")[0] in order else len(order), m))
         if fractions is None:
             fractions = sorted({float(r["fraction"]) for r in rows})
         return summary_table(rows, methods, fractions)

@@ -111,8 +111,11 @@ def paired_figures(rows: list[dict], pairs: list[tuple[str, str]], out) -> list:
             continue
         ax.axhline(0.0, color="0.4", ls="--", lw=1)
         ax.set_xlabel("units ablated (%)")
-        ax.set_ylabel("CE difference A - B (nats per scored token)")
-        ax.set_title(f"{model}: paired differences, 95% bootstrap band (windows, seeds)", fontsize=9)
+        ax.set_ylabel("CE difference A - B (nats per token)")
+        seeds = max(len(v) for k, v in by.items() if k[0] == model)
+        windows = max(len(w["total"]) for k, v in by.items() if k[0] == model for w in v.values())
+        ax.set_title(f"{model}: paired differences, 95% bootstrap band\nover {windows} windows (or images) and {seeds} "
+                     "seed(s)", fontsize=9)
         ax.grid(alpha=0.3)
         ax.legend(fontsize=7)
         fig.tight_layout()

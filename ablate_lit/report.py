@@ -148,7 +148,7 @@ CENTRAL = 0.99
 """Share of a neuron's calibration values its plot shows (the central range; tails are clipped)."""
 
 
-def _plot_neuron(ax, stats, layer, n, title=None):
+def _plot_neuron(ax, stats, layer, n, title=None, log=False):
     x, c = _window_values(stats, layer, n)
     edges = torch.cat([x - stats["eps"] / 2, x[-1:] + stats["eps"] / 2])
     ax.stairs(c.numpy(), edges.numpy(), fill=True, color="0.6")
@@ -167,7 +167,9 @@ def _plot_neuron(ax, stats, layer, n, title=None):
     ax.set_xlim(lo - pad, hi + pad)
     ax.set_title(title or f"layer {layer} neuron {n}", fontsize=9)
     ax.set_xlabel("activation (pre-out value)", fontsize=8)
-    ax.set_ylabel(f"calibration values per {stats['eps']:g}-wide bin", fontsize=8)
+    ax.set_ylabel(f"calibration values per {stats['eps']:g}-wide bin" + (" (log)" if log else ""), fontsize=8)
+    if log:  # a tall mode beside a long, thin second mode: both visible
+        ax.set_yscale("log")
     ax.legend(fontsize=7)
 
 
@@ -215,9 +217,11 @@ def neuron_views(stats: dict, run_dir: Path, per_score: int = 3) -> list[Path]:
         flat = torch.nan_to_num(score.reshape(-1), nan=float("-inf"))
         for ax, idx in zip(row, flat.argsort(descending=True)[:per_score].tolist()):
             layer, n = divmod(idx, score.shape[1])
-            _plot_neuron(ax, stats, layer, n, f"{name} {float(score[layer, n]):.2f}: layer {layer} neuron {n}")
+            _plot_neuron(ax, stats, layer, n, f"{name} {float(score[layer, n]):.2f}: layer {layer} neuron {n}",
+                         log=name == "several modes")
     fig.suptitle(f"the most atypical neurons by each score (x axis: the central {100 * CENTRAL:g}% of each neuron's "
-                 "calibration values, widened to show zero, mean and peak)", fontsize=9)
+                 "calibration values, widened to show zero, mean and peak; several modes: counts on a log scale)",
+                 fontsize=9)
     fig.tight_layout()
     fig.savefig(out / "atypical.png", dpi=100)
     writer.add_figure("distribution/atypical", fig, 0)

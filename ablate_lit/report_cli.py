@@ -225,8 +225,11 @@ def eps_figures(rows: list[dict], out: Path) -> list[Path]:
             ax.plot([p[0] for p in pts], [p[1] for p in pts], marker="o", ms=3, label=f"{round(100 * f)}% ablated")
         ax.set_xscale("log")
         ax.set_xlabel("histogram bin width eps (log scale)")
-        ax.set_ylabel("cross-entropy with peak ablation (nats per scored token)")
-        ax.set_title(f"{model}: peak ablation against the bin width", fontsize=9)
+        ax.set_ylabel("CE with peak ablation (nats per token)")
+        mine = [r for r in rows if r["model"] == model and r["method"] in widths]
+        seeds, tokens = len({r["seed"] for r in mine}), "/".join(map(str, sorted({int(r["n_tokens"]) for r in mine})))
+        ax.set_title(f"{model}: peak ablation against the bin width\n{seeds} seed(s), {tokens} scored tokens (or images) "
+                     "per point", fontsize=9)
         ax.grid(alpha=0.3)
         ax.legend(fontsize=7)
         fig.tight_layout()

@@ -61,6 +61,7 @@ def test_a_model_in_memory_on_a_list_of_strings_gives_the_cli_table_of_the_same_
     assert reopened.table().equals(api)
     summary = reopened.summary()
     assert "Top1 accuracy (%)" in summary and "1 seed" not in summary and "2 seed(s)" in summary
+    assert summary.index("| zero |") < summary.index("| mean |") < summary.index("| peak |") < summary.index("| resample:")
     stats = reopened.statistics
     assert {"layer", "neuron", "mean", "peak", "std"} <= set(stats.columns) and len(stats) == 2 * 32
     fig = reopened.figure()
