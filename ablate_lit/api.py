@@ -14,6 +14,9 @@ import contextlib
 import dataclasses
 import inspect
 import io
+import logging
+import re
+import sys
 from pathlib import Path
 
 from ablate_lit.errors import AblateError
@@ -52,6 +55,9 @@ class Results:
             converted = pd.to_numeric(df[col].replace("-", float("nan")), errors="coerce")
             if converted.notna().sum() == df[col].ne("-").sum():
                 df[col] = converted
+        for col in ("fraction", "top1", "ce", "ppl", "kl", "eps"):  # floats even when every value is whole
+            if col in df and df[col].dtype.kind in "iu":
+                df[col] = df[col].astype(float)
         return df.sort_values(["method", "seed", "fraction"], kind="stable").reset_index(drop=True)
 
     def summary(self, fractions: list[float] | None = None) -> str:
@@ -66,6 +72,10 @@ class Results:
                          key=lambda m: (order.index(m.split(":")[0]) if m.split(":")[0] in order else len(order), m))
         if fractions is None:
             fractions = sorted({float(r["fraction"]) for r in rows})
+        elif isinstance(fractions, (int, float)) and not isinstance(fractions, bool):
+            fractions = [fractions]
+        if not isinstance(fractions, (list, tuple)) or not all(isinstance(f, (int, float)) and 0 <= f <= 1 for f in fractions):
+            raise AblateError(f"fractions={fractions!r}: pass a list of fractions in [0, 1], e.g. [0.5, 0.9]")
         return summary_table(rows, methods, fractions)
 
     def figure(self):
@@ -104,28 +114,96 @@ def _family(model, family: str | None) -> str:
             raise AblateError(f"unknown family '{family}'; use one of: {', '.join(FAMILIES)}")
         return family
     if isinstance(model, (str, Path)):
-        from ablate_lit.families.vision import _backend
+        import json
 
         text = str(model)
-        try:
-            import transformers
+        local = Path(text).expanduser()
+        if local.is_dir() and (local / "config.json").is_file():
+            try:
+                config = json.loads((local / "config.json").read_text())
+            except (OSError, ValueError):
+                config = {}
+            if "architecture" in config:  # timm's save_for_hf
+                return "vision"
+            names = " ".join(config.get("architectures") or [])
+        else:
+            try:
+                import transformers
 
-            config = transformers.AutoConfig.from_pretrained(text)
-        except Exception:  # a timm name or folder, or a hub id out of reach: decided below
-            config = None
-        if config is None:
-            return "vision" if _backend(text) == "timm" and not Path(text).expanduser().is_dir() or \
-                (Path(text).expanduser() / "config.json").is_file() else "causal_lm"
-        names = " ".join(getattr(config, "architectures", None) or [])
+                names = " ".join(transformers.AutoConfig.from_pretrained(text).architectures or [])
+            except Exception:  # out of reach (offline), or not a Hugging Face model: a timm name?
+                import timm
+
+                arch = text.removeprefix("timm/").split(".")[0]
+                return "vision" if not local.exists() and timm.is_model(arch) else "causal_lm"
     else:
-        if hasattr(model, "pretrained_cfg") or not hasattr(model, "config"):
+        if isinstance(model, type) or not hasattr(model, "parameters") or not callable(model):
+            raise AblateError(f"model must be a hub id, a local folder, or a Hugging Face or timm model object, not a "
+                              f"{type(model).__name__}")
+        if hasattr(model, "pretrained_cfg"):
             return "vision"
+        if not hasattr(model, "config"):
+            raise AblateError(f"a {type(model).__name__} is neither a Hugging Face model (no .config) nor a timm model; "
+                              "pass a transformers or timm model, or its hub id or folder")
         names = type(model).__name__
     if "MaskedLM" in names:
         return "masked_lm"
     if "ImageClassification" in names:
         return "vision"
     return "causal_lm"
+
+
+def _checked_settings(values: dict) -> dict:
+    """The ablation settings with the types the CLI's parser would enforce: a single method, fraction,
+    seed or layer stands for a list of one; anything else of the wrong type is refused in one line."""
+    import numbers
+
+    def number(v):
+        return isinstance(v, numbers.Real) and not isinstance(v, bool)
+
+    def integer(v):
+        return isinstance(v, numbers.Integral) and not isinstance(v, bool)
+
+    rules = {"methods": (str, "a list of method names, e.g. ['zero', 'mean', 'peak']"),
+             "fractions": (number, "a list of numbers in [0, 1], e.g. [0, 0.5, 1]"),
+             "seeds": (integer, "a list of integers, e.g. [0, 1, 2]"),
+             "layers": (integer, "a list of layer indices, e.g. [0, -1]")}
+    out = dict(values)
+    for key, (ok, what) in rules.items():
+        v = out.get(key)
+        if v is None:
+            continue
+        ok_item = (lambda x: isinstance(x, str)) if ok is str else ok
+        if ok_item(v):
+            v = out[key] = [v]
+        if not isinstance(v, (list, tuple)) or not all(ok_item(x) for x in v):
+            raise AblateError(f"{key}={v!r}: {key} must be {what}")
+        out[key] = list(v)
+    for key, value in out.items():
+        if key in rules or value is None:
+            continue
+        kind = {"eps": number, "optimal_lr": number, "optimal_held_out": number, "n_bins": integer, "n_resample": integer,
+                "resample_seed": integer, "optimal_epochs": integer, "optimal_patience": integer,
+                "kl": lambda x: isinstance(x, bool), "log_histograms": lambda x: isinstance(x, bool)}.get(key)
+        if kind is not None and not kind(value):
+            raise AblateError(f"{key}={value!r}: {key} must be a {'boolean' if key in ('kl', 'log_histograms') else 'number'}")
+        if kind is None and key != "cache_dir" and not isinstance(value, str):
+            raise AblateError(f"{key}={value!r}: {key} must be a string")
+    return out
+
+
+def _pythonic(message: str) -> str:
+    """A CLI message in the words of ``run``'s arguments (``--data.max_tokens`` is ``max_tokens=``)."""
+    message = re.sub(r"--model ablate_lit\.MaskedLMAblation", 'family="masked_lm"', message)
+    message = re.sub(r"--model ablate_lit\.CausalLMAblation", 'family="causal_lm"', message)
+    message = re.sub(r"--model ablate_lit\.VisionAblation", 'family="vision"', message)
+    message = re.sub(r"--trainer\.(\w+)( (\S+))?", lambda m: f"trainer={{'{m.group(1)}': {m.group(3) or '...'}}}", message)
+    message = re.sub(r"--model\.name_or_path", "model=", message)
+    message = re.sub(r"--data\.path", "data=", message)
+    message = re.sub(r"--model\.name\b", "model_name=", message)
+    message = re.sub(r"--(?:ablation|data|model)\.(\w+)", r"\1=", message)
+    message = re.sub(r"--(name|root)\b", r"\1=", message)
+    return message.replace("run the same command again", "call run(...) again")
 
 
 def _parameters(obj) -> set[str]:
@@ -157,56 +235,96 @@ def run(model, data, *, tokenizer=None, preprocess=None, family: str | None = No
             ...; in memory: model_name naming it in tables, generator, blocks, out_proj, mlp_proj), as in
             the CLI's config.
     """
-    import lightning as L
-
-    from ablate_lit import CausalLMAblation, ImageData, MaskedLMAblation, MaskedTextData, TextData, VisionAblation
     from ablate_lit.cli import _quiet_loading
-    from ablate_lit.config import AblationConfig
-    from ablate_lit.runs import run_experiment
 
     _quiet_loading()
+    try:
+        return _run(model, data, tokenizer, preprocess, family, name, root, trainer, verbose, settings)
+    except AblateError as exc:  # the CLI's words (--data.max_tokens) become run's (max_tokens=)
+        exc.args = (_pythonic(str(exc)),)
+        raise
+
+
+def _run(model, data, tokenizer, preprocess, family, name, root, trainer, verbose, settings) -> Results:
+    import lightning as L
+    from lightning.fabric.utilities.exceptions import MisconfigurationException
+
+    from ablate_lit import CausalLMAblation, ImageData, MaskedLMAblation, MaskedTextData, TextData, VisionAblation
+    from ablate_lit.config import AblationConfig
+    from ablate_lit.runs import check_destination, run_experiment
+
     family = _family(model, family)
     module_cls = {"causal_lm": CausalLMAblation, "masked_lm": MaskedLMAblation, "vision": VisionAblation}[family]
     data_cls = {"causal_lm": TextData, "masked_lm": MaskedTextData, "vision": ImageData}[family]
     in_memory = not isinstance(model, (str, Path))
     model_keys = (_parameters(module_cls.from_model) - {"model", "tokenizer", "preprocess", "name"} | {"model_name"}
-                  if in_memory else _parameters(module_cls) - {"name_or_path"})
+                  if in_memory else _parameters(module_cls) - {"name_or_path", "tokenizer"})
     data_keys = (_parameters(data_cls) | (_parameters(TextData) if data_cls is MaskedTextData else set())) - {"name"}
     data_keys.add("dataset_name")  # the data class's ``name`` (a hub configuration); ``name`` here names the run
     ablation_keys = {f.name for f in dataclasses.fields(AblationConfig)}
     unknown = sorted(set(settings) - model_keys - data_keys - ablation_keys)
     if unknown:
-        raise AblateError(f"unknown setting(s) {', '.join(unknown)} for a {family} run; use ablation settings "
-                          f"({', '.join(sorted(ablation_keys))}), data settings ({', '.join(sorted(data_keys))}) or model "
-                          f"settings ({', '.join(sorted(model_keys))})")
+        raise AblateError(f"unknown setting(s) {', '.join(unknown)} for a {family} run (family read from the model; "
+                          f"family= overrides); use ablation settings ({', '.join(sorted(ablation_keys))}), data settings "
+                          f"({', '.join(sorted(data_keys))}) or model settings ({', '.join(sorted(model_keys))})")
+    if family == "vision" and tokenizer is not None:
+        raise AblateError("tokenizer= is for text models; a vision model takes preprocess= (or none, for timm)")
+    if family != "vision" and preprocess is not None:
+        raise AblateError("preprocess= is for vision models; a text model takes tokenizer=")
     pick = lambda keys: {k: v for k, v in settings.items() if k in keys}  # noqa: E731
-    cfg = AblationConfig(**pick(ablation_keys))
+    cfg = AblationConfig(**_checked_settings(pick(ablation_keys)))
+    check_destination(name, root, cfg.cache_dir)
+    if trainer is not None and not isinstance(trainer, (dict, L.Trainer)):
+        raise AblateError(f"trainer must be a dict of Trainer settings (e.g. {{'accelerator': 'cpu'}}) or a "
+                          f"lightning.Trainer, not a {type(trainer).__name__}")
 
     quiet = contextlib.redirect_stdout(io.StringIO()) if not verbose else contextlib.nullcontext()
-    with quiet:
-        if in_memory:
-            model_settings = pick(model_keys)
-            model_settings["name"] = model_settings.pop("model_name", None)
-            module = module_cls.from_model(model, preprocess if family == "vision" else tokenizer, **model_settings)
-        else:
-            if tokenizer is not None and not isinstance(tokenizer, (str, Path)):
-                raise AblateError("for a model given by name, pass tokenizer as a folder or hub id (or load the model and "
-                                  "pass both objects)")
-            if tokenizer is not None:
-                settings["tokenizer"] = str(tokenizer)
-            module = module_cls(str(model), **pick(model_keys | {"tokenizer"} if tokenizer is not None else model_keys))
-        datamodule = _datamodule(data_cls, data, family, pick(data_keys), module)
-        if not isinstance(trainer, L.Trainer):
-            options = {"accelerator": "auto", "devices": 1, "logger": False, "enable_checkpointing": False,
-                       "enable_model_summary": False, "enable_progress_bar": verbose, "default_root_dir": str(root)}
-            options.update(trainer or {})
-            trainer = L.Trainer(**options)
-        described = {"family": family, "model": module.model_label,
-                     "data": str(data) if isinstance(data, (str, Path)) else f"<{type(data).__name__} in memory>",
-                     **{k: v for k, v in settings.items()}}
-        config_yaml = "".join(f"{k}: {v!r}\n" for k, v in described.items())
-        run_dir = run_experiment(trainer, module, datamodule, cfg, name, str(root), config_yaml)
+    chatter = logging.getLogger("lightning.pytorch.utilities.rank_zero")  # "GPU available: ..." at every Trainer
+    level = chatter.level
+    if not verbose:
+        chatter.setLevel(logging.WARNING)
+    try:
+        with quiet:
+            if in_memory:
+                if isinstance(tokenizer, (str, Path)):  # a folder or hub id: loaded as the CLI would
+                    from ablate_lit.families.hf import load_tokenizer
+
+                    tokenizer = load_tokenizer(str(tokenizer), None, given=True)
+                model_settings = pick(model_keys)
+                model_settings["name"] = model_settings.pop("model_name", None)
+                module = module_cls.from_model(model, preprocess if family == "vision" else tokenizer, **model_settings)
+            else:
+                model_settings = pick(model_keys)
+                if tokenizer is not None:
+                    if not isinstance(tokenizer, (str, Path)):
+                        raise AblateError("for a model given by name, pass tokenizer as a folder or hub id (or load the "
+                                          "model and pass both objects)")
+                    model_settings["tokenizer"] = str(tokenizer)
+                module = module_cls(str(model), **model_settings)
+            datamodule = _datamodule(data_cls, data, family, pick(data_keys), module)
+            if not isinstance(trainer, L.Trainer):
+                options = {"accelerator": "auto", "devices": 1, "logger": False, "enable_checkpointing": False,
+                           "enable_model_summary": False, "enable_progress_bar": verbose, "default_root_dir": str(root)}
+                options.update(trainer or {})
+                try:
+                    trainer = L.Trainer(**options)
+                except (TypeError, ValueError, MisconfigurationException) as exc:
+                    raise AblateError(f"trainer settings {trainer}: {' '.join(str(exc).split())}") from exc
+            if trainer.world_size > 1 and _interactive():
+                raise AblateError("several devices start one process per device, which a notebook or an interactive "
+                                  "session cannot; run a script or the CLI (python -m ablate_lit test) for that")
+            described = {"family": family, "model": module.model_label,
+                         "data": str(data) if isinstance(data, (str, Path)) else f"<{type(data).__name__} in memory>",
+                         **{k: v for k, v in settings.items()}}
+            config_yaml = "".join(f"{k}: {v!r}\n" for k, v in described.items())
+            run_dir = run_experiment(trainer, module, datamodule, cfg, name, str(root), config_yaml)
+    finally:
+        chatter.setLevel(level)
     return Results(run_dir)
+
+
+def _interactive() -> bool:
+    return hasattr(sys, "ps1") or "ipykernel" in sys.modules or not sys.argv or sys.argv[0] in ("", "-", "-c")
 
 
 def _datamodule(data_cls, data, family: str, settings: dict, module):
@@ -224,8 +342,12 @@ def _datamodule(data_cls, data, family: str, settings: dict, module):
         first = next(iter(data), None)
         if first is None:
             raise AblateError("the DataLoader gives no batch; pass one with token windows")
+        if isinstance(first, dict) and "input_ids" not in first:
+            raise AblateError(f"the DataLoader's batches have no 'input_ids' (keys: {', '.join(map(str, first))}); give "
+                              "token windows as input_ids [batch, context_length]")
         ids = first["input_ids"] if isinstance(first, dict) else first[0] if isinstance(first, (list, tuple)) else first
-        settings.setdefault("context_length", int(ids.shape[-1]))
+        if hasattr(ids, "shape") and len(ids.shape) == 2:  # the windows' length (checked in full when they are read)
+            settings.setdefault("context_length", int(ids.shape[-1]))
     elif family != "vision" and "context_length" not in settings:
         settings["context_length"] = min(1024, module.max_positions() or 1024)
     return data_cls(str(data) if isinstance(data, Path) else data, **settings)

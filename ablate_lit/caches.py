@@ -1,4 +1,4 @@
-"""``python -m ablate_lit cache {list,clear}``: what ablate_lit keeps on disk between runs, and removing it.
+"""python -m ablate_lit cache {list,clear}: what ablate_lit keeps on disk between runs, and removing it.
 
 Two caches, both safe to delete (they are rebuilt when next needed):
   models       $ABLATE_LIT_CACHE (default ~/.cache/ablate_lit): GGUF files converted to safetensors
@@ -72,7 +72,8 @@ def main(argv: list[str]) -> None:
         for what, folder, n, size in listing(dirs):
             print(f"{human(size):>10}  {n:4d}  {what:<22} {folder}")
             total += size
-        print(f"{human(total):>10}        in all (python -m ablate_lit cache clear [models|calibration] removes them)")
+        roots = "".join(f" --root {r}" for r in args.root or []) + "".join(f" --cache-dir {d}" for d in args.cache_dir)
+        print(f"{human(total):>10}        in all (python -m ablate_lit cache clear [models|calibration]{roots} removes them)")
         return
     removed = 0
     if args.which in ("all", "models"):

@@ -78,18 +78,10 @@ class AblateCLI(LightningCLI):
 
     def before_instantiate_classes(self) -> None:
         """Cheap checks of where results go, before any model or data is loaded."""
-        from ablate_lit.atomic import check_folder
+        from ablate_lit.runs import check_destination
 
         config = self.config[self.subcommand]
-        name = config.get("name")
-        if name is not None and (not name.strip() or Path(name).name != name or name in (".", "..")
-                                 or not name.isprintable() or len(name.encode()) > 200):
-            raise AblateError(f"--name {name!r} must be a plain folder name inside --root (printable, at most 200 bytes, "
-                              "no '/', not '..'); use --root to choose where run folders go")
-        check_folder(config.get("root"), "--root")
-        cache_dir = (config.get("ablation") or {}).get("cache_dir")
-        if cache_dir:
-            check_folder(cache_dir, "--ablation.cache_dir")
+        check_destination(config.get("name"), config.get("root"), (config.get("ablation") or {}).get("cache_dir"))
 
     @staticmethod
     def subcommands() -> dict[str, set[str]]:

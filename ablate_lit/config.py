@@ -78,7 +78,8 @@ class AblationConfig:
                                                         f"{EPS_RANGE[1]:g}] (activations are binned in float32); e.g. --ablation.eps 0.01")
         check(self.n_bins >= 2, f"ablation.n_bins must be at least 2, got {self.n_bins}")
         check(math.isfinite(self.optimal_lr) and self.optimal_lr > 0, f"ablation.optimal_lr must be a positive number, got {self.optimal_lr}")
-        check(self.optimal_epochs >= 0, f"ablation.optimal_epochs must be 0 or more, got {self.optimal_epochs}")
+        check(self.optimal_epochs >= 1, f"ablation.optimal_epochs must be at least 1, got {self.optimal_epochs} (0 would "
+                                         "leave optimal equal to mean)")
         check(self.optimal_patience >= 1, f"ablation.optimal_patience must be at least 1, got {self.optimal_patience}")
         check(0 < self.optimal_held_out < 1, f"ablation.optimal_held_out must be a share in (0, 1), got {self.optimal_held_out}; "
                                              "e.g. --ablation.optimal_held_out 0.25")

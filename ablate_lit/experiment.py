@@ -21,6 +21,7 @@ from ablate_lit.config import AblationConfig
 from ablate_lit.data.sampler import make_loader
 from ablate_lit.errors import AblateError
 from ablate_lit.report import neuron_views
+from ablate_lit import signals
 from ablate_lit.resources import check_fits
 from ablate_lit.sharding import is_sharded
 from ablate_lit.store import ResultStore, digest
@@ -149,7 +150,8 @@ class Experiment:
             check_fits(n_layers * cfg.n_resample * positions * width * 4, module.device,
                        f"the {source} resample cache ({n_layers} layers x {cfg.n_resample} rows x {positions} positions x "
                        f"{width} neurons)", f"lower --ablation.n_resample (now {cfg.n_resample})")
-        say(self.trainer, f"resample cache {source}: {cfg.n_resample} random inputs")
+        kind = "calibration inputs" if source == "data" else "random inputs"
+        say(self.trainer, f"resample cache {source}: {cfg.n_resample} {kind}")
         inputs = module.random_inputs(source, cfg.n_resample, cfg.resample_seed, data)
         callback = CalibrationCallback(cfg.eps, cfg.n_bins, cfg.bin_alignment)
         callback.sweep_resample(cfg.n_resample)
@@ -329,6 +331,7 @@ class Experiment:
                             store.release(point)
                     evaluated += 1
                 self.done += 1
+                signals.check()  # a signal whose exception a destructor swallowed still stops the run here
                 if action != "evaluate":
                     continue
                 eta = (time.perf_counter() - started) / evaluated * (len(todo) + len(waiting))

@@ -141,8 +141,9 @@ def model_figure(rows: list[dict], model: str):
                 m, s = mean_std(agg[(model, method, f)][metric])
                 xs.append(100 * f), means.append(m * scale), stds.append(0.0 if not math.isfinite(s) else s * scale)
             ax.plot(xs, means, marker="o", ms=3, label=method, **style)
-            ax.fill_between(xs, [m - s for m, s in zip(means, stds)], [m + s for m, s in zip(means, stds)],
-                            color=style["color"], alpha=0.15)
+            top = 100.0 if metric == "top1" else float("inf")  # the band stays where the metric can be
+            ax.fill_between(xs, [max(0.0, m - s) for m, s in zip(means, stds)],
+                            [min(top, m + s) for m, s in zip(means, stds)], color=style["color"], alpha=0.15)
     for ax, metric, scale in ((axes[0], "top1", 100.0), (axes[1], "ce", 1.0)):
         if base:
             ax.axhline(mean_std(base[metric])[0] * scale, color="0.4", ls="--", lw=1, label="unablated")
@@ -150,7 +151,7 @@ def model_figure(rows: list[dict], model: str):
                       else "neurons ablated (%)")
         ax.grid(alpha=0.3)
     axes[0].set_ylabel("Top1 accuracy (%)")
-    axes[1].set_ylabel("cross-entropy (nats per scored token)")
+    axes[1].set_ylabel("cross-entropy (nats per scored token or image)")
     axes[0].legend(fontsize=7, ncol=2 if len(methods) > 6 else 1)
     seeds = max(len({r["seed"] for r in mine if r["method"] == m}) for m in methods)
     tokens = sorted({int(r["n_tokens"]) for r in mine})

@@ -43,6 +43,19 @@ def what_is_ablated(module, cfg: AblationConfig) -> dict:
     return {"site": cfg.site, "unit": cfg.unit, "layers": layers, "order": cfg.order}
 
 
+def check_destination(name: str | None, root, cache_dir=None) -> None:
+    """Where results go: ``name`` a plain folder name, ``root`` and ``cache_dir`` writable folders."""
+    from ablate_lit.atomic import check_folder
+
+    if name is not None and (not isinstance(name, str) or not name.strip() or Path(name).name != name
+                             or name in (".", "..") or not name.isprintable() or len(name.encode()) > 200):
+        raise AblateError(f"--name {name!r} must be a plain folder name inside --root (printable, at most 200 bytes, "
+                          "no '/', not '..'); use --root to choose where run folders go")
+    check_folder(root, "--root")
+    if cache_dir:
+        check_folder(cache_dir, "--ablation.cache_dir")
+
+
 def run_experiment(trainer, module, data, cfg: AblationConfig, name: str | None, root: str, config_yaml: str) -> Path:
     """Everything ``python -m ablate_lit test`` does; returns the run folder. The model moves to its
     device once and stays there for calibration, every resample cache and every point."""

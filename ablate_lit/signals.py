@@ -26,8 +26,22 @@ class Interrupted(BaseException):
         self.signum = signum
 
 
+_received: list[int] = []
+"""Signals received in the current block. Python ignores an exception raised while a destructor or a
+weakref callback runs ("Exception ignored in ..."): if the signal lands there, ``Interrupted`` is
+lost, so the run also looks here (``check``) after each batch and point, and when the block ends."""
+_depth = [0]
+
+
 def _raise(signum, frame):
+    _received.append(signum)
     raise Interrupted(signum)
+
+
+def check() -> None:
+    """Raise ``Interrupted`` if a signal arrived whose exception was swallowed."""
+    if _received:
+        raise Interrupted(_received[0])
 
 
 @contextmanager
@@ -38,13 +52,18 @@ def stopped_by_signals(progress: Callable[[], str]) -> Iterator[None]:
         yield
         return
     previous = {s: signal.getsignal(s) for s in SIGNALS}
+    if _depth[0] == 0:
+        _received.clear()  # a new run (e.g. the next call in a notebook)
+    _depth[0] += 1
     for s in SIGNALS:
         signal.signal(s, _raise)
     try:
         yield
+        check()
     except Interrupted as exc:
         raise AblateError(f"stopped by {exc}: {progress()}; run the same command again to resume",
                           exit_code=128 + exc.signum) from None
     finally:
+        _depth[0] -= 1
         for s, handler in previous.items():
             signal.signal(s, handler)

@@ -105,6 +105,9 @@ def test_a_timm_model_in_memory_on_a_list_of_images(image_folder, tmp_path):
     classes = sorted(p.name for p in Path(image_folder).iterdir())
     rows = [{"image": Image.open(f).convert("RGB"), "label": classes.index(f.parent.name)}
             for f in sorted(Path(image_folder).rglob("*.png"))]
+    for bad, message in (([r["image"] for r in rows], "rows"), ([{**r, "label": "cat"} for r in rows], "not an integer class")):
+        with pytest.raises(AblateError, match=message):
+            ablate_lit.run(model, bad, max_images=6, calib_images=6, root=tmp_path, verbose=False)
     results = ablate_lit.run(model, rows, methods=["zero", "mean", "resample:random_pixels"], seeds=[0], fractions=[0, 1],
                              max_images=6, calib_images=6, batch_size=3, root=tmp_path, verbose=False,
                              trainer={"accelerator": "cpu"})
@@ -118,21 +121,64 @@ def test_errors_raise_ablate_error_and_never_exit(assets, tmp_path):
 
     tokenizer = AutoTokenizer.from_pretrained(assets / "tokenizer")
     model = _in_memory_llama(tokenizer)
+    (tmp_path / "a-file").write_text("")
     cases = [
         (dict(methodz=["zero"]), "unknown setting(s) methodz"),
         (dict(methods=["nope"]), "unknown ablation method 'nope'"),
-        (dict(max_tokens=10**7, context_length=16), "the data holds"),
+        (dict(methods="nope"), "unknown ablation method 'nope'"),  # one method stands for a list of one
+        (dict(max_tokens=10**7, context_length=16), "lower calib_tokens= and max_tokens= (together at most ~"),  # CLI words made run's
         (dict(family="audio"), "unknown family 'audio'"),
+        (dict(name="../escape"), "must be a plain folder name inside root="),
+        (dict(root=tmp_path / "a-file"), "root= '"),
+        (dict(fractions=["half"]), "fractions must be a list of numbers in [0, 1]"),
+        (dict(seeds=1.5), "seeds must be a list of integers"),
+        (dict(kl="yes"), "kl must be a boolean"),
+        (dict(eps="0.01"), "eps must be a number"),
+        (dict(optimal_epochs=0), "optimal_epochs must be at least 1"),
+        (dict(trainer="cpu"), "trainer must be a dict of Trainer settings"),
+        (dict(trainer={"acelerator": "cpu"}, context_length=16), "trainer settings {'acelerator': 'cpu'}"),
+        (dict(preprocess=lambda image: image), "preprocess= is for vision models"),
     ]
     for extra, message in cases:
         with pytest.raises(AblateError, match=re.escape(message)):
-            ablate_lit.run(model, ["some text " * 50], tokenizer=tokenizer, root=tmp_path, verbose=False, **extra)
+            ablate_lit.run(model, ["some text " * 50], tokenizer=tokenizer, verbose=False, **{"root": tmp_path, **extra})
     with pytest.raises(AblateError, match="needs the model's tokenizer"):
         ablate_lit.run(model, ["text"], root=tmp_path, verbose=False)
+    with pytest.raises(AblateError, match="text 0 is a int"):  # a tokenizer given as a folder is loaded
+        ablate_lit.run(model, [3], tokenizer=assets / "tokenizer", root=tmp_path, verbose=False, context_length=16)
     with pytest.raises(AblateError, match="text 1 is a int, not a string"):
         ablate_lit.run(model, ["text " * 200, 5], tokenizer=tokenizer, root=tmp_path, verbose=False, context_length=16)
     with pytest.raises(AblateError, match="holds no results"):
         ablate_lit.load(tmp_path / "nothing")
+    for bad in (None, torch.nn.Linear(2, 2), tokenizer):
+        with pytest.raises(AblateError, match="model must be a hub id|neither a Hugging Face model"):
+            ablate_lit.run(bad, ["text"], tokenizer=tokenizer, root=tmp_path, verbose=False)
+
+
+def test_a_dataloader_of_wrong_windows_is_refused_in_one_line(assets, tmp_path):
+    from torch.utils.data import DataLoader
+    from transformers import AutoTokenizer
+
+    tokenizer = AutoTokenizer.from_pretrained(assets / "tokenizer")
+    model = _in_memory_llama(tokenizer)
+    ids = torch.randint(5, 50, (20, 8))
+    cases = [
+        (DataLoader(ids.float(), batch_size=4), "token ids must be integers"),
+        (DataLoader(ids + len(tokenizer), batch_size=4), "outside the tokenizer's"),
+        (DataLoader([{"ids": w} for w in ids], batch_size=4), "have no 'input_ids'"),
+        (DataLoader([{"input_ids": w, "attention_mask": (w > 20).long()} for w in ids], batch_size=4), "are padded"),
+        (DataLoader(ids, batch_size=4, shuffle=True), "shuffle=False"),
+    ]
+    for loader, message in cases:
+        with pytest.raises(AblateError, match=re.escape(message)):
+            ablate_lit.run(model, loader, tokenizer=tokenizer, max_tokens=16, calib_tokens=16, root=tmp_path, verbose=False,
+                           trainer={"accelerator": "cpu"})
+
+
+def test_a_hub_name_offline_is_a_causal_lm_out_of_reach_not_a_timm_model(tmp_path, monkeypatch):
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    with pytest.raises(AblateError, match=r"could not load model 'gpt2' .*without internet.*pass the local folder with model="):
+        ablate_lit.run("gpt2", ["text"], root=tmp_path, verbose=False, max_tokens=16)
 
 
 def test_a_masked_lm_object_and_a_datasets_dataset_give_the_cli_numbers(capsys, tiny_masked, corpus, tmp_path):

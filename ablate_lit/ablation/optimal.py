@@ -115,9 +115,10 @@ def fit_constants(trainer, target, mask: torch.Tensor, init: torch.Tensor, scale
     fit = ConstantFit(target, init, scale, lr, writer, tag)
     stopper = EarlyStopping(monitor="held_out_ce", mode="min", patience=patience, min_delta=0.0, check_finite=True)
     saved_loop, saved_sanity = trainer.fit_loop, trainer.num_sanity_val_steps
-    chatter = logging.getLogger("lightning.fabric.utilities.rank_zero")  # "`Trainer.fit` stopped: ..." (said by us)
-    saved_level = chatter.level
-    chatter.setLevel(logging.WARNING)
+    chatter = [logging.getLogger(n) for n in ("lightning.fabric.utilities.rank_zero", "lightning.pytorch.utilities.rank_zero")]
+    saved_levels = [c.level for c in chatter]  # "`Trainer.fit` stopped: ..." (the run says it in its own words)
+    for c in chatter:
+        c.setLevel(logging.WARNING)
     frozen = [(p, p.requires_grad) for p in target.parameters()]
     for p, _ in frozen:
         p.requires_grad_(False)
@@ -133,7 +134,8 @@ def fit_constants(trainer, target, mask: torch.Tensor, init: torch.Tensor, scale
     finally:
         trainer.callbacks.remove(stopper)
         trainer.fit_loop, trainer.num_sanity_val_steps = saved_loop, saved_sanity
-        chatter.setLevel(saved_level)
+        for c, level in zip(chatter, saved_levels):
+            c.setLevel(level)
         for p, flag in frozen:
             p.requires_grad_(flag)
         target.hooks.remove()

@@ -13,6 +13,7 @@ import time
 
 import lightning as L
 
+from ablate_lit import signals
 from ablate_lit.ablation.schedule import Point
 from ablate_lit.store import CLAIM_REFRESH_S, ResultStore
 
@@ -37,6 +38,7 @@ class ResultWriter(L.Callback):
         self._t0 = self._refreshed = time.perf_counter()
 
     def on_test_batch_end(self, trainer, pl_module, outputs, batch, batch_idx, dataloader_idx=0) -> None:
+        signals.check()  # a signal whose exception a destructor swallowed (ablate_lit.signals)
         if trainer.is_global_zero and self.point is not None and time.perf_counter() - self._refreshed > CLAIM_REFRESH_S:
             self.store.refresh(self.point)  # the claim stays fresh while a long point runs
             self._refreshed = time.perf_counter()

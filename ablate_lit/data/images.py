@@ -102,6 +102,9 @@ class ImageData(L.LightningDataModule):
 
         if not isinstance(self.path, (str, os.PathLike)):  # from Python: a data set in memory
             if isinstance(self.path, list):
+                if not self.path or not all(isinstance(r, dict) for r in self.path):
+                    raise AblateError(f"a list of images must hold {{'{self.image_column}': PIL image, "
+                                      f"'{self.label_column}': int}} rows" + ("" if self.path else ", and it is empty"))
                 return datasets.Dataset.from_list(self.path)
             if not hasattr(self.path, "column_names"):
                 raise AblateError(f"image data must be a path, a hub name, a datasets.Dataset or a list of "
@@ -167,7 +170,13 @@ class ImageData(L.LightningDataModule):
             if len(rows) < needed:
                 raise AblateError(f"the data holds {len(rows)} images but {needed} are needed; lower --data.max_images")
             rows = [rows[i] for i in torch.randperm(needed, generator=torch.Generator().manual_seed(self.seed)).tolist()]
-        labels = [int(r[self.label_column]) for r in rows]
+        labels = []
+        for r in rows:
+            label = r[self.label_column]
+            if isinstance(label, bool) or not isinstance(label, (int, float)) or int(label) != label:
+                raise AblateError(f"label {label!r} is not an integer class index; the '{self.label_column}' column must "
+                                  "hold the model's class numbers")
+            labels.append(int(label))
         bad = [l for l in labels if not 0 <= l < self.n_classes]
         if bad:
             raise AblateError(f"label {bad[0]} is outside the model's {self.n_classes} classes; the data's label space does not "

@@ -146,12 +146,30 @@ class TextData(L.LightningDataModule):
     def _given_windows(self, n_windows: int) -> torch.Tensor:
         """Windows from a DataLoader of token ids (batches of ``input_ids`` [batch, context_length], as
         tensors or dicts), used as they are: no special token is added."""
-        parts = []
+        from torch.utils.data import RandomSampler
+
+        if isinstance(self.path.sampler, RandomSampler):
+            raise AblateError("the DataLoader shuffles, so every call would evaluate other windows (and never resume); "
+                              "pass it with shuffle=False")
+        parts, vocab = [], len(self.tokenizer)
         for batch in self.path:
+            if isinstance(batch, dict):
+                if "input_ids" not in batch:
+                    raise AblateError(f"the DataLoader's batches have no 'input_ids' (keys: {', '.join(map(str, batch))}); "
+                                      "give token windows as input_ids [batch, context_length]")
+                if "attention_mask" in batch and not bool(torch.as_tensor(batch["attention_mask"]).bool().all()):
+                    raise AblateError("the DataLoader's windows are padded (attention_mask has zeros), but every position "
+                                      "of a window is scored; give full windows, or pass the texts instead")
             ids = batch["input_ids"] if isinstance(batch, dict) else batch[0] if isinstance(batch, (list, tuple)) else batch
             if not isinstance(ids, torch.Tensor) or ids.dim() != 2 or ids.shape[1] != self.context_length:
                 raise AblateError(f"a DataLoader of text must give input_ids of shape [batch, context_length "
                                   f"{self.context_length}], got {getattr(ids, 'shape', type(ids).__name__)}; set context_length")
+            if ids.dtype.is_floating_point or ids.dtype == torch.bool or ids.is_complex():
+                raise AblateError(f"the DataLoader's input_ids are {ids.dtype}; token ids must be integers")
+            if ids.numel() and (int(ids.min()) < 0 or int(ids.max()) >= vocab):
+                bad = int(ids.min()) if int(ids.min()) < 0 else int(ids.max())
+                raise AblateError(f"the DataLoader gives token id {bad}, outside the tokenizer's {vocab} ids; use ids of "
+                                  "the model's own tokenizer")
             parts.append(ids.long().cpu())
             if sum(len(p) for p in parts) >= n_windows:
                 break
@@ -183,11 +201,16 @@ class TextData(L.LightningDataModule):
             flush()
         if len(ids) < needed:
             have_eval = max(0, len(ids) // self.body_length - self.n_calib_windows) * self.body_length
-            raise AblateError(
-                f"the data holds {len(ids)} tokens but {needed} are needed ({self.max_tokens} evaluation + "
-                f"{self.calib_tokens} calibration tokens in windows of {self.context_length}); lower --data.max_tokens "
-                f"(at most ~{have_eval} fit) or --data.calib_tokens, or use more data"
-            )
+            what = (f"the data holds {len(ids)} tokens but {needed} are needed ({self.max_tokens} evaluation + "
+                    f"{self.calib_tokens} calibration tokens in windows of {self.context_length})")
+            if have_eval >= self.body_length:
+                fix = f"lower --data.max_tokens (at most ~{have_eval} fit) or --data.calib_tokens, or use more data"
+            elif len(ids) >= 2 * self.body_length:
+                fix = (f"lower --data.calib_tokens and --data.max_tokens (together at most ~{len(ids) // self.body_length * self.body_length} "
+                       "fit), or use more data")
+            else:
+                fix = "use more data (or a shorter --data.context_length)"
+            raise AblateError(f"{what}; {fix}")
         return torch.tensor(ids[:needed], dtype=torch.long)
 
     def fingerprint(self, which: str) -> str:
