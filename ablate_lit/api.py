@@ -62,9 +62,8 @@ class Results:
 
     def summary(self, fractions: list[float] | None = None) -> str:
         """Baseline, then mean ± std over seeds per method and fraction (Top1 in %, CE), in Markdown."""
-        from ablate_lit.report import summary_table
-
         from ablate_lit.ablation.methods import METHODS
+        from ablate_lit.report import summary_table
 
         rows = self.rows()
         order = list(METHODS)

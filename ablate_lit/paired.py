@@ -88,6 +88,8 @@ def paired_figures(rows: list[dict], pairs: list[tuple[str, str]], out) -> list:
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
+    from ablate_lit.report_cli import save_plot
+
     by = _windows_by(rows)
     written = []
     for model in dict.fromkeys(r["model"] for r in rows):
@@ -116,11 +118,5 @@ def paired_figures(rows: list[dict], pairs: list[tuple[str, str]], out) -> list:
         windows = max(len(w["total"]) for k, v in by.items() if k[0] == model for w in v.values())
         ax.set_title(f"{model}: paired differences, 95% bootstrap band\nover {windows} windows (or images) and {seeds} "
                      "seed(s)", fontsize=9)
-        ax.grid(alpha=0.3)
-        ax.legend(fontsize=7)
-        fig.tight_layout()
-        path = out / f"{model}-paired.png"
-        fig.savefig(path, dpi=110)
-        plt.close(fig)
-        written.append(path)
+        written.append(save_plot(fig, ax, out / f"{model}-paired.png"))
     return written

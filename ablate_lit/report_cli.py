@@ -116,9 +116,9 @@ def figures(rows: list[dict], out: Path) -> list[Path]:
 
 
 def model_figure(rows: list[dict], model: str):
-    """A matplotlib Figure: Top1 and CE of ``model`` against % ablated, a line per method (colour: the
-    method; line style: what was ablated), a band of +- one std over seeds, the unablated model as a
-    dashed line, and the seeds and scored tokens behind every point in the title."""
+    """A matplotlib Figure: Top1 and CE of ``model`` (and KL, where measured) against % ablated, a line
+    per method (colour: the method; line style: what was ablated), a band of +- one std over seeds,
+    the unablated model as a dashed line, and the seeds and scored tokens behind every point in the title."""
     import matplotlib.pyplot as plt
 
     agg = aggregate(rows)
@@ -127,31 +127,36 @@ def model_figure(rows: list[dict], model: str):
     bases = list(dict.fromkeys(m.split(" [")[0] for m in methods))
     kinds = list(dict.fromkeys(m[len(m.split(" [")[0]):] for m in methods))
     colours = {b: f"C{i % 10}" for i, b in enumerate(bases)}
-    fig, axes = plt.subplots(1, 2, figsize=(11.5, 4.3))
+    panels = [(metric, scale) for metric, _, scale, _ in metrics(mine)]  # top1 (%), ce, and kl where measured
+    fig, axes = plt.subplots(1, len(panels), figsize=(5.75 * len(panels), 4.3), squeeze=False)
+    axes = list(axes[0])
     base = agg.get((model, "baseline", 0.0))
     for method in methods:
         points = sorted(f for (mo, me, f) in agg if mo == model and me == method)
         kind = method[len(method.split(" [")[0]):]
         style = dict(color=colours[method.split(" [")[0]], ls=STYLES[kinds.index(kind) % len(STYLES)])
-        for ax, metric, scale in ((axes[0], "top1", 100.0), (axes[1], "ce", 1.0)):
+        for ax, (metric, scale) in zip(axes, panels):
             xs, means, stds = [], [], []
-            if base:
+            if base and base[metric]:
                 xs.append(0.0), means.append(mean_std(base[metric])[0] * scale), stds.append(0.0)
             for f in points:
-                m, s = mean_std(agg[(model, method, f)][metric])
+                values = agg[(model, method, f)][metric]
+                if not values:
+                    continue
+                m, s = mean_std(values)
                 xs.append(100 * f), means.append(m * scale), stds.append(0.0 if not math.isfinite(s) else s * scale)
             ax.plot(xs, means, marker="o", ms=3, label=method, **style)
             top = 100.0 if metric == "top1" else float("inf")  # the band stays where the metric can be
             ax.fill_between(xs, [max(0.0, m - s) for m, s in zip(means, stds)],
                             [min(top, m + s) for m, s in zip(means, stds)], color=style["color"], alpha=0.15)
-    for ax, metric, scale in ((axes[0], "top1", 100.0), (axes[1], "ce", 1.0)):
-        if base:
+    for ax, (metric, scale) in zip(axes, panels):
+        if base and base[metric]:
             ax.axhline(mean_std(base[metric])[0] * scale, color="0.4", ls="--", lw=1, label="unablated")
         ax.set_xlabel("units ablated (%): neurons, or heads for [heads]" if any("heads" in k for k in kinds)
                       else "neurons ablated (%)")
+        ax.set_ylabel({"top1": "Top1 accuracy (%)", "ce": "cross-entropy (nats per scored token or image)",
+                       "kl": "KL(unablated || ablated) (nats per token or image)"}[metric])
         ax.grid(alpha=0.3)
-    axes[0].set_ylabel("Top1 accuracy (%)")
-    axes[1].set_ylabel("cross-entropy (nats per scored token or image)")
     axes[0].legend(fontsize=7, ncol=2 if len(methods) > 6 else 1)
     seeds = max(len({r["seed"] for r in mine if r["method"] == m}) for m in methods)
     tokens = sorted({int(r["n_tokens"]) for r in mine})
@@ -231,11 +236,17 @@ def eps_figures(rows: list[dict], out: Path) -> list[Path]:
         seeds, tokens = len({r["seed"] for r in mine}), "/".join(map(str, sorted({int(r["n_tokens"]) for r in mine})))
         ax.set_title(f"{model}: peak ablation against the bin width\n{seeds} seed(s), {tokens} scored tokens (or images) "
                      "per point", fontsize=9)
-        ax.grid(alpha=0.3)
-        ax.legend(fontsize=7)
-        fig.tight_layout()
-        path = out / f"{model}-peak-eps.png"
-        fig.savefig(path, dpi=110)
-        plt.close(fig)
-        written.append(path)
+        written.append(save_plot(fig, ax, out / f"{model}-peak-eps.png"))
     return written
+
+
+def save_plot(fig, ax, path: Path) -> Path:
+    """Grid, legend, layout, a PNG at ``path``; the figure is closed."""
+    import matplotlib.pyplot as plt
+
+    ax.grid(alpha=0.3)
+    ax.legend(fontsize=7)
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+    return path

@@ -123,6 +123,12 @@ def test_kl_is_zero_unablated_and_equals_a_kl_by_hand_at_50_percent(capsys, tiny
     assert windows["total"] == [x.shape[1] - 1] * x.shape[0]
     assert windows["kl"] == pytest.approx(kl.sum(1).tolist(), rel=1e-4)
     assert sum(windows["nll"]) / sum(windows["total"]) == pytest.approx(float(rows["0.5"]["ce"]), rel=1e-9)
+    import ablate_lit
+
+    fig = ablate_lit.load(tmp_path / "run").figure()  # a KL panel beside Top1 and CE
+    assert [ax.get_ylabel().split(" ")[0] for ax in fig.axes] == ["Top1", "cross-entropy", "KL(unablated"]
+    line = next(line for line in fig.axes[2].get_lines() if line.get_label() == "zero")
+    assert list(line.get_ydata()) == pytest.approx([0.0, float(rows["0.5"]["kl"])])
 
 
 def test_a_paired_interval_of_a_method_against_itself_is_zero_and_intervals_shrink_with_windows():
