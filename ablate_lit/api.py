@@ -183,9 +183,11 @@ def _checked_settings(values: dict) -> dict:
             continue
         kind = {"eps": number, "optimal_lr": number, "optimal_held_out": number, "n_bins": integer, "n_resample": integer,
                 "resample_seed": integer, "optimal_epochs": integer, "optimal_patience": integer,
+                "optimal_batch_size": integer,
                 "kl": lambda x: isinstance(x, bool), "log_histograms": lambda x: isinstance(x, bool)}.get(key)
         if kind is not None and not kind(value):
-            raise AblateError(f"{key}={value!r}: {key} must be a {'boolean' if key in ('kl', 'log_histograms') else 'number'}")
+            noun = "boolean" if key in ("kl", "log_histograms") else "number" if kind is number else "integer"
+            raise AblateError(f"{key}={value!r}: {key} must be {'an' if noun == 'integer' else 'a'} {noun}")
         if kind is None and key != "cache_dir" and not isinstance(value, str):
             raise AblateError(f"{key}={value!r}: {key} must be a string")
     return out
@@ -201,6 +203,7 @@ def _pythonic(message: str) -> str:
     message = re.sub(r"--data\.path", "data=", message)
     message = re.sub(r"--model\.name\b", "model_name=", message)
     message = re.sub(r"--(?:ablation|data|model)\.(\w+)", r"\1=", message)
+    message = re.sub(r"\b(?:ablation|data)\.(\w+)", r"\1=", message)  # "ablation.fractions holds nan"
     message = re.sub(r"--(name|root)\b", r"\1=", message)
     return message.replace("run the same command again", "call run(...) again")
 
@@ -273,9 +276,16 @@ def _run(model, data, tokenizer, preprocess, family, name, root, trainer, verbos
     pick = lambda keys: {k: v for k, v in settings.items() if k in keys}  # noqa: E731
     cfg = AblationConfig(**_checked_settings(pick(ablation_keys)))
     check_destination(name, root, cfg.cache_dir)
-    if trainer is not None and not isinstance(trainer, (dict, L.Trainer)):
-        raise AblateError(f"trainer must be a dict of Trainer settings (e.g. {{'accelerator': 'cpu'}}) or a "
-                          f"lightning.Trainer, not a {type(trainer).__name__}")
+    from ablate_lit.trainer import AblationTrainer
+
+    if trainer is not None and not isinstance(trainer, (dict, AblationTrainer)):
+        raise AblateError(f"trainer must be a dict of Trainer settings (e.g. {{'accelerator': 'cpu'}}; those of "
+                          f"python -m ablate_lit test --help), not a {type(trainer).__name__}: a Trainer's training "
+                          "settings, loggers and checkpoints would act on optimal's fit")
+    precision = str((trainer or {}).get("precision") if isinstance(trainer, dict) else trainer.precision)
+    if in_memory and precision.endswith("-true"):
+        raise AblateError(f"precision {precision} casts the model's weights, and this model is yours, in memory; load "
+                          "it in that dtype (e.g. torch_dtype=torch.bfloat16) and use precision 32, or bf16-mixed")
 
     quiet = contextlib.redirect_stdout(io.StringIO()) if not verbose else contextlib.nullcontext()
     chatter = logging.getLogger("lightning.pytorch.utilities.rank_zero")  # "GPU available: ..." at every Trainer
@@ -302,11 +312,10 @@ def _run(model, data, tokenizer, preprocess, family, name, root, trainer, verbos
                 module = module_cls(str(model), **model_settings)
             datamodule = _datamodule(data_cls, data, family, pick(data_keys), module)
             if not isinstance(trainer, L.Trainer):
-                options = {"accelerator": "auto", "devices": 1, "logger": False, "enable_checkpointing": False,
-                           "enable_model_summary": False, "enable_progress_bar": verbose, "default_root_dir": str(root)}
+                options = {"accelerator": "auto", "devices": 1, "enable_progress_bar": verbose, "default_root_dir": str(root)}
                 options.update(trainer or {})
                 try:
-                    trainer = L.Trainer(**options)
+                    trainer = AblationTrainer(**options)
                 except (TypeError, ValueError, MisconfigurationException) as exc:
                     raise AblateError(f"trainer settings {trainer}: {' '.join(str(exc).split())}") from exc
             if trainer.world_size > 1 and _interactive():

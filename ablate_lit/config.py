@@ -65,6 +65,9 @@ class AblationConfig:
     """optimal: most epochs over the training part of the calibration windows."""
     optimal_patience: int = 4
     """optimal: stop after this many epochs without a lower held-out CE (the best constants are kept)."""
+    optimal_batch_size: int = 8
+    """optimal: calibration windows (or images) per optimisation step, over all processes (fitting keeps activations
+    for the backward pass: lower it if a fit runs out of memory)."""
     optimal_held_out: float = 0.25
     """optimal: share of the calibration windows held out for early stopping (never trained on)."""
     kl: bool = False
@@ -80,6 +83,7 @@ class AblationConfig:
         check(math.isfinite(self.optimal_lr) and self.optimal_lr > 0, f"ablation.optimal_lr must be a positive number, got {self.optimal_lr}")
         check(self.optimal_epochs >= 1, f"ablation.optimal_epochs must be at least 1, got {self.optimal_epochs} (0 would "
                                          "leave optimal equal to mean)")
+        check(self.optimal_batch_size >= 1, f"ablation.optimal_batch_size must be at least 1, got {self.optimal_batch_size}")
         check(self.optimal_patience >= 1, f"ablation.optimal_patience must be at least 1, got {self.optimal_patience}")
         check(0 < self.optimal_held_out < 1, f"ablation.optimal_held_out must be a share in (0, 1), got {self.optimal_held_out}; "
                                              "e.g. --ablation.optimal_held_out 0.25")

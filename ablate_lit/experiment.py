@@ -186,15 +186,32 @@ class Experiment:
     # -- optimal ablation --------------------------------------------------------------------------
     def fit_split(self) -> tuple[torch.Tensor, torch.Tensor]:
         """Calibration rows optimal ablation trains on, and those held out for early stopping (a fixed
-        permutation; the evaluated windows are never among them)."""
+        permutation; the evaluated windows are never among them). Under several processes the training
+        rows are trimmed to a multiple of ``optimal_batch_size`` per step, so every process runs as many
+        steps (a gradient all-reduce without a partner would hang), and every process holds some out."""
+        cfg, world = self.cfg, self.trainer.world_size
         n = len(self.data.calibration_subset())
-        held = max(1, round(self.cfg.optimal_held_out * n))
-        if n - held < 1:
-            more = "--data.calib_images" if hasattr(self.data, "calib_images") else "--data.calib_tokens"
-            raise AblateError(f"optimal needs calibration inputs to train on and others to hold out, but there are {n} "
-                              f"({self.data.describe('calibration')}); raise {more}")
+        held = max(world, round(cfg.optimal_held_out * n))
+        train = n - held
+        if world > 1:
+            train -= train % world
+        more = "--data.calib_images" if hasattr(self.data, "calib_images") else "--data.calib_tokens"
+        if train < world:
+            raise AblateError(f"optimal needs calibration inputs to train on and others to hold out ({world} of each at "
+                              f"least, one per process), but there are {n} ({self.data.describe('calibration')}); raise {more}")
+        if cfg.optimal_batch_size % world:
+            raise AblateError(f"--ablation.optimal_batch_size {cfg.optimal_batch_size} must be a multiple of the "
+                              f"{world} processes (each takes an equal share of a step's windows)")
         rows = torch.randperm(n, generator=torch.Generator().manual_seed(0))
-        return rows[held:].sort().values, rows[:held].sort().values
+        return rows[held:held + train].sort().values, rows[:held].sort().values
+
+    def _place(self) -> None:
+        """Have Lightning move (and, for a true half precision, cast) the model now, as at the start of
+        any evaluation; inside ``kept_in_place`` it then stays. A fit can come first (statistics cached,
+        no baseline to run), and its model must already be where and as it is evaluated."""
+        if not getattr(self, "_placed", False):
+            self.trainer.validate(self.module, dataloaders=make_loader([], 1), verbose=False)
+            self._placed = True
 
     def fitted(self, point) -> torch.Tensor:
         """``point``'s optimal constants [n_layers, width] (the mean where nothing is ablated), fitted
@@ -206,8 +223,9 @@ class Experiment:
         if not bool(mask.any()):
             return init
         train_rows, held_rows = self.fit_split()
-        settings = (cfg.optimal_lr, cfg.optimal_epochs, cfg.optimal_patience, cfg.optimal_held_out, data.batch_size,
-                    trainer.world_size)
+        # the fit equals a one-process fit up to rounding: each of w processes takes batch/w windows of a step,
+        # and DDP averages their gradients, so neither the evaluation batch size nor w is in the key
+        settings = (cfg.optimal_lr, cfg.optimal_epochs, cfg.optimal_patience, cfg.optimal_held_out, cfg.optimal_batch_size)
         key = digest(self._calibration_key("optimal", data.fingerprint("calibration"), cfg.eps, cfg.n_bins, cfg.bin_alignment,
                                            digest(mask.numpy().tobytes().hex()), *settings))
         path = self.cache_dir / f"optimal-{key}.pt"
@@ -219,6 +237,7 @@ class Experiment:
             return cached
         say(trainer, f"{where}: fitting {int(mask.sum())} constants from the mean on {len(train_rows)} calibration inputs "
                      f"({len(held_rows)} held out for early stopping)")
+        self._place()
         writer = None
         if trainer.is_global_zero:
             from torch.utils.tensorboard import SummaryWriter
@@ -227,8 +246,8 @@ class Experiment:
         try:
             scale = self.stats["std"].float().clamp_min(1e-6)
             result = fit_constants(trainer, self.module, mask, init, scale,
-                                   make_loader(data.calibration_subset(train_rows), data.batch_size),
-                                   make_loader(data.calibration_subset(held_rows), data.batch_size),
+                                   make_loader(data.calibration_subset(train_rows), cfg.optimal_batch_size // trainer.world_size),
+                                   make_loader(data.calibration_subset(held_rows), cfg.optimal_batch_size // trainer.world_size),
                                    lr=cfg.optimal_lr, max_epochs=cfg.optimal_epochs, patience=cfg.optimal_patience,
                                    writer=writer, tag=f"{round(100 * point.fraction):03d}pct")
         finally:

@@ -30,7 +30,10 @@ def run_identity(trainer, module, data, cfg: AblationConfig) -> dict:
             "eval_data": data.fingerprint("evaluation"), "calib_data": data.fingerprint("calibration"),
             "precision": str(trainer.precision), "eps": cfg.eps, "n_bins": cfg.n_bins, "bin_alignment": cfg.bin_alignment,
             "selection": cfg.selection, "n_resample": cfg.n_resample, "resample_seed": cfg.resample_seed,
-            "generator": module.hparams.get("generator"), **what_is_ablated(module, cfg)}
+            "generator": module.hparams.get("generator"), "kl": cfg.kl,
+            "optimal": {"lr": cfg.optimal_lr, "epochs": cfg.optimal_epochs, "patience": cfg.optimal_patience,
+                        "held_out": cfg.optimal_held_out, "batch_size": cfg.optimal_batch_size},
+            **what_is_ablated(module, cfg)}
 
 
 WHAT = ("site", "unit", "layers", "order", "selection", "pre_outs")

@@ -5,7 +5,8 @@ Reported (one seed, 50% ablated):
   plain forward        Hugging Face forward + CE + Top1 over the evaluation windows (inference mode)
   a point              the ``trainer.test`` call of ``mean`` at 50% (``time_s`` of its row)
   a point with KL      the same with ``--ablation.kl`` (each batch runs twice: ablated and unablated)
-  optimal: fit         fitting the point's constants with ``trainer.fit`` (``fit_s`` in its cache file),
+  optimal: fit         fitting the point's constants with ``trainer.fit`` (``fit_s`` in its cache file; a step
+                       takes ``--batch`` windows, as an evaluation batch does),
                        and per epoch (one forward+backward over the training part of the calibration
                        windows, one forward over the held-out part)
 
@@ -76,8 +77,9 @@ def main():
                     for i in range(3))
         kl = min(float(run(model_dir, text, root, f"kl{i}", args, "--ablation.methods", "[mean]", "--ablation.kl", "true")[0]
                        ["time_s"]) for i in range(3))
-        rows = run(model_dir, text, root, "optimal", args, "--ablation.methods", "[optimal]",
-                   "--ablation.optimal_epochs", str(args.epochs), "--ablation.optimal_patience", str(args.epochs + 1))
+        rows = run(model_dir, text, root, "optimal", args, "--ablation.methods", "[optimal]", "--ablation.optimal_batch_size",
+                   str(args.batch), "--ablation.optimal_epochs", str(args.epochs), "--ablation.optimal_patience",
+                   str(args.epochs + 1))
         fit = torch.load(next((root / "cache").glob("optimal-*.pt")), weights_only=False)
         n_calib = len(data.calib_windows)
     print(f"{args.shape}, {device}, {args.dtype}: {data.eval_windows.numel()} evaluation tokens, {n_calib} calibration "

@@ -136,12 +136,18 @@ def test_optimal_under_two_processes_fits_one_set_of_constants_and_evaluates_it(
 
     from helpers import data, module, patched
 
-    proc = cli(*tiny_args(tiny_models["llama"], corpus, tmp_path), "--data.max_tokens", 105, "--data.batch_size", 3,
-               "--ablation.methods", "[mean,optimal]", "--ablation.seeds", "[0]", "--ablation.fractions", "[0.5]",
-               "--ablation.optimal_lr", 0.1, "--trainer.devices", 2, "--trainer.strategy", "ddp")
+    settings = ["--data.max_tokens", 105, "--data.batch_size", 3, "--ablation.methods", "[mean,optimal]", "--ablation.seeds",
+                "[0]", "--ablation.fractions", "[0.5]", "--ablation.optimal_lr", 0.1, "--ablation.optimal_batch_size", 4]
+    one = cli(*tiny_args(tiny_models["llama"], corpus, tmp_path / "one"), *settings)
+    assert one.returncode == 0, one.stderr[-3000:]
+    proc = cli(*tiny_args(tiny_models["llama"], corpus, tmp_path), *settings, "--trainer.devices", 2, "--trainer.strategy", "ddp")
     assert proc.returncode == 0, proc.stderr[-3000:]
     rows = {r["method"]: r for r in read_rows(tmp_path / "run" / "results.csv")}
     fit = _stats(tmp_path / ".calibration_cache", "optimal")
+    # each process takes 2 of a step's 4 windows and DDP averages the gradients: one process's fit, up to rounding
+    single = _stats(tmp_path / "one" / ".calibration_cache", "optimal")
+    assert fit["epochs"] == single["epochs"] and torch.equal(fit["train_rows"], single["train_rows"])
+    torch.testing.assert_close(fit["values"], single["values"], rtol=1e-3, atol=1e-4)
     assert fit["best_ce"] <= fit["init_ce"] and fit["epochs"] >= 1
     mod = module(tiny_models["llama"])
     d = data(corpus, mod, max_tokens=105, batch_size=3)

@@ -218,3 +218,31 @@ def test_optimal_constants_beat_zero_mean_and_peak_on_their_training_windows_and
         r["ce"] for r in rows.values())
     events = list((tmp_path / "run" / "tb" / "optimal_seed0").glob("events.*"))
     assert events, "the fitting curves go to TensorBoard"
+
+
+def test_a_fit_sees_the_model_placed_and_cast_as_it_is_evaluated_and_its_settings_are_part_of_the_identity(
+        capsys, tiny_models, corpus, tmp_path, monkeypatch):
+    """Statistics cached and no baseline to run first: the fit is the first thing the model does, and
+    must already see it as evaluated (bf16-true: cast). Fitting settings and kl are in the identity."""
+    import ablate_lit.ablation.optimal as optimal
+
+    common = ["--ablation.seeds", "[0]", "--ablation.log_histograms", "false", "--trainer.precision", "bf16-true"]
+    code, _, err = run(capsys, *tiny_args(tiny_models["llama"], corpus, tmp_path, "--ablation.methods", "[mean]", *common))
+    assert code == 0, err
+    seen = []
+    original = optimal.fit_constants
+
+    def spy(trainer, target, *args, **kwargs):
+        seen.append(next(target.model.parameters()).dtype)
+        return original(trainer, target, *args, **kwargs)
+
+    monkeypatch.setattr(optimal, "fit_constants", spy)
+    args = tiny_args(tiny_models["llama"], corpus, tmp_path, "--ablation.methods", "[optimal]", "--ablation.fractions", "[0.5]",
+                     "--ablation.optimal_epochs", 1, *common)
+    args[args.index("--name") + 1] = "fit-first"
+    code, out, err = run(capsys, *args)
+    assert code == 0, err
+    assert "calibration statistics: cached" in out and seen == [torch.bfloat16]
+    for change in (["--ablation.optimal_epochs", 2], ["--ablation.kl", "true"]):
+        code, _, err = run(capsys, *args, *change)
+        assert code == 2 and "holds results of other settings" in err and ("optimal:" in err or "kl:" in err), err
