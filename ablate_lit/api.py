@@ -193,6 +193,32 @@ def _checked_settings(values: dict) -> dict:
     return out
 
 
+def _check_signature_types(owners: list, values: dict) -> None:
+    """Data and model settings against their constructors' simple annotations (int, float, bool, str,
+    optional or not; ``batch_size`` may be ``auto``): refused in one line, as the CLI's parser would."""
+    import numbers
+
+    ok = {"int": lambda v: isinstance(v, numbers.Integral) and not isinstance(v, bool),
+          "float": lambda v: isinstance(v, numbers.Real) and not isinstance(v, bool),
+          "bool": lambda v: isinstance(v, bool), "str": lambda v: isinstance(v, str)}
+    for key, value in values.items():
+        for owner in owners:
+            fn = owner.__init__ if inspect.isclass(owner) else owner
+            param = inspect.signature(fn).parameters.get({"dataset_name": "name", "model_name": "name"}.get(key, key))
+            if param is None:
+                continue
+            kinds = [k.strip() for k in str(param.annotation).split("|")]
+            if value is None and "None" in kinds:
+                break
+            if key == "batch_size" and value == "auto":
+                break
+            checks = [ok[k] for k in kinds if k in ok]
+            if checks and not any(c(value) for c in checks):
+                want = " or ".join(k for k in kinds if k in ok)
+                raise AblateError(f"{key}={value!r}: {key} must be {'an' if want.startswith('int') else 'a'} {want}")
+            break
+
+
 def _pythonic(message: str) -> str:
     """A CLI message in the words of ``run``'s arguments (``--data.max_tokens`` is ``max_tokens=``)."""
     message = re.sub(r"--model ablate_lit\.MaskedLMAblation", 'family="masked_lm"', message)
@@ -203,7 +229,7 @@ def _pythonic(message: str) -> str:
     message = re.sub(r"--data\.path", "data=", message)
     message = re.sub(r"--model\.name\b", "model_name=", message)
     message = re.sub(r"--(?:ablation|data|model)\.(\w+)", r"\1=", message)
-    message = re.sub(r"\b(?:ablation|data)\.(\w+)", r"\1=", message)  # "ablation.fractions holds nan"
+    message = re.sub(r"\b(?:ablation|data)\.(\w+)", r"\1", message)  # "ablation.fractions holds nan"
     message = re.sub(r"--(name|root)\b", r"\1=", message)
     return message.replace("run the same command again", "call run(...) again")
 
@@ -275,6 +301,8 @@ def _run(model, data, tokenizer, preprocess, family, name, root, trainer, verbos
         raise AblateError("preprocess= is for vision models; a text model takes tokenizer=")
     pick = lambda keys: {k: v for k, v in settings.items() if k in keys}  # noqa: E731
     cfg = AblationConfig(**_checked_settings(pick(ablation_keys)))
+    _check_signature_types([data_cls, TextData], pick(data_keys))
+    _check_signature_types([module_cls.from_model if in_memory else module_cls], pick(model_keys))
     check_destination(name, root, cfg.cache_dir)
     from ablate_lit.trainer import AblationTrainer
 
@@ -282,7 +310,7 @@ def _run(model, data, tokenizer, preprocess, family, name, root, trainer, verbos
         raise AblateError(f"trainer must be a dict of Trainer settings (e.g. {{'accelerator': 'cpu'}}; those of "
                           f"python -m ablate_lit test --help), not a {type(trainer).__name__}: a Trainer's training "
                           "settings, loggers and checkpoints would act on optimal's fit")
-    precision = str((trainer or {}).get("precision") if isinstance(trainer, dict) else trainer.precision)
+    precision = str(trainer.precision if isinstance(trainer, AblationTrainer) else (trainer or {}).get("precision"))
     if in_memory and precision.endswith("-true"):
         raise AblateError(f"precision {precision} casts the model's weights, and this model is yours, in memory; load "
                           "it in that dtype (e.g. torch_dtype=torch.bfloat16) and use precision 32, or bf16-mixed")

@@ -138,6 +138,11 @@ def test_errors_raise_ablate_error_and_never_exit(assets, tmp_path):
         (dict(trainer="cpu"), "trainer must be a dict of Trainer settings"),
         (dict(trainer={"acelerator": "cpu"}, context_length=16), "trainer settings {'acelerator': 'cpu'}"),
         (dict(preprocess=lambda image: image), "preprocess= is for vision models"),
+        (dict(max_tokens="100"), "max_tokens='100': max_tokens must be an int"),
+        (dict(prepend_bos="no"), "prepend_bos must be a bool"),
+        (dict(batch_size=2.5), "batch_size must be an int or str"),
+        (dict(model_name=3), "model_name=3"),
+        (dict(trainer={"precision": "bf16-true"}), "precision bf16-true casts the model's weights"),
     ]
     for extra, message in cases:
         with pytest.raises(AblateError, match=re.escape(message)):
