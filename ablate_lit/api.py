@@ -280,6 +280,7 @@ def _run(model, data, tokenizer, preprocess, family, name, root, trainer, verbos
     from ablate_lit import CausalLMAblation, ImageData, MaskedLMAblation, MaskedTextData, TextData, VisionAblation
     from ablate_lit.config import AblationConfig
     from ablate_lit.runs import check_destination, run_experiment
+    from ablate_lit.trainer import AblationTrainer
 
     family = _family(model, family)
     module_cls = {"causal_lm": CausalLMAblation, "masked_lm": MaskedLMAblation, "vision": VisionAblation}[family]
@@ -304,8 +305,6 @@ def _run(model, data, tokenizer, preprocess, family, name, root, trainer, verbos
     _check_signature_types([data_cls, TextData], pick(data_keys))
     _check_signature_types([module_cls.from_model if in_memory else module_cls], pick(model_keys))
     check_destination(name, root, cfg.cache_dir)
-    from ablate_lit.trainer import AblationTrainer
-
     if trainer is not None and not isinstance(trainer, (dict, AblationTrainer)):
         raise AblateError(f"trainer must be a dict of Trainer settings (e.g. {{'accelerator': 'cpu'}}; those of "
                           f"python -m ablate_lit test --help), not a {type(trainer).__name__}: a Trainer's training "
