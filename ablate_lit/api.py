@@ -14,7 +14,6 @@ import contextlib
 import dataclasses
 import inspect
 import io
-import logging
 import re
 import sys
 from pathlib import Path
@@ -314,12 +313,10 @@ def _run(model, data, tokenizer, preprocess, family, name, root, trainer, verbos
         raise AblateError(f"precision {precision} casts the model's weights, and this model is yours, in memory; load "
                           "it in that dtype (e.g. torch_dtype=torch.bfloat16) and use precision 32, or bf16-mixed")
 
+    from ablate_lit.cli import lightning_info_silenced
+
     quiet = contextlib.redirect_stdout(io.StringIO()) if not verbose else contextlib.nullcontext()
-    chatter = logging.getLogger("lightning.pytorch.utilities.rank_zero")  # "GPU available: ..." at every Trainer
-    level = chatter.level
-    if not verbose:
-        chatter.setLevel(logging.WARNING)
-    try:
+    with lightning_info_silenced(not verbose):  # "GPU available: ..." at every Trainer
         with quiet:
             if in_memory:
                 if isinstance(tokenizer, (str, Path)):  # a folder or hub id: loaded as the CLI would
@@ -353,8 +350,6 @@ def _run(model, data, tokenizer, preprocess, family, name, root, trainer, verbos
                          **{k: v for k, v in settings.items()}}
             config_yaml = "".join(f"{k}: {v!r}\n" for k, v in described.items())
             run_dir = run_experiment(trainer, module, datamodule, cfg, name, str(root), config_yaml)
-    finally:
-        chatter.setLevel(level)
     return Results(run_dir)
 
 

@@ -8,7 +8,9 @@ import os
 import re
 import sys
 import warnings
+from contextlib import contextmanager
 from pathlib import Path
+from typing import Iterator
 
 import lightning as L
 from jsonargparse import ArgumentError, DefaultHelpFormatter
@@ -182,6 +184,24 @@ def main(args=None) -> None:
         _fail(original)
 
 
+RANK_ZERO_LOGGERS = ("lightning.pytorch.utilities.rank_zero", "lightning.fabric.utilities.rank_zero")
+
+
+@contextmanager
+def lightning_info_silenced(silenced: bool = True) -> Iterator[None]:
+    """Inside this block Lightning's INFO lines ("GPU available: ...", "`Trainer.fit` stopped: ...")
+    are not printed; warnings are."""
+    loggers = [logging.getLogger(n) for n in RANK_ZERO_LOGGERS] if silenced else []
+    levels = [lg.level for lg in loggers]
+    for lg in loggers:
+        lg.setLevel(logging.WARNING)
+    try:
+        yield
+    finally:
+        for lg, level in zip(loggers, levels):
+            lg.setLevel(level)
+
+
 class _NoAdverts(logging.Filter):
     def filter(self, record: logging.LogRecord) -> bool:
         return not str(record.msg).startswith("💡 Tip")
@@ -191,7 +211,7 @@ def _quiet_loading() -> None:
     """No per-file progress bars while loading weights (one status line per step is printed instead),
     no deprecation chatter from inside Lightning, and no advertisement at every Trainer."""
     warnings.filterwarnings("ignore", message=r".*isinstance\(treespec, LeafSpec\).*")
-    for name in ("lightning.pytorch.utilities.rank_zero", "lightning.fabric.utilities.rank_zero"):
+    for name in RANK_ZERO_LOGGERS:
         logger = logging.getLogger(name)
         if not any(isinstance(f, _NoAdverts) for f in logger.filters):
             logger.addFilter(_NoAdverts())

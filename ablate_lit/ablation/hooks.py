@@ -140,7 +140,7 @@ class PreOutHooks:
                 if self._paused:
                     return None
                 x = args[0]
-                repl = values()[layer].to(dtype=x.dtype) if live else by_dtype.get(x.dtype)
+                repl = values(layer).to(dtype=x.dtype) if live else by_dtype.get(x.dtype)
                 if repl is None:
                     repl = by_dtype[x.dtype] = replacement.to(dtype=x.dtype)
                 if resample is not None:

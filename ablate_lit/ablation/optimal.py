@@ -14,13 +14,14 @@ ablation curve.
 
 from __future__ import annotations
 
-import logging
 import time
 
 import lightning as L
 import torch
 import torch.nn.functional as F
 from torch import nn
+
+from ablate_lit.stats.token_metrics import IGNORE_INDEX
 
 
 class ConstantFit(L.LightningModule):
@@ -57,16 +58,19 @@ class ConstantFit(L.LightningModule):
         self.target.eval()  # no dropout: the constants are fitted to the model as it is evaluated
         return self
 
-    def values(self) -> torch.Tensor:
-        return self.init + self.scale * self.shift
+    def values(self, layer: int | None = None) -> torch.Tensor:
+        """The constants [n_layers, width], or one layer's [width] (what the hook reads at each call)."""
+        if layer is None:
+            return self.init + self.scale * self.shift
+        return self.init[layer] + self.scale[layer] * self.shift[layer]
 
     def configure_optimizers(self):
         return torch.optim.Adam([self.shift], lr=self.lr)
 
     def _ce_sum(self, batch) -> tuple[torch.Tensor, torch.Tensor]:
         logits, labels = self.target.logits_and_labels(batch)
-        scored = labels != -100
-        ce = F.cross_entropy(logits.float(), labels, ignore_index=-100, reduction="sum")
+        scored = labels != IGNORE_INDEX
+        ce = F.cross_entropy(logits.float(), labels, ignore_index=IGNORE_INDEX, reduction="sum")
         return ce, scored.sum()
 
     def training_step(self, batch, batch_idx):
@@ -108,6 +112,8 @@ def fit_constants(trainer, target, mask: torch.Tensor, init: torch.Tensor, scale
     (``init`` where ``mask`` is False, the held-out best where it is True), ``history`` (held-out CE
     per epoch, 0 = ``init``), ``init_ce``, ``best_ce``, ``epochs`` and ``fit_s``."""
     from lightning.pytorch.callbacks import EarlyStopping
+
+    from ablate_lit.cli import lightning_info_silenced
     from lightning.pytorch.loops.fit_loop import _FitLoop
     from lightning.pytorch.loops.training_epoch_loop import _TrainingEpochLoop
 
@@ -115,10 +121,6 @@ def fit_constants(trainer, target, mask: torch.Tensor, init: torch.Tensor, scale
     fit = ConstantFit(target, init, scale, lr, writer, tag)
     stopper = EarlyStopping(monitor="held_out_ce", mode="min", patience=patience, min_delta=0.0, check_finite=True)
     saved_loop, saved_sanity = trainer.fit_loop, trainer.num_sanity_val_steps
-    chatter = [logging.getLogger(n) for n in ("lightning.fabric.utilities.rank_zero", "lightning.pytorch.utilities.rank_zero")]
-    saved_levels = [c.level for c in chatter]  # "`Trainer.fit` stopped: ..." (the run says it in its own words)
-    for c in chatter:
-        c.setLevel(logging.WARNING)
     frozen = [(p, p.requires_grad) for p in target.parameters()]
     for p, _ in frozen:
         p.requires_grad_(False)
@@ -127,15 +129,13 @@ def fit_constants(trainer, target, mask: torch.Tensor, init: torch.Tensor, scale
     trainer.num_sanity_val_steps = 0
     trainer.callbacks.append(stopper)
     try:
-        with target.hooks.ablating(mask, values=fit.values, device=target.device):
+        # "`Trainer.fit` stopped: ..." is not printed: the run says how the fit ended in its own words
+        with target.hooks.ablating(mask, values=fit.values, device=target.device), lightning_info_silenced():
             trainer.validate(fit, dataloaders=held_out_loader, verbose=False)  # the initial constants' held-out CE
-            if max_epochs > 0:
-                trainer.fit(fit, train_dataloaders=train_loader, val_dataloaders=held_out_loader)
+            trainer.fit(fit, train_dataloaders=train_loader, val_dataloaders=held_out_loader)
     finally:
         trainer.callbacks.remove(stopper)
         trainer.fit_loop, trainer.num_sanity_val_steps = saved_loop, saved_sanity
-        for c, level in zip(chatter, saved_levels):
-            c.setLevel(level)
         for p, flag in frozen:
             p.requires_grad_(flag)
         target.hooks.remove()
