@@ -1,4 +1,4 @@
-from ablate_lit.cli import main
+from ablate_lit.entry.cli import main
 
 if __name__ == "__main__":
     main()

@@ -25,23 +25,55 @@ import torch
 import torch.nn.functional as F
 from transformers import AutoConfig, AutoModelForCausalLM, AutoModelForMaskedLM
 
-from ablate_lit.ablation.hooks import PreOutHooks, folded
+from ablate_lit.ablation.fold import folded
 from ablate_lit.ablation.schedule import ablation_mask, neuron_order
-from ablate_lit.families.layout import locate
-from ablate_lit.families.causal_lm import CAUSAL_LM_ARCHITECTURES
-from ablate_lit.families.masked_lm import MASKED_LM_ARCHITECTURES
-from ablate_lit.families.vision import TIMM_ARCHITECTURE
+from ablate_lit.families.hooks import PreOutHooks
+from ablate_lit.families.loading.causal_lm import CAUSAL_LM_ARCHITECTURES
+from ablate_lit.families.loading.masked_lm import MASKED_LM_ARCHITECTURES
+from ablate_lit.families.loading.vision import TIMM_ARCHITECTURE
+from ablate_lit.families.locate.layout import locate
 from ablate_lit.stats import NeuronHistogram, NeuronMoments, TokenScores
 
 SHAPES = {
-    "smollm2-135m": dict(model_type="llama", hidden_size=576, intermediate_size=1536, num_hidden_layers=30,
-                         num_attention_heads=9, num_key_value_heads=3, head_dim=64, vocab_size=49152, tie_word_embeddings=True),
-    "opt-1.3b": dict(model_type="opt", hidden_size=2048, ffn_dim=8192, num_hidden_layers=24, num_attention_heads=32,
-                     vocab_size=50272, word_embed_proj_dim=2048),
-    "mistral-7b": dict(model_type="mistral", hidden_size=4096, intermediate_size=14336, num_hidden_layers=32,
-                       num_attention_heads=32, num_key_value_heads=8, head_dim=128, vocab_size=32000),
-    "roberta-base": dict(model_type="roberta", hidden_size=768, intermediate_size=3072, num_hidden_layers=12,
-                         num_attention_heads=12, vocab_size=50265, max_position_embeddings=514),
+    "smollm2-135m": dict(
+        model_type="llama",
+        hidden_size=576,
+        intermediate_size=1536,
+        num_hidden_layers=30,
+        num_attention_heads=9,
+        num_key_value_heads=3,
+        head_dim=64,
+        vocab_size=49152,
+        tie_word_embeddings=True,
+    ),
+    "opt-1.3b": dict(
+        model_type="opt",
+        hidden_size=2048,
+        ffn_dim=8192,
+        num_hidden_layers=24,
+        num_attention_heads=32,
+        vocab_size=50272,
+        word_embed_proj_dim=2048,
+    ),
+    "mistral-7b": dict(
+        model_type="mistral",
+        hidden_size=4096,
+        intermediate_size=14336,
+        num_hidden_layers=32,
+        num_attention_heads=32,
+        num_key_value_heads=8,
+        head_dim=128,
+        vocab_size=32000,
+    ),
+    "roberta-base": dict(
+        model_type="roberta",
+        hidden_size=768,
+        intermediate_size=3072,
+        num_hidden_layers=12,
+        num_attention_heads=12,
+        vocab_size=50265,
+        max_position_embeddings=514,
+    ),
     "vit-b16": dict(model_type="timm", name="vit_base_patch16_224", num_classes=1000),
 }
 
@@ -60,8 +92,10 @@ def build(shape: str):
             return m(batch["x"]), batch["y"]
 
         def make(b, length, gen, device, dtype):
-            return {"x": torch.randn(b, 3, 224, 224, generator=gen).to(device, dtype),
-                    "y": torch.randint(0, spec["num_classes"], (b,), generator=gen).to(device)}
+            return {
+                "x": torch.randn(b, 3, 224, 224, generator=gen).to(device, dtype),
+                "y": torch.randint(0, spec["num_classes"], (b,), generator=gen).to(device),
+            }
 
         return model, pre_outs, scored, make, spec["num_classes"]
     config = AutoConfig.for_model(model_type, **spec)
@@ -87,6 +121,7 @@ def build(shape: str):
 
         def make(b, length, gen, device, dtype):
             return {"x": torch.randint(0, config.vocab_size, (b, length), generator=gen).to(device)}
+
     return model, locate(model, config, arch)[0], scored, make, config.vocab_size
 
 
@@ -131,8 +166,11 @@ def main():
         with hooks.recording(lambda l, x: n_pos.setdefault("n", x.shape[-2])):
             scored(model, batches[0])
     mask = ablation_mask(neuron_order(0, L, D, "per_layer"), 0.5, L, D).to(device)
-    values = {"zero": torch.zeros(L, D, device=device), "mean": torch.randn(L, D, device=device) * 0.1,
-              "peak": torch.randn(L, D, device=device) * 0.1}
+    values = {
+        "zero": torch.zeros(L, D, device=device),
+        "mean": torch.randn(L, D, device=device) * 0.1,
+        "peak": torch.randn(L, D, device=device) * 0.1,
+    }
     resample = torch.randn(L, 8, n_pos["n"], D, device=device, dtype=dtype) * 0.1
 
     @torch.inference_mode()
@@ -161,6 +199,7 @@ def main():
             kw = {"resample": resample} if method == "resample" else {"values": values[method]}
             with hooks.ablating(mask, **kw):
                 evaluate()
+
         return run
 
     moments = NeuronMoments(L, D).to(device)
@@ -189,7 +228,7 @@ def main():
     plain_times = []
     names = list(variants)
     for r in range(args.repeats):
-        for i, k in enumerate(names[r % len(names):] + names[: r % len(names)]):
+        for i, k in enumerate(names[r % len(names) :] + names[: r % len(names)]):
             if (r + i) % 2:
                 t_k, t_plain = timed(variants[k], device), timed(plain, device)
             else:
@@ -205,41 +244,72 @@ def main():
     t_vec = statistics.median(timed(lambda: h1.update(0, x), device) for _ in range(5))
     lo = float(x.min())
     naive_n = min(D, 64)
-    t_naive = timed(lambda: [torch.histc(x[:, j].float(), bins=args.n_bins, min=lo, max=lo + args.n_bins * args.eps)
-                             for j in range(naive_n)], device) * D / naive_n
+    t_naive = (
+        timed(
+            lambda: [
+                torch.histc(x[:, j].float(), bins=args.n_bins, min=lo, max=lo + args.n_bins * args.eps)
+                for j in range(naive_n)
+            ],
+            device,
+        )
+        * D
+        / naive_n
+    )
 
     mistral = SHAPES["mistral-7b"]
     mistral_neurons = mistral["num_hidden_layers"] * mistral["num_attention_heads"] * mistral["head_dim"]
     counts_bytes = mistral_neurons * (args.n_bins + 2) * torch.empty((), dtype=torch.int32).element_size()
     other_bytes = mistral_neurons * 8 * 8  # moments: 4 power sums, min, max (float64), count + origin (int64)
 
-    out = {"shape": args.shape, "device": str(device), "dtype": args.dtype, "positions_per_pass": tokens,
-           "plain_positions_per_s": tokens / statistics.median(plain_times), "n_neurons": L * D,
-           "ratio_throughput_vs_plain_median": {m: statistics.median(ratios[m]) for m in methods},
-           "ratio_throughput_vs_plain_range": {m: [min(ratios[m]), max(ratios[m])] for m in methods},
-           "ratio_calibration_time_vs_plain_median": statistics.median(ratios["calibration"]),
-           "ratio_calibration_time_vs_plain_range": [min(ratios["calibration"]), max(ratios["calibration"])],
-           "pairs_per_ratio": args.repeats,
-           "histogram_update_elements_per_s": x.numel() / t_vec,
-           "histogram_speedup_vs_per_neuron_histc": t_naive / t_vec,
-           "mistral7b_histogram_MiB": counts_bytes / 2**20, "mistral7b_moments_MiB": other_bytes / 2**20,
-           "eps": args.eps, "n_bins": args.n_bins}
+    out = {
+        "shape": args.shape,
+        "device": str(device),
+        "dtype": args.dtype,
+        "positions_per_pass": tokens,
+        "plain_positions_per_s": tokens / statistics.median(plain_times),
+        "n_neurons": L * D,
+        "ratio_throughput_vs_plain_median": {m: statistics.median(ratios[m]) for m in methods},
+        "ratio_throughput_vs_plain_range": {m: [min(ratios[m]), max(ratios[m])] for m in methods},
+        "ratio_calibration_time_vs_plain_median": statistics.median(ratios["calibration"]),
+        "ratio_calibration_time_vs_plain_range": [min(ratios["calibration"]), max(ratios["calibration"])],
+        "pairs_per_ratio": args.repeats,
+        "histogram_update_elements_per_s": x.numel() / t_vec,
+        "histogram_speedup_vs_per_neuron_histc": t_naive / t_vec,
+        "mistral7b_histogram_MiB": counts_bytes / 2**20,
+        "mistral7b_moments_MiB": other_bytes / 2**20,
+        "eps": args.eps,
+        "n_bins": args.n_bins,
+    }
     if device.type == "cuda":
         out["peak_memory_GiB"] = torch.cuda.max_memory_allocated() / 2**30
-    print(f"{args.shape}, {device}, {args.dtype}: plain forward + CE + Top1 at {out['plain_positions_per_s']:.0f} positions/s; "
-          f"median [range] of {args.repeats} paired ratios\n")
+    print(
+        f"{args.shape}, {device}, {args.dtype}: plain forward + CE + Top1 at "
+        f"{out['plain_positions_per_s']:.0f} positions/s; "
+        f"median [range] of {args.repeats} paired ratios\n"
+    )
     print("| measured against the plain forward | ratio | target |\n|---|---|---|")
     for m in methods:
         lo, hi = out["ratio_throughput_vs_plain_range"][m]
-        print(f"| throughput at 50% ablated, `{m}` | {out['ratio_throughput_vs_plain_median'][m]:.2f}× [{lo:.2f}, {hi:.2f}] | ≥ 0.95× |")
+        print(
+            f"| throughput at 50% ablated, `{m}` | {out['ratio_throughput_vs_plain_median'][m]:.2f}× "
+            f"[{lo:.2f}, {hi:.2f}] | ≥ 0.95× |"
+        )
     lo, hi = out["ratio_calibration_time_vs_plain_range"]
-    print(f"| calibration sweep time ({L * D:,} neurons) | {out['ratio_calibration_time_vs_plain_median']:.2f}× [{lo:.2f}, {hi:.2f}] | ≤ 1.3× |")
-    print(f"| histogram update vs a per-neuron `torch.histc` loop | {out['histogram_speedup_vs_per_neuron_histc']:.1f}× faster "
-          f"({out['histogram_update_elements_per_s'] / 1e6:.0f} M values/s) | |")
+    print(
+        f"| calibration sweep time ({L * D:,} neurons) | "
+        f"{out['ratio_calibration_time_vs_plain_median']:.2f}× [{lo:.2f}, {hi:.2f}] | ≤ 1.3× |"
+    )
+    print(
+        "| histogram update vs a per-neuron `torch.histc` loop | "
+        f"{out['histogram_speedup_vs_per_neuron_histc']:.1f}× faster "
+        f"({out['histogram_update_elements_per_s'] / 1e6:.0f} M values/s) | |"
+    )
     if "peak_memory_GiB" in out:
         print(f"| peak GPU memory | {out['peak_memory_GiB']:.2f} GiB | |")
-    print(f"\nhistogram memory for Mistral-7B's shape: {out['mistral7b_histogram_MiB']:.0f} MiB "
-          f"(+ {out['mistral7b_moments_MiB']:.0f} MiB moments)")
+    print(
+        f"\nhistogram memory for Mistral-7B's shape: {out['mistral7b_histogram_MiB']:.0f} MiB "
+        f"(+ {out['mistral7b_moments_MiB']:.0f} MiB moments)"
+    )
     if args.json:
         with open(args.json, "w") as fh:
             json.dump(out, fh, indent=2)

@@ -17,8 +17,10 @@ Reported, per run of the schedule (baseline, then zero, mean, peak, resample:ran
                      process's peak resident memory, reset before each phase; CUDA: the allocator's peak.
 
     python benchmarks/bench_run.py                                   # SmolLM2-135M shape, CPU
-    python benchmarks/bench_run.py --shape opt-1.3b --device cuda --dtype bfloat16 --length 1024 --batch 8 --tokens 100000
-    python benchmarks/bench_run.py --shape mistral-7b --device cuda --dtype bfloat16 --length 1024 --batch 8 --tokens 100000
+    python benchmarks/bench_run.py --shape opt-1.3b --device cuda --dtype bfloat16 --length 1024 --batch 8 \\
+        --tokens 100000
+    python benchmarks/bench_run.py --shape mistral-7b --device cuda --dtype bfloat16 --length 1024 --batch 8 \\
+        --tokens 100000
 """
 
 from __future__ import annotations
@@ -43,21 +45,52 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "tests"))
 from helpers import SyncCalls  # noqa: E402  (the same counter the tests use)
 
 from ablate_lit import CausalLMAblation, TextData  # noqa: E402
-from ablate_lit.cli import main as cli  # noqa: E402
-from ablate_lit.modules.base import AblationModule  # noqa: E402
+from ablate_lit.entry.cli import main as cli  # noqa: E402
+from ablate_lit.families.module import AblationModule  # noqa: E402
 from ablate_lit.stats import NeuronHistogram, NeuronMoments  # noqa: E402
-from ablate_lit.store import read_rows  # noqa: E402
-from ablate_lit.tiny import make_text, train_tokenizer  # noqa: E402
+from ablate_lit.store.folder import read_rows  # noqa: E402
+from ablate_lit.testing.tiny import make_text, train_tokenizer  # noqa: E402
 
 SHAPES = {
-    "smollm2-135m": dict(model_type="llama", hidden_size=576, intermediate_size=1536, num_hidden_layers=30,
-                         num_attention_heads=9, num_key_value_heads=3, head_dim=64, vocab_size=49152, tie_word_embeddings=True),
-    "opt-125m": dict(model_type="opt", hidden_size=768, ffn_dim=3072, num_hidden_layers=12, num_attention_heads=12,
-                     vocab_size=50272, word_embed_proj_dim=768),
-    "opt-1.3b": dict(model_type="opt", hidden_size=2048, ffn_dim=8192, num_hidden_layers=24, num_attention_heads=32,
-                     vocab_size=50272, word_embed_proj_dim=2048),
-    "mistral-7b": dict(model_type="mistral", hidden_size=4096, intermediate_size=14336, num_hidden_layers=32,
-                       num_attention_heads=32, num_key_value_heads=8, head_dim=128, vocab_size=32000),
+    "smollm2-135m": dict(
+        model_type="llama",
+        hidden_size=576,
+        intermediate_size=1536,
+        num_hidden_layers=30,
+        num_attention_heads=9,
+        num_key_value_heads=3,
+        head_dim=64,
+        vocab_size=49152,
+        tie_word_embeddings=True,
+    ),
+    "opt-125m": dict(
+        model_type="opt",
+        hidden_size=768,
+        ffn_dim=3072,
+        num_hidden_layers=12,
+        num_attention_heads=12,
+        vocab_size=50272,
+        word_embed_proj_dim=768,
+    ),
+    "opt-1.3b": dict(
+        model_type="opt",
+        hidden_size=2048,
+        ffn_dim=8192,
+        num_hidden_layers=24,
+        num_attention_heads=32,
+        vocab_size=50272,
+        word_embed_proj_dim=2048,
+    ),
+    "mistral-7b": dict(
+        model_type="mistral",
+        hidden_size=4096,
+        intermediate_size=14336,
+        num_hidden_layers=32,
+        num_attention_heads=32,
+        num_key_value_heads=8,
+        head_dim=128,
+        vocab_size=32000,
+    ),
 }
 METHODS = ["zero", "mean", "peak", "resample:random_tokens"]
 
@@ -132,15 +165,49 @@ def build_assets(root: Path, shape: str, dtype: torch.dtype, text_tokens: int) -
 
 def cli_args(model: Path, text: Path, root: Path, name: str, args) -> list[str]:
     calib = max(args.length * args.batch, args.tokens // 4)
-    return ["test", "--model", "ablate_lit.CausalLMAblation", "--model.name_or_path", str(model),
-            "--model.dtype", args.dtype, "--data", "ablate_lit.TextData", "--data.path", str(text),
-            "--data.max_tokens", str(args.tokens), "--data.calib_tokens", str(calib),
-            "--data.context_length", str(args.length), "--data.batch_size", str(args.batch),
-            "--ablation.methods", f"[{','.join(METHODS)}]", "--ablation.fractions", "[0,0.5]", "--ablation.seeds", "[0]",
-            "--ablation.n_resample", "8", "--ablation.log_histograms", "false",
-            "--ablation.cache_dir", str(root / "cache"), "--root", str(root / "runs"), "--name", name,
-            "--trainer.accelerator", "gpu" if args.device == "cuda" else "cpu", "--trainer.devices", "1",
-            "--trainer.enable_progress_bar", "false"]
+    return [
+        "test",
+        "--model",
+        "ablate_lit.CausalLMAblation",
+        "--model.name_or_path",
+        str(model),
+        "--model.dtype",
+        args.dtype,
+        "--data",
+        "ablate_lit.TextData",
+        "--data.path",
+        str(text),
+        "--data.max_tokens",
+        str(args.tokens),
+        "--data.calib_tokens",
+        str(calib),
+        "--data.context_length",
+        str(args.length),
+        "--data.batch_size",
+        str(args.batch),
+        "--ablation.methods",
+        f"[{','.join(METHODS)}]",
+        "--ablation.fractions",
+        "[0,0.5]",
+        "--ablation.seeds",
+        "[0]",
+        "--ablation.n_resample",
+        "8",
+        "--ablation.log_histograms",
+        "false",
+        "--ablation.cache_dir",
+        str(root / "cache"),
+        "--root",
+        str(root / "runs"),
+        "--name",
+        name,
+        "--trainer.accelerator",
+        "gpu" if args.device == "cuda" else "cpu",
+        "--trainer.devices",
+        "1",
+        "--trainer.enable_progress_bar",
+        "false",
+    ]
 
 
 @torch.inference_mode()
@@ -202,8 +269,13 @@ def statistics_peak(device: torch.device, chunked: bool, tokens: int = 4096, wid
 def host_syncs_cpu(model_dir: Path, text: Path, args) -> dict:
     """Sync-forcing calls per scored ablated batch beyond a plain forward's (constant and resample)."""
     mod = CausalLMAblation(str(model_dir), dtype=args.dtype)
-    d = TextData(str(text), max_tokens=args.length * args.batch, calib_tokens=args.length, context_length=args.length,
-                 batch_size=args.batch)
+    d = TextData(
+        str(text),
+        max_tokens=args.length * args.batch,
+        calib_tokens=args.length,
+        context_length=args.length,
+        batch_size=args.batch,
+    )
     mod.connect_data(d)
     d.setup()
     batch = next(iter(d.test_dataloader()))
@@ -211,7 +283,10 @@ def host_syncs_cpu(model_dir: Path, text: Path, args) -> dict:
     mask = torch.rand(L, D, generator=torch.Generator().manual_seed(0)) < 0.5
     out = {}
     with torch.inference_mode():
-        for name, repl in (("mean", {"values": torch.randn(L, D)}), ("resample", {"resample": torch.randn(L, 2, args.length, D)})):
+        for name, repl in (
+            ("mean", {"values": torch.randn(L, D)}),
+            ("resample", {"resample": torch.randn(L, 2, args.length, D)}),
+        ):
             with SyncCalls() as plain:
                 mod.model(input_ids=batch["input_ids"], use_cache=False)
             with mod.hooks.ablating(mask, device=mod.device, **repl), SyncCalls() as ablated:
@@ -238,8 +313,13 @@ def main():
 
     # the plain model and the exact evaluation windows of the runs
     model = AutoModelForCausalLM.from_pretrained(model_dir, dtype=dtype).to(device).eval()
-    data = TextData(str(text), max_tokens=args.tokens, calib_tokens=max(args.length * args.batch, args.tokens // 4),
-                    context_length=args.length, batch_size=args.batch)
+    data = TextData(
+        str(text),
+        max_tokens=args.tokens,
+        calib_tokens=max(args.length * args.batch, args.tokens // 4),
+        context_length=args.length,
+        batch_size=args.batch,
+    )
     data.connect(AutoTokenizer.from_pretrained(model_dir))
     data.setup()
     windows = data.eval_windows
@@ -250,8 +330,12 @@ def main():
     for r in range(args.repeats):
         before = plain_forward(model, windows, args.batch, device)
         start = reset_peak(device)
-        with MoveCounter() as moved, warnings.catch_warnings(record=True) as caught, \
-                contextlib.redirect_stdout(io.StringIO()), contextlib.redirect_stderr(io.StringIO()):
+        with (
+            MoveCounter() as moved,
+            warnings.catch_warnings(record=True) as caught,
+            contextlib.redirect_stdout(io.StringIO()),
+            contextlib.redirect_stderr(io.StringIO()),
+        ):
             warnings.simplefilter("always")
             if device.type == "cuda":
                 torch.cuda.set_sync_debug_mode("warn")
@@ -275,38 +359,64 @@ def main():
 
     del model
     fresh = in_fresh_process if device.type == "cpu" else (lambda fn, *a: fn(*a))
-    kv = {use_cache: fresh(forward_peak, str(model_dir), args.dtype, args.device, windows, args.batch, use_cache)
-          for use_cache in (True, False)}
+    kv = {
+        use_cache: fresh(forward_peak, str(model_dir), args.dtype, args.device, windows, args.batch, use_cache)
+        for use_cache in (True, False)
+    }
     stats_mem = {chunked: fresh(statistics_peak, device, chunked) for chunked in (True, False)}
     syncs = host_syncs_cpu(model_dir, text, args) if device.type == "cpu" else None
 
     tokens = windows.numel()
-    print(f"{args.shape}, {device}, {args.dtype}: {tokens} tokens per point ({len(windows)} windows of {args.length}, "
-          f"batch {args.batch}); {args.repeats} runs of the schedule\n")
+    print(
+        f"{args.shape}, {device}, {args.dtype}: {tokens} tokens per point ({len(windows)} windows of {args.length}, "
+        f"batch {args.batch}); {args.repeats} runs of the schedule\n"
+    )
     print("| the real path (`python -m ablate_lit test`) | measured | target |\n|---|---|---|")
     for m, rs in ratios.items():
-        print(f"| throughput of a point vs the plain forward, `{m}` | {statistics.median(rs):.2f}x "
-              f"[{min(rs):.2f}, {max(rs):.2f}] | >= 0.95x |")
-    print(f"| whole-model moves per run (Module.to/cpu/cuda) | {statistics.median(moves):.0f} "
-          f"(points per run: {1 + len(METHODS)}) | 1 |")
+        print(
+            f"| throughput of a point vs the plain forward, `{m}` | {statistics.median(rs):.2f}x "
+            f"[{min(rs):.2f}, {max(rs):.2f}] | >= 0.95x |"
+        )
+    print(
+        f"| whole-model moves per run (Module.to/cpu/cuda) | {statistics.median(moves):.0f} "
+        f"(points per run: {1 + len(METHODS)}) | 1 |"
+    )
     if syncs is not None:
-        print(f"| sync-forcing calls per scored batch beyond the model's own | constant {syncs['mean']}, "
-              f"resample {syncs['resample']} | 0 |")
+        print(
+            f"| sync-forcing calls per scored batch beyond the model's own | constant {syncs['mean']}, "
+            f"resample {syncs['resample']} | 0 |"
+        )
     else:
-        print(f"| set_sync_debug_mode warnings per run / per evaluated batch | {statistics.median(gpu_sync_warnings):.0f} / "
-              f"{statistics.median(gpu_sync_warnings) / max(1, batches / args.repeats):.2f} | |")
+        print(
+            "| set_sync_debug_mode warnings per run / per evaluated batch | "
+            f"{statistics.median(gpu_sync_warnings):.0f} / "
+            f"{statistics.median(gpu_sync_warnings) / max(1, batches / args.repeats):.2f} | |"
+        )
     if device.type == "cuda":
         print(f"| peak GPU memory of a run above the loaded model | {mib(statistics.median(run_peaks))} | |")
     where = "GPU" if device.type == "cuda" else "RSS of a fresh process"
-    print(f"| one batch's forward, peak {where} above the loaded model: key/value cache built (the default) / "
-          f"not built (ablate_lit) | {mib(kv[True])} / {mib(kv[False])} | |")
-    print(f"| one statistics update of 4096 tokens x 4096 neurons, peak {where}: in one piece (before) / chunked | "
-          f"{mib(stats_mem[False])} / {mib(stats_mem[True])} | |")
-    out = {"shape": args.shape, "device": str(device), "dtype": args.dtype, "tokens_per_point": tokens,
-           "throughput_ratio": {m: rs for m, rs in ratios.items()}, "model_moves_per_run": moves,
-           "host_sync_calls_per_batch": syncs, "gpu_sync_warnings_per_run": gpu_sync_warnings,
-           "run_peak_bytes": run_peaks, "plain_peak_bytes_kv_cache": kv[True], "plain_peak_bytes_no_cache": kv[False],
-           "statistics_update_peak_bytes": {"chunked": stats_mem[True], "one_piece": stats_mem[False]}}
+    print(
+        f"| one batch's forward, peak {where} above the loaded model: key/value cache built (the default) / "
+        f"not built (ablate_lit) | {mib(kv[True])} / {mib(kv[False])} | |"
+    )
+    print(
+        f"| one statistics update of 4096 tokens x 4096 neurons, peak {where}: in one piece (before) / chunked | "
+        f"{mib(stats_mem[False])} / {mib(stats_mem[True])} | |"
+    )
+    out = {
+        "shape": args.shape,
+        "device": str(device),
+        "dtype": args.dtype,
+        "tokens_per_point": tokens,
+        "throughput_ratio": {m: rs for m, rs in ratios.items()},
+        "model_moves_per_run": moves,
+        "host_sync_calls_per_batch": syncs,
+        "gpu_sync_warnings_per_run": gpu_sync_warnings,
+        "run_peak_bytes": run_peaks,
+        "plain_peak_bytes_kv_cache": kv[True],
+        "plain_peak_bytes_no_cache": kv[False],
+        "statistics_update_peak_bytes": {"chunked": stats_mem[True], "one_piece": stats_mem[False]},
+    }
     if args.json:
         Path(args.json).write_text(json.dumps(out, indent=2))
 

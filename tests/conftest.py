@@ -1,4 +1,4 @@
-"""Session fixtures: the tiny models, tokenizer, text and images of ablate_lit.tiny, built once."""
+"""Session fixtures: the tiny models, tokenizer, text and images of ablate_lit.testing.tiny, built once."""
 
 from __future__ import annotations
 
@@ -6,9 +6,9 @@ from pathlib import Path
 
 import pytest
 
-from ablate_lit.tiny import N_CLASSES, build_all, make_image_folder  # noqa: F401  (re-exported for tests)
-from ablate_lit.families.causal_lm import CAUSAL_LM_ARCHITECTURES
-from ablate_lit.families.masked_lm import MASKED_LM_ARCHITECTURES
+from ablate_lit.families.loading.causal_lm import CAUSAL_LM_ARCHITECTURES
+from ablate_lit.families.loading.masked_lm import MASKED_LM_ARCHITECTURES
+from ablate_lit.testing.tiny import N_CLASSES, build_all, make_image_folder  # noqa: F401  (re-exported for tests)
 
 
 @pytest.fixture(scope="session")
@@ -43,7 +43,7 @@ def image_folder(assets) -> Path:
 
 @pytest.fixture(scope="session")
 def zoo(assets) -> dict[str, Path]:
-    """Tiny models of the architectures located by structure (ablate_lit.tiny.build_zoo)."""
-    from ablate_lit.tiny import build_zoo
+    """Tiny models of the architectures located by structure (ablate_lit.testing.zoo.build_zoo)."""
+    from ablate_lit.testing.zoo import build_zoo
 
     return build_zoo(assets / "zoo", assets / "tokenizer")

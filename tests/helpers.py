@@ -12,8 +12,8 @@ import torch
 from torch.overrides import TorchFunctionMode
 
 from ablate_lit import CausalLMAblation, TextData
-from ablate_lit.cli import main
-from ablate_lit.families.causal_lm import CAUSAL_LM_ARCHITECTURES
+from ablate_lit.entry.cli import main
+from ablate_lit.families.loading.causal_lm import CAUSAL_LM_ARCHITECTURES
 
 ARCHS = sorted(CAUSAL_LM_ARCHITECTURES)
 EPS = 2.0**-4  # a power of two keeps x / eps exact, so the reference bins identically
@@ -21,8 +21,14 @@ METHODS = "[zero,mean,peak,resample:random_chars,resample:random_tokens,resample
 
 
 def trainer() -> L.Trainer:
-    return L.Trainer(accelerator="cpu", devices=1, logger=False, enable_progress_bar=False,
-                     enable_checkpointing=False, enable_model_summary=False)
+    return L.Trainer(
+        accelerator="cpu",
+        devices=1,
+        logger=False,
+        enable_progress_bar=False,
+        enable_checkpointing=False,
+        enable_model_summary=False,
+    )
 
 
 def module(path, **kwargs) -> CausalLMAblation:
@@ -63,11 +69,41 @@ def run(capsys, *args):
 
 
 def tiny_args(model, corpus, root, *extra):
-    return ["--model", "ablate_lit.CausalLMAblation", "--model.name_or_path", model, "--data", "ablate_lit.TextData",
-            "--data.path", corpus, "--data.max_tokens", 120, "--data.calib_tokens", 256, "--data.context_length", 16,
-            "--data.batch_size", 4, "--ablation.n_resample", 2, "--ablation.seeds", "[0,1]",
-            "--ablation.fractions", "[0,0.5,1]", "--ablation.methods", METHODS, "--root", root, "--name", "run",
-            "--trainer.enable_progress_bar", "false", "--trainer.accelerator", "cpu", *extra]
+    return [
+        "--model",
+        "ablate_lit.CausalLMAblation",
+        "--model.name_or_path",
+        model,
+        "--data",
+        "ablate_lit.TextData",
+        "--data.path",
+        corpus,
+        "--data.max_tokens",
+        120,
+        "--data.calib_tokens",
+        256,
+        "--data.context_length",
+        16,
+        "--data.batch_size",
+        4,
+        "--ablation.n_resample",
+        2,
+        "--ablation.seeds",
+        "[0,1]",
+        "--ablation.fractions",
+        "[0,0.5,1]",
+        "--ablation.methods",
+        METHODS,
+        "--root",
+        root,
+        "--name",
+        "run",
+        "--trainer.enable_progress_bar",
+        "false",
+        "--trainer.accelerator",
+        "cpu",
+        *extra,
+    ]
 
 
 def run_rows(capsys, *args):
@@ -107,8 +143,10 @@ class SyncCalls(TorchFunctionMode):
         name = getattr(func, "__name__", str(func))
         if name in SYNCS:
             self.calls[name] += 1
-        elif name == "__getitem__" and any(isinstance(i, torch.Tensor) and i.dtype == torch.bool
-                                           for i in (args[1] if isinstance(args[1], tuple) else (args[1],))):
+        elif name == "__getitem__" and any(
+            isinstance(i, torch.Tensor) and i.dtype == torch.bool
+            for i in (args[1] if isinstance(args[1], tuple) else (args[1],))
+        ):
             self.calls["boolean mask indexing"] += 1
         elif name == "to" and ("device" in kwargs or any(isinstance(a, (str, torch.device)) for a in args[1:])):
             self.calls["to(device)"] += 1
@@ -127,6 +165,7 @@ def patched(model, path: str, n_layers: int, fn, run_forward):
             layer = calls["n"] % n_layers
             calls["n"] += 1
             return forward(fn(layer, x), *args, **kwargs)
+
         return patched_forward
 
     for m, forward in saved:

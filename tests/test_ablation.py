@@ -4,10 +4,9 @@ from __future__ import annotations
 
 import pytest
 import torch
-
-from ablate_lit.ablation.hooks import PreOutHooks
-
 from helpers import ARCHS, module, with_zero_inputs
+
+from ablate_lit.families.hooks import PreOutHooks
 
 IDS = torch.randint(4, 300, (3, 10), generator=torch.Generator().manual_seed(1))
 
@@ -109,7 +108,7 @@ def test_paused_hooks_neither_record_nor_ablate(tiny_models):
 
 @pytest.mark.parametrize("model_type", ARCHS)
 def test_folding_into_the_out_projection_equals_the_hook_and_restores_weights(tiny_models, model_type):
-    from ablate_lit.ablation.hooks import folded
+    from ablate_lit.ablation.fold import folded
 
     mod = module(tiny_models[model_type])
     L, D = mod.hooks.n_layers, mod.hooks.width

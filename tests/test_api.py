@@ -7,33 +7,50 @@ from pathlib import Path
 
 import pytest
 import torch
+from helpers import read_rows, run, tiny_args
 
 import ablate_lit
 from ablate_lit import AblateError
 
-from helpers import read_rows, run, tiny_args
-
-SETTINGS = dict(max_tokens=120, calib_tokens=256, context_length=16, batch_size=4, seeds=[0, 1], fractions=[0, 0.5, 1],
-                methods=["zero", "mean", "peak", "resample:random_tokens"], n_resample=2, trainer={"accelerator": "cpu"},
-                verbose=False)
+SETTINGS = dict(
+    max_tokens=120,
+    calib_tokens=256,
+    context_length=16,
+    batch_size=4,
+    seeds=[0, 1],
+    fractions=[0, 0.5, 1],
+    methods=["zero", "mean", "peak", "resample:random_tokens"],
+    n_resample=2,
+    trainer={"accelerator": "cpu"},
+    verbose=False,
+)
 
 
 def _in_memory_llama(tokenizer):
     from transformers import LlamaConfig, LlamaForCausalLM
 
-    from ablate_lit.tiny import _scale_weights
+    from ablate_lit.testing.tiny import _scale_weights
 
-    config = LlamaConfig(vocab_size=len(tokenizer), hidden_size=32, intermediate_size=64, num_hidden_layers=2,
-                         num_attention_heads=4, num_key_value_heads=2, max_position_embeddings=64,
-                         bos_token_id=tokenizer.bos_token_id, eos_token_id=tokenizer.eos_token_id)
+    config = LlamaConfig(
+        vocab_size=len(tokenizer),
+        hidden_size=32,
+        intermediate_size=64,
+        num_hidden_layers=2,
+        num_attention_heads=4,
+        num_key_value_heads=2,
+        max_position_embeddings=64,
+        bos_token_id=tokenizer.bos_token_id,
+        eos_token_id=tokenizer.eos_token_id,
+    )
     torch.manual_seed(3)
     model = LlamaForCausalLM(config)
     _scale_weights(model)
     return model
 
 
-def test_a_model_in_memory_on_a_list_of_strings_gives_the_cli_table_of_the_same_model_saved(capsys, assets, corpus,
-                                                                                              tmp_path):
+def test_a_model_in_memory_on_a_list_of_strings_gives_the_cli_table_of_the_same_model_saved(
+    capsys, assets, corpus, tmp_path
+):
     from transformers import AutoTokenizer
 
     tokenizer = AutoTokenizer.from_pretrained(assets / "tokenizer")
@@ -46,10 +63,15 @@ def test_a_model_in_memory_on_a_list_of_strings_gives_the_cli_table_of_the_same_
 
     model.save_pretrained(tmp_path / "saved")  # the same weights, now on disk, through the CLI
     tokenizer.save_pretrained(tmp_path / "saved")
-    args = tiny_args(tmp_path / "saved", corpus, tmp_path / "cli", "--ablation.methods", "[zero,mean,peak,resample:random_tokens]")
+    args = tiny_args(
+        tmp_path / "saved", corpus, tmp_path / "cli", "--ablation.methods", "[zero,mean,peak,resample:random_tokens]"
+    )
     code, _, err = run(capsys, *args)
     assert code == 0, err
-    cli = {(r["method"], int(r["seed"]), float(r["fraction"])): r for r in read_rows(tmp_path / "cli" / "run" / "results.csv")}
+    cli = {
+        (r["method"], int(r["seed"]), float(r["fraction"])): r
+        for r in read_rows(tmp_path / "cli" / "run" / "results.csv")
+    }
     assert len(cli) == len(api)
     for row in api.to_dict("records"):
         other = cli[(row["method"], row["seed"], row["fraction"])]
@@ -61,7 +83,9 @@ def test_a_model_in_memory_on_a_list_of_strings_gives_the_cli_table_of_the_same_
     assert reopened.table().equals(api)
     summary = reopened.summary()
     assert "Top1 accuracy (%)" in summary and "1 seed" not in summary and "2 seed(s)" in summary
-    assert summary.index("| zero |") < summary.index("| mean |") < summary.index("| peak |") < summary.index("| resample:")
+    assert (
+        summary.index("| zero |") < summary.index("| mean |") < summary.index("| peak |") < summary.index("| resample:")
+    )
     stats = reopened.statistics
     assert {"layer", "neuron", "mean", "peak", "std"} <= set(stats.columns) and len(stats) == 2 * 32
     fig = reopened.figure()
@@ -85,7 +109,9 @@ def test_a_dataloader_of_token_windows_is_used_as_it_is(assets, corpus, tmp_path
     settings.pop("context_length")
     results = ablate_lit.run(model, loader, tokenizer=tokenizer, root=tmp_path, **settings)
     row = results.table().iloc[0]
-    order = torch.randperm(3 + 10, generator=torch.Generator().manual_seed(0))  # data.seed 0 splits the first 13 windows
+    order = torch.randperm(
+        3 + 10, generator=torch.Generator().manual_seed(0)
+    )  # data.seed 0 splits the first 13 windows
     evaluated = windows[:13][order[:3]]
     with torch.no_grad():
         logits = model(input_ids=evaluated).logits
@@ -97,20 +123,43 @@ def test_a_timm_model_in_memory_on_a_list_of_images(image_folder, tmp_path):
     import timm
     from PIL import Image
 
-    from ablate_lit.tiny import N_CLASSES
+    from ablate_lit.testing.tiny import N_CLASSES
 
     torch.manual_seed(0)
-    model = timm.create_model("vit_tiny_patch16_224", pretrained=False, img_size=32, patch_size=8, embed_dim=32, depth=2,
-                              num_heads=4, num_classes=N_CLASSES)
+    model = timm.create_model(
+        "vit_tiny_patch16_224",
+        pretrained=False,
+        img_size=32,
+        patch_size=8,
+        embed_dim=32,
+        depth=2,
+        num_heads=4,
+        num_classes=N_CLASSES,
+    )
     classes = sorted(p.name for p in Path(image_folder).iterdir())
-    rows = [{"image": Image.open(f).convert("RGB"), "label": classes.index(f.parent.name)}
-            for f in sorted(Path(image_folder).rglob("*.png"))]
-    for bad, message in (([r["image"] for r in rows], "rows"), ([{**r, "label": "cat"} for r in rows], "not an integer class")):
+    rows = [
+        {"image": Image.open(f).convert("RGB"), "label": classes.index(f.parent.name)}
+        for f in sorted(Path(image_folder).rglob("*.png"))
+    ]
+    for bad, message in (
+        ([r["image"] for r in rows], "rows"),
+        ([{**r, "label": "cat"} for r in rows], "not an integer class"),
+    ):
         with pytest.raises(AblateError, match=message):
             ablate_lit.run(model, bad, max_images=6, calib_images=6, root=tmp_path, verbose=False)
-    results = ablate_lit.run(model, rows, methods=["zero", "mean", "resample:random_pixels"], seeds=[0], fractions=[0, 1],
-                             max_images=6, calib_images=6, batch_size=3, root=tmp_path, verbose=False,
-                             trainer={"accelerator": "cpu"})
+    results = ablate_lit.run(
+        model,
+        rows,
+        methods=["zero", "mean", "resample:random_pixels"],
+        seeds=[0],
+        fractions=[0, 1],
+        max_images=6,
+        calib_images=6,
+        batch_size=3,
+        root=tmp_path,
+        verbose=False,
+        trainer={"accelerator": "cpu"},
+    )
     table = results.table()
     assert len(table) == 3 * 2 and set(table["n_tokens"]) == {6}
     assert results.run_dir.name.startswith("vit_tiny_patch16_224-")
@@ -126,7 +175,10 @@ def test_errors_raise_ablate_error_and_never_exit(assets, tmp_path):
         (dict(methodz=["zero"]), "unknown setting(s) methodz"),
         (dict(methods=["nope"]), "unknown ablation method 'nope'"),
         (dict(methods="nope"), "unknown ablation method 'nope'"),  # one method stands for a list of one
-        (dict(max_tokens=10**7, context_length=16), "lower calib_tokens= and max_tokens= (together at most ~"),  # CLI words made run's
+        (
+            dict(max_tokens=10**7, context_length=16),
+            "lower calib_tokens= and max_tokens= (together at most ~",
+        ),  # CLI words made run's
         (dict(family="audio"), "unknown family 'audio'"),
         (dict(name="../escape"), "must be a plain folder name inside root="),
         (dict(root=tmp_path / "a-file"), "root= '"),
@@ -146,7 +198,9 @@ def test_errors_raise_ablate_error_and_never_exit(assets, tmp_path):
     ]
     for extra, message in cases:
         with pytest.raises(AblateError, match=re.escape(message)):
-            ablate_lit.run(model, ["some text " * 50], tokenizer=tokenizer, verbose=False, **{"root": tmp_path, **extra})
+            ablate_lit.run(
+                model, ["some text " * 50], tokenizer=tokenizer, verbose=False, **{"root": tmp_path, **extra}
+            )
     with pytest.raises(AblateError, match="needs the model's tokenizer"):
         ablate_lit.run(model, ["text"], root=tmp_path, verbose=False)
     with pytest.raises(AblateError, match="text 0 is a int"):  # a tokenizer given as a folder is loaded
@@ -176,13 +230,23 @@ def test_a_dataloader_of_wrong_windows_is_refused_in_one_line(assets, tmp_path):
     ]
     for loader, message in cases:
         with pytest.raises(AblateError, match=re.escape(message)):
-            ablate_lit.run(model, loader, tokenizer=tokenizer, max_tokens=16, calib_tokens=16, root=tmp_path, verbose=False,
-                           trainer={"accelerator": "cpu"})
+            ablate_lit.run(
+                model,
+                loader,
+                tokenizer=tokenizer,
+                max_tokens=16,
+                calib_tokens=16,
+                root=tmp_path,
+                verbose=False,
+                trainer={"accelerator": "cpu"},
+            )
 
 
 def test_a_hub_name_offline_is_a_causal_lm_out_of_reach_not_a_timm_model(tmp_path, monkeypatch):
     monkeypatch.setenv("HF_HUB_OFFLINE", "1")
-    with pytest.raises(AblateError, match=r"could not load model 'gpt2' .*without internet.*pass the local folder with model="):
+    with pytest.raises(
+        AblateError, match=r"could not load model 'gpt2' .*without internet.*pass the local folder with model="
+    ):
         ablate_lit.run("gpt2", ["text"], root=tmp_path, verbose=False, max_tokens=16)
 
 
@@ -193,16 +257,54 @@ def test_a_masked_lm_object_and_a_datasets_dataset_give_the_cli_numbers(capsys, 
     folder = tiny_masked["roberta"]
     model, tokenizer = AutoModelForMaskedLM.from_pretrained(folder), AutoTokenizer.from_pretrained(folder)
     texts = datasets.Dataset.from_dict({"body": [p.read_text() for p in sorted(Path(corpus).glob("*.txt"))]})
-    settings = dict(methods=["zero", "mean"], seeds=[0], fractions=[0, 0.5], max_tokens=120, calib_tokens=256,
-                    context_length=16, batch_size=4, trainer={"accelerator": "cpu"}, verbose=False)
-    api = ablate_lit.run(model, texts, tokenizer=tokenizer, text_column="body", root=tmp_path / "api", **settings).table()
+    settings = dict(
+        methods=["zero", "mean"],
+        seeds=[0],
+        fractions=[0, 0.5],
+        max_tokens=120,
+        calib_tokens=256,
+        context_length=16,
+        batch_size=4,
+        trainer={"accelerator": "cpu"},
+        verbose=False,
+    )
+    api = ablate_lit.run(
+        model, texts, tokenizer=tokenizer, text_column="body", root=tmp_path / "api", **settings
+    ).table()
     assert set(api["method"]) == {"zero", "mean"}
-    code, _, err = run(capsys, "--model", "ablate_lit.MaskedLMAblation", "--model.name_or_path", folder,
-                       "--data", "ablate_lit.MaskedTextData", "--data.path", corpus, "--data.max_tokens", 120,
-                       "--data.calib_tokens", 256, "--data.context_length", 16, "--data.batch_size", 4,
-                       "--ablation.methods", "[zero,mean]", "--ablation.seeds", "[0]", "--ablation.fractions", "[0,0.5]",
-                       "--root", tmp_path / "cli", "--name", "run", "--trainer.accelerator", "cpu",
-                       "--trainer.enable_progress_bar", "false")
+    code, _, err = run(
+        capsys,
+        "--model",
+        "ablate_lit.MaskedLMAblation",
+        "--model.name_or_path",
+        folder,
+        "--data",
+        "ablate_lit.MaskedTextData",
+        "--data.path",
+        corpus,
+        "--data.max_tokens",
+        120,
+        "--data.calib_tokens",
+        256,
+        "--data.context_length",
+        16,
+        "--data.batch_size",
+        4,
+        "--ablation.methods",
+        "[zero,mean]",
+        "--ablation.seeds",
+        "[0]",
+        "--ablation.fractions",
+        "[0,0.5]",
+        "--root",
+        tmp_path / "cli",
+        "--name",
+        "run",
+        "--trainer.accelerator",
+        "cpu",
+        "--trainer.enable_progress_bar",
+        "false",
+    )
     assert code == 0, err
     cli = {(r["method"], float(r["fraction"])): r for r in read_rows(tmp_path / "cli" / "run" / "results.csv")}
     for row in api.to_dict("records"):

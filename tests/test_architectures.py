@@ -18,20 +18,35 @@ import re
 import pytest
 import torch
 import torch.nn.functional as F
-
-from ablate_lit import AblateError, CausalLMAblation, ImageData, MaskedLMAblation, MaskedTextData, TextData, VisionAblation
-from ablate_lit.ablation.schedule import ablation_mask, neuron_order
-from ablate_lit.tiny import ZOO_CAUSAL, ZOO_MASKED
-
 from helpers import patched, read_rows, run
+
+from ablate_lit import (
+    AblateError,
+    CausalLMAblation,
+    ImageData,
+    MaskedLMAblation,
+    MaskedTextData,
+    TextData,
+    VisionAblation,
+)
+from ablate_lit.ablation.schedule import ablation_mask, neuron_order
+from ablate_lit.testing.zoo import ZOO_CAUSAL, ZOO_MASKED
 
 _LLAMA_LIKE = "model.layers.{}.self_attn.o_proj"
 HOOKED = {
-    "gemma2": _LLAMA_LIKE, "gemma3_text": _LLAMA_LIKE, "qwen3": _LLAMA_LIKE, "phi3": _LLAMA_LIKE, "olmo2": _LLAMA_LIKE,
-    "mixtral": _LLAMA_LIKE, "qwen2_moe": _LLAMA_LIKE, "stablelm": _LLAMA_LIKE,
+    "gemma2": _LLAMA_LIKE,
+    "gemma3_text": _LLAMA_LIKE,
+    "qwen3": _LLAMA_LIKE,
+    "phi3": _LLAMA_LIKE,
+    "olmo2": _LLAMA_LIKE,
+    "mixtral": _LLAMA_LIKE,
+    "qwen2_moe": _LLAMA_LIKE,
+    "stablelm": _LLAMA_LIKE,
     "phi": "model.layers.{}.self_attn.dense",
-    "falcon": "transformer.h.{}.self_attention.dense", "bloom": "transformer.h.{}.self_attention.dense",
-    "gpt_bigcode": "transformer.h.{}.attn.c_proj", "gptj": "transformer.h.{}.attn.out_proj",
+    "falcon": "transformer.h.{}.self_attention.dense",
+    "bloom": "transformer.h.{}.self_attention.dense",
+    "gpt_bigcode": "transformer.h.{}.attn.c_proj",
+    "gptj": "transformer.h.{}.attn.out_proj",
     "deepseek_v3": _LLAMA_LIKE,  # multi-head latent attention: 4 heads x v_head_dim 16 (head_dim is the rotary part)
     "distilbert": "distilbert.transformer.layer.{}.attention.out_lin",
     "deberta-v2": "deberta.encoder.layer.{}.attention.output.dense",
@@ -42,7 +57,8 @@ HOOKED = {
     "hf-beit": "beit.layers.{}.attention.o_proj",
     "hf-dinov2": "dinov2.encoder.layer.{}.attention.o_proj",
     "hf-clip": "vision_model.encoder.layers.{}.self_attn.out_proj",
-    "hf-swin-stage": "swin.encoder.layers.0.blocks.{}.attention.o_proj",  # one stage (4 windows), chosen with --model.blocks
+    # one stage (4 windows), chosen with --model.blocks
+    "hf-swin-stage": "swin.encoder.layers.0.blocks.{}.attention.o_proj",
     "timm-beit": "blocks.{}.attn.proj",
     "timm-cait": "blocks.{}.attn.proj",  # talking-heads attention; the class-attention block is left alone
     "timm-eva02": "blocks.{}.attn.norm",  # scale_attn_inner: a LayerNorm between the heads and attn.proj
@@ -60,17 +76,38 @@ def family(name: str) -> str:
 def cli_args(name, folder, corpus, images, root):
     kind = family(name)
     model = {"causal": "CausalLMAblation", "masked": "MaskedLMAblation", "vision": "VisionAblation"}[kind]
-    args = ["--model", f"ablate_lit.{model}", "--model.name_or_path", folder, "--ablation.methods", "[zero,mean]",
-            "--ablation.fractions", "[0,0.5,1]", "--ablation.seeds", "[0]", "--ablation.log_histograms", "false",
-            "--root", root, "--name", "run", "--trainer.accelerator", "cpu", "--trainer.enable_progress_bar", "false"]
+    args = [
+        "--model",
+        f"ablate_lit.{model}",
+        "--model.name_or_path",
+        folder,
+        "--ablation.methods",
+        "[zero,mean]",
+        "--ablation.fractions",
+        "[0,0.5,1]",
+        "--ablation.seeds",
+        "[0]",
+        "--ablation.log_histograms",
+        "false",
+        "--root",
+        root,
+        "--name",
+        "run",
+        "--trainer.accelerator",
+        "cpu",
+        "--trainer.enable_progress_bar",
+        "false",
+    ]
     if kind == "vision":
         return args + ["--data", "ablate_lit.ImageData", "--data.path", images, *DATA["vision"]]
     data = "TextData" if kind == "causal" else "MaskedTextData"
     return args + ["--data", f"ablate_lit.{data}", "--data.path", corpus, *DATA["text"]]
 
 
-DATA = {"text": ["--data.max_tokens", 112, "--data.calib_tokens", 96, "--data.context_length", 16, "--data.batch_size", 4],
-        "vision": ["--data.max_images", 10, "--data.calib_images", 10, "--data.batch_size", 5]}
+DATA = {
+    "text": ["--data.max_tokens", 112, "--data.calib_tokens", 96, "--data.context_length", 16, "--data.batch_size", 4],
+    "vision": ["--data.max_images", 10, "--data.calib_images", 10, "--data.batch_size", 5],
+}
 
 
 def inputs(mod, name, corpus, images):
@@ -113,7 +150,9 @@ def test_cli_results_equal_hooks_written_by_hand(capsys, zoo, corpus, image_fold
     rows = {(r["method"], r["fraction"]): float(r["ce"]) for r in read_rows(tmp_path / "run" / "results.csv")}
 
     cls = {"causal": CausalLMAblation, "masked": MaskedLMAblation, "vision": VisionAblation}[family(name)]
-    mod = cls(str(folder), **({"blocks": EXTRA[name][1]} if name in EXTRA else {}))  # the same model; its hooks stay unused
+    mod = cls(
+        str(folder), **({"blocks": EXTRA[name][1]} if name in EXTRA else {})
+    )  # the same model; its hooks stay unused
     x, labels, calib = inputs(mod, name, corpus, image_folder)
     n_layers, path = N_LAYERS.get(name, 2), HOOKED[name]
 
@@ -130,9 +169,16 @@ def test_cli_results_equal_hooks_written_by_hand(capsys, zoo, corpus, image_fold
     mask = ablation_mask(neuron_order(0, n_layers, width, "per_layer"), 0.5, n_layers, width)
 
     plain = patched(mod.model, path, n_layers, lambda l, h: h, lambda: ce_by_hand(mod, name, x, labels))
-    zero = patched(mod.model, path, n_layers, lambda l, h: torch.zeros_like(h), lambda: ce_by_hand(mod, name, x, labels))
-    half = patched(mod.model, path, n_layers, lambda l, h: torch.where(mask[l], mean[l], h),
-                   lambda: ce_by_hand(mod, name, x, labels))
+    zero = patched(
+        mod.model, path, n_layers, lambda l, h: torch.zeros_like(h), lambda: ce_by_hand(mod, name, x, labels)
+    )
+    half = patched(
+        mod.model,
+        path,
+        n_layers,
+        lambda l, h: torch.where(mask[l], mean[l], h),
+        lambda: ce_by_hand(mod, name, x, labels),
+    )
     assert rows[("zero", "0")] == pytest.approx(plain, rel=1e-5)
     assert rows[("zero", "1")] == pytest.approx(zero, rel=1e-5)
     assert rows[("mean", "0.5")] == pytest.approx(half, rel=1e-5)
@@ -165,17 +211,30 @@ def test_stages_of_different_widths_are_refused_in_one_line(capsys, zoo, corpus,
 
 
 def test_windowed_attention_refuses_resampling(capsys, zoo, corpus, image_folder, tmp_path):
-    code, out, err = run(capsys, *cli_args("hf-swin-stage", zoo["hf-swin"], corpus, image_folder, tmp_path),
-                         *EXTRA["hf-swin-stage"], "--ablation.methods", "[resample:random_pixels]")
+    code, out, err = run(
+        capsys,
+        *cli_args("hf-swin-stage", zoo["hf-swin"], corpus, image_folder, tmp_path),
+        *EXTRA["hf-swin-stage"],
+        "--ablation.methods",
+        "[resample:random_pixels]",
+    )
     assert code == 2 and "folds windows into the batch" in err and "Traceback" not in err
 
 
 OPTION_ERRORS = {
-    "blocks not a module": (["--model.blocks", "model.nope"], "--model.blocks 'model.nope' is not a module of Gemma2ForCausalLM"),
-    "blocks not a list": (["--model.blocks", "model.norm"], "--model.blocks 'model.norm' is a Gemma2RMSNorm, not a list of blocks"),
+    "blocks not a module": (
+        ["--model.blocks", "model.nope"],
+        "--model.blocks 'model.nope' is not a module of Gemma2ForCausalLM",
+    ),
+    "blocks not a list": (
+        ["--model.blocks", "model.norm"],
+        "--model.blocks 'model.norm' is a Gemma2RMSNorm, not a list of blocks",
+    ),
     "out_proj missing": (["--model.out_proj", "self_attn.nope"], "block model.layers.0 has no module 'self_attn.nope'"),
-    "out_proj of another width": (["--model.out_proj", "self_attn.q_proj"],
-                                  r"takes 32 inputs, but .*= 4 heads x .*= 16 gives 64: it is not the heads' output projection"),
+    "out_proj of another width": (
+        ["--model.out_proj", "self_attn.q_proj"],
+        r"takes 32 inputs, but .*= 4 heads x .*= 16 gives 64: it is not the heads' output projection",
+    ),
 }
 
 
@@ -190,7 +249,10 @@ def test_layout_options_are_checked_in_one_line(capsys, zoo, corpus, image_folde
 
 def test_given_paths_give_the_discovered_results(capsys, zoo, corpus, image_folder, tmp_path):
     rows = {}
-    for how, extra in (("discovered", []), ("given", ["--model.blocks", "model.layers", "--model.out_proj", "self_attn.o_proj"])):
+    for how, extra in (
+        ("discovered", []),
+        ("given", ["--model.blocks", "model.layers", "--model.out_proj", "self_attn.o_proj"]),
+    ):
         code, out, err = run(capsys, *cli_args("olmo2", zoo["olmo2"], corpus, image_folder, tmp_path / how), *extra)
         assert code == 0, err
         assert f"at model.layers.*.self_attn.o_proj ({how}, checked equal to the attention output)" in out
@@ -199,8 +261,10 @@ def test_given_paths_give_the_discovered_results(capsys, zoo, corpus, image_fold
         assert (a["method"], a["fraction"], a["ce"]) == (b["method"], b["fraction"], b["ce"])
 
 
-@pytest.mark.parametrize("name,why", [("albert", "its layers share weights"),
-                                      ("timm-eva02", "a norm sits between the heads and the out-projection")])
+@pytest.mark.parametrize(
+    "name,why",
+    [("albert", "its layers share weights"), ("timm-eva02", "a norm sits between the heads and the out-projection")],
+)
 def test_fold_mode_is_refused_where_it_would_be_wrong(capsys, zoo, corpus, image_folder, tmp_path, name, why):
     code, out, err = run(capsys, *cli_args(name, zoo[name], corpus, image_folder, tmp_path), "--ablation.mode", "fold")
     assert code == 2 and why in err and "use --ablation.mode hook" in err
@@ -209,16 +273,25 @@ def test_fold_mode_is_refused_where_it_would_be_wrong(capsys, zoo, corpus, image
 def _tiny_vit(**kwargs):
     import timm
 
-    return timm.create_model("vit_tiny_patch16_224", pretrained=False, img_size=32, patch_size=8, embed_dim=32, depth=2,
-                             num_heads=4, num_classes=5, **kwargs).eval()
+    return timm.create_model(
+        "vit_tiny_patch16_224",
+        pretrained=False,
+        img_size=32,
+        patch_size=8,
+        embed_dim=32,
+        depth=2,
+        num_heads=4,
+        num_classes=5,
+        **kwargs,
+    ).eval()
 
 
 def test_a_module_other_than_a_norm_between_heads_and_projection_is_refused():
     from torch import nn
 
-    from ablate_lit.families.layout import locate
-    from ablate_lit.families.trace import trace
-    from ablate_lit.families.vision import TIMM_ARCHITECTURE
+    from ablate_lit.families.loading.vision import TIMM_ARCHITECTURE
+    from ablate_lit.families.locate.layout import locate
+    from ablate_lit.families.locate.trace import trace
 
     class Gate(nn.Module):
         def __init__(self, width):
@@ -232,7 +305,9 @@ def test_a_module_other_than_a_norm_between_heads_and_projection_is_refused():
     for block in model.blocks:
         block.attn.norm = Gate(32)
     pre_outs, _ = locate(model, None, TIMM_ARCHITECTURE)
-    with pytest.raises(AblateError, match=r"Gate 'blocks.0.attn.norm' transforms the heads' output before blocks.0.attn.proj"):
+    with pytest.raises(
+        AblateError, match=r"Gate 'blocks.0.attn.norm' transforms the heads' output before blocks.0.attn.proj"
+    ):
         trace(model, pre_outs, lambda: model(torch.zeros(2, 3, 32, 32)), 2)
 
 
@@ -240,10 +315,12 @@ def test_a_projection_whose_weights_are_used_directly_is_refused():
     """torch's nn.MultiheadAttention never calls its out_proj module: a hook there would see nothing."""
     from torch import nn
 
-    from ablate_lit.families.layout import locate
-    from ablate_lit.families.trace import trace
+    from ablate_lit.families.locate.layout import locate
+    from ablate_lit.families.locate.trace import trace
 
-    model = nn.TransformerEncoder(nn.TransformerEncoderLayer(32, 4, 64, batch_first=True), 2, enable_nested_tensor=False).eval()
+    model = nn.TransformerEncoder(
+        nn.TransformerEncoderLayer(32, 4, 64, batch_first=True), 2, enable_nested_tensor=False
+    ).eval()
     pre_outs, how = locate(model, None)
     assert how == "discovered" and pre_outs[0].name == "layers.0.self_attn.out_proj"
     with pytest.raises(AblateError, match="layers.0.self_attn.out_proj did not run in a forward pass"):
@@ -256,7 +333,9 @@ def test_a_model_that_is_not_causal_is_refused_as_a_causal_lm(tiny_models):
     mod = module(tiny_models["llama"])
     logits = torch.randn(2, 8, 300)
     mod.check_example(torch.stack([logits[0], logits[0]]))  # rows equal before the last token: causal
-    with pytest.raises(AblateError, match="is not causal here: changing the last token changed the predictions before it"):
+    with pytest.raises(
+        AblateError, match="is not causal here: changing the last token changed the predictions before it"
+    ):
         mod.check_example(logits)
 
 
@@ -280,6 +359,8 @@ def test_gguf_model_type_is_checked_before_any_conversion(tmp_path, monkeypatch)
     writer.write_tensors_to_file()
     writer.close()
     monkeypatch.setenv("ABLATE_LIT_CACHE", str(tmp_path / "cache"))
-    with pytest.raises(AblateError, match="found no list of transformer blocks with one attention module each in MambaForCausalLM"):
+    with pytest.raises(
+        AblateError, match="found no list of transformer blocks with one attention module each in MambaForCausalLM"
+    ):
         CausalLMAblation(str(tmp_path), gguf_file="tiny-mamba.gguf")
     assert not (tmp_path / "cache").exists()

@@ -4,11 +4,10 @@ from __future__ import annotations
 
 import pytest
 import torch
+from helpers import data, module, run_rows, tiny_args
 
 from ablate_lit import AblateError
-from ablate_lit.batch_size import CPU_DEFAULT, find_batch_size
-
-from helpers import data, module, run_rows, tiny_args
+from ablate_lit.runner.batch_size import CPU_DEFAULT, find_batch_size
 
 
 def oom_above(mod, limit):
@@ -43,8 +42,14 @@ def test_everything_fits_and_cpu_uses_the_default(tiny_models, corpus):
 def test_auto_batch_size_through_the_cli_gives_the_same_results(capsys, tiny_models, corpus, tmp_path):
     rows = {}
     for bs in ("4", "auto"):
-        out, rows[bs] = run_rows(capsys, *tiny_args(tiny_models["llama"], corpus, tmp_path / bs), "--data.batch_size", bs,
-                                 "--ablation.methods", "[zero,peak]")
+        out, rows[bs] = run_rows(
+            capsys,
+            *tiny_args(tiny_models["llama"], corpus, tmp_path / bs),
+            "--data.batch_size",
+            bs,
+            "--ablation.methods",
+            "[zero,peak]",
+        )
     assert "batch size: 8 (found automatically)" in out
     for a, b in zip(rows["4"], rows["auto"]):
         assert a["n_tokens"] == b["n_tokens"] and float(a["ce"]) == pytest.approx(float(b["ce"]), rel=1e-5)

@@ -5,12 +5,11 @@ from __future__ import annotations
 import numpy as np
 import pytest
 import torch
-
-from ablate_lit.ablation.hooks import PreOutHooks
-from ablate_lit.config import AblationConfig
-from ablate_lit.experiment import Experiment
-
 from helpers import EPS, data, module, reference_peak, trainer
+
+from ablate_lit.calibration.cache import CalibrationCache
+from ablate_lit.families.hooks import PreOutHooks
+from ablate_lit.runner.config import AblationConfig
 
 
 @pytest.fixture(scope="module")
@@ -21,7 +20,9 @@ def setup(tiny_models, corpus):
 
 def _offline_activations(mod, d):
     acts = {}
-    with PreOutHooks(mod.pre_outs).recording(lambda l, x: acts.setdefault(l, []).append(x.reshape(-1, x.shape[-1]).clone())):
+    with PreOutHooks(mod.pre_outs).recording(
+        lambda l, x: acts.setdefault(l, []).append(x.reshape(-1, x.shape[-1]).clone())
+    ):
         with torch.no_grad():
             for batch in d.val_dataloader():
                 mod.model(input_ids=batch["input_ids"])
@@ -31,7 +32,7 @@ def _offline_activations(mod, d):
 def test_mean_and_peak_match_offline_computation(setup, tmp_path):
     mod, d = setup
     cfg = AblationConfig(eps=EPS, n_bins=4096, seeds=[0])
-    stats = Experiment(trainer(), mod, d, cfg, tmp_path, tmp_path / "cache").statistics()
+    stats = CalibrationCache(trainer(), mod, d, cfg, tmp_path / "cache").statistics()
     acts = _offline_activations(mod, d)
     assert acts[0].shape[0] == d.calib_windows.numel()
     for layer, x in acts.items():
@@ -44,31 +45,31 @@ def test_mean_and_peak_match_offline_computation(setup, tmp_path):
 def test_statistics_are_cached_and_rebuilt_when_settings_change_or_file_is_corrupt(setup, tmp_path, monkeypatch):
     mod, d = setup
     cache = tmp_path / "cache"
-    first = Experiment(trainer(), mod, d, AblationConfig(eps=0.05), tmp_path, cache).statistics()
+    first = CalibrationCache(trainer(), mod, d, AblationConfig(eps=0.05), cache).statistics()
     files = list(cache.glob("stats-*.pt"))
     assert len(files) == 1
 
     calls = []
-    original = Experiment._validate
-    monkeypatch.setattr(Experiment, "_validate", lambda self, *a: calls.append(1) or original(self, *a))
-    again = Experiment(trainer(), mod, d, AblationConfig(eps=0.05), tmp_path, cache).statistics()
+    original = CalibrationCache._sweep
+    monkeypatch.setattr(CalibrationCache, "_sweep", lambda self, *a: calls.append(1) or original(self, *a))
+    again = CalibrationCache(trainer(), mod, d, AblationConfig(eps=0.05), cache).statistics()
     assert calls == [] and torch.equal(again["peak"], first["peak"])
 
-    other = Experiment(trainer(), mod, d, AblationConfig(eps=0.1), tmp_path, cache).statistics()
+    other = CalibrationCache(trainer(), mod, d, AblationConfig(eps=0.1), cache).statistics()
     assert calls == [1] and len(list(cache.glob("stats-*.pt"))) == 2
     assert not torch.equal(other["peak"], first["peak"])
 
     files[0].write_bytes(files[0].read_bytes()[:100])  # truncated
-    rebuilt = Experiment(trainer(), mod, d, AblationConfig(eps=0.05), tmp_path, cache).statistics()
+    rebuilt = CalibrationCache(trainer(), mod, d, AblationConfig(eps=0.05), cache).statistics()
     assert calls == [1, 1] and torch.equal(rebuilt["peak"], first["peak"])
 
 
 def test_resample_cache_holds_each_random_input_at_every_position(setup, tmp_path):
     mod, d = setup
     cfg = AblationConfig(n_resample=3)
-    exp = Experiment(trainer(), mod, d, cfg, tmp_path, tmp_path / "cache")
+    exp = CalibrationCache(trainer(), mod, d, cfg, tmp_path / "cache")
     for source in ("random_tokens", "random_chars", "generated"):
-        cache = exp.resample_cache(source)
+        cache = exp.resample(source)
         assert cache.shape == (mod.hooks.n_layers, 3, d.context_length, mod.hooks.width)
         saved = torch.load(next((tmp_path / "cache").glob(f"resample-{source}-*.pt")), weights_only=False)
         ids = saved["inputs"]

@@ -8,11 +8,10 @@ from pathlib import Path
 
 import pytest
 import torch.nn.functional as F
-
-from ablate_lit.callbacks.results import ResultWriter
-from ablate_lit.cli import main
-
 from helpers import data, module, read_rows, run, run_rows, tiny_args
+
+from ablate_lit.entry.cli import main
+from ablate_lit.runner.writer import ResultWriter
 
 CONFIGS = sorted((Path(__file__).parents[1] / "configs").glob("*.yaml"))
 
@@ -57,7 +56,9 @@ def test_a_whole_run_writes_results_table_config_and_curves(capsys, tiny_models,
     acc.Reload()
     assert [e.step for e in acc.Scalars("ablation/top1_percent")] == [0, 50, 100]
     half = next(r for r in rows if r["method"] == "peak" and r["seed"] == "1" and r["pct"] == "50")
-    assert acc.Scalars("ablation/top1_percent")[1].value == pytest.approx(100 * float(half["top1"]), rel=1e-6)  # %, not a fraction
+    assert acc.Scalars("ablation/top1_percent")[1].value == pytest.approx(
+        100 * float(half["top1"]), rel=1e-6
+    )  # %, not a fraction
     cal = EventAccumulator(str(run_dir / "tb" / "calibration"))
     cal.Reload()
     assert {"neurons/layer_00", "distribution/layer_average", "distribution/atypical"} <= set(cal.Tags()["images"])
@@ -102,43 +103,88 @@ def bert_folder(tmp_path_factory):
 
 
 BAD = {
-    "encoder as causal LM": (["--model.name_or_path", "BERT"], "'bert' is a bidirectional encoder.*use --model ablate_lit.MaskedLMAblation"),
-    "missing model folder": (["--model.name_or_path", "/nonexistent/model"], "model folder '/nonexistent/model' not found"),
-    "missing data file": (["--data.path", "/nonexistent/text.txt"], "data file or folder '/nonexistent/text.txt' not found"),
+    "encoder as causal LM": (
+        ["--model.name_or_path", "BERT"],
+        "'bert' is a bidirectional encoder.*use --model ablate_lit.MaskedLMAblation",
+    ),
+    "missing model folder": (
+        ["--model.name_or_path", "/nonexistent/model"],
+        "model folder '/nonexistent/model' not found",
+    ),
+    "missing data file": (
+        ["--data.path", "/nonexistent/text.txt"],
+        "data file or folder '/nonexistent/text.txt' not found",
+    ),
     "eps not positive": (["--ablation.eps", "0"], "ablation.eps must be a positive number"),
     "negative eps": (["--ablation.eps", "-0.1"], "ablation.eps must be a positive number"),
     "fraction above 1": (["--ablation.fractions", "[0,1.5]"], r"fractions holds 1.5, outside \[0, 1\]"),
     "fraction below 0": (["--ablation.fractions", "[-0.1]"], r"outside \[0, 1\]"),
     "unknown method": (["--ablation.methods", "[zero,mode]"], "unknown ablation method 'mode'; use one of: zero"),
-    "peak eps not a multiple": (["--ablation.methods", "[peak:eps=0.015]"], "peak:eps=0.015: 0.015 is not a multiple of ablation.eps 0.01"),
+    "peak eps not a multiple": (
+        ["--ablation.methods", "[peak:eps=0.015]"],
+        "peak:eps=0.015: 0.015 is not a multiple of ablation.eps 0.01",
+    ),
     "unknown resample source": (["--ablation.methods", "[resample:noise]"], "unknown resample source 'noise'"),
-    "token budget beyond data": (["--data.max_tokens", "10000000"], "the data holds .* tokens but .* are needed.*lower --data.max_tokens"),
+    "token budget beyond data": (
+        ["--data.max_tokens", "10000000"],
+        "the data holds .* tokens but .* are needed.*lower --data.max_tokens",
+    ),
     "context too short": (["--data.context_length", "1"], "data.context_length must be at least 2"),
-    "context beyond the model": (["--data.context_length", "500"], "data.context_length 500 exceeds the model's 128 positions"),
+    "context beyond the model": (
+        ["--data.context_length", "500"],
+        "data.context_length 500 exceeds the model's 128 positions",
+    ),
     "batch size zero": (["--data.batch_size", "0"], "data.batch_size must be a positive integer or auto, got 0"),
     "batch size word": (["--data.batch_size", "many"], "data.batch_size must be a positive integer or auto, got many"),
     "too few bins": (["--ablation.n_bins", "1"], "ablation.n_bins must be at least 2"),
-    "unknown selection": (["--ablation.selection", "random"], "unknown ablation.selection 'random'; use one of: per_layer, global"),
+    "unknown selection": (
+        ["--ablation.selection", "random"],
+        "unknown ablation.selection 'random'; use one of: per_layer, global",
+    ),
     "unknown bin alignment": (["--ablation.bin_alignment", "left"], "unknown ablation.bin_alignment 'left'"),
     "duplicate seeds": (["--ablation.seeds", "[1,1]"], r"ablation.seeds has duplicates: \[1, 1\]"),
     "no methods": (["--ablation.methods", "[]"], "ablation.methods is empty"),
     "no resample rows": (["--ablation.n_resample", "0"], "ablation.n_resample must be positive"),
     "unknown mode": (["--ablation.mode", "patch"], "unknown ablation.mode 'patch'; use hook or fold"),
     "unknown dtype": (["--model.dtype", "float8"], "unknown dtype 'float8'; use one of"),
-    "spawned processes": (["--trainer.strategy", "ddp_spawn"], "spawned processes cannot hand calibration statistics back; use --trainer.strategy ddp"),
-    "fold under sharding": (["--trainer.strategy", "fsdp2", "--trainer.devices", "2", "--ablation.mode", "fold"],
-                            "mode fold edits whole weight matrices, which a sharding strategy splits; use --ablation.mode hook"),
-    "auto batch size under sharding": (["--trainer.strategy", "fsdp2", "--trainer.devices", "2", "--data.batch_size", "auto"],
-                                       "batch_size auto probes the whole model on one device.*set --data.batch_size to a number"),
-    "unknown strategy": (["--trainer.strategy", "nope"], "trainer settings: You selected an invalid strategy name: `strategy='nope'`"),
-    "tensor parallel": (["--trainer.strategy", "{class_path: lightning.pytorch.strategies.ModelParallelStrategy}",
-                         "--trainer.devices", "2"],
-                        "tensor parallelism would split the attention heads.*use --trainer.strategy fsdp2"),
-    "more processes than data": (["--trainer.strategy", "ddp", "--trainer.devices", "3"],
-                                 r"3 processes need at least 3 .* --ablation.n_resample >= 3 \(have .*, .* and 2\)"),
+    "spawned processes": (
+        ["--trainer.strategy", "ddp_spawn"],
+        "spawned processes cannot hand calibration statistics back; use --trainer.strategy ddp",
+    ),
+    "fold under sharding": (
+        ["--trainer.strategy", "fsdp2", "--trainer.devices", "2", "--ablation.mode", "fold"],
+        "mode fold edits whole weight matrices, which a sharding strategy splits; use --ablation.mode hook",
+    ),
+    "auto batch size under sharding": (
+        ["--trainer.strategy", "fsdp2", "--trainer.devices", "2", "--data.batch_size", "auto"],
+        "batch_size auto probes the whole model on one device.*set --data.batch_size to a number",
+    ),
+    "unknown strategy": (
+        ["--trainer.strategy", "nope"],
+        "trainer settings: You selected an invalid strategy name: `strategy='nope'`",
+    ),
+    "tensor parallel": (
+        [
+            "--trainer.strategy",
+            "{class_path: lightning.pytorch.strategies.ModelParallelStrategy}",
+            "--trainer.devices",
+            "2",
+        ],
+        "tensor parallelism would split the attention heads.*use --trainer.strategy fsdp2",
+    ),
+    "more processes than data": (
+        ["--trainer.strategy", "ddp", "--trainer.devices", "3"],
+        r"3 processes need at least 3 .* --ablation.n_resample >= 3 \(have .*, .* and 2\)",
+    ),
     "missing GGUF file": (["--model.gguf_file", "nope.gguf"], "GGUF file .*nope.gguf' not found"),
-    "missing package in config": (["--data.path", "${pkg:no_such_pkg}/x.txt"], "package 'no_such_pkg' is not installed"),
-    "text column missing": (["--data.path", "JSONL", "--data.text_column", "body"], "'.*docs.jsonl' has no column 'body' \\(columns: text\\); set --data.text_column"),
+    "missing package in config": (
+        ["--data.path", "${pkg:no_such_pkg}/x.txt"],
+        "package 'no_such_pkg' is not installed",
+    ),
+    "text column missing": (
+        ["--data.path", "JSONL", "--data.text_column", "body"],
+        "'.*docs.jsonl' has no column 'body' \\(columns: text\\); set --data.text_column",
+    ),
 }
 
 
@@ -188,19 +234,39 @@ def test_vit_config_offline_fails_at_the_download_naming_the_local_option(capsys
 
 
 def test_a_family_refuses_the_wrong_data_module(capsys, tiny_masked, corpus, tmp_path):
-    code, out, err = run(capsys, *tiny_args(tiny_masked["bert"], corpus, tmp_path), "--model", "ablate_lit.MaskedLMAblation",
-                         "--model.name_or_path", tiny_masked["bert"])
-    assert code == 2 and "MaskedLMAblation evaluates on MaskedTextData, not TextData; set --data ablate_lit.MaskedTextData" in err
+    code, out, err = run(
+        capsys,
+        *tiny_args(tiny_masked["bert"], corpus, tmp_path),
+        "--model",
+        "ablate_lit.MaskedLMAblation",
+        "--model.name_or_path",
+        tiny_masked["bert"],
+    )
+    assert (
+        code == 2
+        and "MaskedLMAblation evaluates on MaskedTextData, not TextData; set --data ablate_lit.MaskedTextData" in err
+    )
 
 
 def test_a_resample_source_of_another_family_is_refused(capsys, tiny_models, corpus, tmp_path):
-    code, out, err = run(capsys, *tiny_args(tiny_models["gpt2"], corpus, tmp_path), "--ablation.methods", "[resample:random_pixels]")
+    code, out, err = run(
+        capsys, *tiny_args(tiny_models["gpt2"], corpus, tmp_path), "--ablation.methods", "[resample:random_pixels]"
+    )
     assert code == 2 and "resample source 'random_pixels' does not apply to causal_lm models" in err
 
 
 def test_fold_mode_gives_the_hook_results(capsys, tiny_models, corpus, tmp_path):
-    rows = {mode: run_rows(capsys, *tiny_args(tiny_models["gpt2"], corpus, tmp_path / mode), "--ablation.mode", mode,
-                           "--ablation.methods", "[zero,mean,peak]")[1] for mode in ("hook", "fold")}
+    rows = {
+        mode: run_rows(
+            capsys,
+            *tiny_args(tiny_models["gpt2"], corpus, tmp_path / mode),
+            "--ablation.mode",
+            mode,
+            "--ablation.methods",
+            "[zero,mean,peak]",
+        )[1]
+        for mode in ("hook", "fold")
+    }
     for a, b in zip(rows["hook"], rows["fold"]):
         assert (a["method"], a["fraction"], a["seed"]) == (b["method"], b["fraction"], b["seed"])
         assert float(a["ce"]) == pytest.approx(float(b["ce"]), rel=1e-5)

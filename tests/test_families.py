@@ -6,12 +6,15 @@ import json
 
 import pytest
 import torch
-
-from ablate_lit import AblateError
 from helpers import ARCHS, module
 
-ATTENTION = {"opt": "model.decoder.layers.{}.self_attn", "gpt2": "transformer.h.{}.attn",
-             "gpt_neox": "gpt_neox.layers.{}.attention"}
+from ablate_lit import AblateError
+
+ATTENTION = {
+    "opt": "model.decoder.layers.{}.self_attn",
+    "gpt2": "transformer.h.{}.attn",
+    "gpt_neox": "gpt_neox.layers.{}.attention",
+}
 
 
 def _values(model_type, attn, h, n_heads, head_dim):
@@ -20,7 +23,7 @@ def _values(model_type, attn, h, n_heads, head_dim):
     if model_type == "gpt2":
         v = attn.c_attn(h).split(attn.split_size, dim=2)[2]
     elif model_type == "gpt_neox":
-        v = attn.query_key_value(h).view(b, t, n_heads, 3 * head_dim)[..., 2 * head_dim:]
+        v = attn.query_key_value(h).view(b, t, n_heads, 3 * head_dim)[..., 2 * head_dim :]
         return v.transpose(1, 2)
     else:
         v = attn.v_proj(h)
@@ -49,6 +52,7 @@ def test_hooked_pre_out_equals_attention_times_values(tiny_models, model_type):
     def grab_input(layer):
         def hook(m, args, kwargs):
             inputs[layer] = kwargs["hidden_states"] if "hidden_states" in kwargs else args[0]
+
         return hook
 
     path = ATTENTION.get(model_type, "model.layers.{}.self_attn")

@@ -7,11 +7,10 @@ from collections import Counter
 
 import pytest
 import torch
-
-from ablate_lit.modules.base import AblationModule
-from ablate_lit.stats import NeuronHistogram, NeuronMoments
-
 from helpers import EPS, SyncCalls, data, module, reference_peak, run, tiny_args
+
+from ablate_lit.families.module import AblationModule
+from ablate_lit.stats import NeuronHistogram, NeuronMoments
 
 
 def test_a_whole_cli_run_moves_the_model_once(capsys, tiny_models, corpus, tmp_path, monkeypatch):
@@ -27,8 +26,16 @@ def test_a_whole_cli_run_moves_the_model_once(capsys, tiny_models, corpus, tmp_p
             return _original(self, *args, **kwargs)
 
         monkeypatch.setattr(torch.nn.Module, name, counted)
-    code, out, err = run(capsys, *tiny_args(tiny_models["llama"], corpus, tmp_path, "--ablation.methods",
-                                            "[zero,peak,resample:random_tokens,resample:generated]"))
+    code, out, err = run(
+        capsys,
+        *tiny_args(
+            tiny_models["llama"],
+            corpus,
+            tmp_path,
+            "--ablation.methods",
+            "[zero,peak,resample:random_tokens,resample:generated]",
+        ),
+    )
     assert code == 0, err
     assert out.count("% ablated:") == 1 + 4 * 2 + 4  # baseline, 4 methods x 2 seeds at 50%, 4 methods at 100%
     assert moves == ["to"]
@@ -79,7 +86,9 @@ def test_on_a_gpu_a_scored_ablated_batch_never_synchronises(tiny_models, corpus)
 def test_causal_forwards_build_no_key_value_cache(tiny_models, corpus):
     mod = module(tiny_models["opt"])
     seen = []
-    handle = mod.model.register_forward_pre_hook(lambda m, args, kwargs: seen.append(kwargs.get("use_cache")), with_kwargs=True)
+    handle = mod.model.register_forward_pre_hook(
+        lambda m, args, kwargs: seen.append(kwargs.get("use_cache")), with_kwargs=True
+    )
     try:
         mod.logits_and_labels(next(iter(data(corpus, mod).test_dataloader())))
     finally:
@@ -91,8 +100,8 @@ def test_calibration_stops_after_the_last_hooked_layer(capsys, tiny_models, corp
     """The head never runs during calibration (and the statistics stay exact: tests/test_calibration.py)."""
     from helpers import trainer
 
-    from ablate_lit.config import AblationConfig
-    from ablate_lit.experiment import Experiment
+    from ablate_lit.calibration.cache import CalibrationCache
+    from ablate_lit.runner.config import AblationConfig
 
     mod = module(tiny_models["gpt2"])
     d = data(corpus, mod)
@@ -100,7 +109,7 @@ def test_calibration_stops_after_the_last_hooked_layer(capsys, tiny_models, corp
     mod.model.lm_head.register_forward_hook(lambda *a: heads.append(1))
     mod.model.transformer.h[-1].mlp.register_forward_hook(lambda *a: blocks.append(1))
     cfg = AblationConfig(methods=["peak"], eps=EPS, n_resample=2)
-    stats = Experiment(trainer(), mod, d, cfg, tmp_path / "run", tmp_path / "cache").statistics()
+    stats = CalibrationCache(trainer(), mod, d, cfg, tmp_path / "cache").statistics()
     assert heads == [] and blocks == []
     assert int(stats["count"][-1, 0]) == d.calib_windows.numel()  # every position of the last layer recorded
     assert "each forward pass stops after the last hooked layer" in capsys.readouterr().out
@@ -123,7 +132,9 @@ def test_chunked_statistics_equal_the_reference_on_both_index_paths(monkeypatch)
         assert hist._exact32[0] == exact32
         out = hist.compute()
         for n in range(6):
-            assert float(out["peak"][0, n]) == pytest.approx(reference_peak(x[:, n].numpy(), EPS, 0.0), abs=1e-9)  # binned in float32, as documented
+            assert float(out["peak"][0, n]) == pytest.approx(
+                reference_peak(x[:, n].numpy(), EPS, 0.0), abs=1e-9
+            )  # binned in float32, as documented
         assert int(hist.counts[0].sum()) == x.numel()
         torch.testing.assert_close(moments.compute()["mean"][0], x.double().mean(0))
 

@@ -9,23 +9,23 @@ import subprocess
 import sys
 
 import pytest
-
-from ablate_lit.store import COLUMNS as COLUMNS_EXPECTED
 from helpers import read_rows, run, tiny_args
+
+from ablate_lit.store.rows import COLUMNS as COLUMNS_EXPECTED
 
 # Each patch makes the process SIGKILL itself at one moment of the run (no cleanup code runs).
 KILLS = {
     "during calibration": """
-from ablate_lit.callbacks.calibration import CalibrationCallback
-_orig = CalibrationCallback.on_validation_batch_start
+from ablate_lit.calibration.callbacks import StatisticsCallback
+_orig = StatisticsCallback.on_validation_batch_start
 def _patched(self, trainer, module, batch, idx, dl=0):
-    if self.mode == "stats" and idx == 1:
+    if idx == 1:
         os.kill(os.getpid(), signal.SIGKILL)
     return _orig(self, trainer, module, batch, idx, dl)
-CalibrationCallback.on_validation_batch_start = _patched
+StatisticsCallback.on_validation_batch_start = _patched
 """,
     "between points": """
-from ablate_lit.callbacks.results import ResultWriter
+from ablate_lit.runner.writer import ResultWriter
 _orig, _n = ResultWriter.begin, [0]
 def _patched(self, *a):
     _n[0] += 1
@@ -56,16 +56,19 @@ os.replace = _patched
 
 
 def launch(args, patch: str = "") -> subprocess.CompletedProcess:
-    script = f"import os, signal, sys\n{patch}\nfrom ablate_lit.cli import main\nmain(sys.argv[1:])\n"
+    script = f"import os, signal, sys\n{patch}\nfrom ablate_lit.entry.cli import main\nmain(sys.argv[1:])\n"
     env = {**os.environ, "PYTHONWARNINGS": "ignore", "TOKENIZERS_PARALLELISM": "false"}
-    return subprocess.run([sys.executable, "-c", script, "test", *map(str, args)], env=env, capture_output=True,
-                          text=True, timeout=600)
+    return subprocess.run(
+        [sys.executable, "-c", script, "test", *map(str, args)], env=env, capture_output=True, text=True, timeout=600
+    )
 
 
 @pytest.fixture(scope="module")
 def reference(tiny_models, corpus, tmp_path_factory):
     root = tmp_path_factory.mktemp("reference")
-    proc = launch(tiny_args(tiny_models["qwen2"], corpus, root, "--ablation.methods", "[zero,peak,resample:random_tokens]"))
+    proc = launch(
+        tiny_args(tiny_models["qwen2"], corpus, root, "--ablation.methods", "[zero,peak,resample:random_tokens]")
+    )
     assert proc.returncode == 0, proc.stderr[-2000:]
     return read_rows(root / "run" / "results.csv")
 
@@ -89,8 +92,15 @@ def test_killed_run_resumes_to_the_same_results(tiny_models, corpus, tmp_path, r
 
 
 def test_corrupt_or_foreign_cache_is_rebuilt_not_used(tiny_models, corpus, tmp_path, reference):
-    args = tiny_args(tiny_models["qwen2"], corpus, tmp_path, "--ablation.methods", "[zero,peak,resample:random_tokens]",
-                     "--ablation.cache_dir", tmp_path / "cache")
+    args = tiny_args(
+        tiny_models["qwen2"],
+        corpus,
+        tmp_path,
+        "--ablation.methods",
+        "[zero,peak,resample:random_tokens]",
+        "--ablation.cache_dir",
+        tmp_path / "cache",
+    )
     assert launch(args).returncode == 0
     caches = sorted((tmp_path / "cache").glob("*.pt"))
     stats = next(p for p in caches if p.name.startswith("stats-"))
@@ -112,7 +122,6 @@ def test_nan_activations_in_calibration_are_counted_and_refused(capsys, tiny_mod
     import torch
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
-
     model = AutoModelForCausalLM.from_pretrained(tiny_models["llama"])
     with torch.no_grad():
         model.model.layers[1].self_attn.v_proj.weight[0, 0] = float("nan")
@@ -128,8 +137,8 @@ def test_nan_activations_in_calibration_are_counted_and_refused(capsys, tiny_mod
 def test_non_finite_scores_are_counted_and_flagged_in_the_tables():
     import torch
 
-    from ablate_lit.report import summary_table
-    from ablate_lit.report_cli import table
+    from ablate_lit.report.summary import summary_table
+    from ablate_lit.report.tables import table
     from ablate_lit.stats import TokenScores
 
     scores = TokenScores()
@@ -139,7 +148,9 @@ def test_non_finite_scores_are_counted_and_flagged_in_the_tables():
     out = scores.compute()
     assert int(out["nonfinite"]) == 1 and not torch.isfinite(out["ce"])
     base = {"model": "m", "selection": "per_layer", "n_ablated": 0, "n_tokens": 6}
-    rows = [{**base, "method": "zero", "seed": 0, "fraction": "0", "top1": "0.5", "ce": "2.0", "evaluated_as": "baseline"},
-            {**base, "method": "zero", "seed": 0, "fraction": "0.5", "top1": "0.1", "ce": "nan", "evaluated_as": "zero"}]
+    rows = [
+        {**base, "method": "zero", "seed": 0, "fraction": "0", "top1": "0.5", "ce": "2.0", "evaluated_as": "baseline"},
+        {**base, "method": "zero", "seed": 0, "fraction": "0.5", "top1": "0.1", "ce": "nan", "evaluated_as": "zero"},
+    ]
     assert "non-finite!" in summary_table(rows, ["zero"], [0.0, 0.5])
     assert "non-finite!" in table(rows, [0.5])[0]

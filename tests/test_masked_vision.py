@@ -5,12 +5,11 @@ from __future__ import annotations
 import pytest
 import torch
 import torch.nn.functional as F
+from helpers import with_zero_inputs
 
 from ablate_lit import AblateError, ImageData, MaskedLMAblation, MaskedTextData, VisionAblation
 from ablate_lit.stats import TokenScores
-
-from ablate_lit.tiny import N_CLASSES
-from helpers import with_zero_inputs
+from ablate_lit.testing.tiny import N_CLASSES
 
 MASKED = ["bert", "roberta", "xlm-roberta"]
 VISION = ["timm", "hf"]
@@ -37,12 +36,18 @@ def attention_parts(mod, layer):
     if isinstance(mod, VisionAblation) and mod.backend == "timm":
         attn = mod.model.blocks[layer].attn
         assert attn.fused_attn  # the hook must see the pre-out of fused (SDPA) attention too
+
         def qkv(h):
             q, k, v = attn.qkv(h).chunk(3, dim=-1)
             return split(q), split(k), split(v)
+
         return attn, qkv
     if isinstance(mod, VisionAblation):
-        attn = mod.model.vit.layers[layer].attention if hasattr(mod.model.vit, "layers") else mod.model.vit.encoder.layer[layer].attention
+        attn = (
+            mod.model.vit.layers[layer].attention
+            if hasattr(mod.model.vit, "layers")
+            else mod.model.vit.encoder.layer[layer].attention
+        )
         return attn, lambda h: (split(attn.q_proj(h)), split(attn.k_proj(h)), split(attn.v_proj(h)))
     body = mod.model.bert if hasattr(mod.model, "bert") else mod.model.roberta
     attn = body.encoder.layer[layer].attention.self
@@ -59,9 +64,12 @@ def test_hooked_pre_out_equals_softmax_qk_v(tiny_masked, tiny_vision, kind, name
     handles = []
     for layer in range(mod.hooks.n_layers):
         attn, _ = attention_parts(mod, layer)
-        handles.append(attn.register_forward_pre_hook(
-            lambda m, a, kw, layer=layer: inputs.__setitem__(layer, kw.get("hidden_states", a[0] if a else None)),
-            with_kwargs=True))
+        handles.append(
+            attn.register_forward_pre_hook(
+                lambda m, a, kw, layer=layer: inputs.__setitem__(layer, kw.get("hidden_states", a[0] if a else None)),
+                with_kwargs=True,
+            )
+        )
     try:
         with mod.hooks.recording(lambda l, x: recorded.__setitem__(l, x.clone())):
             logits(mod)
@@ -103,7 +111,9 @@ def test_masking_is_15_percent_split_80_10_10_and_identical_every_time(tiny_mask
     mod, d = masked_data(tiny_masked, corpus)
     windows, inputs, labels = d.eval_windows, d.eval_inputs, d.eval_labels
     special = torch.tensor(mod.tokenizer.all_special_ids)
-    assert bool((windows[:, 0] == mod.tokenizer.cls_token_id).all() and (windows[:, -1] == mod.tokenizer.sep_token_id).all())
+    assert bool(
+        (windows[:, 0] == mod.tokenizer.cls_token_id).all() and (windows[:, -1] == mod.tokenizer.sep_token_id).all()
+    )
     selected = labels != -100
     n_text = int((~torch.isin(windows, special)).sum())
     per_window = selected.sum(1)

@@ -6,12 +6,11 @@ from __future__ import annotations
 import numpy as np
 import pytest
 import torch
+from helpers import EPS, data, module, patched, reference_peak, run, tiny_args
 
 from ablate_lit.ablation.methods import METHODS, parse_method
+from ablate_lit.calibration.statistics import CalibrationStats
 from ablate_lit.stats import NeuronHistogram, NeuronMoments
-from ablate_lit.stats.calibration import CalibrationStats
-
-from helpers import EPS, data, module, patched, reference_peak, run, tiny_args
 
 
 def _stats(x: torch.Tensor, eps=EPS, alignment="edge", n_bins=256) -> CalibrationStats:
@@ -19,8 +18,17 @@ def _stats(x: torch.Tensor, eps=EPS, alignment="edge", n_bins=256) -> Calibratio
     for part in x.split(500):
         hist.update(0, part)
         moments.update(0, part)
-    return CalibrationStats({**moments.compute(), **hist.compute(), "counts": hist.counts, "origin": hist.origin,
-                             "eps": eps, "n_bins": n_bins, "alignment": alignment})
+    return CalibrationStats(
+        {
+            **moments.compute(),
+            **hist.compute(),
+            "counts": hist.counts,
+            "origin": hist.origin,
+            "eps": eps,
+            "n_bins": n_bins,
+            "alignment": alignment,
+        }
+    )
 
 
 def _activations(n=4000, width=5, seed=0):
@@ -75,11 +83,26 @@ def test_the_refined_peak_is_not_biased_by_a_coarse_grid(seed):
 
 
 def test_resample_data_uses_calibration_inputs_recorded_at_each_position(capsys, tiny_models, corpus, tmp_path):
-    code, out, err = run(capsys, *tiny_args(tiny_models["llama"], corpus, tmp_path, "--ablation.methods", "[resample:data]",
-                                            "--ablation.seeds", "[0]", "--ablation.n_resample", 3,
-                                            "--ablation.log_histograms", "false"))
+    code, out, err = run(
+        capsys,
+        *tiny_args(
+            tiny_models["llama"],
+            corpus,
+            tmp_path,
+            "--ablation.methods",
+            "[resample:data]",
+            "--ablation.seeds",
+            "[0]",
+            "--ablation.n_resample",
+            3,
+            "--ablation.log_histograms",
+            "false",
+        ),
+    )
     assert code == 0, err
-    cache = torch.load(next((tmp_path / ".calibration_cache").glob("resample-data-*.pt")), weights_only=False)["resample"]
+    cache = torch.load(next((tmp_path / ".calibration_cache").glob("resample-data-*.pt")), weights_only=False)[
+        "resample"
+    ]
     mod = module(tiny_models["llama"])
     d = data(corpus, mod)
     rows = torch.randperm(len(d.calib_windows), generator=torch.Generator().manual_seed(0))[:3]  # resample_seed 0
@@ -91,7 +114,9 @@ def test_resample_data_uses_calibration_inputs_recorded_at_each_position(capsys,
         recorded[layer] = h.clone()
         return h
 
-    patched(mod.model, "model.layers.{}.self_attn.o_proj", 2, record, lambda: mod.model(input_ids=d.calib_windows[rows]))
+    patched(
+        mod.model, "model.layers.{}.self_attn.o_proj", 2, record, lambda: mod.model(input_ids=d.calib_windows[rows])
+    )
     for layer in range(2):
         torch.testing.assert_close(cache[layer], recorded[layer], rtol=1e-5, atol=1e-6)  # every row, every position
 
@@ -101,11 +126,26 @@ def test_kl_is_zero_unablated_and_equals_a_kl_by_hand_at_50_percent(capsys, tiny
     import torch.nn.functional as F
 
     from ablate_lit.ablation.schedule import ablation_mask, neuron_order
-    from ablate_lit.store import read_rows as stored
+    from ablate_lit.store.folder import read_rows as stored
 
-    code, out, err = run(capsys, *tiny_args(tiny_models["llama"], corpus, tmp_path, "--ablation.methods", "[zero]",
-                                            "--ablation.seeds", "[0]", "--ablation.kl", "true", "--ablation.fractions", "[0,0.5]",
-                                            "--ablation.log_histograms", "false"))
+    code, out, err = run(
+        capsys,
+        *tiny_args(
+            tiny_models["llama"],
+            corpus,
+            tmp_path,
+            "--ablation.methods",
+            "[zero]",
+            "--ablation.seeds",
+            "[0]",
+            "--ablation.kl",
+            "true",
+            "--ablation.fractions",
+            "[0,0.5]",
+            "--ablation.log_histograms",
+            "false",
+        ),
+    )
     assert code == 0, err
     rows = {r["fraction"]: r for r in stored(tmp_path / "run", windows=True)[0]}
     assert float(rows["0"]["kl"]) == 0.0
@@ -115,8 +155,16 @@ def test_kl_is_zero_unablated_and_equals_a_kl_by_hand_at_50_percent(capsys, tiny
     mask = ablation_mask(neuron_order(0, 2, mod.hooks.width, "per_layer"), 0.5, 2, mod.hooks.width)
     with torch.no_grad():
         p = F.log_softmax(mod.model(input_ids=x).logits[:, :-1].float(), -1)
-        q = F.log_softmax(patched(mod.model, "model.layers.{}.self_attn.o_proj", 2, lambda l, h: h.masked_fill(mask[l], 0.0),
-                                  lambda: mod.model(input_ids=x).logits[:, :-1].float()), -1)
+        q = F.log_softmax(
+            patched(
+                mod.model,
+                "model.layers.{}.self_attn.o_proj",
+                2,
+                lambda l, h: h.masked_fill(mask[l], 0.0),
+                lambda: mod.model(input_ids=x).logits[:, :-1].float(),
+            ),
+            -1,
+        )
     kl = (p.exp() * (p - q)).sum(-1)  # [windows, positions]
     assert float(rows["0.5"]["kl"]) == pytest.approx(float(kl.mean()), rel=1e-4)
     windows = rows["0.5"]["_windows"]
@@ -132,13 +180,16 @@ def test_kl_is_zero_unablated_and_equals_a_kl_by_hand_at_50_percent(capsys, tiny
 
 
 def test_a_paired_interval_of_a_method_against_itself_is_zero_and_intervals_shrink_with_windows():
-    from ablate_lit.paired import paired_difference
+    from ablate_lit.report.paired import paired_difference
 
     def windows(n, seed, shift):
         g = np.random.default_rng(seed)
         tokens = np.full(n, 100)
-        return {"nll": (g.normal(3.0 + shift, 0.5, n) * tokens).tolist(), "correct": g.integers(20, 40, n).tolist(),
-                "total": tokens.tolist()}
+        return {
+            "nll": (g.normal(3.0 + shift, 0.5, n) * tokens).tolist(),
+            "correct": g.integers(20, 40, n).tolist(),
+            "total": tokens.tolist(),
+        }
 
     a = [windows(50, s, 0.0) for s in range(3)]
     assert paired_difference(a, a, "ce") == (0.0, 0.0, 0.0)
@@ -152,11 +203,22 @@ def test_a_paired_interval_of_a_method_against_itself_is_zero_and_intervals_shri
 
 
 def test_report_prints_paired_differences_and_the_peak_against_eps(capsys, tiny_models, corpus, tmp_path):
-    from ablate_lit.cli import main
+    from ablate_lit.entry.cli import main
 
-    code, out, err = run(capsys, *tiny_args(tiny_models["llama"], corpus, tmp_path, "--ablation.seeds", "[0,1]",
-                                            "--ablation.methods", "[mean,peak,peak:eps=0.04,peak_refined]",
-                                            "--ablation.log_histograms", "false"))
+    code, out, err = run(
+        capsys,
+        *tiny_args(
+            tiny_models["llama"],
+            corpus,
+            tmp_path,
+            "--ablation.seeds",
+            "[0,1]",
+            "--ablation.methods",
+            "[mean,peak,peak:eps=0.04,peak_refined]",
+            "--ablation.log_histograms",
+            "false",
+        ),
+    )
     assert code == 0, err
     main(["report", str(tmp_path / "run"), "--out", str(tmp_path / "report"), "--fractions", "0.5"])
     out = capsys.readouterr().out
@@ -170,19 +232,37 @@ def _ce_by_hand(mod, windows, mask, values):
     """Next-token CE of ``windows`` with the masked o_proj inputs replaced by ``values``, hooked by hand."""
     import torch.nn.functional as F
 
-    logits = patched(mod.model, "model.layers.{}.self_attn.o_proj", 2,
-                     lambda l, h: torch.where(mask[l], values[l].to(h.dtype), h), lambda: mod.model(input_ids=windows).logits)
+    logits = patched(
+        mod.model,
+        "model.layers.{}.self_attn.o_proj",
+        2,
+        lambda l, h: torch.where(mask[l], values[l].to(h.dtype), h),
+        lambda: mod.model(input_ids=windows).logits,
+    )
     return float(F.cross_entropy(logits[:, :-1].reshape(-1, logits.shape[-1]).float(), windows[:, 1:].reshape(-1)))
 
 
-def test_optimal_constants_beat_zero_mean_and_peak_on_their_training_windows_and_are_cached(capsys, tiny_models, corpus,
-                                                                                             tmp_path):
+def test_optimal_constants_beat_zero_mean_and_peak_on_their_training_windows_and_are_cached(
+    capsys, tiny_models, corpus, tmp_path
+):
     from ablate_lit.ablation.schedule import ablation_mask, neuron_order
-    from ablate_lit.store import read_rows as stored
+    from ablate_lit.store.folder import read_rows as stored
 
-    args = tiny_args(tiny_models["llama"], corpus, tmp_path, "--ablation.methods", "[zero,mean,peak,optimal]",
-                     "--ablation.seeds", "[0]", "--ablation.fractions", "[0,0.5,1]", "--ablation.optimal_lr", 0.1,
-                     "--ablation.log_histograms", "false")
+    args = tiny_args(
+        tiny_models["llama"],
+        corpus,
+        tmp_path,
+        "--ablation.methods",
+        "[zero,mean,peak,optimal]",
+        "--ablation.seeds",
+        "[0]",
+        "--ablation.fractions",
+        "[0,0.5,1]",
+        "--ablation.optimal_lr",
+        0.1,
+        "--ablation.log_histograms",
+        "false",
+    )
     code, out, err = run(capsys, *args)
     assert code == 0, err
     assert "optimal 50% (seed 0): fitting 32 constants from the mean on 14 calibration inputs (4 held out" in out
@@ -197,17 +277,29 @@ def test_optimal_constants_beat_zero_mean_and_peak_on_their_training_windows_and
         fit = next(f for f in fits if torch.equal(f["mask"], mask))
         values = fit["values"]
         train, held = d.calib_windows[fit["train_rows"]], d.calib_windows[fit["held_out_rows"]]
-        assert not set(map(tuple, d.calib_windows.tolist())) & set(map(tuple, d.eval_windows.tolist())), "never evaluated ones"
+        assert not set(map(tuple, d.calib_windows.tolist())) & set(map(tuple, d.eval_windows.tolist())), (
+            "never evaluated ones"
+        )
         assert len(train) == 14 and len(held) == 4
         torch.testing.assert_close(values[~mask], stats["mean"].float()[~mask])  # unablated neurons keep the mean
         assert float((values - stats["mean"].float())[mask].abs().max()) > 1e-3  # the fitted ones moved
-        ce = {name: _ce_by_hand(mod, train, mask, v) for name, v in
-              (("zero", torch.zeros_like(values)), ("mean", stats["mean"].float()), ("peak", stats["peak"].float()),
-               ("optimal", values))}
+        ce = {
+            name: _ce_by_hand(mod, train, mask, v)
+            for name, v in (
+                ("zero", torch.zeros_like(values)),
+                ("mean", stats["mean"].float()),
+                ("peak", stats["peak"].float()),
+                ("optimal", values),
+            )
+        }
         assert ce["optimal"] <= min(ce["zero"], ce["mean"], ce["peak"]) + 1e-6, (fraction, ce)
-        assert fit["best_ce"] == pytest.approx(_ce_by_hand(mod, held, mask, values), rel=1e-5)  # the held-out CE it kept
+        assert fit["best_ce"] == pytest.approx(
+            _ce_by_hand(mod, held, mask, values), rel=1e-5
+        )  # the held-out CE it kept
         # the row evaluates the fitted constants on the evaluated windows
-        assert float(rows[f"{fraction:g}"]["ce"]) == pytest.approx(_ce_by_hand(mod, d.eval_windows, mask, values), rel=1e-5)
+        assert float(rows[f"{fraction:g}"]["ce"]) == pytest.approx(
+            _ce_by_hand(mod, d.eval_windows, mask, values), rel=1e-5
+        )
     # a second run (another folder, same cache) refits nothing
     args[args.index("--name") + 1] = "again"
     code, out, err = run(capsys, *args)
@@ -215,19 +307,23 @@ def test_optimal_constants_beat_zero_mean_and_peak_on_their_training_windows_and
     assert "optimal 50% (seed 0): fitted constants cached" in out and "fitting" not in out
     assert len(list((tmp_path / ".calibration_cache").glob("optimal-*.pt"))) == 2
     assert {r["ce"] for r in stored(tmp_path / "again")[0] if r["method"] == "optimal"} == set(
-        r["ce"] for r in rows.values())
+        r["ce"] for r in rows.values()
+    )
     events = list((tmp_path / "run" / "tb" / "optimal_seed0").glob("events.*"))
     assert events, "the fitting curves go to TensorBoard"
 
 
 def test_a_fit_sees_the_model_placed_and_cast_as_it_is_evaluated_and_its_settings_are_part_of_the_identity(
-        capsys, tiny_models, corpus, tmp_path, monkeypatch):
+    capsys, tiny_models, corpus, tmp_path, monkeypatch
+):
     """Statistics cached and no baseline to run first: the fit is the first thing the model does, and
     must already see it as evaluated (bf16-true: cast). Fitting settings and kl are in the identity."""
-    import ablate_lit.ablation.optimal as optimal
+    import ablate_lit.ablation.fitter as optimal
 
     common = ["--ablation.seeds", "[0]", "--ablation.log_histograms", "false", "--trainer.precision", "bf16-true"]
-    code, _, err = run(capsys, *tiny_args(tiny_models["llama"], corpus, tmp_path, "--ablation.methods", "[mean]", *common))
+    code, _, err = run(
+        capsys, *tiny_args(tiny_models["llama"], corpus, tmp_path, "--ablation.methods", "[mean]", *common)
+    )
     assert code == 0, err
     seen = []
     original = optimal.fit_constants
@@ -237,8 +333,18 @@ def test_a_fit_sees_the_model_placed_and_cast_as_it_is_evaluated_and_its_setting
         return original(trainer, target, *args, **kwargs)
 
     monkeypatch.setattr(optimal, "fit_constants", spy)
-    args = tiny_args(tiny_models["llama"], corpus, tmp_path, "--ablation.methods", "[optimal]", "--ablation.fractions", "[0.5]",
-                     "--ablation.optimal_epochs", 1, *common)
+    args = tiny_args(
+        tiny_models["llama"],
+        corpus,
+        tmp_path,
+        "--ablation.methods",
+        "[optimal]",
+        "--ablation.fractions",
+        "[0.5]",
+        "--ablation.optimal_epochs",
+        1,
+        *common,
+    )
     args[args.index("--name") + 1] = "fit-first"
     code, out, err = run(capsys, *args)
     assert code == 0, err

@@ -6,11 +6,10 @@ import csv
 import statistics
 
 import pytest
+from helpers import read_rows, tiny_args
 from PIL import Image
 
-from ablate_lit.cli import main
-
-from helpers import read_rows, tiny_args
+from ablate_lit.entry.cli import main
 
 
 @pytest.fixture(scope="module")

@@ -34,8 +34,14 @@ def test_n_ablated_rounds_halves_up_and_ignores_float_noise():
 
 
 def test_sets_depend_only_on_seed_and_shape():
+    """The documented draw: one generator seeded with the seed, one permutation per layer in layer order
+    (global: one over all units); nothing else (no global RNG state) enters."""
+    torch.manual_seed(123)  # the global generator must not matter
     a = neuron_order(1, 2, 16, "per_layer")
-    assert torch.equal(a, neuron_order(1, 2, 16, "per_layer"))
+    gen = torch.Generator().manual_seed(1)
+    assert torch.equal(a, torch.stack([torch.randperm(16, generator=gen) for _ in range(2)]))
+    torch.manual_seed(456)
+    assert torch.equal(neuron_order(1, 2, 16, "global"), torch.randperm(32, generator=torch.Generator().manual_seed(1)))
     assert not torch.equal(a, neuron_order(2, 2, 16, "per_layer"))
 
 

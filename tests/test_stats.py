@@ -5,11 +5,9 @@ from __future__ import annotations
 import pytest
 import torch
 import torch.nn.functional as F
-
-from ablate_lit.stats import NeuronHistogram, NeuronMoments, ResampleCache, TokenScores
-
 from helpers import EPS, reference_peak
 
+from ablate_lit.stats import NeuronHistogram, NeuronMoments, ResampleCache, TokenScores
 
 
 def _activations(seed=0, n=3000, width=6):
@@ -125,7 +123,7 @@ def test_a_module_cast_to_bf16_keeps_the_statistics_exact():
     logits = (torch.randn(20000, 11, generator=g) * 3).bfloat16()
     labels = torch.randint(0, 11, (20000,), generator=g)
     for i in range(0, 20000, 1000):
-        holder.scores.update(logits[i:i + 1000], labels[i:i + 1000])
+        holder.scores.update(logits[i : i + 1000], labels[i : i + 1000])
     reference = F.cross_entropy(logits.double(), labels)  # the same bf16 logits, in float64
     assert float(holder.scores.compute()["ce"]) == pytest.approx(float(reference), rel=1e-6)
 
@@ -143,5 +141,7 @@ def test_skew_kurtosis_and_bimodality_match_scipy():
         assert float(out["skew"][0, n]) == pytest.approx(st.skew(v), rel=1e-6, abs=1e-9)
         assert float(out["kurtosis"][0, n]) == pytest.approx(st.kurtosis(v, fisher=False), rel=1e-6)
         g, k, size = st.skew(v), st.kurtosis(v), len(v)
-        assert float(out["bimodality"][0, n]) == pytest.approx((g**2 + 1) / (k + 3 * (size - 1) ** 2 / ((size - 2) * (size - 3))), rel=1e-6)
+        assert float(out["bimodality"][0, n]) == pytest.approx(
+            (g**2 + 1) / (k + 3 * (size - 1) ** 2 / ((size - 2) * (size - 3))), rel=1e-6
+        )
     assert float(out["bimodality"][0, 1]) > 5 / 9 > float(out["bimodality"][0, 3])  # bimodal vs normal neuron

@@ -16,12 +16,11 @@ import time
 from pathlib import Path
 
 import pytest
-
-from ablate_lit.atomic import HOST, clear_stale
-from ablate_lit.cli import main
-from ablate_lit.store import COLUMNS
-
 from helpers import read_rows, run, tiny_args
+
+from ablate_lit.entry.cli import main
+from ablate_lit.store.atomic import HOST, clear_stale
+from ablate_lit.store.rows import COLUMNS
 
 SMALL = ["--ablation.methods", "[zero,mean]", "--ablation.seeds", "[0]", "--ablation.log_histograms", "false"]
 
@@ -31,8 +30,13 @@ def _cli_env() -> dict:
 
 
 def start(args) -> subprocess.Popen:
-    return subprocess.Popen([sys.executable, "-m", "ablate_lit", "test", *map(str, args)], env=_cli_env(),
-                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    return subprocess.Popen(
+        [sys.executable, "-m", "ablate_lit", "test", *map(str, args)],
+        env=_cli_env(),
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
 
 
 def one_line_error(err: str) -> str:
@@ -42,17 +46,22 @@ def one_line_error(err: str) -> str:
 
 
 # -- identity -------------------------------------------------------------------------------------
-@pytest.mark.parametrize("change,differs", [
-    (["--model.name_or_path", "OTHER"], "model_fingerprint"),
-    (["--ablation.eps", "0.02"], "eps: 0.01 there, 0.02 now"),
-    (["--data.path", "OTHER_DATA"], "calib_data"),
-])
+@pytest.mark.parametrize(
+    "change,differs",
+    [
+        (["--model.name_or_path", "OTHER"], "model_fingerprint"),
+        (["--ablation.eps", "0.02"], "eps: 0.01 there, 0.02 now"),
+        (["--data.path", "OTHER_DATA"], "calib_data"),
+    ],
+)
 def test_a_named_run_folder_refuses_results_of_other_settings(capsys, tiny_models, corpus, tmp_path, change, differs):
     args = tiny_args(tiny_models["llama"], corpus, tmp_path, *SMALL)
     assert run(capsys, *args)[0] == 0
     other_data = tmp_path / "other.txt"
     other_data.write_text((corpus / "part1.txt").read_text() + "\n\n" + (corpus / "part0.txt").read_text())
-    change = [str(tiny_models["mistral"]) if c == "OTHER" else str(other_data) if c == "OTHER_DATA" else c for c in change]
+    change = [
+        str(tiny_models["mistral"]) if c == "OTHER" else str(other_data) if c == "OTHER_DATA" else c for c in change
+    ]
     code, out, err = run(capsys, *args, *change)
     line = one_line_error(err)
     assert code == 2 and "holds results of other settings" in line and differs in line
@@ -63,7 +72,7 @@ def test_editing_the_data_in_place_gives_a_new_run_folder(capsys, tiny_models, c
     data = tmp_path / "docs.txt"
     data.write_text((corpus / "part0.txt").read_text())
     args = [a for a in tiny_args(tiny_models["llama"], data, tmp_path / "root", *SMALL)]
-    args = args[:args.index("--name")] + args[args.index("--name") + 2:]  # the automatic name
+    args = args[: args.index("--name")] + args[args.index("--name") + 2 :]  # the automatic name
     assert run(capsys, *args)[0] == 0
     data.write_text((corpus / "part1.txt").read_text())  # same path, other text
     code, out, err = run(capsys, *args)
@@ -88,8 +97,19 @@ def test_four_processes_on_one_run_folder_write_the_union_of_four_separate_runs(
     base = ["--ablation.log_histograms", "false", "--ablation.cache_dir", tmp_path / "cache"]
 
     def args(root, name, method, seed):
-        return [a if a != "run" else name for a in tiny_args(tiny_models["qwen2"], corpus, root, *base,
-                                                              "--ablation.methods", f"[{method}]", "--ablation.seeds", f"[{seed}]")]
+        return [
+            a if a != "run" else name
+            for a in tiny_args(
+                tiny_models["qwen2"],
+                corpus,
+                root,
+                *base,
+                "--ablation.methods",
+                f"[{method}]",
+                "--ablation.seeds",
+                f"[{seed}]",
+            )
+        ]
 
     together = [start(args(tmp_path / "shared", "run", m, s)) for m, s in shares]
     outs = [p.communicate(timeout=600) for p in together]
@@ -134,17 +154,23 @@ def test_a_damaged_row_file_is_reported_and_evaluated_again(capsys, tiny_models,
     points[1].write_text(json.dumps(record))  # hand-edited: a seed that is not a number
     code, out, err = run(capsys, *args)
     assert code == 0, err
-    assert f"warning: ignored {points[0]}: unreadable" in out and f"warning: ignored {points[1]}: seed 'zero' is not an integer" in out
+    assert (
+        f"warning: ignored {points[0]}: unreadable" in out
+        and f"warning: ignored {points[1]}: seed 'zero' is not an integer" in out
+    )
     assert read_rows(tmp_path / "run" / "results.csv") == reference  # the two rows evaluated again, nothing else
     code, out, err = run(capsys, *args)
     assert code == 0 and "5 already in" in out and "warning" not in out  # 5 evaluations stand for the 6 rows
 
 
-@pytest.mark.parametrize("damage,reason", [
-    (lambda text: text[: len(text) - len(text.splitlines()[-1]) // 2 - 1], "missing"),  # the last row cut in half
-    (lambda text: text + "garbage line\n", "missing"),
-    (lambda text: text.replace("\nllama,zero,0,", "\nllama,zero,x,", 1), "seed 'x' is not an integer"),
-])
+@pytest.mark.parametrize(
+    "damage,reason",
+    [
+        (lambda text: text[: len(text) - len(text.splitlines()[-1]) // 2 - 1], "missing"),  # the last row cut in half
+        (lambda text: text + "garbage line\n", "missing"),
+        (lambda text: text.replace("\nllama,zero,0,", "\nllama,zero,x,", 1), "seed 'x' is not an integer"),
+    ],
+)
 def test_report_skips_malformed_csv_lines_naming_file_and_line(capsys, tiny_models, corpus, tmp_path, damage, reason):
     assert run(capsys, *tiny_args(tiny_models["llama"], corpus, tmp_path, *SMALL))[0] == 0
     copied = tmp_path / "copied"  # a run folder shared without its points/: results.csv is all there is
@@ -183,7 +209,11 @@ def test_a_signal_ends_the_run_non_zero_with_one_line_and_it_resumes(tiny_models
     out, err = proc.communicate(timeout=300)
     assert proc.returncode == 128 + sig, err[-2000:]
     line = one_line_error(err)
-    assert f"stopped by {signal.Signals(sig).name}:" in line and "evaluations done" in line and "run the same command" in line
+    assert (
+        f"stopped by {signal.Signals(sig).name}:" in line
+        and "evaluations done" in line
+        and "run the same command" in line
+    )
     assert not list(points.glob("*.claim")), "the claim of the interrupted point is released"
     resumed = start(args)
     assert resumed.wait(timeout=600) == 0
@@ -229,32 +259,83 @@ BAD = {
     "binary text file": (["--data.path", "BINARY"], r"'.*binary.txt' is binary, not text \(line \d+\); convert it"),
     "text not UTF-8": (["--data.path", "LATIN1"], r"'.*latin1.txt' is not UTF-8 text \(line 1\); convert it"),
     "malformed JSON line": (["--data.path", "BADJSON"], r"'.*bad.jsonl' line 2 is not valid JSON"),
-    "non-string text value": (["--data.path", "NUMBER"], r"row 2 of '.*number.jsonl' holds a non-text value \(int\) in column 'text'"),
-    "truncated weights": (["--model.name_or_path", "TRUNCATED"], r"could not read the model in '.*truncated-model' .*incomplete or corrupt"),
-    "no tokenizer in the model folder": (["--model.name_or_path", "NOTOKENIZER"], r"no usable tokenizer in '.*no-tokenizer'.*--model.tokenizer PATH"),
+    "non-string text value": (
+        ["--data.path", "NUMBER"],
+        r"row 2 of '.*number.jsonl' holds a non-text value \(int\) in column 'text'",
+    ),
+    "truncated weights": (
+        ["--model.name_or_path", "TRUNCATED"],
+        r"could not read the model in '.*truncated-model' .*incomplete or corrupt",
+    ),
+    "no tokenizer in the model folder": (
+        ["--model.name_or_path", "NOTOKENIZER"],
+        r"no usable tokenizer in '.*no-tokenizer'.*--model.tokenizer PATH",
+    ),
     "root is a file": (["--root", "AFILE"], r"--root '.*a-file' is a file, not a folder"),
-    "cache_dir is a file": (["--ablation.cache_dir", "AFILE"], r"--ablation.cache_dir '.*a-file' is a file, not a folder"),
-    "name escaping the root": (["--name", "../elsewhere"], r"--name '../elsewhere' must be a plain folder name inside --root"),
-    "seed beyond 63 bits": (["--ablation.seeds", f"[{2**64}]"], r"each of ablation.seeds must be an integer in \[0, 2\*\*63\)"),
+    "cache_dir is a file": (
+        ["--ablation.cache_dir", "AFILE"],
+        r"--ablation.cache_dir '.*a-file' is a file, not a folder",
+    ),
+    "name escaping the root": (
+        ["--name", "../elsewhere"],
+        r"--name '../elsewhere' must be a plain folder name inside --root",
+    ),
+    "seed beyond 63 bits": (
+        ["--ablation.seeds", f"[{2**64}]"],
+        r"each of ablation.seeds must be an integer in \[0, 2\*\*63\)",
+    ),
     "data seed beyond 63 bits": (["--data.seed", str(2**64)], r"data.seed must be an integer in \[0, 2\*\*63\)"),
-    "near-duplicate fractions": (["--ablation.fractions", "[0.5,0.5000001]"], r"ablation.fractions holds 0.5 and 0.5000001, one point at 6 decimals"),
-    "histograms too large": (["--ablation.n_bins", str(2**40)], r"the calibration histograms .* need .* but .* are free on cpu; lower --ablation.n_bins"),
+    "near-duplicate fractions": (
+        ["--ablation.fractions", "[0.5,0.5000001]"],
+        r"ablation.fractions holds 0.5 and 0.5000001, one point at 6 decimals",
+    ),
+    "histograms too large": (
+        ["--ablation.n_bins", str(2**40)],
+        r"the calibration histograms .* need .* but .* are free on cpu; lower --ablation.n_bins",
+    ),
     "eps too large for float32": (["--ablation.eps", "1e300"], r"ablation.eps 1e\+300 is outside \[1e-08, 10000\]"),
     "eps too small for float32": (["--ablation.eps", "1e-300"], r"ablation.eps 1e-300 is outside \[1e-08, 10000\]"),
-    "name too long": (["--name", "n" * 300], r"--name 'n+' must be a plain folder name inside --root \(printable, at most 200 bytes"),
+    "name too long": (
+        ["--name", "n" * 300],
+        r"--name 'n+' must be a plain folder name inside --root \(printable, at most 200 bytes",
+    ),
     "name with a newline": (["--name", "a\nb"], r"--name 'a\\nb' must be a plain folder name"),
-    "an integer option given text": (["--data.max_tokens", "abc"], r"--data.max_tokens: 'abc' is not an integer; see python -m ablate_lit test --help"),
-    "a list given without brackets": (["--ablation.methods", "zero"], r"--ablation.methods: 'zero' is not a list in brackets, e.g. \[zero,mean\]"),
+    "an integer option given text": (
+        ["--data.max_tokens", "abc"],
+        r"--data.max_tokens: 'abc' is not an integer; see python -m ablate_lit test --help",
+    ),
+    "a list given without brackets": (
+        ["--ablation.methods", "zero"],
+        r"--ablation.methods: 'zero' is not a list in brackets, e.g. \[zero,mean\]",
+    ),
     "a boolean given a word": (["--data.prepend_bos", "maybe"], r"--data.prepend_bos: 'maybe' is not true or false"),
     "an unknown option": (["--data.foo", "1"], r"unknown option --data.foo; see python -m ablate_lit test --help"),
-    "an unknown class": (["--model", "ablate_lit.FooAblation"], r"--model: unknown class 'FooAblation'; use ablate_lit.CausalLMAblation"),
-    "a missing config file": (["--config", "/nonexistent/config.yaml"], r"--config file '/nonexistent/config.yaml' not found"),
+    "an unknown class": (
+        ["--model", "ablate_lit.FooAblation"],
+        r"--model: unknown class 'FooAblation'; use ablate_lit.CausalLMAblation",
+    ),
+    "a missing config file": (
+        ["--config", "/nonexistent/config.yaml"],
+        r"--config file '/nonexistent/config.yaml' not found",
+    ),
     "an empty config file": (["--config", "EMPTY"], r"the config is empty or not a mapping"),
     "a config that is not YAML": (["--config", "BROKEN"], r"the config is not valid YAML \(while parsing"),
-    "a generator that does not exist": (["--model.generator", "/nonexistent/generator"], r"--model.generator '/nonexistent/generator' not found"),
-    "a generator that is not a causal LM": (["--model.generator", "VISION"], r"--model.generator '.*' must be a causal LM to write text"),
-    "a tokenizer folder that does not exist": (["--model.tokenizer", "/nonexistent/tok"], r"--model.tokenizer '/nonexistent/tok' not found"),
-    "a corrupt parquet file": (["--data.path", "PARQUET"], r"could not read '.*broken.parquet' \(.*\); the file may be truncated or corrupt"),
+    "a generator that does not exist": (
+        ["--model.generator", "/nonexistent/generator"],
+        r"--model.generator '/nonexistent/generator' not found",
+    ),
+    "a generator that is not a causal LM": (
+        ["--model.generator", "VISION"],
+        r"--model.generator '.*' must be a causal LM to write text",
+    ),
+    "a tokenizer folder that does not exist": (
+        ["--model.tokenizer", "/nonexistent/tok"],
+        r"--model.tokenizer '/nonexistent/tok' not found",
+    ),
+    "a corrupt parquet file": (
+        ["--data.path", "PARQUET"],
+        r"could not read '.*broken.parquet' \(.*\); the file may be truncated or corrupt",
+    ),
 }
 
 
@@ -271,16 +352,40 @@ def test_bad_input_gets_one_line_error(capsys, tiny_models, corpus, tmp_path, ca
 
 
 def test_a_model_folder_without_tokenizer_runs_with_the_tokenizer_option(capsys, tiny_models, corpus, tmp_path):
+    """The same weights with the tokenizer named by the option give the numbers of the folder that has it."""
     made = _write_bad_inputs(tmp_path, corpus, tiny_models)
-    code, out, err = run(capsys, *tiny_args(made["NOTOKENIZER"], corpus, tmp_path / "runs", *SMALL),
-                         "--model.tokenizer", tiny_models["llama"])
+    code, out, err = run(
+        capsys,
+        *tiny_args(made["NOTOKENIZER"], corpus, tmp_path / "runs", *SMALL),
+        "--model.tokenizer",
+        tiny_models["llama"],
+    )
     assert code == 0, err
+    code, _, err = run(capsys, *tiny_args(tiny_models["llama"], corpus, tmp_path / "with", *SMALL))
+    assert code == 0, err
+    scores = ("method", "fraction", "top1", "ce", "n_tokens", "n_ablated")
+    given = [{k: r[k] for k in scores} for r in read_rows(tmp_path / "runs" / "run" / "results.csv")]
+    own = [{k: r[k] for k in scores} for r in read_rows(tmp_path / "with" / "run" / "results.csv")]
+    assert len(given) == 2 * 3 and given == own
 
 
 def test_a_masked_run_with_nothing_to_score_is_refused(capsys, tiny_masked, corpus, tmp_path):
-    args = tiny_args(tiny_masked["bert"], corpus, tmp_path, *SMALL, "--model", "ablate_lit.MaskedLMAblation",
-                     "--model.name_or_path", tiny_masked["bert"], "--data", "ablate_lit.MaskedTextData", "--data.path", corpus,
-                     "--data.mask_prob", "0.02")
+    args = tiny_args(
+        tiny_masked["bert"],
+        corpus,
+        tmp_path,
+        *SMALL,
+        "--model",
+        "ablate_lit.MaskedLMAblation",
+        "--model.name_or_path",
+        tiny_masked["bert"],
+        "--data",
+        "ablate_lit.MaskedTextData",
+        "--data.path",
+        corpus,
+        "--data.mask_prob",
+        "0.02",
+    )
     code, out, err = run(capsys, *args)
     assert code == 2 and "no evaluation token is selected for scoring" in one_line_error(err)
     assert "raise --data.mask_prob or --data.context_length" in err
@@ -311,7 +416,9 @@ def test_report_out_that_is_a_file_is_one_line(capsys, tiny_models, corpus, tmp_
 
 def test_the_shipped_tiny_configs_without_their_assets_are_one_line(capsys, monkeypatch, tmp_path):
     monkeypatch.delenv("ABLATE_LIT_ASSETS", raising=False)
-    code, out, err = run(capsys, "--config", Path(__file__).parents[1] / "configs" / "tiny-masked.yaml", "--root", tmp_path)
+    code, out, err = run(
+        capsys, "--config", Path(__file__).parents[1] / "configs" / "tiny-masked.yaml", "--root", tmp_path
+    )
     assert code == 2 and "reads the environment variable ABLATE_LIT_ASSETS, which is not set" in one_line_error(err)
 
 
@@ -322,11 +429,30 @@ def test_an_image_folder_without_class_folders_is_one_line(capsys, tiny_vision, 
     flat.mkdir()
     for f in sorted((image_folder / "class_0").iterdir())[:4]:
         shutil.copy(f, flat / f.name)
-    args = ["--model", "ablate_lit.VisionAblation", "--model.name_or_path", tiny_vision["timm"], "--data", "ablate_lit.ImageData",
-            "--data.path", flat, "--data.max_images", 2, "--data.calib_images", 2, "--root", tmp_path, "--name", "run",
-            "--trainer.accelerator", "cpu"]
+    args = [
+        "--model",
+        "ablate_lit.VisionAblation",
+        "--model.name_or_path",
+        tiny_vision["timm"],
+        "--data",
+        "ablate_lit.ImageData",
+        "--data.path",
+        flat,
+        "--data.max_images",
+        2,
+        "--data.calib_images",
+        2,
+        "--root",
+        tmp_path,
+        "--name",
+        "run",
+        "--trainer.accelerator",
+        "cpu",
+    ]
     code, out, err = run(capsys, *args)
-    assert code == 2 and "has 0 class sub-folder(s) with images; it needs one sub-folder per class" in one_line_error(err)
+    assert code == 2 and "has 0 class sub-folder(s) with images; it needs one sub-folder per class" in one_line_error(
+        err
+    )
 
 
 def test_a_corrupt_image_is_named(capsys, tiny_vision, image_folder, tmp_path):
@@ -336,9 +462,28 @@ def test_a_corrupt_image_is_named(capsys, tiny_vision, image_folder, tmp_path):
     shutil.copytree(image_folder, images)
     victim = sorted((images / "class_2").iterdir())[3]
     victim.write_bytes(victim.read_bytes()[:60])  # a truncated PNG
-    args = ["--model", "ablate_lit.VisionAblation", "--model.name_or_path", tiny_vision["timm"], "--data", "ablate_lit.ImageData",
-            "--data.path", images, "--data.max_images", 25, "--data.calib_images", 25, "--root", tmp_path, "--name", "run",
-            "--trainer.accelerator", "cpu", "--trainer.enable_progress_bar", "false"]
+    args = [
+        "--model",
+        "ablate_lit.VisionAblation",
+        "--model.name_or_path",
+        tiny_vision["timm"],
+        "--data",
+        "ablate_lit.ImageData",
+        "--data.path",
+        images,
+        "--data.max_images",
+        25,
+        "--data.calib_images",
+        25,
+        "--root",
+        tmp_path,
+        "--name",
+        "run",
+        "--trainer.accelerator",
+        "cpu",
+        "--trainer.enable_progress_bar",
+        "false",
+    ]
     code, out, err = run(capsys, *args)
     assert code == 2 and f"image {victim} cannot be read" in one_line_error(err)
 
@@ -365,7 +510,9 @@ def test_a_row_file_renamed_or_edited_by_hand_is_reported_and_replaced(capsys, t
     args, folder = _finished_run(capsys, tiny_models, corpus, tmp_path)
     reference = read_rows(folder / "results.csv")
     points = folder / "points"
-    (points / "zero__s1__f0.500000.json").write_text((points / "zero__s0__f0.500000.json").read_text())  # copied under another name
+    (points / "zero__s1__f0.500000.json").write_text(
+        (points / "zero__s0__f0.500000.json").read_text()
+    )  # copied under another name
     record = json.loads((points / "mean__s0__f0.500000.json").read_text())
     record["row"]["ce"] = "1.00000000"  # a number edited by hand
     (points / "mean__s0__f0.500000.json").write_text(json.dumps(record))
@@ -375,16 +522,21 @@ def test_a_row_file_renamed_or_edited_by_hand_is_reported_and_replaced(capsys, t
     assert "mean__s0__f0.500000.json: edited by hand (its checksum does not match)" in out
     rows = {(r["method"], r["seed"], r["fraction"]): r["ce"] for r in read_rows(folder / "results.csv")}
     assert ("zero", "1", "0.5") in rows  # the seed-1 point is evaluated and kept
-    assert rows[("mean", "0", "0.5")] == next(r["ce"] for r in reference if (r["method"], r["seed"], r["fraction"]) == ("mean", "0", "0.5"))
+    assert rows[("mean", "0", "0.5")] == next(
+        r["ce"] for r in reference if (r["method"], r["seed"], r["fraction"]) == ("mean", "0", "0.5")
+    )
     code, out, err = run(capsys, *args, "--ablation.seeds", "[0,1]")
     assert code == 0 and "warning" not in out
 
 
-@pytest.mark.parametrize("claim", [
-    lambda: {"host": HOST, "pid": 1, "start": -1, "time": 0},  # pid 1 lives, but it is not the process that claimed
-    lambda: [1],
-    lambda: {"host": HOST, "pid": "abc"},
-])
+@pytest.mark.parametrize(
+    "claim",
+    [
+        lambda: {"host": HOST, "pid": 1, "start": -1, "time": 0},  # pid 1 lives, but it is not the process that claimed
+        lambda: [1],
+        lambda: {"host": HOST, "pid": "abc"},
+    ],
+)
 def test_a_stale_or_malformed_claim_does_not_block_a_run(capsys, tiny_models, corpus, tmp_path, claim):
     args = tiny_args(tiny_models["llama"], corpus, tmp_path, *SMALL)
     points = tmp_path / "run" / "points"
@@ -396,13 +548,26 @@ def test_a_stale_or_malformed_claim_does_not_block_a_run(capsys, tiny_models, co
     assert "waiting for" not in out and len(read_rows(tmp_path / "run" / "results.csv")) == 6
 
 
-@pytest.mark.parametrize("damage,message", [
-    (lambda f: (f / "identity.json").write_text((f / "identity.json").read_text().replace('"eps": 0.01', '"eps": 0.02')),
-     "identity.json' was edited by hand"),
-    (lambda f: (f / "identity.json").write_text("[1, 2]"), "identity.json' is unreadable"),
-    (lambda f: (__import__("shutil").rmtree(f / "points"), (f / "points").write_text("x")), "points' is a file, not the folder"),
-    (lambda f: __import__("shutil").rmtree(f / "points"), "results.csv in .* holds 6 row\\(s\\) that points/ lacks"),
-])
+@pytest.mark.parametrize(
+    "damage,message",
+    [
+        (
+            lambda f: (f / "identity.json").write_text(
+                (f / "identity.json").read_text().replace('"eps": 0.01', '"eps": 0.02')
+            ),
+            "identity.json' was edited by hand",
+        ),
+        (lambda f: (f / "identity.json").write_text("[1, 2]"), "identity.json' is unreadable"),
+        (
+            lambda f: (__import__("shutil").rmtree(f / "points"), (f / "points").write_text("x")),
+            "points' is a file, not the folder",
+        ),
+        (
+            lambda f: __import__("shutil").rmtree(f / "points"),
+            "results.csv in .* holds 6 row\\(s\\) that points/ lacks",
+        ),
+    ],
+)
 def test_a_damaged_run_folder_is_refused_in_one_line(capsys, tiny_models, corpus, tmp_path, damage, message):
     import re
 
@@ -424,11 +589,18 @@ def test_report_keeps_apart_runs_of_one_model_with_other_data(capsys, tiny_model
 
 
 def test_a_signal_while_the_model_loads_is_one_line(tiny_models, corpus, tmp_path):
-    patch = ("import functools\nimport ablate_lit.modules.causal_lm as m\n_orig = m.CausalLMAblation.__init__\n"
-             "@functools.wraps(_orig)\ndef _patched(self, *a, **k):\n    os.kill(os.getpid(), signal.SIGTERM)\n"
-             "    time.sleep(5)\n    _orig(self, *a, **k)\nm.CausalLMAblation.__init__ = _patched\n")
-    script = f"import os, signal, sys, time\n{patch}\nfrom ablate_lit.cli import main\nmain(sys.argv[1:])\n"
-    proc = subprocess.run([sys.executable, "-c", script, "test", *map(str, tiny_args(tiny_models["llama"], corpus, tmp_path))],
-                          env=_cli_env(), capture_output=True, text=True, timeout=300)
+    patch = (
+        "import functools\nimport ablate_lit.families.causal_lm as m\n_orig = m.CausalLMAblation.__init__\n"
+        "@functools.wraps(_orig)\ndef _patched(self, *a, **k):\n    os.kill(os.getpid(), signal.SIGTERM)\n"
+        "    time.sleep(5)\n    _orig(self, *a, **k)\nm.CausalLMAblation.__init__ = _patched\n"
+    )
+    script = f"import os, signal, sys, time\n{patch}\nfrom ablate_lit.entry.cli import main\nmain(sys.argv[1:])\n"
+    proc = subprocess.run(
+        [sys.executable, "-c", script, "test", *map(str, tiny_args(tiny_models["llama"], corpus, tmp_path))],
+        env=_cli_env(),
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
     assert proc.returncode == 128 + signal.SIGTERM
     assert "stopped by SIGTERM: no evaluation had started" in one_line_error(proc.stderr)

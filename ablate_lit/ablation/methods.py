@@ -1,7 +1,7 @@
 """Ablation methods: each is a small class that gives the replacement values of a point.
 
-A method turns what the run knows (``Experiment``: its calibration statistics, resample caches,
-the point's neuron set) into replacement values: ``{"values": [n_layers, width]}`` (one constant
+A method turns what the run knows (a ``MethodContext``: its calibration statistics, resample
+caches, fitted constants) into replacement values: ``{"values": [n_layers, width]}`` (one constant
 per neuron) or ``{"resample": [n_layers, rows, pos, width]}`` (values per input row and position).
 Adding a method is one class here, registered in METHODS, and its test.
 """
@@ -12,7 +12,9 @@ from typing import ClassVar
 
 import torch
 
-from ablate_lit.errors import AblateError
+from ablate_lit.ablation.context import MethodContext
+from ablate_lit.common.errors import AblateError
+from ablate_lit.common.labels import Point
 
 RESAMPLE_SOURCES = ("random_chars", "random_tokens", "generated", "random_pixels", "data")
 
@@ -34,33 +36,32 @@ class Method:
     def label(self) -> str:
         return f"{self.name}:{self.arg}" if self.arg else self.name
 
-    def check(self, experiment) -> None:
+    def check(self, ctx: MethodContext) -> None:
         """Refuse settings this method cannot work with (one line), before anything runs."""
 
-    def replacement(self, experiment, point) -> dict:
+    def replacement(self, ctx: MethodContext, point: Point) -> dict:
         raise NotImplementedError
 
 
 class Zero(Method):
     name, help = "zero", "0"
 
-    def replacement(self, experiment, point):
-        hooks = experiment.module.hooks
-        return {"values": torch.zeros(hooks.n_layers, hooks.width)}
+    def replacement(self, ctx, point):
+        return {"values": torch.zeros(ctx.n_layers, ctx.width)}
 
 
 class Mean(Method):
     name, help = "mean", "the mean of the calibration activations"
 
-    def replacement(self, experiment, point):
-        return {"values": experiment.stats["mean"].float()}
+    def replacement(self, ctx, point):
+        return {"values": ctx.stats["mean"].float()}
 
 
 class Median(Method):
     name, help = "median", "the centre of the eps-bin holding the median of the calibration activations"
 
-    def replacement(self, experiment, point):
-        return {"values": experiment.stats.median().float()}
+    def replacement(self, ctx, point):
+        return {"values": ctx.stats.median().float()}
 
 
 class Peak(Method):
@@ -77,77 +78,92 @@ class Peak(Method):
             except ValueError:
                 self.eps = None
             if self.eps is None or not self.eps > 0:
-                raise AblateError(f"unknown peak option '{arg}'; use peak:eps=E with E a multiple of ablation.eps, e.g. peak:eps=0.04")
+                raise AblateError(
+                    f"unknown peak option '{arg}'; use peak:eps=E with E a multiple of "
+                    "⟨ablation.eps⟩, e.g. peak:eps=0.04"
+                )
             self.arg = f"eps={self.eps:g}"
 
     def multiple(self, eps: float) -> int:
         return 1 if self.eps is None else round(self.eps / eps)
 
-    def check(self, experiment):
-        cfg = experiment.cfg
-        m = self.multiple(cfg.eps)
-        if self.eps is not None and (m < 1 or abs(m * cfg.eps - self.eps) > 1e-9 * self.eps):
-            raise AblateError(f"{self.label}: {self.eps:g} is not a multiple of ablation.eps {cfg.eps:g}; coarser bins are "
-                              "merged from the calibration histogram's")
-        if cfg.bin_alignment == "centered" and m % 2 == 0:
-            raise AblateError(f"{self.label}: centered bins merge exactly only in odd numbers; use an odd multiple of "
-                              f"ablation.eps {cfg.eps:g}")
+    def check(self, ctx):
+        m = self.multiple(ctx.eps)
+        if self.eps is not None and (m < 1 or abs(m * ctx.eps - self.eps) > 1e-9 * self.eps):
+            raise AblateError(
+                f"{self.label}: {self.eps:g} is not a multiple of ⟨ablation.eps⟩ {ctx.eps:g}; coarser bins are "
+                "merged from the calibration histogram's"
+            )
+        if ctx.bin_alignment == "centered" and m % 2 == 0:
+            raise AblateError(
+                f"{self.label}: centered bins merge exactly only in odd numbers; use an odd multiple of "
+                f"⟨ablation.eps⟩ {ctx.eps:g}"
+            )
 
-    def replacement(self, experiment, point):
-        return {"values": experiment.stats.peak_at(self.multiple(experiment.cfg.eps)).float()}
+    def replacement(self, ctx, point):
+        return {"values": ctx.stats.peak_at(self.multiple(ctx.eps)).float()}
 
 
 class PeakRefined(Method):
     name = "peak_refined"
     help = "the mode of the histogram smoothed at the rate for modes, to sub-bin precision (less biased by the grid)"
 
-    def replacement(self, experiment, point):
-        return {"values": experiment.stats.peak_refined().float()}
+    def replacement(self, ctx, point):
+        return {"values": ctx.stats.peak_refined().float()}
 
 
 class Resample(Method):
     name, constant = "resample", False
-    help = ("the value at the same position on other inputs: random_chars, random_tokens, generated (text), "
-            "random_pixels (images), or data (calibration inputs)")
+    help = (
+        "the value at the same position on other inputs: random_chars, random_tokens, generated (text), "
+        "random_pixels (images), or data (calibration inputs)"
+    )
 
     def __init__(self, arg: str = ""):
         super().__init__(arg)
         if arg not in RESAMPLE_SOURCES:
-            raise AblateError(f"unknown resample source '{arg}' in 'resample:{arg}'; use one of: "
-                              f"{', '.join(RESAMPLE_SOURCES)} (e.g. resample:random_tokens)")
+            raise AblateError(
+                f"unknown resample source '{arg}' in 'resample:{arg}'; use one of: "
+                f"{', '.join(RESAMPLE_SOURCES)} (e.g. resample:random_tokens)"
+            )
 
     @property
     def source(self) -> str:
         return self.arg
 
-    def check(self, experiment):
-        module = experiment.module
-        if self.source not in module.resample_sources:
-            raise AblateError(f"resample source '{self.source}' does not apply to {module.family} models; "
-                              f"use one of: {', '.join('resample:' + s for s in module.resample_sources)}")
-        if not all(p.batch_major for p in module.pre_outs):
-            raise AblateError(f"{self.label} needs pre-outs laid out [batch, pos, width], but this model's attention folds "
-                              "windows into the batch (windowed attention); use zero, mean or peak")
+    def check(self, ctx):
+        if self.source not in ctx.resample_sources:
+            raise AblateError(
+                f"resample source '{self.source}' does not apply to {ctx.family} models; "
+                f"use one of: {', '.join('resample:' + s for s in ctx.resample_sources)}"
+            )
+        if not ctx.batch_major:
+            raise AblateError(
+                f"{self.label} needs pre-outs laid out [batch, pos, width], but this model's attention folds "
+                "windows into the batch (windowed attention); use zero, mean or peak"
+            )
 
-    def replacement(self, experiment, point):
-        return {"resample": experiment.resample_cache(self.source)}
+    def replacement(self, ctx, point):
+        return {"resample": ctx.resample(self.source)}
 
 
 class Optimal(Method):
     name, per_point = "optimal", True
-    help = ("the constants that minimise the ablated model's CE, fitted per point on calibration windows with "
-            "Lightning's fit loop (Li & Janson 2024; ablation.optimal_* settings)")
+    help = (
+        "the constants that minimise the ablated model's CE, fitted per point on calibration windows with "
+        "Lightning's fit loop (Li & Janson 2024; ablation.optimal_* settings)"
+    )
 
-    def check(self, experiment):
-        from ablate_lit.sharding import is_sharded
+    def check(self, ctx):
+        if ctx.sharded:
+            raise AblateError(
+                "optimal fits constants through the whole model, which is not done under a sharding "
+                "strategy here; use ⟨--trainer.strategy ddp⟩ (or auto) for runs with optimal"
+            )
+        ctx.check_fit()  # refuses calibration data too small to hold some windows out
 
-        if is_sharded(experiment.trainer.strategy):
-            raise AblateError("optimal fits constants through the whole model, which is not done under a sharding "
-                              "strategy here; use --trainer.strategy ddp (or auto) for runs with optimal")
-        experiment.fit_split()  # refuses calibration data too small to hold some windows out
-
-    def replacement(self, experiment, point):
-        return {"values": experiment.fitted(point).float()}
+    def replacement(self, ctx, point):
+        return {"values": ctx.fitted(point).float()}
 
 
 METHODS: dict[str, type[Method]] = {m.name: m for m in (Zero, Mean, Median, Peak, PeakRefined, Optimal, Resample)}
@@ -158,8 +174,9 @@ def parse_method(text: str) -> Method:
     """``name`` or ``name:argument`` (``resample:<source>``, ``peak:eps=E``); a bare ``resample`` is refused."""
     name, _, arg = str(text).strip().partition(":")
     if name not in METHODS:
-        raise AblateError(f"unknown ablation method '{text}'; use one of: {', '.join(METHODS)} "
-                          "(resample:<source>, peak:eps=E)")
+        raise AblateError(
+            f"unknown ablation method '{text}'; use one of: {', '.join(METHODS)} (resample:<source>, peak:eps=E)"
+        )
     if name == "resample" and not arg:
         return Resample(arg)  # raises: the source must be named
     if arg and name not in ("resample", "peak"):

@@ -105,17 +105,30 @@ class ConstantFit(L.LightningModule):
             self.best = (held_out, self.values().detach().cpu().clone())
 
 
-def fit_constants(trainer, target, mask: torch.Tensor, init: torch.Tensor, scale: torch.Tensor, train_loader,
-                  held_out_loader, *, lr: float, max_epochs: int, patience: int, writer=None, tag: str = "") -> dict:
+def fit_constants(
+    trainer,
+    target,
+    mask: torch.Tensor,
+    init: torch.Tensor,
+    scale: torch.Tensor,
+    train_loader,
+    held_out_loader,
+    *,
+    lr: float,
+    max_epochs: int,
+    patience: int,
+    writer=None,
+    tag: str = "",
+) -> dict:
     """Fit the constants of the neurons where ``mask`` [n_layers, width] is True, starting at ``init``
     and moving in units of ``scale`` (both [n_layers, width]), with ``trainer.fit``. Returns ``values``
     (``init`` where ``mask`` is False, the held-out best where it is True), ``history`` (held-out CE
     per epoch, 0 = ``init``), ``init_ce``, ``best_ce``, ``epochs`` and ``fit_s``."""
     from lightning.pytorch.callbacks import EarlyStopping
-
-    from ablate_lit.cli import lightning_info_silenced
     from lightning.pytorch.loops.fit_loop import _FitLoop
     from lightning.pytorch.loops.training_epoch_loop import _TrainingEpochLoop
+
+    from ablate_lit.common.logs import lightning_info_silenced
 
     started = time.perf_counter()
     fit = ConstantFit(target, init, scale, lr, writer, tag)
@@ -143,5 +156,11 @@ def fit_constants(trainer, target, mask: torch.Tensor, init: torch.Tensor, scale
             writer.flush()
     best_ce, best = fit.best
     values = torch.where(mask, best, init.float())
-    return {"values": values, "history": fit.history, "init_ce": fit.history[0]["held_out_ce"], "best_ce": best_ce,
-            "epochs": len(fit.history) - 1, "fit_s": time.perf_counter() - started}
+    return {
+        "values": values,
+        "history": fit.history,
+        "init_ce": fit.history[0]["held_out_ce"],
+        "best_ce": best_ce,
+        "epochs": len(fit.history) - 1,
+        "fit_s": time.perf_counter() - started,
+    }

@@ -12,11 +12,13 @@ method, so every method is compared on identical sets.
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass
 
 import torch
 
-from ablate_lit.errors import AblateError
+from ablate_lit.common.errors import AblateError
+from ablate_lit.common.labels import FRACTION_DIGITS, Point, fraction_key
+
+__all__ = ["FRACTION_DIGITS", "Point", "ablation_mask", "fraction_key", "n_ablated", "neuron_order", "plan"]
 
 SELECTIONS = ("per_layer", "global")
 UNITS = ("neuron", "head")
@@ -40,8 +42,10 @@ def parse_order(text: str) -> tuple[str | None, bool]:
     if name == "random" and not direction:
         return None, False
     if name not in ORDERS or direction not in ("", "asc", "desc"):
-        raise AblateError(f"unknown ablation.order '{text}'; use random, or one of {', '.join(ORDERS)} "
-                          "(ascending; add :desc for descending, e.g. std:desc)")
+        raise AblateError(
+            f"unknown ⟨ablation.order⟩ '{text}'; use random, or one of {', '.join(ORDERS)} "
+            "(ascending; add :desc for descending, e.g. std:desc)"
+        )
     return name, direction == "desc"
 
 
@@ -54,22 +58,21 @@ def unit_scores(stats: dict, order: str, unit_size: int) -> torch.Tensor | None:
     return scores.view(scores.shape[0], -1, unit_size).mean(-1)
 
 
-FRACTION_DIGITS = 6
-
-
-def fraction_key(fraction: float) -> float:
-    """A fraction as results store and compare it: rounded to 6 decimals (0.1*3 and 0.3 are one point)."""
-    return round(float(fraction), FRACTION_DIGITS)
-
-
 def n_ablated(fraction: float, n: int) -> int:
     """round(fraction * n), halves rounded up; fractions are first rounded to 1e-9 (0.1*3 != 0.3)."""
     return int(math.floor(round(fraction * n, 9) + 0.5))
 
 
-def neuron_order(seed: int, n_layers: int, width: int, selection: str, unit_size: int = 1,
-                 layers: list[int] | None = None, scores: torch.Tensor | None = None,
-                 descending: bool = False) -> torch.Tensor:
+def neuron_order(
+    seed: int,
+    n_layers: int,
+    width: int,
+    selection: str,
+    unit_size: int = 1,
+    layers: list[int] | None = None,
+    scores: torch.Tensor | None = None,
+    descending: bool = False,
+) -> torch.Tensor:
     """An order of the units (``unit_size`` consecutive neurons each) of ``layers`` (default: all):
     [len(layers), n_units] per layer, or [len(layers) * n_units] over all of them (``global``; flat
     indices into (chosen layer, unit)). Random from ``seed``, or sorted by ``scores`` [n_layers,
@@ -89,8 +92,9 @@ def neuron_order(seed: int, n_layers: int, width: int, selection: str, unit_size
     return torch.stack([torch.randperm(n_units, generator=gen) for _ in chosen])
 
 
-def ablation_mask(order: torch.Tensor, fraction: float, n_layers: int, width: int, unit_size: int = 1,
-                  layers: list[int] | None = None) -> torch.Tensor:
+def ablation_mask(
+    order: torch.Tensor, fraction: float, n_layers: int, width: int, unit_size: int = 1, layers: list[int] | None = None
+) -> torch.Tensor:
     """Boolean [n_layers, width]: True where the neuron is ablated at ``fraction``."""
     chosen = list(range(n_layers)) if layers is None else list(layers)
     n_units = width // unit_size
@@ -102,16 +106,6 @@ def ablation_mask(order: torch.Tensor, fraction: float, n_layers: int, width: in
     mask = torch.zeros(n_layers, width, dtype=torch.bool)
     mask[chosen] = units.repeat_interleave(unit_size, dim=1)
     return mask
-
-
-@dataclass(frozen=True)
-class Point:
-    """One evaluation; ``rows`` lists the (method, seed) result rows it stands for."""
-
-    fraction: float
-    method: str  # a method label, or "baseline" at 0%
-    seed: int  # the seed whose neuron set is ablated
-    rows: tuple[tuple[str, int], ...]
 
 
 def plan(methods: list[str], seeds: list[int], fractions: list[float]) -> list[Point]:

@@ -7,14 +7,15 @@ import hashlib
 import torch
 from torch.utils.data import Dataset
 
+from ablate_lit.common.errors import check
 from ablate_lit.data.sampler import cached_loader, make_loader
 from ablate_lit.data.text import TextData
-from ablate_lit.errors import check
 from ablate_lit.stats.token_metrics import IGNORE_INDEX
 
 
-def mask_windows(windows: torch.Tensor, special: torch.Tensor, mask_id: int, vocab: torch.Tensor,
-                 prob: float, seed: int) -> tuple[torch.Tensor, torch.Tensor]:
+def mask_windows(
+    windows: torch.Tensor, special: torch.Tensor, mask_id: int, vocab: torch.Tensor, prob: float, seed: int
+) -> tuple[torch.Tensor, torch.Tensor]:
     """Select round(prob * n) of each window's n non-special tokens; of those, round(80%) become the mask
     token, round(10%) a random vocabulary token and the rest stay. Returns (input_ids, labels) with
     labels = the original token at selected positions and -100 elsewhere."""
@@ -27,7 +28,7 @@ def mask_windows(windows: torch.Tensor, special: torch.Tensor, mask_id: int, voc
         n_mask, n_random = int(round(0.8 * k)), int(round(0.1 * k))
         labels[i, chosen] = row[chosen]
         inputs[i, chosen[:n_mask]] = mask_id
-        random_pos = chosen[n_mask:n_mask + n_random]
+        random_pos = chosen[n_mask : n_mask + n_random]
         inputs[i, random_pos] = vocab[torch.randint(len(vocab), (len(random_pos),), generator=gen)]
     return inputs, labels
 
@@ -60,7 +61,7 @@ class MaskedTextData(TextData):
             context_length: tokens per window, [CLS] and [SEP] included.
             **kwargs: every other TextData option (max_tokens, calib_tokens, batch_size, seed, ...).
         """
-        check(0 < mask_prob < 1, f"data.mask_prob must be in (0, 1), got {mask_prob}")
+        check(0 < mask_prob < 1, f"⟨data.mask_prob⟩ must be in (0, 1), got {mask_prob}")
         super().__init__(path, context_length=context_length, **kwargs)
         self.mask_prob = mask_prob
         self.eval_labels = self.calib_labels = None
@@ -84,21 +85,31 @@ class MaskedTextData(TextData):
     def setup(self, stage: str | None = None) -> None:
         if self.eval_labels is not None:
             return
-        check(self.tokenizer.mask_token_id is not None, "the tokenizer has no mask token; a masked-LM tokenizer is needed")
+        check(
+            self.tokenizer.mask_token_id is not None, "the tokenizer has no mask token; a masked-LM tokenizer is needed"
+        )
         super().setup(stage)
         special, vocab = self._vocab()
         mask_id = self.tokenizer.mask_token_id
-        self.eval_inputs, self.eval_labels = mask_windows(self.eval_windows, special, mask_id, vocab, self.mask_prob, self.seed)
-        self.calib_inputs, self.calib_labels = mask_windows(self.calib_windows, special, mask_id, vocab, self.mask_prob,
-                                                            (self.seed + 1_000_003) % 2**63)
+        self.eval_inputs, self.eval_labels = mask_windows(
+            self.eval_windows, special, mask_id, vocab, self.mask_prob, self.seed
+        )
+        self.calib_inputs, self.calib_labels = mask_windows(
+            self.calib_windows, special, mask_id, vocab, self.mask_prob, (self.seed + 1_000_003) % 2**63
+        )
         per_window = self.body_length * self.mask_prob
-        check(bool((self.eval_labels != IGNORE_INDEX).any()),
-              f"no evaluation token is selected for scoring: data.mask_prob {self.mask_prob} x {self.body_length} text "
-              f"tokens per window = {per_window:.2f}, which rounds to 0; raise --data.mask_prob or --data.context_length")
+        check(
+            bool((self.eval_labels != IGNORE_INDEX).any()),
+            f"no evaluation token is selected for scoring: ⟨data.mask_prob⟩ {self.mask_prob} x {self.body_length} text "
+            f"tokens per window = {per_window:.2f}, which rounds to 0; raise ⟨--data.mask_prob⟩ or "
+            "⟨--data.context_length⟩",
+        )
 
     def fingerprint(self, which: str) -> str:
         """Hash of the exact model inputs and scored labels of a split (masking included)."""
-        inputs, labels = (self.calib_inputs, self.calib_labels) if which == "calibration" else (self.eval_inputs, self.eval_labels)
+        inputs, labels = (
+            (self.calib_inputs, self.calib_labels) if which == "calibration" else (self.eval_inputs, self.eval_labels)
+        )
         return hashlib.sha1(inputs.numpy().tobytes() + labels.numpy().tobytes()).hexdigest()[:16]
 
     def _masked_loader(self, inputs, labels):

@@ -12,7 +12,7 @@ from importlib import resources
 
 import torch
 
-from ablate_lit.errors import AblateError
+from ablate_lit.common.errors import AblateError
 
 _CHARS = string.ascii_letters + string.digits + string.punctuation + " " * 10 + "\n"
 
@@ -20,8 +20,11 @@ _CHARS = string.ascii_letters + string.digits + string.punctuation + " " * 10 + 
 def _wrap(rows: list[list[int]] | torch.Tensor, prefix: list[int], suffix: list[int]) -> torch.Tensor:
     body = torch.as_tensor(rows, dtype=torch.long)
     n = body.shape[0]
-    parts = [torch.tensor([prefix] * n, dtype=torch.long).view(n, -1), body,
-             torch.tensor([suffix] * n, dtype=torch.long).view(n, -1)]
+    parts = [
+        torch.tensor([prefix] * n, dtype=torch.long).view(n, -1),
+        body,
+        torch.tensor([suffix] * n, dtype=torch.long).view(n, -1),
+    ]
     return torch.cat(parts, 1)
 
 
@@ -75,8 +78,17 @@ def builtin_sample(tokenizer, n: int, length: int, prefix: list[int], suffix: li
 
 
 @torch.no_grad()
-def generated(tokenizer, n: int, length: int, prefix: list[int], suffix: list[int], seed: int,
-              generator, generator_tokenizer, batch_size: int = 8) -> torch.Tensor:
+def generated(
+    tokenizer,
+    n: int,
+    length: int,
+    prefix: list[int],
+    suffix: list[int],
+    seed: int,
+    generator,
+    generator_tokenizer,
+    batch_size: int = 8,
+) -> torch.Tensor:
     """Text sampled (temperature 1, no top-k/top-p) from a causal ``generator``.
 
     When the generator is the model under test (same tokenizer object) the sampled ids are used as
@@ -84,9 +96,15 @@ def generated(tokenizer, n: int, length: int, prefix: list[int], suffix: list[in
     """
     body_len = _body_len(length, prefix, suffix)
     own = generator_tokenizer is tokenizer
-    start = generator_tokenizer.bos_token_id if generator_tokenizer.bos_token_id is not None else generator_tokenizer.eos_token_id
+    start = (
+        generator_tokenizer.bos_token_id
+        if generator_tokenizer.bos_token_id is not None
+        else generator_tokenizer.eos_token_id
+    )
     if start is None:
-        raise AblateError("the generator's tokenizer has neither BOS nor EOS token to start generation; name another generator")
+        raise AblateError(
+            "the generator's tokenizer has neither BOS nor EOS token to start generation; name another generator"
+        )
     device = next(generator.parameters()).device
     new = body_len if own else 2 * body_len + 16
     rows: list[list[int]] = []
@@ -95,16 +113,29 @@ def generated(tokenizer, n: int, length: int, prefix: list[int], suffix: list[in
         for i in range(0, n, batch_size):
             b = min(batch_size, n - i)
             prompt = torch.full((b, 1), start, dtype=torch.long, device=device)
-            out = generator.generate(prompt, attention_mask=torch.ones_like(prompt), do_sample=True, temperature=1.0,
-                                     top_k=0, top_p=1.0, max_new_tokens=new, min_new_tokens=new,
-                                     pad_token_id=start, eos_token_id=None)
+            out = generator.generate(
+                prompt,
+                attention_mask=torch.ones_like(prompt),
+                do_sample=True,
+                temperature=1.0,
+                top_k=0,
+                top_p=1.0,
+                max_new_tokens=new,
+                min_new_tokens=new,
+                pad_token_id=start,
+                eos_token_id=None,
+            )
             for seq in out[:, 1:].cpu():
                 if own:
                     rows.append(seq[:body_len].tolist())
                     continue
-                ids = tokenizer(generator_tokenizer.decode(seq, skip_special_tokens=True), add_special_tokens=False)["input_ids"]
+                ids = tokenizer(generator_tokenizer.decode(seq, skip_special_tokens=True), add_special_tokens=False)[
+                    "input_ids"
+                ]
                 if len(ids) < body_len:
-                    raise AblateError(f"generated text re-tokenises to {len(ids)} < {body_len} tokens; name another generator")
+                    raise AblateError(
+                        f"generated text re-tokenises to {len(ids)} < {body_len} tokens; name another generator"
+                    )
                 rows.append(ids[:body_len])
     return _wrap(rows, prefix, suffix)
 

@@ -45,8 +45,14 @@ class ShardSampler(DistributedSampler):
 def make_loader(dataset: Dataset, batch_size: int, num_workers: int = 0) -> DataLoader:
     """A loader over this process's shard; workers persist across epochs, and batches are pinned for
     fast copies where a GPU is present."""
-    return DataLoader(dataset, batch_size=batch_size, sampler=ShardSampler(dataset), num_workers=num_workers,
-                      persistent_workers=num_workers > 0, pin_memory=torch.cuda.is_available())
+    return DataLoader(
+        dataset,
+        batch_size=batch_size,
+        sampler=ShardSampler(dataset),
+        num_workers=num_workers,
+        persistent_workers=num_workers > 0,
+        pin_memory=torch.cuda.is_available(),
+    )
 
 
 def cached_loader(owner, build: Callable[[], DataLoader]) -> DataLoader:

@@ -9,9 +9,9 @@ import lightning as L
 import torch
 from torch.utils.data import DataLoader, Dataset
 
+from ablate_lit.common.errors import check, check_seed
 from ablate_lit.data.sampler import cached_loader, make_loader
-from ablate_lit.data.sources import iter_documents
-from ablate_lit.errors import AblateError, check, check_seed
+from ablate_lit.data.windows import given_windows, token_stream
 
 
 class WindowDataset(Dataset):
@@ -68,12 +68,14 @@ class TextData(L.LightningDataModule):
             seed: seed of the window shuffle that splits evaluation from calibration.
         """
         super().__init__()
-        check(context_length >= 2, f"data.context_length must be at least 2, got {context_length}")
-        check(max_tokens >= 1, f"data.max_tokens must be positive, got {max_tokens}")
-        check_seed(seed, "data.seed")
-        check(calib_tokens >= 1, f"data.calib_tokens must be positive, got {calib_tokens}")
-        check(batch_size == "auto" or (isinstance(batch_size, int) and batch_size >= 1),
-              f"data.batch_size must be a positive integer or auto, got {batch_size}")
+        check(context_length >= 2, f"⟨data.context_length⟩ must be at least 2, got {context_length}")
+        check(max_tokens >= 1, f"⟨data.max_tokens⟩ must be positive, got {max_tokens}")
+        check_seed(seed, "⟨data.seed⟩")
+        check(calib_tokens >= 1, f"⟨data.calib_tokens⟩ must be positive, got {calib_tokens}")
+        check(
+            batch_size == "auto" or (isinstance(batch_size, int) and batch_size >= 1),
+            f"⟨data.batch_size⟩ must be a positive integer or auto, got {batch_size}",
+        )
         self.path, self.text_column, self.name, self.split, self.streaming = path, text_column, name, split, streaming
         self.max_tokens, self.calib_tokens, self.context_length = max_tokens, calib_tokens, context_length
         self.prepend_bos, self.batch_size, self.num_workers, self.seed = prepend_bos, batch_size, num_workers, seed
@@ -131,87 +133,26 @@ class TextData(L.LightningDataModule):
         if self.eval_windows is not None:
             return
         check(self.tokenizer is not None, "TextData needs a tokenizer: call connect(tokenizer) first")
-        check(self.body_length >= 1, f"data.context_length {self.context_length} leaves no room for text between the special tokens")
+        check(
+            self.body_length >= 1,
+            f"⟨data.context_length⟩ {self.context_length} leaves no room for text between the special tokens",
+        )
         body, n_windows = self.body_length, self.n_eval_windows + self.n_calib_windows
         if isinstance(self.path, DataLoader):
-            windows = self._given_windows(n_windows)
+            windows = given_windows(self, n_windows)
         else:
-            stream = self._token_stream(n_windows * body).view(n_windows, body)
-            windows = torch.cat([torch.tensor([self.prefix] * n_windows, dtype=torch.long).view(n_windows, -1), stream,
-                                 torch.tensor([self.suffix] * n_windows, dtype=torch.long).view(n_windows, -1)], 1)
+            stream = token_stream(self, n_windows * body).view(n_windows, body)
+            windows = torch.cat(
+                [
+                    torch.tensor([self.prefix] * n_windows, dtype=torch.long).view(n_windows, -1),
+                    stream,
+                    torch.tensor([self.suffix] * n_windows, dtype=torch.long).view(n_windows, -1),
+                ],
+                1,
+            )
         order = torch.randperm(n_windows, generator=torch.Generator().manual_seed(self.seed))
         self.eval_windows = windows[order[: self.n_eval_windows]].contiguous()
-        self.calib_windows = windows[order[self.n_eval_windows:]].contiguous()
-
-    def _given_windows(self, n_windows: int) -> torch.Tensor:
-        """Windows from a DataLoader of token ids (batches of ``input_ids`` [batch, context_length], as
-        tensors or dicts), used as they are: no special token is added."""
-        from torch.utils.data import RandomSampler
-
-        if isinstance(self.path.sampler, RandomSampler):
-            raise AblateError("the DataLoader shuffles, so every call would evaluate other windows (and never resume); "
-                              "pass it with shuffle=False")
-        parts, vocab = [], len(self.tokenizer)
-        for batch in self.path:
-            if isinstance(batch, dict):
-                if "input_ids" not in batch:
-                    raise AblateError(f"the DataLoader's batches have no 'input_ids' (keys: {', '.join(map(str, batch))}); "
-                                      "give token windows as input_ids [batch, context_length]")
-                if "attention_mask" in batch and not bool(torch.as_tensor(batch["attention_mask"]).bool().all()):
-                    raise AblateError("the DataLoader's windows are padded (attention_mask has zeros), but every position "
-                                      "of a window is scored; give full windows, or pass the texts instead")
-            ids = batch["input_ids"] if isinstance(batch, dict) else batch[0] if isinstance(batch, (list, tuple)) else batch
-            if not isinstance(ids, torch.Tensor) or ids.dim() != 2 or ids.shape[1] != self.context_length:
-                raise AblateError(f"a DataLoader of text must give input_ids of shape [batch, context_length "
-                                  f"{self.context_length}], got {getattr(ids, 'shape', type(ids).__name__)}; set context_length")
-            if ids.dtype.is_floating_point or ids.dtype == torch.bool or ids.is_complex():
-                raise AblateError(f"the DataLoader's input_ids are {ids.dtype}; token ids must be integers")
-            if ids.numel() and (int(ids.min()) < 0 or int(ids.max()) >= vocab):
-                bad = int(ids.min()) if int(ids.min()) < 0 else int(ids.max())
-                raise AblateError(f"the DataLoader gives token id {bad}, outside the tokenizer's {vocab} ids; use ids of "
-                                  "the model's own tokenizer")
-            parts.append(ids.long().cpu())
-            if sum(len(p) for p in parts) >= n_windows:
-                break
-        windows = torch.cat(parts) if parts else torch.zeros(0, self.context_length, dtype=torch.long)
-        if len(windows) < n_windows:
-            raise AblateError(f"the DataLoader gives {len(windows)} windows but {n_windows} are needed ({self.n_eval_windows} "
-                              f"evaluation + {self.n_calib_windows} calibration); lower max_tokens or calib_tokens")
-        return windows[:n_windows]
-
-    def _token_stream(self, needed: int) -> torch.Tensor:
-        tok, eos = self.tokenizer, self.tokenizer.eos_token_id
-        ids: list[int] = []
-        batch: list[str] = []
-
-        def flush():
-            for seq in tok(batch, add_special_tokens=False)["input_ids"]:
-                ids.extend(seq)
-                if eos is not None:
-                    ids.append(eos)
-            batch.clear()
-
-        for doc in iter_documents(self.path, self.text_column, self.name, self.split, self.streaming):
-            batch.append(doc)
-            if len(batch) == 32:
-                flush()
-                if len(ids) >= needed:
-                    break
-        if batch:
-            flush()
-        if len(ids) < needed:
-            have_eval = max(0, len(ids) // self.body_length - self.n_calib_windows) * self.body_length
-            what = (f"the data holds {len(ids)} tokens but {needed} are needed ({self.max_tokens} evaluation + "
-                    f"{self.calib_tokens} calibration tokens in windows of {self.context_length})")
-            if have_eval >= self.body_length:
-                fix = f"lower --data.max_tokens (at most ~{have_eval} fit) or --data.calib_tokens, or use more data"
-            elif len(ids) >= 2 * self.body_length:
-                fix = (f"lower --data.calib_tokens and --data.max_tokens (together at most ~{len(ids) // self.body_length * self.body_length} "
-                       "fit), or use more data")
-            else:
-                fix = "use more data (or a shorter --data.context_length)"
-            raise AblateError(f"{what}; {fix}")
-        return torch.tensor(ids[:needed], dtype=torch.long)
+        self.calib_windows = windows[order[self.n_eval_windows :]].contiguous()
 
     def fingerprint(self, which: str) -> str:
         """Hash of the exact model inputs of a split (calibration statistics are cached by it)."""
@@ -224,8 +165,11 @@ class TextData(L.LightningDataModule):
 
     def sample_rows(self, n: int, seed: int, available: int) -> torch.Tensor:
         """``n`` of ``available`` calibration rows, drawn with ``seed`` (resample:data)."""
-        check(n <= available, f"resample:data draws {n} rows from {available} calibration inputs; lower "
-                              f"--ablation.n_resample to at most {available} or raise --data.calib_tokens")
+        check(
+            n <= available,
+            f"resample:data draws {n} rows from {available} calibration inputs; lower "
+            f"⟨--ablation.n_resample⟩ to at most {available} or raise ⟨⟨--data.calib_tokens⟩⟩",
+        )
         return torch.randperm(available, generator=torch.Generator().manual_seed(seed))[:n]
 
     def calibration_sample(self, n: int, seed: int) -> Dataset:

@@ -13,7 +13,7 @@ from dataclasses import dataclass
 import torch
 from torch import nn
 
-from ablate_lit.errors import AblateError
+from ablate_lit.common.errors import AblateError
 
 
 @dataclass(frozen=True)
@@ -94,15 +94,16 @@ def input_width(module: nn.Module) -> int | None:
     return None
 
 
-def looks_like_path(name: str) -> bool:
-    """True for names that can only be local paths (hub ids are ``name`` or ``org/name``)."""
-    suffixes = (".gguf", ".safetensors", ".bin", ".pt", ".txt", ".json", ".jsonl", ".csv", ".parquet", ".bz2", ".xml")
-    return name.startswith((".", "/", "~")) or name.count("/") > 1 or name.endswith(suffixes)
-
-
 def resolve_dtype(name: str) -> torch.dtype | str:
-    table = {"auto": "auto", "float32": torch.float32, "fp32": torch.float32, "bfloat16": torch.bfloat16,
-             "bf16": torch.bfloat16, "float16": torch.float16, "fp16": torch.float16}
+    table = {
+        "auto": "auto",
+        "float32": torch.float32,
+        "fp32": torch.float32,
+        "bfloat16": torch.bfloat16,
+        "bf16": torch.bfloat16,
+        "float16": torch.float16,
+        "fp16": torch.float16,
+    }
     if name not in table:
         raise AblateError(f"unknown dtype '{name}'; use one of {', '.join(table)}")
     return table[name]

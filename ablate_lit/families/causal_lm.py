@@ -1,31 +1,80 @@
-"""Causal language models: tested architecture paths and loading (hub name, local folder or GGUF file).
-
-Architectures without an entry here are located by structure (``families.layout``)."""
+"""Causal language models (OPT, Llama, Mistral, Gemma, Qwen, Phi, GPT-2, GPT-NeoX, ...): next-token scoring."""
 
 from __future__ import annotations
 
-from ablate_lit.families.base import Architecture
-from ablate_lit.families.hf import load_hf, load_tokenizer
+import torch
 
-_LLAMA_LIKE = Architecture(layers="model.layers", out_proj="self_attn.o_proj")
-
-# model_type (from config.json) -> where the pre-out lives. Every entry is exercised by the tests
-# on a tiny random-init model of that type (ablate_lit/tiny.py builds them).
-CAUSAL_LM_ARCHITECTURES: dict[str, Architecture] = {
-    "opt": Architecture(layers="model.decoder.layers", out_proj="self_attn.out_proj"),
-    "llama": _LLAMA_LIKE,
-    "mistral": _LLAMA_LIKE,
-    "qwen2": _LLAMA_LIKE,
-    "gemma": _LLAMA_LIKE,
-    "gpt2": Architecture(layers="transformer.h", out_proj="attn.c_proj"),
-    "gpt_neox": Architecture(layers="gpt_neox.layers", out_proj="attention.dense"),
-}
+from ablate_lit.common.errors import AblateError
+from ablate_lit.families.loading.causal_lm import CAUSAL_LM_ARCHITECTURES, load_causal_lm
+from ablate_lit.families.loading.hf import check_generator, heads_config
+from ablate_lit.families.text import TextAblationModule
+from ablate_lit.stats.token_metrics import IGNORE_INDEX
 
 
-def load_causal_lm(name_or_path: str, gguf_file: str | None = None, dtype: str = "float32", revision: str | None = None,
-                   attn_implementation: str | None = None, blocks: str | None = None, out_proj: str | None = None,
-                   tokenizer: str | None = None):
-    """(model, tokenizer, tested architecture or None) from a hub name, a local folder, or a GGUF file in a folder."""
-    model, path, known = load_hf(name_or_path, "causal_lm", CAUSAL_LM_ARCHITECTURES, gguf_file, dtype, revision,
-                                 attn_implementation, blocks, out_proj)
-    return model, load_tokenizer(tokenizer or path, None if tokenizer else revision, given=bool(tokenizer)), known
+class CausalLMAblation(TextAblationModule):
+    """Scores next-token prediction (Top1, CE) of a causal LM whose attention pre-outs are ablated."""
+
+    family = "causal_lm"
+    data_types = ("TextData",)
+    forward_kwargs = {"use_cache": False}
+    architectures = CAUSAL_LM_ARCHITECTURES
+
+    def __init__(
+        self,
+        name_or_path: str,
+        gguf_file: str | None = None,
+        dtype: str = "float32",
+        revision: str | None = None,
+        attn_implementation: str | None = None,
+        generator: str | None = None,
+        tokenizer: str | None = None,
+        blocks: str | None = None,
+        out_proj: str | None = None,
+        mlp_proj: str | None = None,
+    ):
+        """
+        Args:
+            name_or_path: hub model id (e.g. facebook/opt-1.3b) or a local folder.
+            gguf_file: a .gguf file inside name_or_path to load instead (converted once, then cached).
+            dtype: weights' dtype: float32, bfloat16, float16 or auto (as stored).
+            revision: hub revision (branch, tag or commit).
+            attn_implementation: eager, sdpa, flash_attention_2 (default: transformers' choice).
+            generator: model that generates the text for resample:generated (default: the model under test).
+            tokenizer: tokenizer folder or hub id, for a model folder saved without one (default: the model's).
+            blocks: path of the list of transformer blocks (e.g. model.layers), for a model whose layout is not found.
+            out_proj: path inside a block of the attention output projection (e.g. self_attn.o_proj).
+            mlp_proj: path inside a block of the MLP output projection (e.g. mlp.down_proj), for --ablation.site mlp.
+        """
+        super().__init__()
+        self.save_hyperparameters()
+        if generator:
+            check_generator(generator)
+        self.model, self.tokenizer, known = load_causal_lm(
+            name_or_path, gguf_file, dtype, revision, attn_implementation, blocks, out_proj, tokenizer
+        )
+        self.locate_pre_outs(heads_config(self.model.config, self.family), known, blocks, out_proj)
+
+    def check_example(self, logits: torch.Tensor) -> None:
+        """A causal LM's predictions before the last token cannot depend on the last token."""
+        if not torch.allclose(logits[0, :-1].float(), logits[1, :-1].float(), rtol=1e-3, atol=1e-3, equal_nan=True):
+            raise AblateError(
+                f"'{self.model.config.model_type}' is not causal here: changing the last token changed the "
+                "predictions before it; for a bidirectional model use ⟨family=masked_lm⟩"
+            )
+
+    @property
+    def model_label(self) -> str:
+        if self.hparams.get("gguf_file"):
+            return self.hparams.gguf_file.removesuffix(".gguf")
+        return super().model_label
+
+    def logits_and_labels(self, batch):
+        ids = batch["input_ids"]
+        logits = self.model(input_ids=ids, **self.forward_kwargs).logits  # [batch, pos, vocab]
+        # position t predicts token t+1; the last position has no label (-100). Scoring the full,
+        # contiguous logits avoids copying them, as slicing off the last position would.
+        labels = torch.cat([ids[:, 1:], ids.new_full((ids.shape[0], 1), IGNORE_INDEX)], 1)
+        return logits.reshape(-1, logits.shape[-1]), labels.reshape(-1)
+
+    def default_generator(self):
+        return self.model, self.tokenizer  # the model under test writes its own text

@@ -1,25 +1,56 @@
-"""Masked language models: tested architecture paths (BERT, RoBERTa, XLM-RoBERTa) and loading.
-
-Architectures without an entry here (DistilBERT, DeBERTa, ELECTRA, ALBERT, ModernBERT, ...) are
-located by structure (``families.layout``)."""
+"""Masked language models (BERT, RoBERTa, DeBERTa, ALBERT, ModernBERT, ...): token unmasking and de-randomisation."""
 
 from __future__ import annotations
 
-from ablate_lit.families.base import Architecture
-from ablate_lit.families.hf import load_hf, load_tokenizer
-
-_BERT_OUT = ("attention.output.dense", "attention.o_proj")  # transformers 4.x / later layouts
-
-MASKED_LM_ARCHITECTURES: dict[str, Architecture] = {
-    "bert": Architecture(layers=("bert.encoder.layer", "bert.layers"), out_proj=_BERT_OUT),
-    "roberta": Architecture(layers=("roberta.encoder.layer", "roberta.layers"), out_proj=_BERT_OUT),
-    "xlm-roberta": Architecture(layers=("roberta.encoder.layer", "roberta.layers"), out_proj=_BERT_OUT),
-}
+from ablate_lit.families.loading.hf import check_generator, heads_config
+from ablate_lit.families.loading.masked_lm import MASKED_LM_ARCHITECTURES, load_masked_lm
+from ablate_lit.families.text import TextAblationModule
 
 
-def load_masked_lm(name_or_path: str, dtype: str = "float32", revision: str | None = None,
-                   attn_implementation: str | None = None, blocks: str | None = None, out_proj: str | None = None,
-                   tokenizer: str | None = None):
-    model, path, known = load_hf(name_or_path, "masked_lm", MASKED_LM_ARCHITECTURES, None, dtype, revision,
-                                 attn_implementation, blocks, out_proj)
-    return model, load_tokenizer(tokenizer or path, None if tokenizer else revision, given=bool(tokenizer)), known
+class MaskedLMAblation(TextAblationModule):
+    """Scores the masked-out tokens (Top1, CE) of a masked LM whose attention pre-outs are ablated."""
+
+    family = "masked_lm"
+    data_types = ("MaskedTextData",)
+    architectures = MASKED_LM_ARCHITECTURES
+
+    def __init__(
+        self,
+        name_or_path: str,
+        dtype: str = "float32",
+        revision: str | None = None,
+        attn_implementation: str | None = None,
+        generator: str | None = None,
+        tokenizer: str | None = None,
+        blocks: str | None = None,
+        out_proj: str | None = None,
+        mlp_proj: str | None = None,
+    ):
+        """
+        Args:
+            name_or_path: hub model id (e.g. FacebookAI/roberta-large) or a local folder.
+            dtype: weights' dtype: float32, bfloat16, float16 or auto.
+            revision: hub revision.
+            attn_implementation: eager, sdpa (default: transformers' choice).
+            generator: causal LM generating the text for resample:generated (default: a built-in English sample).
+            tokenizer: tokenizer folder or hub id, for a model folder saved without one (default: the model's).
+            blocks: path of the list of transformer blocks (e.g. bert.encoder.layer), for a model whose layout is not
+                found.
+            out_proj: path inside a block of the attention output projection (e.g. attention.output.dense).
+            mlp_proj: path inside a block of the MLP output projection (e.g. output.dense), for --ablation.site mlp.
+        """
+        super().__init__()
+        self.save_hyperparameters()
+        if generator:
+            check_generator(generator)
+        self.model, self.tokenizer, known = load_masked_lm(
+            name_or_path, dtype, revision, attn_implementation, blocks, out_proj, tokenizer
+        )
+        self.locate_pre_outs(heads_config(self.model.config, self.family), known, blocks, out_proj)
+
+    def logits_and_labels(self, batch):
+        logits = self.model(input_ids=batch["input_ids"]).logits  # [batch, pos, vocab]
+        labels = batch.get("labels")
+        if labels is None:  # randomised inputs for the resample cache are not scored
+            labels = batch["input_ids"].new_full(batch["input_ids"].shape, -100)
+        return logits.reshape(-1, logits.shape[-1]), labels.reshape(-1)

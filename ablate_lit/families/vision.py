@@ -1,95 +1,148 @@
-"""Vision transformers: timm and Hugging Face image classifiers, loading and preprocessing.
-
-timm ViT-style models (``blocks[i].attn.proj``) and Hugging Face ViT/DeiT have tested entries; every
-other model (BEiT, EVA, DINOv2, CLIP vision, ...) is located by structure (``families.layout``).
-"""
+"""Vision transformers (timm and Hugging Face image classifiers): image classification under ablation."""
 
 from __future__ import annotations
 
-import json
-import os
-from pathlib import Path
+import torch
 
-from ablate_lit.errors import AblateError
-from ablate_lit.families.base import Architecture, looks_like_path, resolve_dtype
-from ablate_lit.families.hf import heads_config, hub_error, load_hf
-
-# timm: every ViT-style block has attn.proj; the head layout is read from the attention module.
-TIMM_ARCHITECTURE = Architecture(layers="blocks", out_proj="attn.proj")
-
-HF_VISION_ARCHITECTURES: dict[str, Architecture] = {
-    "vit": Architecture(layers=("vit.encoder.layer", "vit.layers"), out_proj=("attention.output.dense", "attention.o_proj")),
-    "deit": Architecture(layers=("deit.encoder.layer", "deit.layers"), out_proj=("attention.output.dense", "attention.o_proj")),
-}
+from ablate_lit.common.errors import AblateError
+from ablate_lit.data.random_inputs import RandomPixels
+from ablate_lit.families.loading.hf import check_family, heads_config
+from ablate_lit.families.loading.vision import HF_VISION_ARCHITECTURES, TIMM_ARCHITECTURE, load_vision
+from ablate_lit.families.module import AblationModule
 
 
-def _backend(name_or_path: str) -> str:
-    path = Path(os.path.expanduser(name_or_path))
-    if (path / "config.json").is_file():
-        config = json.loads((path / "config.json").read_text())
-        return "timm" if "architecture" in config else "hf"
-    if path.exists():
-        raise AblateError(f"'{name_or_path}' holds no config.json; save timm models with timm.models.save_for_hf "
-                          "and Hugging Face models with save_pretrained")
-    if looks_like_path(name_or_path):
-        raise AblateError(f"model folder '{name_or_path}' not found; pass an existing folder or a model name with --model.name_or_path")
-    return "timm" if name_or_path.startswith("timm/") or "/" not in name_or_path else "hf"
+class VisionAblation(AblationModule):
+    """Scores the class predictions (Top1, CE against the labels) of a ViT whose attention pre-outs are ablated."""
+
+    family = "vision"
+    resample_sources = ("random_pixels", "data")
+    data_types = ("ImageData",)
+
+    def __init__(
+        self,
+        name_or_path: str,
+        dtype: str = "float32",
+        revision: str | None = None,
+        blocks: str | None = None,
+        out_proj: str | None = None,
+        mlp_proj: str | None = None,
+    ):
+        """
+        Args:
+            name_or_path: timm model name (vit_base_patch16_224.augreg2_in21k_ft_in1k), Hugging Face id
+                (google/vit-base-patch16-224), or a local folder (timm save_for_hf or HF save_pretrained).
+            dtype: weights' dtype: float32, bfloat16, float16.
+            revision: hub revision (Hugging Face models).
+            blocks: path of the list of transformer blocks (e.g. blocks), for a model whose layout is not found.
+            out_proj: path inside a block of the attention output projection (e.g. attn.proj).
+            mlp_proj: path inside a block of the MLP output projection (e.g. mlp.fc2), for --ablation.site mlp.
+        """
+        super().__init__()
+        self.save_hyperparameters()
+        (self.model, self.preprocess, self.n_classes, known, self.config, self.backend) = load_vision(
+            name_or_path, dtype, revision, blocks, out_proj
+        )
+        self.input_size = self._input_size()
+        self.locate_pre_outs(self.config, known, blocks, out_proj)
+
+    @classmethod
+    def from_model(
+        cls,
+        model,
+        preprocess=None,
+        name: str | None = None,
+        blocks: str | None = None,
+        out_proj: str | None = None,
+        mlp_proj: str | None = None,
+    ):
+        """Wrap an image classifier already in memory: a timm model (``preprocess`` defaults to its
+        own evaluation transform) or a Hugging Face one (``preprocess``: its image processor, or any
+        function from a PIL image to a [3, H, W] tensor)."""
+        config = getattr(model, "config", None)
+        timm_model = hasattr(model, "pretrained_cfg") or config is None
+        if timm_model:
+            preprocess, n_classes, known, heads, label = _timm_in_memory(model, preprocess, name)
+        else:
+            preprocess, n_classes, known, heads, label = _hf_in_memory(model, config, preprocess, name, cls.family)
+        if hasattr(preprocess, "preprocess") and hasattr(preprocess, "model_input_names"):  # an HF image processor
+            processor = preprocess
+
+            def preprocess(image):
+                return processor(images=image, return_tensors="pt")["pixel_values"][0]
+
+        self = cls._wrapping(
+            model,
+            label,
+            dtype=str(next(model.parameters()).dtype).removeprefix("torch."),
+            blocks=blocks,
+            out_proj=out_proj,
+            mlp_proj=mlp_proj,
+        )
+        self.preprocess, self.n_classes, self.config = preprocess, n_classes, heads
+        self.backend = "timm" if timm_model else "hf"
+        self.input_size = self._input_size()
+        self.locate_pre_outs(self.config, known, blocks, out_proj)
+        return self
+
+    def data_connection(self) -> tuple:
+        return (self.preprocess, self.n_classes)
+
+    def _input_size(self) -> tuple[int, int]:
+        """(height, width) the model takes: what its own preprocessing makes of an image."""
+        from PIL import Image
+
+        try:
+            return tuple(self.preprocess(Image.new("RGB", (256, 256))).shape[-2:])
+        except Exception as exc:
+            raise AblateError(
+                f"the model's image preprocessing fails on an RGB image ({exc}); "
+                "VisionAblation evaluates image classifiers that take pixel values"
+            ) from exc
+
+    def example_forward(self, n: int) -> torch.Tensor:
+        pixels = torch.zeros(n, 3, *self.input_size)
+        return self.logits_and_labels({"pixel_values": pixels, "label": None})[0]
+
+    def logits_and_labels(self, batch):
+        x = batch["pixel_values"].to(next(self.model.parameters()).dtype)
+        logits = self.model(x) if self.backend == "timm" else self.model(pixel_values=x).logits  # [batch, classes]
+        return logits, batch["label"]
+
+    def random_inputs(self, source: str, n: int, seed: int, data):
+        if source == "data":
+            return data.calibration_sample(n, seed)
+        if source != "random_pixels":
+            raise ValueError(source)
+        return RandomPixels(n, self.input_size, self.preprocess, seed)
 
 
-OFFLINE_DATA = ("; the images must be local too (ImageNet-1k is a gated hub data set): --data.path a folder of class "
-                "sub-folders (val/n01440764/...) or a save_to_disk folder")
+def _timm_in_memory(model, preprocess, name: str | None):
+    """(preprocess, classes, tested layout, heads config, label) of a timm classifier in memory; its own
+    evaluation transform where ``preprocess`` is None."""
+    if not hasattr(model, "num_classes"):
+        raise AblateError(
+            f"VisionAblation.from_model takes a timm or Hugging Face image classifier, not a {type(model).__name__}"
+        )
+    if preprocess is None:
+        from timm.data import create_transform, resolve_data_config
+
+        settings = resolve_data_config({}, model=model)
+        size = getattr(getattr(model, "patch_embed", None), "img_size", None)  # what the model was built for
+        if size is not None and tuple(settings["input_size"][1:]) != tuple(size):
+            settings.update(input_size=(3, *size), crop_pct=1.0)
+        preprocess = create_transform(**settings, is_training=False)
+    label = name or str(getattr(model, "pretrained_cfg", {}).get("architecture") or type(model).__name__)
+    return preprocess, model.num_classes, TIMM_ARCHITECTURE, None, label
 
 
-def load_vision(name_or_path: str, dtype: str = "float32", revision: str | None = None, blocks: str | None = None,
-                out_proj: str | None = None):
-    """(model, preprocess, n_classes, tested architecture or None, config for the head layout, backend)."""
-    backend = _backend(name_or_path)
-    try:
-        if backend == "timm":
-            return _load_timm(name_or_path, dtype)
-        return _load_hf(name_or_path, dtype, revision, blocks, out_proj)
-    except AblateError as exc:
-        if "without internet" in str(exc):  # a hub name out of reach: the data set will be too
-            exc.args = (str(exc) + OFFLINE_DATA,)
-        raise
-
-
-def _load_timm(name_or_path: str, dtype: str):
-    import timm
-    from timm.data import create_transform, resolve_data_config
-
-    local = Path(os.path.expanduser(name_or_path))
-    if local.is_dir():
-        name = f"local-dir:{local}"
-    else:
-        name = name_or_path.removeprefix("timm/")
-        arch = name.split(".")[0]
-        if not timm.is_model(arch):
-            near = timm.list_models(f"*{arch[:5]}*")[:5]
-            raise AblateError(f"unknown timm model '{name}'" + (f" (similar: {', '.join(near)})" if near else "")
-                              + "; e.g. vit_base_patch16_224.augreg2_in21k_ft_in1k")
-        name = f"hf-hub:timm/{name}" if "." in name else name
-    try:
-        model = timm.create_model(name, pretrained=True)
-    except Exception as exc:  # hub unreachable, missing weights, unknown name
-        raise hub_error(name_or_path, exc, "timm model", "--model.name_or_path (a folder saved by timm.models.save_for_hf)") from exc
-    torch_dtype = resolve_dtype(dtype)
-    model = model.to(dtype=torch_dtype) if torch_dtype != "auto" else model
-    preprocess = create_transform(**resolve_data_config({}, model=model), is_training=False)
-    model.eval().requires_grad_(False)
-    return model, preprocess, model.num_classes, TIMM_ARCHITECTURE, None, "timm"
-
-
-def _load_hf(name_or_path: str, dtype: str, revision: str | None, blocks: str | None, out_proj: str | None):
-    import transformers
-
-    model, path, known = load_hf(name_or_path, "vision", HF_VISION_ARCHITECTURES, None, dtype, revision, None, blocks, out_proj)
-    try:
-        processor = transformers.AutoImageProcessor.from_pretrained(path, revision=revision)
-    except (OSError, ValueError) as exc:
-        raise hub_error(name_or_path, exc, "image processor of", "--model.name_or_path") from exc
-
-    def preprocess(image):
-        return processor(images=image, return_tensors="pt")["pixel_values"][0]
-
-    return model, preprocess, model.config.num_labels, known, heads_config(model.config, "vision"), "hf"
+def _hf_in_memory(model, config, preprocess, name: str | None, family: str):
+    """The same for a Hugging Face image classifier in memory (``preprocess`` is required)."""
+    check_family(config, family)
+    if preprocess is None:
+        raise AblateError(
+            "VisionAblation.from_model needs preprocess= for a Hugging Face model: its image "
+            "processor (AutoImageProcessor) or a function from a PIL image to a tensor"
+        )
+    label = name or str(getattr(config, "name_or_path", "") or "").rstrip("/") or config.model_type
+    known = HF_VISION_ARCHITECTURES.get(config.model_type)
+    return preprocess, config.num_labels, known, heads_config(config, "vision"), label

@@ -43,9 +43,17 @@ class NeuronHistogram(ExactMetric):
             raise ValueError(f"eps must be a positive number, got {eps}")
         if alignment not in ALIGNMENTS:
             raise ValueError(f"alignment must be one of {ALIGNMENTS}, got {alignment}")
-        self.n_layers, self.width, self.eps, self.n_bins, self.alignment = n_layers, width, float(eps), int(n_bins), alignment
+        self.n_layers, self.width, self.eps, self.n_bins, self.alignment = (
+            n_layers,
+            width,
+            float(eps),
+            int(n_bins),
+            alignment,
+        )
         self.shift = 0.0 if alignment == "edge" else 0.5
-        self.add_state("counts", default=torch.zeros(n_layers, width, n_bins + 2, dtype=torch.int32), dist_reduce_fx="sum")
+        self.add_state(
+            "counts", default=torch.zeros(n_layers, width, n_bins + 2, dtype=torch.int32), dist_reduce_fx="sum"
+        )
         # origin is configuration shared by all processes, not a reduced state.
         self.register_buffer("origin", torch.zeros(n_layers, width, dtype=torch.int64), persistent=False)
         self.register_buffer("offsets32", torch.arange(width, dtype=torch.int32) * (n_bins + 2), persistent=False)
@@ -61,8 +69,9 @@ class NeuronHistogram(ExactMetric):
         self._origin_set[layer] = True
         # float32 holds every integer below 2**24 exactly: then the window's grid indices can be
         # computed in float32 and the slots kept in int32 (one check per layer, at its first batch).
-        self._exact32[layer] = (bool(self.origin[layer].abs().max() + self.n_bins + 2 < 2**24)
-                                and self.width * (self.n_bins + 2) < 2**31)
+        self._exact32[layer] = (
+            bool(self.origin[layer].abs().max() + self.n_bins + 2 < 2**24) and self.width * (self.n_bins + 2) < 2**31
+        )
 
     def update(self, layer: int, x: torch.Tensor) -> None:  # x: [n_samples, width]
         x = x.detach()
@@ -73,7 +82,9 @@ class NeuronHistogram(ExactMetric):
             count = torch.zeros(self.width, dtype=torch.float64, device=x.device)
             for part in row_chunks(x):
                 finite = torch.isfinite(part)
-                total += torch.where(finite, part, torch.zeros((), dtype=part.dtype, device=part.device)).sum(0, dtype=torch.float64)
+                total += torch.where(finite, part, torch.zeros((), dtype=part.dtype, device=part.device)).sum(
+                    0, dtype=torch.float64
+                )
                 count += finite.sum(0)
             if dist.is_available() and dist.is_initialized():
                 dist.all_reduce(total)

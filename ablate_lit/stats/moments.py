@@ -30,8 +30,12 @@ class NeuronMoments(ExactMetric):
         self.add_state("sum4", default=zeros.clone(), dist_reduce_fx="sum")
         self.add_state("count", default=torch.zeros(n_layers, width, dtype=torch.int64), dist_reduce_fx="sum")
         self.add_state("nonfinite", default=torch.zeros(n_layers, dtype=torch.int64), dist_reduce_fx="sum")
-        self.add_state("min", default=torch.full((n_layers, width), float("inf"), dtype=torch.float64), dist_reduce_fx="min")
-        self.add_state("max", default=torch.full((n_layers, width), float("-inf"), dtype=torch.float64), dist_reduce_fx="max")
+        self.add_state(
+            "min", default=torch.full((n_layers, width), float("inf"), dtype=torch.float64), dist_reduce_fx="min"
+        )
+        self.add_state(
+            "max", default=torch.full((n_layers, width), float("-inf"), dtype=torch.float64), dist_reduce_fx="max"
+        )
 
     def update(self, layer: int, x: torch.Tensor) -> None:  # x: [n_samples, width]
         # Branch-free (no host-device sync per layer and batch), in chunks of bounded memory.
@@ -64,5 +68,14 @@ class NeuronMoments(ExactMetric):
         # Sarle's bimodality coefficient (sample-size corrected); above 5/9 suggests several modes.
         correction = 3 * (n - 1) ** 2 / ((n - 2) * (n - 3)).clamp_min(1)
         bimodality = (skew**2 + 1) / ((kurtosis - 3) + correction)
-        return {"mean": mean, "std": var.sqrt(), "skew": skew, "kurtosis": kurtosis, "bimodality": bimodality,
-                "count": self.count, "min": self.min, "max": self.max, "nonfinite": self.nonfinite}
+        return {
+            "mean": mean,
+            "std": var.sqrt(),
+            "skew": skew,
+            "kurtosis": kurtosis,
+            "bimodality": bimodality,
+            "count": self.count,
+            "min": self.min,
+            "max": self.max,
+            "nonfinite": self.nonfinite,
+        }

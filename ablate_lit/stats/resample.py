@@ -18,9 +18,13 @@ class ResampleCache(ExactMetric):
     full_state_update = False
     is_differentiable = False
 
-    def __init__(self, n_layers: int, n_rows: int, length: int, width: int, dtype: torch.dtype = torch.float32, **kwargs):
+    def __init__(
+        self, n_layers: int, n_rows: int, length: int, width: int, dtype: torch.dtype = torch.float32, **kwargs
+    ):
         super().__init__(**kwargs)
-        self.add_state("values", default=torch.zeros(n_layers, n_rows, length, width, dtype=dtype), dist_reduce_fx="sum")
+        self.add_state(
+            "values", default=torch.zeros(n_layers, n_rows, length, width, dtype=dtype), dist_reduce_fx="sum"
+        )
         self.add_state("filled", default=torch.zeros(n_layers, n_rows, dtype=torch.int64), dist_reduce_fx="sum")
 
     def update(self, layer: int, rows: torch.Tensor, x: torch.Tensor) -> None:  # rows [batch], x [batch, pos, width]

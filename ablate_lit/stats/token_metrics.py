@@ -39,14 +39,26 @@ class TokenScores(ExactMetric):
         self.add_state("nonfinite", default=torch.tensor(0, dtype=torch.int64), dist_reduce_fx="sum")
         self.add_state("kl", default=torch.tensor(0.0, dtype=torch.float64), dist_reduce_fx="sum")
         self.add_state("kl_total", default=torch.tensor(0, dtype=torch.int64), dist_reduce_fx="sum")
-        for name, dtype in (("w_nll", torch.float64), ("w_correct", torch.int64), ("w_total", torch.int64), ("w_kl", torch.float64)):
+        for name, dtype in (
+            ("w_nll", torch.float64),
+            ("w_correct", torch.int64),
+            ("w_total", torch.int64),
+            ("w_kl", torch.float64),
+        ):
             self.add_state(name, default=torch.zeros(n_windows, dtype=dtype), dist_reduce_fx="sum")
 
-    def update(self, logits: torch.Tensor, labels: torch.Tensor, index: torch.Tensor | None = None,
-               reference: torch.Tensor | None = None) -> None:  # [N, V], [N], [batch], [N, V]
+    def update(
+        self,
+        logits: torch.Tensor,
+        labels: torch.Tensor,
+        index: torch.Tensor | None = None,
+        reference: torch.Tensor | None = None,
+    ) -> None:  # [N, V], [N], [batch], [N, V]
         keep = labels != IGNORE_INDEX
         zero = torch.zeros((), dtype=torch.float32, device=logits.device)
-        nll = torch.where(keep, F.cross_entropy(logits.float(), labels, ignore_index=IGNORE_INDEX, reduction="none"), zero)
+        nll = torch.where(
+            keep, F.cross_entropy(logits.float(), labels, ignore_index=IGNORE_INDEX, reduction="none"), zero
+        )
         right = (logits.argmax(-1) == labels) & keep
         self.nonfinite += (keep & ~torch.isfinite(nll)).sum()
         self.nll += nll.sum(dtype=torch.float64)
@@ -70,10 +82,21 @@ class TokenScores(ExactMetric):
         total = torch.where(self.total > 0, self.total.to(torch.float64), torch.nan)
         ce = self.nll / total
         kl = self.kl / torch.where(self.kl_total > 0, self.kl_total.to(torch.float64), torch.nan)
-        windows = {"nll": self.w_nll.clone(), "correct": self.w_correct.clone(), "total": self.w_total.clone(),
-                   "kl": self.w_kl.clone()}  # per window: summed CE, correct and scored tokens, summed KL
-        return {"top1": self.correct.to(torch.float64) / total, "ce": ce, "ppl": ce.exp(), "kl": kl,
-                "n_tokens": self.total.clone(), "nonfinite": self.nonfinite.clone(), "windows": windows}
+        windows = {
+            "nll": self.w_nll.clone(),
+            "correct": self.w_correct.clone(),
+            "total": self.w_total.clone(),
+            "kl": self.w_kl.clone(),
+        }  # per window: summed CE, correct and scored tokens, summed KL
+        return {
+            "top1": self.correct.to(torch.float64) / total,
+            "ce": ce,
+            "ppl": ce.exp(),
+            "kl": kl,
+            "n_tokens": self.total.clone(),
+            "nonfinite": self.nonfinite.clone(),
+            "windows": windows,
+        }
 
 
 def _kl(reference: torch.Tensor, logits: torch.Tensor) -> torch.Tensor:

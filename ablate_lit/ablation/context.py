@@ -1,0 +1,46 @@
+"""What a method reads: ``MethodContext``, filled in by the run (``run.experiment``).
+
+A method checks its settings against the context and turns it into a point's replacement values;
+it never reaches into the run that made the context. Statistics, resample caches and fitted
+constants are computed when a method first asks for them.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Callable
+
+import torch
+
+from ablate_lit.common.labels import Point
+
+
+@dataclass
+class MethodContext:
+    eps: float
+    """The calibration histogram's bin width."""
+    bin_alignment: str
+    """edge or centered bins."""
+    n_layers: int
+    width: int
+    """Units per layer (neurons of the hooked site)."""
+    family: str
+    """causal_lm, masked_lm or vision."""
+    resample_sources: tuple[str, ...]
+    """The resample sources this family has."""
+    batch_major: bool
+    """The hooked inputs are [batch, pos, width] (False for windowed attention)."""
+    sharded: bool
+    """The weights are sharded over the processes (FSDP2)."""
+    statistics: Callable[[], object]
+    """The calibration statistics (``CalibrationStats``), computed or loaded at the first call."""
+    resample: Callable[[str], torch.Tensor]
+    """A source's resample cache [n_layers, rows, pos, width]."""
+    fitted: Callable[[Point], torch.Tensor]
+    """A point's optimal constants [n_layers, width]."""
+    check_fit: Callable[[], object]
+    """Refuses calibration data too small for fitting (optimal)."""
+
+    @property
+    def stats(self):
+        return self.statistics()

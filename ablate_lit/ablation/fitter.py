@@ -1,0 +1,149 @@
+"""Optimal constants per point: the calibration split they are fitted on, the fit with the run's
+trainer (``ablation.optimal``), and its cache (the constants depend on the model, the calibration
+data, the point's neuron set and the fitting settings, never on the evaluation data)."""
+
+from __future__ import annotations
+
+import torch
+
+from ablate_lit.ablation.optimal import fit_constants
+from ablate_lit.common.errors import AblateError
+from ablate_lit.common.labels import Point, pct, percent
+from ablate_lit.common.logs import say
+from ablate_lit.data.sampler import make_loader
+from ablate_lit.store.objects import digest, load_object, save_object
+
+
+class OptimalFitter:
+    """Fits (or loads) a point's optimal constants. ``cache`` gives the keys and folder of cached
+    objects (``calibration.cache.CalibrationCache``); ``run_dir()`` the folder its curves go to."""
+
+    def __init__(self, trainer, module, data, cfg, cache, run_dir):
+        self.trainer, self.module, self.data, self.cfg, self.cache = trainer, module, data, cfg, cache
+        self.run_dir = run_dir
+        self._placed = False
+
+    def split(self) -> tuple[torch.Tensor, torch.Tensor]:
+        """Calibration rows optimal ablation trains on, and those held out for early stopping (a fixed
+        permutation; the evaluated windows are never among them). Under several processes the training
+        rows are trimmed to a multiple of ``optimal_batch_size`` per step, so every process runs as many
+        steps (a gradient all-reduce without a partner would hang), and every process holds some out."""
+        cfg, world = self.cfg, self.trainer.world_size
+        n = len(self.data.calibration_subset())
+        held = max(world, round(cfg.optimal_held_out * n))
+        train = n - held
+        if world > 1:
+            train -= train % world
+        more = "⟨--data.calib_images⟩" if hasattr(self.data, "calib_images") else "⟨--data.calib_tokens⟩"
+        if train < world:
+            raise AblateError(
+                f"optimal needs calibration inputs to train on and others to hold out ({world} of each at "
+                f"least, one per process), but there are {n} ({self.data.describe('calibration')}); "
+                f"raise {more}"
+            )
+        if cfg.optimal_batch_size % world:
+            raise AblateError(
+                f"⟨--ablation.optimal_batch_size⟩ {cfg.optimal_batch_size} must be a multiple of the "
+                f"{world} processes (each takes an equal share of a step's windows)"
+            )
+        rows = torch.randperm(n, generator=torch.Generator().manual_seed(0))
+        return rows[held : held + train].sort().values, rows[:held].sort().values
+
+    def _place(self) -> None:
+        """Have Lightning move (and, for a true half precision, cast) the model now, as at the start of
+        any evaluation; inside ``kept_in_place`` it then stays. A fit can come first (statistics cached,
+        no baseline to run), and its model must already be where and as it is evaluated."""
+        if not self._placed:
+            self.trainer.validate(self.module, dataloaders=make_loader([], 1), verbose=False)
+            self._placed = True
+
+    def _key(self, mask: torch.Tensor) -> str:
+        # the fit equals a one-process fit up to rounding: each of w processes takes batch/w windows of a step,
+        # and DDP averages their gradients, so neither the evaluation batch size nor w is in the key
+        cfg = self.cfg
+        settings = (
+            cfg.optimal_lr,
+            cfg.optimal_epochs,
+            cfg.optimal_patience,
+            cfg.optimal_held_out,
+            cfg.optimal_batch_size,
+        )
+        return digest(
+            self.cache.key(
+                "optimal",
+                self.data.fingerprint("calibration"),
+                cfg.eps,
+                cfg.n_bins,
+                cfg.bin_alignment,
+                digest(mask.numpy().tobytes().hex()),
+                *settings,
+            )
+        )
+
+    def fitted(self, point: Point, mask: torch.Tensor, stats) -> torch.Tensor:
+        """``point``'s optimal constants [n_layers, width] (the mean where nothing is ablated), fitted
+        with ``trainer.fit`` (``ablation.optimal``) or loaded from the cache."""
+        trainer, init = self.trainer, stats["mean"].float()
+        if not bool(mask.any()):
+            return init
+        train_rows, held_rows = self.split()
+        key = self._key(mask)
+        path = self.cache.cache_dir / f"optimal-{key}.pt"
+        where = f"optimal {pct(point.fraction)} (seed {point.seed})"
+        cached = load_object(path, key) if trainer.is_global_zero else None
+        cached = trainer.strategy.broadcast(None if cached is None else cached["values"], src=0)
+        if cached is not None:
+            say(trainer, f"{where}: fitted constants cached ({path})")
+            return cached
+        say(
+            trainer,
+            f"{where}: fitting {int(mask.sum())} constants from the mean on {len(train_rows)} calibration "
+            f"inputs ({len(held_rows)} held out for early stopping)",
+        )
+        result = self._fit(point, mask, init, stats["std"].float().clamp_min(1e-6), train_rows, held_rows)
+        say(
+            trainer,
+            f"{where}: held-out CE {result['init_ce']:.4f} at the mean -> {result['best_ce']:.4f} after "
+            f"{result['epochs']} epochs ({result['fit_s']:.1f} s)",
+        )
+        if trainer.is_global_zero:
+            save_object(
+                {"key": key, **result, "mask": mask, "train_rows": train_rows, "held_out_rows": held_rows}, path
+            )
+        return result["values"]
+
+    def _fit(self, point: Point, mask, init, scale, train_rows, held_rows) -> dict:
+        cfg, trainer, data = self.cfg, self.trainer, self.data
+        self._place()
+        writer = None
+        if trainer.is_global_zero:
+            from torch.utils.tensorboard import SummaryWriter
+
+            writer = SummaryWriter(str(self.run_dir() / "tb" / f"optimal_seed{point.seed}"))
+        step = cfg.optimal_batch_size // trainer.world_size
+        try:
+            result = fit_constants(
+                trainer,
+                self.module,
+                mask,
+                init,
+                scale,
+                make_loader(data.calibration_subset(train_rows), step),
+                make_loader(data.calibration_subset(held_rows), step),
+                lr=cfg.optimal_lr,
+                max_epochs=cfg.optimal_epochs,
+                patience=cfg.optimal_patience,
+                writer=writer,
+                tag=f"{percent_tag(point.fraction)}pct",
+            )
+        finally:
+            if writer is not None:
+                writer.close()
+        # under several processes the constants stay equal (DDP averages the gradients); process 0's are the record
+        result["values"] = trainer.strategy.broadcast(result["values"], src=0)
+        return result
+
+
+def percent_tag(fraction: float) -> str:
+    """``050`` for 0.5: TensorBoard tags of fits sort by the share ablated."""
+    return f"{percent(fraction):03d}"

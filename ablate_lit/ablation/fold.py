@@ -1,0 +1,54 @@
+"""Fold mode: a point's constant replacement written into each out-projection's weights and bias."""
+
+from __future__ import annotations
+
+from contextlib import contextmanager
+from typing import Iterator, Sequence
+
+import torch
+
+from ablate_lit.families.base import PreOut
+
+
+@contextmanager
+def folded(pre_outs: Sequence[PreOut], mask: torch.Tensor, values: torch.Tensor) -> Iterator[None]:
+    """Ablate by editing each out-projection instead of hooking it (constant methods only).
+
+    For y = W x + b with neurons S fixed to c_S: y = W[:, ~S] x[~S] + (b + W[:, S] c_S). The columns
+    S of W are zeroed and W[:, S] c_S (computed in float64) is added to the bias; a layer without a
+    bias gets one for the duration. Only the ablated columns and the bias are saved, and everything
+    is restored in ``finally``. Equal to the hook up to float rounding (the sum runs in another
+    order), and free at run time.
+    """
+    if not all(p.direct and not p.shared for p in pre_outs):
+        raise ValueError("fold mode needs each layer's own out-projection to take the heads' output directly")
+    saved = []
+    try:
+        for p in pre_outs:
+            w = p.proj.weight
+            idx = mask[p.layer].to(w.device).nonzero().squeeze(1)
+            if idx.numel() == 0:
+                continue
+            dim = 0 if type(p.proj).__name__ == "Conv1D" else 1  # input axis: GPT-2's Conv1D stores [in, out]
+            cols = w.index_select(dim, idx)  # a copy: the original weights of the ablated inputs, restored on exit
+            shift = (
+                (cols.t() if dim == 0 else cols).to(torch.float64)
+                @ values[p.layer].to(device=w.device, dtype=torch.float64)[idx]
+            ).to(w.dtype)
+            bias = p.proj.bias
+            saved.append((p.proj, dim, idx, cols, None if bias is None else bias.detach().clone()))
+            with torch.no_grad():
+                w.index_fill_(dim, idx, 0)
+                if bias is None:
+                    p.proj.bias = torch.nn.Parameter(shift, requires_grad=False)
+                else:
+                    bias.add_(shift)
+        yield
+    finally:
+        with torch.no_grad():
+            for module, dim, idx, cols, b in saved:
+                module.weight.index_copy_(dim, idx, cols)
+                if b is None:
+                    module.bias = None
+                else:
+                    module.bias.copy_(b)

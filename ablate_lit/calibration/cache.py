@@ -1,0 +1,126 @@
+"""The calibration statistics and resample caches of a run: computed by one sweep each (a validation
+epoch with recording callbacks) or loaded from the cache folder.
+
+Statistics depend only on (model weights, where it is hooked, precision, calibration inputs, eps,
+binning), a resample cache on (model, source, count, seed, input layout); both are stored in
+``cache_dir`` under the hash of exactly that, and reused across runs and methods.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import torch
+from torch.utils.data import DataLoader
+
+from ablate_lit.calibration.callbacks import ResampleCallback, StatisticsCallback
+from ablate_lit.calibration.statistics import CalibrationStats
+from ablate_lit.common.logs import say, warn
+from ablate_lit.common.resources import check_fits
+from ablate_lit.common.sharding import is_sharded
+from ablate_lit.data.sampler import make_loader
+from ablate_lit.store.objects import digest, load_object, save_object
+
+CACHE_FORMAT = 3  # bump when the content of cached statistics changes, so older caches are rebuilt
+# (3: histogram counts summed over processes; format 2 stored process 0's under several processes)
+
+
+class CalibrationCache:
+    """Statistics and resample caches for one (trainer, module, data, settings)."""
+
+    def __init__(self, trainer, module, data, cfg, cache_dir: Path):
+        self.trainer, self.module, self.data, self.cfg = trainer, module, data, cfg
+        self.cache_dir = Path(cache_dir)
+
+    def key(self, *extra) -> dict:
+        """What a cached object depends on: the model, where it is hooked (attention or MLP units,
+        which layers), the precision, the inputs' layout, and ``extra``."""
+        hooked = [(p.name, p.width, p.application) for p in self.module.pre_outs]
+        return {
+            "format": CACHE_FORMAT,
+            "model": self.module.fingerprint(),
+            "hooked": hooked,
+            "precision": str(self.trainer.precision),
+            "data": self.data.shape_key(),
+            "extra": extra,
+        }
+
+    def _sweep(self, callback, loader: DataLoader) -> dict:
+        """One validation epoch over ``loader`` with ``callback`` recording; its result."""
+        self.trainer.callbacks.append(callback)
+        try:
+            self.trainer.validate(self.module, dataloaders=loader, verbose=False)
+        finally:
+            self.trainer.callbacks.remove(callback)
+            self.module.hooks.remove()
+        return callback.result
+
+    # -- statistics ------------------------------------------------------------------------------
+    def statistics(self) -> CalibrationStats:
+        cfg = self.cfg
+        key = digest(self.key("stats", self.data.fingerprint("calibration"), cfg.eps, cfg.n_bins, cfg.bin_alignment))
+        path = self.cache_dir / f"stats-{key}.pt"
+        stats = load_object(path, key)
+        if stats is not None:
+            say(self.trainer, f"calibration statistics: cached ({path})")
+            return CalibrationStats(stats)
+        self.check_statistics_fit(self.module.device)
+        early = "" if is_sharded(self.trainer.strategy) else " (each forward pass stops after the last hooked layer)"
+        say(self.trainer, f"calibration: {self.data.describe('calibration')}{early}")
+        stats = self._sweep(StatisticsCallback(cfg.eps, cfg.n_bins, cfg.bin_alignment), self.data.val_dataloader())
+        stats["key"] = key
+        if self.trainer.is_global_zero:
+            save_object(stats, path)
+        self._warn_outside_window(stats)
+        return CalibrationStats(stats)
+
+    def check_statistics_fit(self, device) -> None:
+        """Refuse histograms that cannot fit on ``device`` before anything is allocated or evaluated."""
+        n_bins, n_layers, width = self.cfg.n_bins, self.module.hooks.n_layers, self.module.hooks.width
+        check_fits(
+            n_layers * width * ((n_bins + 2) * 4 + 7 * 8),
+            device,
+            f"the calibration histograms ({n_layers} layers x {width} neurons x {n_bins + 2} int32 bins, plus "
+            "float64 moments)",
+            f"lower ⟨--ablation.n_bins⟩ (now {n_bins})",
+        )
+
+    def _warn_outside_window(self, stats: dict) -> None:
+        outside = stats["underflow"].long() + stats["overflow"].long()
+        risky = int((outside > stats["peak_count"].long()).sum())
+        if risky:
+            warn(
+                self.trainer,
+                f"{risky} neurons have more activations outside their histogram window than in "
+                f"their fullest bin; raise --ablation.n_bins (now {self.cfg.n_bins}) so their peaks "
+                "are exact",
+            )
+
+    # -- resample caches ---------------------------------------------------------------------------
+    def resample(self, source: str) -> torch.Tensor:
+        """The pre-outs [n_layers, n_resample, pos, width] of ``source``'s inputs (randomised, or
+        calibration inputs for ``data``)."""
+        cfg, data, module = self.cfg, self.data, self.module
+        inputs_from = data.fingerprint("calibration") if source == "data" else module.hparams.get("generator")
+        key = digest(self.key("resample", source, cfg.n_resample, cfg.resample_seed, inputs_from))
+        path = self.cache_dir / f"resample-{source}-{key}.pt"
+        cached = load_object(path, key)
+        if cached is not None:
+            say(self.trainer, f"resample cache {source}: cached ({path})")
+            return cached["resample"]
+        positions, (n_layers, width) = data.positions(), (module.hooks.n_layers, module.hooks.width)
+        if positions:
+            check_fits(
+                n_layers * cfg.n_resample * positions * width * 4,
+                module.device,
+                f"the {source} resample cache ({n_layers} layers x {cfg.n_resample} rows x {positions} positions "
+                f"x {width} neurons)",
+                f"lower ⟨--ablation.n_resample⟩ (now {cfg.n_resample})",
+            )
+        kind = "calibration inputs" if source == "data" else "random inputs"
+        say(self.trainer, f"resample cache {source}: {cfg.n_resample} {kind}")
+        inputs = module.random_inputs(source, cfg.n_resample, cfg.resample_seed, data)
+        result = self._sweep(ResampleCallback(cfg.n_resample), make_loader(inputs, data.batch_size))
+        if self.trainer.is_global_zero:
+            save_object({"key": key, "resample": result["resample"], "inputs": getattr(inputs, "windows", None)}, path)
+        return result["resample"]

@@ -1,0 +1,84 @@
+"""Typed values that every stage passes around: a point of the schedule, how a fraction is keyed
+and printed, and the label of a method together with what it ablated.
+
+A label is written ``method [what, ...]`` in tables and figures (``mean``, ``peak [MLP]``,
+``zero [heads, layers 0;5, by std]``); ``Label`` formats and parses it, so no caller splits strings.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+FRACTION_DIGITS = 6
+
+
+def fraction_key(fraction: float) -> float:
+    """A fraction as results store and compare it: rounded to 6 decimals (0.1*3 and 0.3 are one point)."""
+    return round(float(fraction), FRACTION_DIGITS)
+
+
+def percent(fraction: float) -> int:
+    """The whole percentage a fraction is shown as (0.25 -> 25), in progress lines, tables and TensorBoard steps."""
+    return round(100 * float(fraction))
+
+
+def pct(fraction: float) -> str:
+    """``percent`` with its sign: ``25%``."""
+    return f"{percent(fraction)}%"
+
+
+@dataclass(frozen=True)
+class Point:
+    """One evaluation; ``rows`` lists the (method, seed) result rows it stands for."""
+
+    fraction: float
+    method: str  # a method label, or "baseline" at 0%
+    seed: int  # the seed whose neuron set is ablated
+    rows: tuple[tuple[str, int], ...]
+
+    def describe(self) -> str:
+        """``mean 50% (seed 0)``, as progress lines name a point."""
+        return f"{self.method} {pct(self.fraction)} (seed {self.seed})"
+
+
+@dataclass(frozen=True)
+class Label:
+    """A method and what it ablated where that is not the paper's (attention neurons of every layer,
+    drawn at random per layer): ``Label("mean", ("MLP",))`` is written ``mean [MLP]``."""
+
+    method: str
+    kinds: tuple[str, ...] = ()
+
+    def __str__(self) -> str:
+        return self.method + self.suffix
+
+    @property
+    def suffix(self) -> str:
+        """What was ablated, as written after the method (`` [MLP]``; empty for the paper's units)."""
+        return f" [{', '.join(self.kinds)}]" if self.kinds else ""
+
+    @classmethod
+    def parse(cls, text: str) -> Label:
+        method, sep, rest = str(text).partition(" [")
+        kinds = tuple(k.strip() for k in rest.rstrip("]").split(",")) if sep else ()
+        return cls(method, kinds)
+
+    @classmethod
+    def of_row(cls, row: dict) -> Label:
+        """The label of a result row, from its ``site``, ``unit``, ``layers``, ``order`` and ``selection``."""
+        kinds = []
+        if row.get("site") == "mlp":
+            kinds.append("MLP")
+        if row.get("unit") == "head":
+            kinds.append("heads")
+        if row.get("layers") not in (None, "", "-", "all"):
+            kinds.append(f"layers {row['layers']}")
+        if row.get("order") not in (None, "", "-", "random"):
+            kinds.append(f"by {row['order']}")
+        if row.get("selection") == "global":
+            kinds.append("global")
+        return cls(row["method"], tuple(kinds))
+
+    def with_method(self, method: str) -> Label:
+        """The same units ablated by another method (``peak [MLP]`` -> ``mean [MLP]``)."""
+        return Label(method, self.kinds)

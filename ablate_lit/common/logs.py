@@ -1,0 +1,120 @@
+"""What a run tells its user, through Python's ``logging``: the ``ablate_lit`` logger.
+
+Progress lines ("calibration: ...", "[3/61] mean seed 0 20% ablated: ...") are INFO records of the
+``ablate_lit`` logger, and warnings are WARNING records. By default they print as plain lines on
+standard output (as the CLI always has); a notebook or a job scheduler can set the logger's level,
+add its own handlers, or call ``console(False)`` to take the default line printer away.
+``run(verbose=False)`` lowers it to warnings only. In a run on several processes only process 0
+says anything (``say``).
+
+Also here: keeping the libraries quiet (no per-file progress bars while loading weights, no
+advertisement at every Trainer) and silencing Lightning's INFO lines inside a block.
+"""
+
+from __future__ import annotations
+
+import logging
+import sys
+import warnings
+from contextlib import contextmanager
+from typing import Iterator
+
+log = logging.getLogger("ablate_lit")
+
+RANK_ZERO_LOGGERS = ("lightning.pytorch.utilities.rank_zero", "lightning.fabric.utilities.rank_zero")
+
+
+class _Stdout(logging.StreamHandler):
+    """Plain lines on whatever ``sys.stdout`` is now (pytest and notebooks replace it), flushed."""
+
+    def __init__(self):
+        super().__init__()
+        self.setFormatter(logging.Formatter("%(message)s"))
+
+    @property
+    def stream(self):
+        return sys.stdout
+
+    @stream.setter
+    def stream(self, value) -> None:  # StreamHandler.__init__ assigns it
+        pass
+
+
+def console(on: bool = True) -> None:
+    """Print the ``ablate_lit`` logger's records as plain lines on standard output (the default), or not."""
+    handlers = [h for h in log.handlers if isinstance(h, _Stdout)]
+    if on and not handlers:
+        log.addHandler(_Stdout())
+        log.setLevel(logging.INFO)
+        log.propagate = False  # printed once, not again by a root handler a notebook may have
+    elif not on:
+        for h in handlers:
+            log.removeHandler(h)
+        log.propagate = True
+
+
+console()
+
+
+def say(trainer, message: str, level: int = logging.INFO) -> None:
+    """Log ``message`` from process 0 only (every process runs the same code)."""
+    if trainer is None or trainer.is_global_zero:
+        log.log(level, message)
+
+
+def warn(trainer, message: str) -> None:
+    """A warning line (``warning: ...``) from process 0."""
+    say(trainer, message if message.startswith("warning:") else f"warning: {message}", logging.WARNING)
+
+
+@contextmanager
+def verbosity(verbose: bool) -> Iterator[None]:
+    """Inside this block the ``ablate_lit`` logger says only warnings unless ``verbose``."""
+    level = log.level
+    if not verbose:
+        log.setLevel(logging.WARNING)
+    try:
+        yield
+    finally:
+        log.setLevel(level)
+
+
+@contextmanager
+def lightning_info_silenced(silenced: bool = True) -> Iterator[None]:
+    """Inside this block Lightning's INFO lines ("GPU available: ...", "`Trainer.fit` stopped: ...")
+    are not printed; warnings are."""
+    loggers = [logging.getLogger(n) for n in RANK_ZERO_LOGGERS] if silenced else []
+    levels = [lg.level for lg in loggers]
+    for lg in loggers:
+        lg.setLevel(logging.WARNING)
+    try:
+        yield
+    finally:
+        for lg, level in zip(loggers, levels, strict=True):
+            lg.setLevel(level)
+
+
+class _NoAdverts(logging.Filter):
+    def filter(self, record: logging.LogRecord) -> bool:
+        return not str(record.msg).startswith("💡 Tip")
+
+
+def quiet_loading() -> None:
+    """No per-file progress bars while loading weights (one status line per step is printed instead),
+    no deprecation chatter from inside Lightning, and no advertisement at every Trainer."""
+    warnings.filterwarnings("ignore", message=r".*isinstance\(treespec, LeafSpec\).*")
+    # Lightning logs each SIGTERM at INFO; the run's own one line says it (ablate_lit.common.signals)
+    logging.getLogger("lightning.pytorch.trainer.connectors.signal_connector").setLevel(logging.WARNING)
+    for name in RANK_ZERO_LOGGERS:
+        logger = logging.getLogger(name)
+        if not any(isinstance(f, _NoAdverts) for f in logger.filters):
+            logger.addFilter(_NoAdverts())
+    try:
+        import datasets
+        from transformers.utils import logging as hf_logging
+
+        hf_logging.disable_progress_bar()
+        datasets.disable_progress_bars()
+        datasets.logging.set_verbosity(datasets.logging.CRITICAL)  # its read errors become our one-line errors
+    except ImportError:
+        pass

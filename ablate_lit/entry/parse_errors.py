@@ -1,0 +1,69 @@
+"""jsonargparse's parse errors (a usage block plus a nested report of every Union member it tried),
+condensed into the one line ablate_lit gives for every bad input: the option, the value, what it
+should be, and where to look."""
+
+from __future__ import annotations
+
+import re
+
+HELP = "see python -m ablate_lit test --help"
+_KINDS = {
+    "int": "an integer",
+    "float": "a finite number",
+    "bool": "true or false",
+    "str": "text",
+    "list": "a list in brackets, e.g. [zero,mean] or [0,1,2]",
+    "dict": "a mapping",
+}
+FAMILIES = "ablate_lit.CausalLMAblation, ablate_lit.MaskedLMAblation or ablate_lit.VisionAblation"
+DATA = "ablate_lit.TextData, ablate_lit.MaskedTextData or ablate_lit.ImageData"
+
+
+def condense(message: str) -> str:
+    """One line for a jsonargparse ArgumentError message."""
+    text = str(message)
+    keys = re.findall(r'Parser key "([^"]+)"', text)
+    key = ".".join(keys[:1] + keys[1:2]) if len(keys) > 1 and "class_path" in text else (keys[0] if keys else "")
+    option = f"--{key}" if key else "an option"
+    if m := re.search(r"File does not exist: '([^']*)'", text):
+        return f"{option} file '{m[1]}' not found; check the path"
+    if m := re.search(r"Option '([^']+)' is not accepted", text):
+        return f"unknown option --{keys[0]}.{m[1]}; {HELP}"
+    if m := re.search(r"Unrecognized arguments: (.*)", text, re.IGNORECASE):
+        return f"unknown option(s) {m[1].strip()}; {HELP}"
+    if m := re.search(r"has no attribute '(\w+)'|No module named '([\w.]+)'", text):
+        which = FAMILIES if keys[:1] == ["model"] else DATA if keys[:1] == ["data"] else "a class of ablate_lit"
+        return f"{option}: unknown class '{m[1] or m[2]}'; use {which}"
+    if m := re.search(r"Problems parsing config:? *(.*)", text, re.DOTALL):
+        detail = " ".join(m[1].split())[:160]
+        return f"the config is not valid YAML ({detail}); fix the file"
+    if m := re.search(r"Unexpected config:? *(.*)", text):
+        return (
+            f"the config {m[1].strip() or 'is empty or not a mapping'}: it must be a YAML mapping of options ({HELP})"
+        )
+    got = (
+        re.search(r"Got value: (.*)", text)
+        or re.search(r"val='([^']*)'", text)
+        or re.search(r"Given value: (.*)", text)
+    )
+    kinds = [k for k in re.findall(r"Expected a <class '(\w+)'>", text) if k != "NoneType"]
+    kinds += ["list" for _ in re.findall(r"Subtypes: \[list\[", text)]
+    if got and kinds:
+        wanted = " or ".join(dict.fromkeys(_KINDS.get(k, k) for k in kinds))
+        return f"{option}: '{got[1].strip()}' is not {wanted}; {HELP}"
+    first = " ".join(line.strip() for line in text.splitlines() if line.strip())
+    return f"{option}: {first[:200]}; {HELP}"
+
+
+def config_error(exc: Exception) -> str:
+    """One line for an error resolving the config's ``${...}`` interpolations (omegaconf)."""
+    text = str(exc)
+    if m := re.search(r"Environment variable '([^']+)' not found", text):
+        hint = (
+            " (python -m ablate_lit.testing.tiny DIR builds the tiny assets; then ABLATE_LIT_ASSETS=DIR)"
+            if m[1] == "ABLATE_LIT_ASSETS"
+            else ""
+        )
+        return f"the config reads the environment variable {m[1]}, which is not set; set it{hint}"
+    first = (text.strip().splitlines() or [type(exc).__name__])[0]
+    return f"the config cannot be resolved ({first[:160]}); fix the ${{...}} value it names"

@@ -1,0 +1,64 @@
+"""``python -m ablate_lit report RUN_DIR [RUN_DIR ...]``: the paper's Table 2, its figures and paired
+differences, from finished runs."""
+
+from __future__ import annotations
+
+import argparse
+from pathlib import Path
+
+from ablate_lit.common.errors import AblateError
+from ablate_lit.report.figures import eps_figures, figures
+from ablate_lit.report.paired import default_pairs, paired_figures, paired_table
+from ablate_lit.report.tables import load_runs, table
+from ablate_lit.store.atomic import check_folder, write_csv, write_text
+
+
+def main(argv: list[str]) -> None:
+    ap = argparse.ArgumentParser(
+        prog="python -m ablate_lit report",
+        description="Merge runs into the paper's Table 2 (Markdown + CSV) and Figures 2-3 (PNG).",
+    )
+    ap.add_argument("runs", nargs="+", help="run folders (lightning_logs/<run>), several models or seeds")
+    ap.add_argument(
+        "--fractions", type=float, nargs="+", default=[0.5, 0.9], help="fractions in the table (default 0.5 0.9)"
+    )
+    ap.add_argument("--out", default=None, help="output folder (default: lightning_logs/report)")
+    ap.add_argument(
+        "--pairs",
+        nargs="*",
+        default=None,
+        metavar="A,B",
+        help="pairs of methods to compare (A - B with 95%% bootstrap intervals), e.g. peak,mean "
+        "'peak [MLP],mean [MLP]' (default: every method against mean of the same kind)",
+    )
+    args = ap.parse_args(argv)
+    for f in args.fractions:
+        if not 0 < f <= 1:
+            raise AblateError(f"--fractions holds {f}; table fractions must be in (0, 1]")
+    rows = load_runs(args.runs)
+    out = check_folder(args.out or Path(args.runs[0]).parent / "report", "--out")
+    markdown, records = table(rows, args.fractions)
+    write_text(out / "table.md", markdown)
+    write_csv(out / "table.csv", records, list(records[0]))
+    pngs = figures(rows, out) + eps_figures(rows, out)
+    methods = list(dict.fromkeys(r["method"] for r in rows))
+    pairs = default_pairs(methods) if args.pairs is None else [_pair(p, methods) for p in args.pairs]
+    if pairs and any(r.get("_windows") for r in rows):
+        paired_md, paired_records = paired_table(rows, pairs, args.fractions)
+        write_text(out / "paired.md", paired_md)
+        write_csv(out / "paired.csv", paired_records, list(paired_records[0]) if paired_records else ["a"])
+        markdown += "\n" + paired_md
+        pngs += paired_figures(rows, pairs, out)
+    print(markdown)
+    print(f"table:   {out / 'table.md'}, {out / 'table.csv'}")
+    print("figures: " + ", ".join(str(p) for p in pngs))
+
+
+def _pair(text: str, methods: list[str]) -> tuple[str, str]:
+    a, sep, b = text.partition(",")
+    if not sep or a.strip() not in methods or b.strip() not in methods:
+        raise AblateError(
+            f"--pairs '{text}' must be two methods of the runs joined by a comma, e.g. peak,mean "
+            f"(methods: {', '.join(methods)})"
+        )
+    return a.strip(), b.strip()

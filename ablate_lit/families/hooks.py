@@ -1,0 +1,163 @@
+"""Forward pre-hooks on every layer's attention out-projection, always removed on exit."""
+
+from __future__ import annotations
+
+from contextlib import contextmanager
+from typing import Callable, Iterator, Sequence
+
+import torch
+from torch import nn
+
+from ablate_lit.families.base import PreOut
+
+
+class PreOutHooks:
+    """Records or replaces the pre-out ``[batch, pos, n_heads*d_head]`` of each layer.
+
+    Both modes are context managers whose hooks are removed in ``finally``, so an exception inside
+    the block never leaves the model hooked.
+    """
+
+    def __init__(self, pre_outs: Sequence[PreOut], root: nn.Module | None = None):
+        self.pre_outs = list(pre_outs)
+        self.root = root
+        """The whole model: a shared module's call count restarts at each of its forward passes."""
+        self._handles: list = []
+        self.sample_index: torch.Tensor | None = None
+        """Dataset indices of the batch being evaluated ([batch]); resampling picks cache rows by them."""
+        self._paused = False
+        self._calls: dict[int, int] = {}
+        if root is None and any(p.shared for p in self.pre_outs):
+            raise ValueError("shared modules need the root model to count their calls per forward pass")
+
+    @property
+    def n_layers(self) -> int:
+        return len(self.pre_outs)
+
+    @property
+    def width(self) -> int:
+        return self.pre_outs[0].width
+
+    def _attach(self, make_hook: Callable[[int], Callable | None]) -> None:
+        """One pre-hook per hooked module. A module run several times per forward pass (a shared layer)
+        gets a dispatcher: its k-th call in a pass is layer ``applications[k]``."""
+        groups: dict[int, list[PreOut]] = {}
+        for p in self.pre_outs:
+            groups.setdefault(id(p.module), []).append(p)
+        for group in groups.values():
+            hooks = [make_hook(p.layer) for p in group]  # in execution order
+            if all(h is None for h in hooks):
+                continue
+            hook = hooks[0] if len(group) == 1 else self._dispatcher(id(group[0].module), hooks)
+            self._handles.append(group[0].module.register_forward_pre_hook(hook))
+        if len(groups) < len(self.pre_outs):
+            self._handles.append(self.root.register_forward_pre_hook(lambda module, args: self._calls.clear()))
+
+    def _dispatcher(self, key: int, hooks: list[Callable | None]) -> Callable:
+        def hook(module, args):
+            k = self._calls.get(key, 0)
+            self._calls[key] = k + 1
+            h = hooks[k % len(hooks)]
+            return None if h is None else h(module, args)
+
+        return hook
+
+    def remove(self) -> None:
+        for handle in self._handles:
+            handle.remove()
+        self._handles.clear()
+
+    @property
+    def active(self) -> bool:
+        return bool(self._handles)
+
+    @contextmanager
+    def paused(self) -> Iterator[None]:
+        """Attached hooks do nothing inside this block (forward passes whose results are discarded)."""
+        self._paused = True
+        try:
+            yield
+        finally:
+            self._paused = False
+
+    @contextmanager
+    def _attached(self, make_hook: Callable[[int], Callable]) -> Iterator[None]:
+        self._attach(make_hook)
+        try:
+            yield
+        finally:
+            self.remove()
+
+    def recording(self, record: Callable[[int, torch.Tensor], None], stop_after_last: bool = False):
+        """Call ``record(layer, x)`` with each layer's pre-out ``x`` [batch, pos, width]. With
+        ``stop_after_last`` the forward pass ends (``StopForward``) once the last layer is recorded:
+        calibration needs nothing after it (the rest of the last block, the final norm, the head)."""
+        last = self.pre_outs[-1].layer
+
+        def make_hook(layer):
+            def hook(module, args):
+                if not self._paused:
+                    record(layer, args[0])
+                    if stop_after_last and layer == last:
+                        raise StopForward
+
+            return hook
+
+        return self._attached(make_hook)
+
+    def ablating(
+        self,
+        mask: torch.Tensor,
+        values: torch.Tensor | None = None,
+        resample: torch.Tensor | None = None,
+        device: torch.device | str | None = None,
+    ):
+        """Replace the neurons where ``mask`` [n_layers, width] is True.
+
+        ``values`` [n_layers, width] gives one constant per neuron (zero, mean, peak). ``resample``
+        [n_layers, n_cache, pos, width] gives, for cache row ``sample_index % n_cache``, the value at
+        each position. Layers with no ablated neuron get no hook.
+
+        Everything a hook needs is prepared here, once per point, on ``device`` (default: where the
+        replacement values are): which layers have ablated neurons (read from a host copy of the
+        mask), each layer's mask and values. A hook then only casts the values to the dtype it sees
+        (once per dtype) and, for resampling, gathers rows by the batch's sample indices on the
+        device: nothing in a batch waits for the host.
+        """
+        if (values is None) == (resample is None):
+            raise ValueError("pass exactly one of values or resample")
+        live = callable(values)
+        source = values if values is not None else resample
+        device = torch.device(device) if device is not None else source.device
+        host_mask = mask.cpu()
+
+        def make_hook(layer):
+            layer_mask = host_mask[layer]
+            if not bool(layer_mask.any()):
+                return None
+            every = bool(layer_mask.all())
+            here = layer_mask.to(device)
+            replacement = None if live else source[layer].to(device)
+            by_dtype: dict = {}
+
+            def hook(module, args):
+                if self._paused:
+                    return None
+                x = args[0]
+                repl = values(layer).to(dtype=x.dtype) if live else by_dtype.get(x.dtype)
+                if repl is None:
+                    repl = by_dtype[x.dtype] = replacement.to(dtype=x.dtype)
+                if resample is not None:
+                    repl = repl[self.sample_index % repl.shape[0], : x.shape[-2]]  # [batch, pos, width]
+                out = repl.expand_as(x).clone() if every else torch.where(here, repl, x)
+                return (out,) + tuple(args[1:])
+
+            return hook
+
+        if resample is not None and self.sample_index is None:
+            self.sample_index = torch.zeros(1, dtype=torch.long, device=device)
+        return self._attached(make_hook)
+
+
+class StopForward(Exception):
+    """Ends a recording forward pass after the last hooked layer (nothing after it is needed)."""

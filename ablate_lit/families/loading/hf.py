@@ -1,0 +1,234 @@
+"""Loading shared by the families: Hugging Face models from hub names, folders or GGUF files.
+
+The architecture is checked before any weight is read: the config alone says whether the family's
+head exists for it, and an empty skeleton of the model (on the meta device, no memory) says whether
+its pre-outs can be located. A refusal therefore costs no download and no GGUF conversion.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import logging
+import os
+from pathlib import Path
+
+import torch
+
+from ablate_lit.common.errors import AblateError
+from ablate_lit.common.paths import looks_like_path
+from ablate_lit.families.base import Architecture, resolve_dtype
+from ablate_lit.families.locate.layout import locate
+
+log = logging.getLogger(__name__)
+
+# family -> (transformers auto class, the LightningModule that evaluates it)
+AUTO_CLASSES = {
+    "causal_lm": ("AutoModelForCausalLM", "CausalLMAblation"),
+    "masked_lm": ("AutoModelForMaskedLM", "MaskedLMAblation"),
+    "vision": ("AutoModelForImageClassification", "VisionAblation"),
+}
+
+
+_FAMILY_OF = {cls: family for family, (_, cls) in AUTO_CLASSES.items()}
+
+
+def hub_error(name: str, exc: Exception, what: str, flag: str) -> AblateError:
+    """One line for a failed load: a local folder's files are unreadable, or a hub name was not reachable."""
+    reason = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+    if os.path.exists(os.path.expanduser(name)):
+        return AblateError(
+            f"could not read the {what} in '{name}' ({reason[:160]}); its files may be incomplete or "
+            "corrupt: save or download it again"
+        )
+    return AblateError(
+        f"could not load {what} '{name}' ({reason[:160]}); without internet, download it elsewhere "
+        f"and pass the local folder with {flag}"
+    )
+
+
+def heads_config(config, family: str):
+    """The (sub-)config describing the ablated tower: the vision config of CLIP-like models, else the text config."""
+    if family == "vision":
+        return getattr(config, "vision_config", None) or config
+    return config.get_text_config() if hasattr(config, "get_text_config") else config
+
+
+def check_family(config, family: str) -> None:
+    """Refuse a model type that has no head of this family in transformers, naming the family that fits."""
+    problem = family_problem(config, family)
+    if problem:
+        raise AblateError(problem)
+
+
+def family_problem(config, family: str) -> str | None:
+    """Why a model of ``config``'s type cannot be evaluated by ``family`` (naming the family that fits), or None."""
+    import transformers
+
+    auto, _ = AUTO_CLASSES[family]
+    mapping = getattr(transformers, auto)._model_mapping
+    if (
+        family == "causal_lm"
+        and type(config) in transformers.AutoModelForMaskedLM._model_mapping
+        and not config.is_decoder
+    ):
+        return (
+            f"'{config.model_type}' is a bidirectional encoder (transformers gives it a masked-LM head); "
+            "use ⟨family=masked_lm⟩"
+        )
+    if type(config) in mapping:
+        return None
+    fits = [
+        module
+        for other, (cls, module) in AUTO_CLASSES.items()
+        if other != family and type(config) in getattr(transformers, cls)._model_mapping
+    ]
+    if "MaskedLMAblation" in fits and not getattr(config, "is_decoder", False):
+        fits.remove("MaskedLMAblation")  # an encoder: its causal-LM head is a decoder mode it is not trained for
+        fits.insert(0, "MaskedLMAblation")
+    hint = (
+        f"use ⟨family={_FAMILY_OF[fits[0]]}⟩"
+        if fits
+        else "ablate_lit evaluates causal LMs, masked LMs and image classifiers"
+    )
+    return f"'{config.model_type}' models have no {family.replace('_', ' ')} head in transformers ({auto}); {hint}"
+
+
+def check_layout(config, family: str, known: Architecture | None, blocks: str | None, out_proj: str | None) -> None:
+    """Locate the pre-outs in an empty skeleton of the model (meta device: no weights, no memory)."""
+    import transformers
+
+    try:
+        with torch.device("meta"):
+            skeleton = getattr(transformers, AUTO_CLASSES[family][0]).from_config(config)
+    except Exception as exc:  # some models cannot be built empty; the real load checks them
+        log.debug("no meta skeleton for %s: %s", config.model_type, exc)
+        return
+    locate(skeleton, heads_config(config, family), known, blocks, out_proj)
+
+
+def gguf_cache_dir(gguf_path: Path) -> Path:
+    stat = gguf_path.stat()
+    key = hashlib.sha1(f"{gguf_path.resolve()}:{stat.st_size}:{int(stat.st_mtime)}".encode()).hexdigest()[:16]
+    root = Path(os.environ.get("ABLATE_LIT_CACHE", Path.home() / ".cache" / "ablate_lit"))
+    return root / "gguf" / f"{gguf_path.stem}-{key}"
+
+
+def _convert_gguf(folder: str, gguf_file: str, check) -> str:
+    """Dequantise a GGUF file once into a normal HF folder (loading GGUF takes ~30 s, the copy <1 s).
+    ``check(config)`` runs on the GGUF's config before anything is converted."""
+    import transformers
+
+    gguf_path = Path(folder) / gguf_file
+    if not gguf_path.is_file():
+        raise AblateError(f"GGUF file '{gguf_path}' not found; check ⟨--model.gguf_file⟩ and ⟨--model.name_or_path⟩")
+    target = gguf_cache_dir(gguf_path)
+    if (target / "config.json").is_file():
+        return str(target)
+    try:
+        check(transformers.AutoConfig.from_pretrained(folder, gguf_file=gguf_file))
+        log.info("converting %s once into %s", gguf_path, target)
+        tokenizer = transformers.AutoTokenizer.from_pretrained(folder, gguf_file=gguf_file)
+        loaded = transformers.AutoModelForCausalLM.from_pretrained(folder, gguf_file=gguf_file)
+    except ImportError as exc:
+        raise AblateError(f"loading GGUF needs extra packages ({exc}); run: pip install 'ablate_lit[demo]'") from exc
+    except (OSError, ValueError) as exc:
+        if isinstance(exc, AblateError):
+            raise
+        raise AblateError(f"could not read GGUF file '{gguf_path}' ({str(exc).strip()[:160]})") from exc
+    # A GGUF-loaded model will not save_pretrained; a fresh copy from its config will.
+    copy = transformers.AutoModelForCausalLM.from_config(loaded.config)
+    copy.load_state_dict(loaded.state_dict())
+    tmp = target.with_name(target.name + f".tmp{os.getpid()}")
+    copy.save_pretrained(tmp)
+    tokenizer.save_pretrained(tmp)
+    os.replace(tmp, target)
+    return str(target)
+
+
+def load_hf(
+    name_or_path: str,
+    family: str,
+    registry: dict[str, Architecture],
+    gguf_file: str | None = None,
+    dtype: str = "float32",
+    revision: str | None = None,
+    attn_implementation: str | None = None,
+    blocks: str | None = None,
+    out_proj: str | None = None,
+):
+    """(model, the folder or hub id it came from, tested architecture or None) from a hub name, a local
+    folder or a GGUF file. The family and the layout are checked on the config and an empty skeleton
+    before any weight is read."""
+    import transformers
+
+    def check(config) -> None:
+        check_family(config, family)
+        check_layout(config, family, registry.get(config.model_type), blocks, out_proj)
+
+    path = os.path.expanduser(name_or_path)
+    if looks_like_path(name_or_path) and not os.path.exists(path):
+        raise AblateError(
+            f"model folder '{name_or_path}' not found; pass an existing folder or a hub name with "
+            "⟨--model.name_or_path⟩"
+        )
+    if gguf_file:
+        path = _convert_gguf(path, gguf_file, check)
+    try:
+        config = transformers.AutoConfig.from_pretrained(path, revision=revision)
+    except (OSError, ValueError) as exc:
+        raise hub_error(name_or_path, exc, "model", "⟨--model.name_or_path⟩") from exc
+    check(config)
+    kwargs = {"dtype": resolve_dtype(dtype), "revision": revision}
+    if attn_implementation:
+        kwargs["attn_implementation"] = attn_implementation
+    try:
+        model = getattr(transformers, AUTO_CLASSES[family][0]).from_pretrained(path, config=config, **kwargs)
+    except Exception as exc:  # OSError, ValueError, safetensors' own error for a truncated file, ...
+        raise hub_error(name_or_path, exc, "model", "⟨--model.name_or_path⟩") from exc
+    model.eval()
+    model.requires_grad_(False)
+    return model, path, registry.get(config.model_type)
+
+
+def check_generator(name: str) -> None:
+    """``--model.generator`` must name a causal LM: checked from its config when the model loads, not
+    when resample:generated first needs it."""
+    import transformers
+
+    path = os.path.expanduser(name)
+    if looks_like_path(name) and not os.path.exists(path):
+        raise AblateError(f"⟨--model.generator⟩ '{name}' not found; pass a causal LM's folder or hub id")
+    try:
+        config = transformers.AutoConfig.from_pretrained(path)
+    except (OSError, ValueError) as exc:
+        raise hub_error(name, exc, "generator", "⟨--model.generator⟩") from exc
+    problem = family_problem(config, "causal_lm")
+    if problem:
+        raise AblateError(f"⟨--model.generator⟩ '{name}' must be a causal LM to write text: {problem}")
+
+
+PROBE = "The quick brown fox jumps over the lazy dog, and 42 others watched."
+
+
+def load_tokenizer(path: str, revision: str | None = None, given: bool = False):
+    """The tokenizer of a model folder or hub id (or of ``--model.tokenizer``), checked to work:
+    it must turn English text into several known tokens. A folder saved without its tokenizer files
+    is refused here, before any text is read."""
+    import transformers
+
+    where = f"⟨--model.tokenizer⟩ '{path}'" if given else f"'{path}'"
+    fix = "pass the tokenizer's folder or hub id with ⟨--model.tokenizer PATH⟩ (e.g. the base model's)"
+    if given and looks_like_path(path) and not os.path.exists(os.path.expanduser(path)):
+        raise AblateError(f"{where} not found; {fix}")
+    try:
+        tokenizer = transformers.AutoTokenizer.from_pretrained(path, revision=revision)
+    except (OSError, ValueError, TypeError, KeyError) as exc:
+        reason = (str(exc).strip().splitlines() or [type(exc).__name__])[0][:120]
+        raise AblateError(f"no usable tokenizer in {where} ({reason}); {fix}") from exc
+    ids = tokenizer(PROBE, add_special_tokens=False)["input_ids"]
+    unknown = tokenizer.unk_token_id
+    if len(tokenizer) < 2 or len(ids) < 3 or all(i == unknown for i in ids):
+        raise AblateError(
+            f"the tokenizer in {where} is empty (it turns English text into {len(ids)} known tokens); {fix}"
+        )
+    return tokenizer

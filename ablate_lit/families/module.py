@@ -1,0 +1,175 @@
+"""The LightningModule logic shared by every family: hooks, scoring, calibration forward."""
+
+from __future__ import annotations
+
+import lightning as L
+import torch
+from torch.utils.data import Dataset
+
+from ablate_lit.common.logs import say
+from ablate_lit.common.sharding import is_sharded, pad_forwards, shard
+from ablate_lit.families.base import Architecture
+from ablate_lit.families.fingerprint import weights_fingerprint
+from ablate_lit.families.hooks import PreOutHooks, StopForward
+from ablate_lit.families.locate.describe import describe
+from ablate_lit.families.locate.layout import attention_modules, locate
+from ablate_lit.families.locate.trace import trace
+from ablate_lit.families.placement import KeptInPlace
+from ablate_lit.stats.token_metrics import TokenScores
+
+
+class AblationModule(KeptInPlace, L.LightningModule):
+    """Wraps a model whose attention pre-outs are hooked.
+
+    Subclasses load ``self.model``, call ``locate_pre_outs`` (which sets ``self.pre_outs`` and
+    ``self.hooks``), and implement ``logits_and_labels`` (how a batch becomes scored predictions),
+    ``example_forward`` (a small forward pass to check the hook points on) and ``random_inputs``
+    (the randomised inputs for resampling).
+    """
+
+    family = "base"
+    resample_sources: tuple[str, ...] = ()
+    data_types: tuple[str, ...] = ()
+    """Names of the DataModule classes this family evaluates on."""
+
+    def __init__(self):
+        super().__init__()
+        self.scores = TokenScores()
+        self.hooks: PreOutHooks
+        self._most_batches = 0  # largest batch count of any process in the running epoch (sharded runs)
+
+    @classmethod
+    def _wrapping(cls, model, name: str, **hparams):
+        """An instance around ``model`` (already in memory: nothing is loaded), in eval mode, whose
+        hyperparameters say what it is (``name`` stands for ``name_or_path`` in run folders and tables)."""
+        self = cls.__new__(cls)
+        AblationModule.__init__(self)
+        self.save_hyperparameters({"name_or_path": name, **hparams})
+        self.model = model.eval()
+        return self
+
+    def logits_and_labels(self, batch) -> tuple[torch.Tensor, torch.Tensor]:
+        """Scored logits [N, n_classes] and labels [N] (-100 = not scored)."""
+        raise NotImplementedError
+
+    def example_forward(self, n: int) -> torch.Tensor:
+        """The model's output on ``n`` small synthetic inputs (the hook points are checked on it)."""
+        raise NotImplementedError
+
+    def check_example(self, output: torch.Tensor) -> None:
+        """Family-specific checks of ``example_forward``'s output (e.g. that a causal LM is causal)."""
+
+    def locate_pre_outs(self, config, known: Architecture | None, blocks: str | None, out_proj: str | None) -> None:
+        """Find every layer's pre-out (``families.layout``) and check it on one forward pass (``families.trace``)."""
+        pre_outs, self.layout_source = locate(self.model, config, known, blocks, out_proj)
+        self.pre_outs, output = trace(self.model, pre_outs, lambda: self.example_forward(2), batch_size=2)
+        self.check_example(output)
+        self.hooks = PreOutHooks(self.pre_outs, self.model)
+        self.site, self._config = "attn", config
+        self._by_site = {"attn": (self.pre_outs, self.hooks)}
+        names = {id(m): n for n, m in self.model.named_modules()}
+        blocks = {names[id(p.block)] for p in self.pre_outs}
+        self.unhooked = [
+            path
+            for path, _ in attention_modules(self.model)
+            if not any(path == b or path.startswith(b + ".") for b in blocks)
+        ]
+        """Attention modules outside the ablated blocks (CaiT's class-attention blocks, a second tower)."""
+
+    def select_site(self, site: str) -> None:
+        """Hook the attention heads' output (``attn``) or the MLP hidden units (``mlp``: located in the
+        blocks of the attention layers, ``families.mlp``, and checked on one forward pass)."""
+        if site not in self._by_site:
+            from ablate_lit.families.locate.mlp import locate_mlp
+
+            attention = self._by_site["attn"][0]
+            found = locate_mlp(self.model, self._config, attention, self.hparams.get("mlp_proj"))
+            pre_outs, _ = trace(self.model, found, lambda: self.example_forward(2), batch_size=2)
+            self._by_site[site] = (pre_outs, PreOutHooks(pre_outs, self.model))
+        self.site = site
+        self.pre_outs, self.hooks = self._by_site[site]
+
+    def describe_pre_outs(self) -> str:
+        """One line: how many layers and neurons are hooked, where, and how the place was found."""
+        return describe(self.pre_outs, self.layout_source, self.unhooked)
+
+    def random_inputs(self, source: str, n: int, seed: int, data) -> Dataset:
+        """``n`` randomised inputs from ``source``, shaped like ``data``'s evaluation inputs, with indices 0..n-1."""
+        raise NotImplementedError
+
+    def data_connection(self) -> tuple:
+        """What the DataModule's ``connect`` needs from the model (tokenizer; or preprocessing and classes)."""
+        raise NotImplementedError
+
+    def connect_data(self, data) -> None:
+        """Check that ``data`` is this family's kind of DataModule and connect it to the model."""
+        from ablate_lit.common.errors import AblateError
+
+        if type(data).__name__ not in self.data_types:
+            raise AblateError(
+                f"{type(self).__name__} evaluates on {' or '.join(self.data_types)}, not {type(data).__name__}; "
+                f"set --data ablate_lit.{self.data_types[0]}"
+            )
+        data.connect(*self.data_connection())
+
+    @property
+    def model_label(self) -> str:
+        return str(self.hparams.name_or_path).rstrip("/").split("/")[-1]
+
+    def forward(self, batch):
+        return self.logits_and_labels(batch)
+
+    def _set_index(self, batch) -> None:
+        self.hooks.sample_index = batch["index"]
+
+    def configure_model(self) -> None:
+        """Under ``--trainer.strategy fsdp2`` (a device mesh is set): shard each block, then the rest."""
+        if self._device_mesh is not None:
+            blocks = list({id(p.block): p.block for p in self.pre_outs}.values())  # a shared block once
+            if shard(self.model, blocks, self._device_mesh):
+                say(
+                    self.trainer,
+                    f"sharded: {len(blocks)} blocks and the rest of the model split over "
+                    f"{self.trainer.world_size} processes (FSDP2)",
+                )
+
+    def _even_out(self, batch, batch_idx: int, n_batches: int) -> None:
+        if self.trainer.world_size > 1 and is_sharded(self.trainer.strategy):
+            pad_forwards(self, batch, batch_idx, n_batches)
+
+    # calibration runs as a validation epoch: forward only, the recording hooks do the rest (and may
+    # end the forward pass after the last hooked layer)
+    def validation_step(self, batch, batch_idx):
+        self._set_index(batch)
+        try:
+            self.logits_and_labels(batch)
+        except StopForward:
+            pass
+        self._even_out(batch, batch_idx, self.trainer.num_val_batches[0])
+
+    def on_test_epoch_start(self) -> None:
+        self.scores.reset()
+
+    kl: bool = False
+    """Also score KL(unablated || ablated): with ablation hooks attached, each batch runs once more with
+    them paused (the unablated reference); without (the baseline), KL is 0 by definition."""
+
+    def test_step(self, batch, batch_idx):
+        self._set_index(batch)
+        reference = None
+        if self.kl and self.hooks.active:
+            with self.hooks.paused():
+                reference, _ = self.logits_and_labels(batch)
+        logits, labels = self.logits_and_labels(batch)
+        if self.kl and reference is None:
+            reference = logits
+        self.scores.update(logits, labels, batch.get("index"), reference)
+        self._even_out(batch, batch_idx, self.trainer.num_test_batches[0])
+
+    def fingerprint(self) -> str:
+        """Identifies the weights cheaply: config, dtype and checksums of a few tensors. Computed once,
+        on the first call (before any strategy wraps or shards the model), so every process agrees."""
+        if getattr(self, "_fingerprint", None) is None:
+            projections = [p.proj for p in self._by_site["attn"][0]]  # the same whatever site is hooked
+            self._fingerprint = weights_fingerprint(self.model, projections)
+        return self._fingerprint

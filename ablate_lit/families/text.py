@@ -1,0 +1,117 @@
+"""The LightningModule logic of the text families: token windows, the tokenizer, the model's
+positions, and the text resample sources (random characters, random tokens, generated text,
+calibration windows)."""
+
+from __future__ import annotations
+
+import torch
+
+from ablate_lit.common.errors import AblateError
+from ablate_lit.data import random_inputs as rnd
+from ablate_lit.data.text import WindowDataset
+from ablate_lit.families.loading.causal_lm import load_causal_lm
+from ablate_lit.families.loading.hf import PROBE, check_family, check_generator, heads_config
+from ablate_lit.families.module import AblationModule
+
+
+class TextAblationModule(AblationModule):
+    """Shared by the text families: token windows, and the three text resample sources."""
+
+    resample_sources = ("random_chars", "random_tokens", "generated", "data")
+    architectures: dict = {}
+    """model_type -> tested layout (the family's registry)."""
+
+    @classmethod
+    def from_model(
+        cls,
+        model,
+        tokenizer,
+        name: str | None = None,
+        generator: str | None = None,
+        blocks: str | None = None,
+        out_proj: str | None = None,
+        mlp_proj: str | None = None,
+    ):
+        """Wrap a Hugging Face model and tokenizer already in memory (fine-tuned, edited, never saved):
+        the same checks as a loaded one (its family, where its neurons are, one forward pass). ``name``
+        names it in run folders and tables (default: its config's ``name_or_path``, else its type)."""
+        config = getattr(model, "config", None)
+        if config is None or not hasattr(config, "model_type"):
+            raise AblateError(
+                f"{cls.__name__}.from_model takes a Hugging Face model (with a .config), not a {type(model).__name__}"
+            )
+        if tokenizer is None or not callable(tokenizer):
+            raise AblateError(f"{cls.__name__}.from_model needs the model's tokenizer (tokenizer=...)")
+        check_family(config, cls.family)
+        if generator:
+            check_generator(generator)
+        label = name or str(getattr(config, "name_or_path", "") or "").rstrip("/") or config.model_type
+        self = cls._wrapping(
+            model,
+            label,
+            dtype=str(next(model.parameters()).dtype).removeprefix("torch."),
+            generator=generator,
+            blocks=blocks,
+            out_proj=out_proj,
+            mlp_proj=mlp_proj,
+            gguf_file=None,
+        )
+        self.tokenizer = tokenizer
+        self.locate_pre_outs(
+            heads_config(config, cls.family), cls.architectures.get(config.model_type), blocks, out_proj
+        )
+        return self
+
+    def data_connection(self) -> tuple:
+        return (self.tokenizer,)
+
+    def max_positions(self) -> int | None:
+        """Longest window the model takes (RoBERTa-style position ids start after the padding index)."""
+        config = self.model.config
+        limit = getattr(config, "n_positions", None) or getattr(config, "max_position_embeddings", None)
+        if limit and config.model_type in ("roberta", "xlm-roberta"):
+            limit -= config.pad_token_id + 1
+        return limit
+
+    def connect_data(self, data) -> None:
+        super().connect_data(data)
+        limit = self.max_positions()
+        if limit and data.context_length > limit:
+            raise AblateError(
+                f"⟨data.context_length⟩ {data.context_length} exceeds the model's {limit} positions; "
+                f"lower ⟨--data.context_length⟩ to at most {limit}"
+            )
+
+    def example_forward(self, n: int) -> torch.Tensor:
+        """Logits on ``n`` copies of 8 ordinary tokens; the copies differ only in their last token."""
+        probe = self.tokenizer(PROBE, add_special_tokens=False)["input_ids"]
+        ids = torch.tensor(probe[:8]).repeat(n, 1)
+        ids[1:, -1] = probe[8]
+        return self.model(input_ids=ids.to(self.model.device), **self.forward_kwargs).logits
+
+    forward_kwargs: dict = {}
+    """Keyword arguments of every forward pass of the model (causal LMs: no key/value cache)."""
+
+    def default_generator(self):
+        """(model, tokenizer) that writes the text for resample:generated when none is configured; None
+        means the built-in English sample."""
+        return None
+
+    def random_inputs(self, source: str, n: int, seed: int, data):
+        args = (self.tokenizer, n, data.context_length, data.prefix, data.suffix, seed)
+        if source == "data":
+            return data.calibration_sample(n, seed)
+        if source == "random_tokens":
+            return WindowDataset(rnd.random_tokens(*args))
+        if source == "random_chars":
+            return WindowDataset(rnd.random_chars(*args))
+        if source != "generated":
+            raise ValueError(source)
+        if self.hparams.get("generator"):
+            model, tokenizer, _ = load_causal_lm(self.hparams.generator)
+            generator = (model.to(self.device), tokenizer)
+        else:
+            generator = self.default_generator()
+        if generator is None:
+            return WindowDataset(rnd.builtin_sample(*args))
+        return WindowDataset(rnd.generated(*args, generator=generator[0], generator_tokenizer=generator[1]))

@@ -1,0 +1,146 @@
+"""Which differences are real: paired differences between two methods with bootstrap intervals.
+
+At one point every method sees the same windows (or images) and, for a seed, the same units, so
+methods are compared pair by pair: the difference of their token-weighted CE (or Top1) over the
+same windows, averaged over seeds. Its 95% interval is a percentile bootstrap that resamples the
+windows (the same draw for both methods: paired) and the seeds, both with replacement.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+
+from ablate_lit.common.labels import Label, pct
+from ablate_lit.report.figures import save_plot
+
+N_BOOT = 2000
+
+
+def paired_difference(
+    a: list[dict], b: list[dict], metric: str = "ce", n_boot: int = N_BOOT, seed: int = 0
+) -> tuple[float, float, float]:
+    """(difference A - B, 2.5th percentile, 97.5th percentile). ``a`` and ``b`` hold, per seed (in the same
+    order), the per-window totals {"nll", "correct", "total"} of the two methods on the same windows.
+    CE is in nats per scored token, Top1 a fraction."""
+    key = "nll" if metric == "ce" else "correct"
+    diff = np.array([np.asarray(x[key], dtype=np.float64) - np.asarray(y[key], dtype=np.float64) for x, y in zip(a, b)])
+    tokens = np.array([np.asarray(x["total"], dtype=np.float64) for x in a])  # [seeds, windows]
+    n_seeds, n_windows = diff.shape
+    point = float(np.mean(diff.sum(1) / tokens.sum(1)))
+    rng = np.random.default_rng(seed)
+    windows = rng.integers(0, n_windows, (n_boot, n_windows))
+    per_seed = np.take(diff, windows, axis=1).sum(-1) / np.take(tokens, windows, axis=1).sum(-1)  # [seeds, boot]
+    seeds = rng.integers(0, n_seeds, (n_boot, n_seeds))
+    boot = per_seed[seeds.T, np.arange(n_boot)].mean(0)
+    lo, hi = np.percentile(boot, [2.5, 97.5])
+    return point, float(lo), float(hi)
+
+
+def default_pairs(methods: list[str]) -> list[tuple[str, str]]:
+    """Every method against ``mean`` of the same kind (``peak [MLP]`` against ``mean [MLP]``)."""
+    pairs = []
+    for m in methods:
+        label = Label.parse(m)
+        mean = str(label.with_method("mean"))
+        if label.method != "mean" and mean in methods:
+            pairs.append((m, mean))
+    return pairs
+
+
+def _windows_by(rows: list[dict]) -> dict:
+    """{(model, method, fraction): {seed: per-window totals}} of the rows that carry them."""
+    out: dict = {}
+    for r in rows:
+        if r.get("_windows"):
+            out.setdefault((r["model"], r["method"], round(float(r["fraction"]), 6)), {})[int(r["seed"])] = r[
+                "_windows"
+            ]
+    return out
+
+
+def paired_table(rows: list[dict], pairs: list[tuple[str, str]], fractions: list[float]) -> tuple[str, list[dict]]:
+    """Markdown and records: for each pair and fraction, per model, A - B in CE (nats per token) and Top1
+    (percentage points) with 95% bootstrap intervals over windows and seeds; * marks an interval
+    that excludes 0."""
+    by = _windows_by(rows)
+    models = list(dict.fromkeys(r["model"] for r in rows))
+    lines = [
+        "### Paired differences A - B: mean over seeds, [95% bootstrap interval over windows and seeds], "
+        "* = the interval excludes 0",
+        "",
+        "| | " + " | ".join(models) + " |",
+        "|---" * (len(models) + 1) + "|",
+    ]
+    records = []
+    for a, b in pairs:
+        for f in fractions:
+            cells = []
+            for model in models:
+                wa, wb = by.get((model, a, round(f, 6)), {}), by.get((model, b, round(f, 6)), {})
+                seeds = sorted(set(wa) & set(wb))
+                if not seeds:
+                    cells.append("—")
+                    continue
+                text = []
+                for metric, scale, unit in (("ce", 1.0, "CE"), ("top1", 100.0, "Top1 pp")):
+                    d, lo, hi = paired_difference([wa[s] for s in seeds], [wb[s] for s in seeds], metric)
+                    star = "*" if lo > 0 or hi < 0 else ""
+                    text.append(f"{unit} {d * scale:+.3f} [{lo * scale:+.3f}, {hi * scale:+.3f}]{star}")
+                    records.append(
+                        {
+                            "a": a,
+                            "b": b,
+                            "fraction": f,
+                            "model": model,
+                            "metric": metric,
+                            "difference": d,
+                            "low": lo,
+                            "high": hi,
+                            "n_seeds": len(seeds),
+                            "n_windows": len(wa[seeds[0]]["total"]),
+                        }
+                    )
+                cells.append("<br>".join(text))
+            lines.append(f"| {a} - {b} @ {pct(f)} | " + " | ".join(cells) + " |")
+    return "\n".join(lines) + "\n", records
+
+
+def paired_figures(rows: list[dict], pairs: list[tuple[str, str]], out) -> list:
+    """One PNG per model: A - B in CE against % ablated for each pair, with its 95% bootstrap band."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    by = _windows_by(rows)
+    written = []
+    for model in dict.fromkeys(r["model"] for r in rows):
+        fig, ax = plt.subplots(figsize=(6.5, 4))
+        drawn = False
+        for a, b in pairs:
+            xs, ds, los, his = [], [], [], []
+            for f in sorted({k[2] for k in by if k[0] == model and k[1] == a}):
+                wa, wb = by.get((model, a, f), {}), by.get((model, b, f), {})
+                seeds = sorted(set(wa) & set(wb))
+                if not seeds:
+                    continue
+                d, lo, hi = paired_difference([wa[s] for s in seeds], [wb[s] for s in seeds], "ce")
+                xs.append(100 * f), ds.append(d), los.append(lo), his.append(hi)
+            if xs:
+                (line,) = ax.plot(xs, ds, marker="o", ms=3, label=f"{a} - {b}")
+                ax.fill_between(xs, los, his, color=line.get_color(), alpha=0.2)
+                drawn = True
+        if not drawn:
+            plt.close(fig)
+            continue
+        ax.axhline(0.0, color="0.4", ls="--", lw=1)
+        ax.set_xlabel("units ablated (%)")
+        ax.set_ylabel("CE difference A - B (nats per token)")
+        seeds = max(len(v) for k, v in by.items() if k[0] == model)
+        windows = max(len(w["total"]) for k, v in by.items() if k[0] == model for w in v.values())
+        ax.set_title(
+            f"{model}: paired differences, 95% bootstrap band\nover {windows} windows (or images) and {seeds} seed(s)",
+            fontsize=9,
+        )
+        written.append(save_plot(fig, ax, out / f"{model}-paired.png"))
+    return written

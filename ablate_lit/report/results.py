@@ -1,0 +1,106 @@
+"""``Results``: one run folder's results from Python (``ablate_lit.run`` returns it, ``ablate_lit.load``
+reopens any run folder)."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from ablate_lit.ablation.methods import METHODS
+from ablate_lit.common.errors import AblateError
+from ablate_lit.report.figures import model_figure
+from ablate_lit.report.summary import summary_table
+from ablate_lit.report.tables import method_label
+from ablate_lit.store.folder import read_rows
+
+
+class Results:
+    """A run folder's results: ``table()`` (a pandas DataFrame, one row per method, seed and fraction),
+    ``summary()`` (Table 2 layout, Markdown), ``figure()`` (Top1 and CE against % ablated, a matplotlib
+    Figure), ``statistics`` (per-neuron calibration statistics, a DataFrame) and ``run_dir``."""
+
+    def __init__(self, run_dir: str | Path):
+        self.run_dir = Path(run_dir)
+        if not (self.run_dir / "points").is_dir() and not (self.run_dir / "results.csv").is_file():
+            raise AblateError(f"'{run_dir}' holds no results; pass a run folder such as lightning_logs/<run>")
+
+    def rows(self) -> list[dict]:
+        """The run's valid result rows, as stored (strings); malformed rows are left out."""
+        return read_rows(self.run_dir)[0]
+
+    def table(self):
+        """One row per (method, seed, fraction): top1 (a fraction in [0, 1]), ce (nats per scored token
+        or image), ppl, kl, n_tokens, ... as numbers, sorted by method, seed and fraction."""
+        import pandas as pd
+
+        df = pd.DataFrame(self.rows())
+        if df.empty:
+            return df
+        for col in df.columns:
+            if col in (
+                "method",
+                "model",
+                "evaluated_as",
+                "precision",
+                "mode",
+                "site",
+                "unit",
+                "layers",
+                "order",
+                "selection",
+                "bin_alignment",
+            ) or col.endswith("_id"):
+                continue
+            converted = pd.to_numeric(df[col].replace("-", float("nan")), errors="coerce")
+            if converted.notna().sum() == df[col].ne("-").sum():
+                df[col] = converted
+        for col in ("fraction", "top1", "ce", "ppl", "kl", "eps"):  # floats even when every value is whole
+            if col in df and df[col].dtype.kind in "iu":
+                df[col] = df[col].astype(float)
+        return df.sort_values(["method", "seed", "fraction"], kind="stable").reset_index(drop=True)
+
+    def summary(self, fractions: list[float] | None = None) -> str:
+        """Baseline, then mean ± std over seeds per method and fraction (Top1 in %, CE), in Markdown."""
+        rows = self.rows()
+        order = list(METHODS)
+        methods = sorted(
+            dict.fromkeys(r["method"] for r in rows),  # the registry's order: zero, mean, ..., resample
+            key=lambda m: (order.index(m.split(":")[0]) if m.split(":")[0] in order else len(order), m),
+        )
+        if fractions is None:
+            fractions = sorted({float(r["fraction"]) for r in rows})
+        elif isinstance(fractions, (int, float)) and not isinstance(fractions, bool):
+            fractions = [fractions]
+        if not isinstance(fractions, (list, tuple)) or not all(
+            isinstance(f, (int, float)) and 0 <= f <= 1 for f in fractions
+        ):
+            raise AblateError(f"fractions={fractions!r}: pass a list of fractions in [0, 1], e.g. [0.5, 0.9]")
+        return summary_table(rows, methods, fractions)
+
+    def figure(self):
+        """Top1 (%) and CE against the percentage ablated: a line per method, ± one std over seeds,
+        the unablated model dashed, seeds and scored tokens in the title."""
+        rows = [{**r, "method": method_label(r)} for r in self.rows()]
+        if not rows:
+            raise AblateError(f"'{self.run_dir}' holds no results yet")
+        return model_figure(rows, rows[0]["model"])
+
+    @property
+    def statistics(self):
+        """Per-neuron calibration statistics (layer, neuron, mean, peak, std, skew, ...), from neurons.csv."""
+        import pandas as pd
+
+        path = self.run_dir / "neurons.csv"
+        if not path.is_file():
+            raise AblateError(
+                f"'{self.run_dir}' has no neurons.csv (the run had log_histograms=False or no method "
+                "needed calibration); rerun with log_histograms=True"
+            )
+        return pd.read_csv(path)
+
+    def __repr__(self) -> str:
+        return f"Results('{self.run_dir}': {len(self.rows())} rows)"
+
+
+def load(run_dir: str | Path) -> Results:
+    """Reopen a finished (or partly finished) run folder."""
+    return Results(run_dir)

@@ -1,0 +1,96 @@
+"""Result rows -> the paper-style summary table (mean ± std over seeds), and the numbers behind it."""
+
+from __future__ import annotations
+
+import math
+import statistics
+from collections import defaultdict
+from pathlib import Path
+
+from ablate_lit.common.labels import pct
+from ablate_lit.store.atomic import write_text
+
+
+def aggregate(rows: list[dict]) -> dict:
+    """{(model, method, fraction): {"top1": [...], "ce": [...], "kl": [...]}} over seeds; the baseline under
+    method 'baseline'."""
+    out: dict = defaultdict(lambda: {"top1": [], "ce": [], "kl": [], "seeds": []})
+    seen = set()
+    for r in rows:
+        f = round(float(r["fraction"]), 6)
+        if r["evaluated_as"] == "baseline":
+            key = (r["model"], "baseline", 0.0)
+            if key in seen:
+                continue
+            seen.add(key)
+        else:
+            key = (r["model"], r["method"], f)
+        out[key]["top1"].append(float(r["top1"]))
+        out[key]["ce"].append(float(r["ce"]))
+        if r.get("kl") not in (None, "", "-"):
+            out[key]["kl"].append(float(r["kl"]))
+        out[key]["seeds"].append(int(r["seed"]))
+    return out
+
+
+def metrics(rows: list[dict]) -> list[tuple[str, str, float, int]]:
+    """(column, title, scale, digits) of the scores to tabulate: Top1 (in %), CE, and KL where measured."""
+    out = [("top1", "Top1 accuracy (%)", 100.0, 2), ("ce", "cross-entropy (nats per scored token or image)", 1.0, 3)]
+    if any(r.get("kl") not in (None, "", "-") for r in rows):
+        out.append(("kl", "KL(unablated || ablated) (nats per scored token or image)", 1.0, 4))
+    return out
+
+
+def mean_std(values: list[float]) -> tuple[float, float]:
+    """Mean and sample standard deviation (ddof=1; nan with a single seed)."""
+    m = statistics.fmean(values)
+    return m, (statistics.stdev(values) if len(values) > 1 else float("nan"))
+
+
+def format_cell(values: list[float], scale: float, digits: int, empty: str = "") -> str:
+    """``mean ± std`` of the values (no ± with one value); ``non-finite!`` flags a NaN or inf mean."""
+    if not values:
+        return empty
+    m, s = mean_std(values)
+    if not math.isfinite(m):
+        return "non-finite!"
+    text = f"{m * scale:.{digits}f}"
+    return text + (f" ± {s * scale:.{digits}f}" if math.isfinite(s) else "")
+
+
+def summary_table(rows: list[dict], methods: list[str], fractions: list[float]) -> str:
+    """Markdown like the paper's Table 2: baseline row, then each method's mean ± std over seeds."""
+    agg = aggregate(rows)
+    models = sorted({r["model"] for r in rows})
+    fractions = sorted(set(round(float(f), 6) for f in fractions) | {0.0})
+    blocks = []
+    for model in models:
+        n_seeds = max((len(v["seeds"]) for k, v in agg.items() if k[0] == model and k[1] != "baseline"), default=1)
+        tokens = "/".join(map(str, sorted({int(r["n_tokens"]) for r in rows if r["model"] == model})))
+        for metric, title, scale, digits in metrics(rows):
+            header = "| method | " + " | ".join(pct(f) for f in fractions) + " |"
+            lines = [
+                f"### {model}: {title}, mean ± std over {n_seeds} seed(s), {tokens} scored tokens (or "
+                "images) per point",
+                "",
+                header,
+                "|---" * (len(fractions) + 1) + "|",
+            ]
+            base = agg.get((model, "baseline", 0.0), {}).get(metric, [])
+            lines.append(
+                "| baseline | "
+                + " | ".join(format_cell(base, scale, digits) if f == 0 else "" for f in fractions)
+                + " |"
+            )
+            for method in methods:
+                cells = [
+                    format_cell(agg.get((model, method, f), {}).get(metric, []), scale, digits) if f > 0 else ""
+                    for f in fractions
+                ]
+                lines.append(f"| {method} | " + " | ".join(cells) + " |")
+            blocks.append("\n".join(lines))
+    return "\n\n".join(blocks) + "\n"
+
+
+def write_summary(run_dir: Path, table: str) -> None:
+    write_text(Path(run_dir) / "summary.md", table)

@@ -1,0 +1,200 @@
+"""The experiment design: which methods, fractions, seeds, and how the statistics are binned."""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass, field
+
+from ablate_lit.ablation.methods import METHODS, PAPER, parse_method
+from ablate_lit.ablation.schedule import FRACTION_DIGITS, SELECTIONS, SITES, UNITS, fraction_key, parse_order
+from ablate_lit.common.errors import AblateError, check, check_seed
+from ablate_lit.common.logs import say
+from ablate_lit.stats.histogram import ALIGNMENTS
+
+EPS_RANGE = (1e-8, 1e4)
+"""Bin widths that float32 activations can be binned by (x / eps neither underflows nor saturates)."""
+
+
+def _default_fractions() -> list[float]:
+    return [round(i / 10, 1) for i in range(11)]
+
+
+@dataclass
+class AblationConfig:
+    """What to ablate and how: the methods compared, the fractions and seeds of the nested unit sets,
+    which units (attention neurons, heads, MLP units; which layers; in what order), how calibration
+    statistics are binned, and the optimal method's fitting settings."""
+
+    methods: list[str] | None = field(
+        default=None, metadata={"example": " (method names), e.g. ['zero', 'mean', 'peak']"}
+    )
+    """Methods to compare: zero, mean, peak (peak:eps=E: bins E wide, a multiple of eps), median, peak_refined,
+    optimal, resample:<source> with source random_chars, random_tokens, generated (text), random_pixels (images)
+    or data (calibration inputs). Default: the paper's (zero, mean, peak and the family's random resample sources)."""
+    fractions: list[float] = field(
+        default_factory=_default_fractions, metadata={"example": " in [0, 1], e.g. [0, 0.5, 1]"}
+    )
+    """Fractions of neurons ablated, each in [0, 1] (default 0, 0.1, ..., 1)."""
+    seeds: list[int] = field(default_factory=lambda: [0, 1, 2], metadata={"example": ", e.g. [0, 1, 2]"})
+    """Seeds of the random neuron sets; every method sees the same sets for a given seed."""
+    selection: str = "per_layer"
+    """per_layer: every layer loses the same fraction of its units; global: draw over all units of the chosen layers."""
+    unit: str = "neuron"
+    """neuron, or head: whole attention heads (all head_dim neurons of a head; site attn only)."""
+    site: str = "attn"
+    """attn: the attention heads' output (the paper); mlp: the MLP hidden units (input of each block's MLP output
+    projection)."""
+    layers: list[int] | None = field(default=None, metadata={"example": " (layer indices), e.g. [0, -1]"})
+    """Only these layers' units are ablated (indices in execution order, negative from the end; default all);
+    fractions count their units."""
+    order: str = "random"
+    """random, or ablate units in order of a calibration statistic: std, peak_mean_gap, abs_peak, abs_mean,
+    off_zero_peak, bimodality, abs_skew (ascending; :desc for descending, e.g. std:desc). An order is the same for
+    every seed: one seed runs."""
+    eps: float = 0.01
+    """Histogram bin width for the peak method."""
+    n_bins: int = 1024
+    """Histogram bins per neuron (a window of n_bins*eps around the neuron's first-batch mean)."""
+    bin_alignment: str = "edge"
+    """edge: bins [k*eps, (k+1)*eps) as in the paper (peak = y_k + eps/2); centered: bins centred on k*eps."""
+    n_resample: int = 16
+    """Randomised input sequences cached per resample source (evaluated sample i uses row i mod n_resample)."""
+    resample_seed: int = 0
+    """Seed of the randomised inputs."""
+    mode: str = "hook"
+    """hook: replace values in a forward pre-hook (any method, any strategy); fold: write constant replacements
+    into the out-projection's weights and bias for each point (zero/mean/peak; not with sharded weights)."""
+    cache_dir: str | None = None
+    """Where calibration statistics are cached (default: <root>/.calibration_cache)."""
+    optimal_lr: float = 0.05
+    """optimal: Adam learning rate of the fitted constants, in units of each neuron's calibration standard deviation."""
+    optimal_epochs: int = 20
+    """optimal: most epochs over the training part of the calibration windows."""
+    optimal_patience: int = 4
+    """optimal: stop after this many epochs without a lower held-out CE (the best constants are kept)."""
+    optimal_batch_size: int = 8
+    """optimal: calibration windows (or images) per optimisation step, over all processes (fitting keeps activations
+    for the backward pass: lower it if a fit runs out of memory)."""
+    optimal_held_out: float = 0.25
+    """optimal: share of the calibration windows held out for early stopping (never trained on)."""
+    kl: bool = False
+    """Also measure KL(unablated || ablated) of the predicted distributions per point (each batch runs twice)."""
+    log_histograms: bool = True
+    """Write neurons.csv and the neuron-distribution figures (zero, mean and peak marked) to the run folder and
+    TensorBoard."""
+
+    def __post_init__(self):
+        self._check_binning_and_fitting()
+        self._check_schedule()
+        self._check_units()
+
+    def _check_binning_and_fitting(self) -> None:
+        check(
+            math.isfinite(self.eps) and self.eps > 0,
+            f"⟨ablation.eps⟩ must be a positive number, got {self.eps}; e.g. ⟨--ablation.eps⟩ 0.01",
+        )
+        check(
+            EPS_RANGE[0] <= self.eps <= EPS_RANGE[1],
+            f"⟨ablation.eps⟩ {self.eps} is outside [{EPS_RANGE[0]:g}, "
+            f"{EPS_RANGE[1]:g}] (activations are binned in float32); e.g. ⟨--ablation.eps⟩ 0.01",
+        )
+        check(self.n_bins >= 2, f"⟨ablation.n_bins⟩ must be at least 2, got {self.n_bins}")
+        check(
+            math.isfinite(self.optimal_lr) and self.optimal_lr > 0,
+            f"⟨ablation.optimal_lr⟩ must be a positive number, got {self.optimal_lr}",
+        )
+        check(
+            self.optimal_epochs >= 1,
+            f"⟨ablation.optimal_epochs⟩ must be at least 1, got {self.optimal_epochs} (0 would "
+            "leave optimal equal to mean)",
+        )
+        check(
+            self.optimal_batch_size >= 1,
+            f"⟨ablation.optimal_batch_size⟩ must be at least 1, got {self.optimal_batch_size}",
+        )
+        check(
+            self.optimal_patience >= 1, f"⟨ablation.optimal_patience⟩ must be at least 1, got {self.optimal_patience}"
+        )
+        check(
+            0 < self.optimal_held_out < 1,
+            f"⟨ablation.optimal_held_out⟩ must be a share in (0, 1), got {self.optimal_held_out}; "
+            "e.g. ⟨--ablation.optimal_held_out⟩ 0.25",
+        )
+        check(self.n_resample >= 1, f"⟨ablation.n_resample⟩ must be positive, got {self.n_resample}")
+
+    def _check_schedule(self) -> None:
+        check(
+            self.methods is None or len(self.methods) > 0,
+            "⟨ablation.methods⟩ is empty; name at least one of: " + ", ".join(METHODS),
+        )
+        check(len(self.seeds) > 0, "⟨ablation.seeds⟩ is empty; give at least one seed, e.g. ⟨--ablation.seeds⟩ [0]")
+        check(len(self.fractions) > 0, "⟨ablation.fractions⟩ is empty; e.g. ⟨--ablation.fractions⟩ [0,0.5,1]")
+        for f in self.fractions:
+            check(
+                math.isfinite(f) and 0.0 <= f <= 1.0,
+                f"⟨ablation.fractions⟩ holds {f}, outside [0, 1]; fractions are shares of neurons ablated",
+            )
+        keys: dict[float, float] = {}
+        for f in self.fractions:
+            check(
+                fraction_key(f) not in keys,
+                f"⟨ablation.fractions⟩ holds {keys.get(fraction_key(f))} and {f}, one point at "
+                f"{FRACTION_DIGITS} decimals; keep one of them",
+            )
+            keys[fraction_key(f)] = f
+        for seed in self.seeds:
+            check_seed(seed, "each of ⟨ablation.seeds⟩")
+        check_seed(self.resample_seed, "⟨ablation.resample_seed⟩")
+
+    def _check_units(self) -> None:
+        check(
+            self.selection in SELECTIONS,
+            f"unknown ⟨ablation.selection⟩ '{self.selection}'; use one of: {', '.join(SELECTIONS)}",
+        )
+        check(self.unit in UNITS, f"unknown ⟨ablation.unit⟩ '{self.unit}'; use one of: {', '.join(UNITS)}")
+        check(self.site in SITES, f"unknown ⟨ablation.site⟩ '{self.site}'; use one of: {', '.join(SITES)}")
+        check(
+            not (self.unit == "head" and self.site == "mlp"),
+            "⟨ablation.unit⟩ head needs ⟨ablation.site⟩ attn (MLP units have no heads)",
+        )
+        check(
+            self.layers is None or (len(self.layers) > 0 and len(set(self.layers)) == len(self.layers)),
+            f"⟨ablation.layers⟩ must list distinct layer indices, got {self.layers}",
+        )
+        parse_order(self.order)
+        check(
+            self.bin_alignment in ALIGNMENTS,
+            f"unknown ⟨ablation.bin_alignment⟩ '{self.bin_alignment}'; use one of: {', '.join(ALIGNMENTS)}",
+        )
+        check(len(set(self.seeds)) == len(self.seeds), f"⟨ablation.seeds⟩ has duplicates: {self.seeds}")
+        check(self.mode in ("hook", "fold"), f"unknown ⟨ablation.mode⟩ '{self.mode}'; use hook or fold")
+        check(
+            not (self.kl and self.mode == "fold"),
+            "⟨ablation.kl⟩ needs the unablated model beside the ablated one, which "
+            "fold mode edits away; use ⟨--ablation.mode⟩ hook",
+        )
+        if self.methods is not None:
+            self.methods = [parse_method(m).label for m in self.methods]
+            check(len(set(self.methods)) == len(self.methods), f"⟨ablation.methods⟩ has duplicates: {self.methods}")
+
+    def resolve_methods(self, resample_sources: tuple[str, ...]) -> None:
+        """Fill in the default methods for a family: the paper's (zero, mean, peak and its randomised resample
+        sources)."""
+        if self.methods is None:
+            self.methods = [*PAPER] + [f"resample:{s}" for s in resample_sources if s != "data"]
+
+
+def resolve_for(cfg: AblationConfig, module, trainer) -> list[int]:
+    """Complete ``cfg`` for ``module`` (the family's default methods; one seed for an order, which is
+    the same for every seed) and return the layers whose units are ablated, in execution order."""
+    cfg.resolve_methods(module.resample_sources)
+    n_layers = module.hooks.n_layers
+    for layer in cfg.layers or []:
+        if not -n_layers <= layer < n_layers:
+            raise AblateError(
+                f"⟨ablation.layers⟩ holds {layer}, but the model has {n_layers} layers (0 to {n_layers - 1})"
+            )
+    if parse_order(cfg.order)[0] is not None and len(cfg.seeds) > 1:
+        say(trainer, f"order {cfg.order}: every seed gives the same sets, so only seed {cfg.seeds[0]} runs")
+        cfg.seeds = cfg.seeds[:1]
+    return sorted({layer % n_layers for layer in cfg.layers}) if cfg.layers else list(range(n_layers))

@@ -1,0 +1,187 @@
+"""One run folder: checks, the run's identity and store, the experiment, the summary table.
+
+``python -m ablate_lit test`` ends here after LightningCLI has built the trainer, the model and the
+data; the folder's identity (``run_identity``) decides where results go and which ones count.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from ablate_lit.common.errors import AblateError
+from ablate_lit.common.logs import say
+from ablate_lit.common.sharding import is_sharded
+from ablate_lit.common.signals import stopped_by_signals
+from ablate_lit.report.summary import summary_table, write_summary
+from ablate_lit.runner.batch_size import find_batch_size
+from ablate_lit.runner.config import AblationConfig
+from ablate_lit.runner.experiment import Experiment
+from ablate_lit.runner.writer import ResultWriter
+from ablate_lit.stats.token_metrics import TokenScores
+from ablate_lit.store.atomic import clear_stale, write_text
+from ablate_lit.store.folder import ResultStore, digest, run_id_of
+
+
+def run_identity(trainer, module, data, cfg: AblationConfig) -> dict:
+    """Everything a result depends on: the model (fingerprint of its weights and where its neurons
+    are), the exact evaluation and calibration inputs (content, not path), and every setting that
+    changes a number. Methods, fractions and seeds are not in it: each row names its own."""
+    return {
+        "family": module.family,
+        "model": module.model_label,
+        "model_fingerprint": module.fingerprint(),
+        "pre_outs": digest([(p.name, p.width, p.application) for p in module.pre_outs]),
+        "eval_data": data.fingerprint("evaluation"),
+        "calib_data": data.fingerprint("calibration"),
+        "precision": str(trainer.precision),
+        "eps": cfg.eps,
+        "n_bins": cfg.n_bins,
+        "bin_alignment": cfg.bin_alignment,
+        "selection": cfg.selection,
+        "n_resample": cfg.n_resample,
+        "resample_seed": cfg.resample_seed,
+        "generator": module.hparams.get("generator"),
+        "kl": cfg.kl,
+        "optimal": {
+            "lr": cfg.optimal_lr,
+            "epochs": cfg.optimal_epochs,
+            "patience": cfg.optimal_patience,
+            "held_out": cfg.optimal_held_out,
+            "batch_size": cfg.optimal_batch_size,
+        },
+        **what_is_ablated(module, cfg),
+    }
+
+
+WHAT = ("site", "unit", "layers", "order", "selection", "pre_outs")
+"""The identity's keys that say what is ablated (one model and data can have runs of each)."""
+
+
+def what_is_ablated(module, cfg: AblationConfig) -> dict:
+    n = module.hooks.n_layers
+    layers = "all" if cfg.layers is None else ";".join(str(i % n) for i in sorted({i % n for i in cfg.layers}))
+    return {"site": cfg.site, "unit": cfg.unit, "layers": layers, "order": cfg.order}
+
+
+def check_destination(name: str | None, root, cache_dir=None) -> None:
+    """Where results go: ``name`` a plain folder name, ``root`` and ``cache_dir`` writable folders."""
+    from ablate_lit.store.atomic import check_folder
+
+    if name is not None and (
+        not isinstance(name, str)
+        or not name.strip()
+        or Path(name).name != name
+        or name in (".", "..")
+        or not name.isprintable()
+        or len(name.encode()) > 200
+    ):
+        raise AblateError(
+            f"⟨--name⟩ {name!r} must be a plain folder name inside ⟨--root⟩ (printable, at most 200 bytes, "
+            "no '/', not '..'); use ⟨--root⟩ to choose where run folders go"
+        )
+    check_folder(root, "⟨--root⟩")
+    if cache_dir:
+        check_folder(cache_dir, "⟨--ablation.cache_dir⟩")
+
+
+def run_experiment(trainer, module, data, cfg: AblationConfig, name: str | None, root: str, config_yaml: str) -> Path:
+    """Everything ``python -m ablate_lit test`` does; returns the run folder. The model moves to its
+    device once and stays there for calibration, every resample cache and every point."""
+    check_strategy(trainer, module, data, cfg)
+    with module.kept_in_place():
+        return _run(trainer, module, data, cfg, name, root, config_yaml)
+
+
+def check_strategy(trainer, module, data, cfg: AblationConfig) -> None:
+    """Settings that cannot work together, refused before anything runs."""
+    if getattr(trainer.strategy, "_start_method", "popen") != "popen":
+        raise AblateError("spawned processes cannot hand calibration statistics back; use ⟨--trainer.strategy ddp⟩")
+    sharded = is_sharded(trainer.strategy)
+    if cfg.mode == "fold" and sharded:
+        raise AblateError(
+            "⟨--ablation.mode⟩ fold edits whole weight matrices, which a sharding strategy splits; "
+            "use ⟨--ablation.mode⟩ hook"
+        )
+    if cfg.mode == "fold" and not all(p.direct and not p.shared for p in module.pre_outs):
+        why = (
+            "a norm sits between the heads and the out-projection"
+            if not module.pre_outs[0].direct
+            else "its layers share weights"
+        )
+        raise AblateError(
+            f"⟨--ablation.mode⟩ fold edits each layer's out-projection, but in this model {why}; use "
+            "⟨--ablation.mode⟩ hook"
+        )
+    tensor_parallel = getattr(
+        trainer.strategy, "_tensor_parallel_size", 1
+    )  # ModelParallelStrategy: "auto" = all processes
+    if (trainer.world_size if tensor_parallel == "auto" else tensor_parallel) > 1:
+        raise AblateError(
+            "tensor parallelism would split the attention heads across processes; "
+            "use ⟨--trainer.strategy fsdp2⟩ (ModelParallelStrategy with tensor_parallel_size 1)"
+        )
+    if data.batch_size == "auto" and sharded:
+        raise AblateError(
+            "⟨--data.batch_size⟩ auto probes the whole model on one device, which a sharding strategy avoids; "
+            "set ⟨--data.batch_size⟩ to a number"
+        )
+
+
+def _run(trainer, module, data, cfg: AblationConfig, name: str | None, root: str, config_yaml: str) -> Path:
+    module.select_site(cfg.site)
+    module.fingerprint()  # before any strategy wraps or shards the weights
+    module.connect_data(data)
+    data.setup("test")
+    module.scores = TokenScores(
+        len(data.eval_dataset())
+    )  # scores per evaluation window too (report's paired differences)
+    module.kl = cfg.kl
+    if data.batch_size == "auto":
+        module.to(trainer.strategy.root_device)
+        data.batch_size = find_batch_size(module, data.eval_dataset(), trainer.strategy.root_device.type)
+        say(trainer, f"batch size: {data.batch_size} (found automatically)")
+    world = trainer.world_size
+    if world > 1:
+        n_calib, n_eval = len(data.val_dataloader().dataset), len(data.eval_dataset())
+        if min(n_calib, n_eval, cfg.n_resample) < world:
+            raise AblateError(
+                f"{world} processes need at least {world} calibration and {world} evaluation windows/images "
+                f"and ⟨--ablation.n_resample⟩ >= {world} (have {n_calib}, {n_eval} and {cfg.n_resample})"
+            )
+    cache_dir = Path(cfg.cache_dir) if cfg.cache_dir else Path(root) / ".calibration_cache"
+    experiment = Experiment(trainer, module, data, cfg, Path(root), cache_dir)
+    experiment.cache.check_statistics_fit(trainer.strategy.root_device)  # before a run folder is made
+    identity = run_identity(trainer, module, data, cfg)
+    label = module.model_label
+    run_dir = Path(root) / (name or f"{label}-{run_id_of(identity)[:8]}")
+    store = ResultStore(run_dir, identity)
+    experiment.run_dir = run_dir
+    store.open()
+    if trainer.is_global_zero:
+        store.clear_stale()
+        clear_stale(cache_dir)
+        write_text(run_dir / "config.yaml", config_yaml)
+    say(trainer, f"run folder: {run_dir}")
+    say(trainer, module.describe_pre_outs())
+    fixed = {
+        "model": label,
+        "selection": cfg.selection,
+        "eps": cfg.eps,
+        "bin_alignment": cfg.bin_alignment,
+        "n_bins": cfg.n_bins,
+        "n_resample": cfg.n_resample,
+        "precision": str(trainer.precision),
+        "mode": cfg.mode,
+        **{k: identity[k] for k in WHAT},
+        "model_id": module.fingerprint(),
+        "run_id": store.run_id,
+        "setup_id": digest({k: v for k, v in identity.items() if k not in WHAT}),
+    }
+    with stopped_by_signals(lambda: f"{experiment.done} of {experiment.total} evaluations done (in {store.csv})"):
+        experiment.run(ResultWriter(store, fixed))
+    if trainer.is_global_zero:
+        table = summary_table(store.write_csv(), cfg.methods, cfg.fractions)
+        write_summary(run_dir, table)
+        say(trainer, "\n" + table)
+        say(trainer, f"results: {store.csv}\ncurves:  tensorboard --logdir {run_dir / 'tb'}")
+    return run_dir

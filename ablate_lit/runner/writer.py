@@ -1,0 +1,113 @@
+"""Writes the rows of each evaluated point to the run's result store, and logs the curves.
+
+Each row is its own file in ``points/`` (``ablate_lit.store.folder``), created once; ``results.csv`` is
+rebuilt from them. TensorBoard gets one run per (method, seed) under ``tb/``, with the ablated
+percentage as the step, for the rows this process created: ``ablation/top1_percent`` (Top1 in %, as
+in every table and figure; results.csv keeps the fraction), ``ablation/ce`` (nats) and ``ablation/kl``.
+"""
+
+from __future__ import annotations
+
+import math
+import time
+
+import lightning as L
+
+from ablate_lit.common import signals
+from ablate_lit.common.labels import Point, percent
+from ablate_lit.store.claims import CLAIM_REFRESH_S
+from ablate_lit.store.folder import ResultStore
+
+
+class ResultWriter(L.Callback):
+    def __init__(self, store: ResultStore, fixed: dict):
+        self.store = store
+        self.run_dir = store.run_dir
+        self.path = store.csv
+        self.fixed = fixed
+        """Columns that are the same for every row of this run (model, settings, identity)."""
+        self.point: Point | None = None
+        self.n_ablated = 0
+        self.n_neurons = 0
+        self._writers: dict = {}
+        self._t0 = self._refreshed = 0.0
+        self.last: dict = {}
+
+    def begin(self, point: Point, n_ablated: int, n_neurons: int) -> None:
+        """Called just before the point's ``trainer.test``: ``time_s`` covers the whole call (setup included)."""
+        self.point, self.n_ablated, self.n_neurons = point, n_ablated, n_neurons
+        self._t0 = self._refreshed = time.perf_counter()
+
+    def on_test_batch_end(self, trainer, pl_module, outputs, batch, batch_idx, dataloader_idx=0) -> None:
+        signals.check()  # a signal whose exception a destructor swallowed (ablate_lit.common.signals)
+        if (
+            trainer.is_global_zero
+            and self.point is not None
+            and time.perf_counter() - self._refreshed > CLAIM_REFRESH_S
+        ):
+            self.store.claims.refresh(self.point)  # the claim stays fresh while a long point runs
+            self._refreshed = time.perf_counter()
+
+    def row(self, point: Point, method: str, seed: int, scores: dict, elapsed: float) -> dict:
+        return {
+            **self.fixed,
+            "method": method,
+            "seed": seed,
+            "fraction": f"{point.fraction:.6g}",
+            "pct": percent(point.fraction),
+            "n_ablated": self.n_ablated,
+            "n_neurons": self.n_neurons,
+            "top1": f"{scores['top1']:.8f}",
+            "ce": f"{scores['ce']:.8f}",
+            "ppl": f"{scores['ppl']:.6g}" if math.isfinite(scores["ppl"]) else "inf",
+            "kl": f"{scores['kl']:.8f}" if math.isfinite(scores["kl"]) else "-",
+            "n_tokens": int(scores["n_tokens"]),
+            "nonfinite": int(scores["nonfinite"]),
+            "evaluated_as": point.method,
+            "time_s": f"{elapsed:.3f}",
+        }
+
+    def on_test_epoch_end(self, trainer, pl_module) -> None:
+        computed = pl_module.scores.compute()  # synchronised over processes
+        windows = {k: v.tolist() for k, v in computed.pop("windows").items()}
+        scores = {k: v.item() for k, v in computed.items()}
+        self.last = scores
+        if not trainer.is_global_zero or self.point is None:
+            return
+        p, elapsed = self.point, time.perf_counter() - self._t0
+        created = []
+        for method, seed in p.rows:
+            row = self.row(p, method, seed, scores, elapsed)
+            if self.store.add(row, windows):  # False: another process wrote this row meanwhile; its row stands
+                created.append(row)
+        self.store.write_csv()
+        for row in created:
+            writer = self._writer(row["method"], row["seed"])
+            writer.add_scalar(
+                "ablation/top1_percent", 100 * float(row["top1"]), row["pct"]
+            )  # % as in tables and figures
+            writer.add_scalar("ablation/ce", float(row["ce"]), row["pct"])
+            if row["kl"] != "-":
+                writer.add_scalar("ablation/kl", float(row["kl"]), row["pct"])
+            writer.flush()
+        self.point = None
+
+    def copy(self, point: Point, evaluated: dict, missing: list[tuple[str, int]]) -> None:
+        """Write ``point``'s missing rows from an evaluation another process made (same identity)."""
+        windows = self.store.windows_of(evaluated)
+        for method, seed in missing:
+            self.store.add({**evaluated, "method": method, "seed": seed}, windows)
+        self.store.write_csv()
+
+    def _writer(self, method: str, seed: int):
+        key = (method, seed)
+        if key not in self._writers:
+            from torch.utils.tensorboard import SummaryWriter
+
+            self._writers[key] = SummaryWriter(str(self.run_dir / "tb" / f"{method.replace(':', '-')}_seed{seed}"))
+        return self._writers[key]
+
+    def close(self) -> None:
+        for w in self._writers.values():
+            w.close()
+        self._writers.clear()
