@@ -176,3 +176,10 @@ def patched(model, path: str, n_layers: int, fn, run_forward):
     finally:
         for m, forward in saved:
             m.forward = forward
+
+
+def one_line_error(err: str) -> str:
+    """The one ``error:`` line of a failed run's stderr (no traceback)."""
+    lines = [line for line in err.splitlines() if line.startswith("error:")]
+    assert len(lines) == 1 and "Traceback" not in err, err[-3000:]
+    return lines[0]

@@ -16,7 +16,7 @@ import time
 from pathlib import Path
 
 import pytest
-from helpers import read_rows, run, tiny_args
+from helpers import one_line_error, read_rows, run, tiny_args
 
 from ablate_lit.entry.cli import main
 from ablate_lit.store.atomic import HOST, clear_stale
@@ -37,12 +37,6 @@ def start(args) -> subprocess.Popen:
         stderr=subprocess.PIPE,
         text=True,
     )
-
-
-def one_line_error(err: str) -> str:
-    lines = [line for line in err.splitlines() if line.startswith("error:")]
-    assert len(lines) == 1 and "Traceback" not in err, err[-3000:]
-    return lines[0]
 
 
 # -- identity -------------------------------------------------------------------------------------

@@ -54,6 +54,8 @@ class ResultStore:
         self._reported: set[str] = set()
         self.quiet = False
         """Collect problems without printing them (report prints its own list)."""
+        self._opened: tuple[int, int] | None = None  # (device, inode) of identity.json when opened
+        self._written: set[tuple] = set()  # keys of the rows this process wrote or found
 
     # -- the folder's identity -------------------------------------------------------------------
     def open(self) -> None:
@@ -69,6 +71,7 @@ class ResultStore:
         text = json.dumps({"run_id": self.run_id, **self.identity}, indent=1, sort_keys=True, default=str) + "\n"
         if not create_text(path, text):
             self._check_identity(path, fix)
+        self._opened = _file_id(path)
         lost = self._rows_only_in_csv()
         if lost:
             raise AblateError(
@@ -145,9 +148,28 @@ class ResultStore:
             return None, "its file name does not match its row"
         return row, None
 
+    def check_intact(self, rows: list[dict] | None = None) -> None:
+        """Refuse to go on in a folder that is not the one this store opened (removed, or replaced by
+        another), or that lost rows this process wrote (``rows``: the valid rows read just now): the
+        run would end with a results.csv missing them, and say nothing."""
+        if self._opened is None:
+            return
+        if _file_id(self.run_dir / "identity.json") != self._opened:
+            raise AblateError(
+                f"run folder '{self.run_dir}' was removed or replaced while this run wrote to it "
+                f"({len(self._written)} row(s) written before are gone with it); ⟨rerun⟩ and they are evaluated again"
+            )
+        if rows is not None and self._written - self.keys(rows):
+            lost = sorted(self._written - self.keys(rows))
+            raise AblateError(
+                f"{len(lost)} result row(s) this run wrote to '{self.points}' are gone (e.g. {lost[0][0]} seed "
+                f"{lost[0][1]} at {lost[0][2]:g}); ⟨rerun⟩ and they are evaluated again"
+            )
+
     def add(self, row: dict, windows: dict | None = None) -> bool:
         """Create the row's file (with its per-window totals); False if a valid one exists already
         (another process wrote it). A damaged or edited file in its place (reported by ``read``) is replaced."""
+        self.check_intact()
         path = self.row_path(row["method"], row["seed"], row["fraction"])
         text = (
             json.dumps(
@@ -163,11 +185,15 @@ class ResultStore:
             )
             + "\n"
         )
+        key = row_key(row["method"], row["seed"], row["fraction"])
         if create_text(path, text):
+            self._written.add(key)
             return True
         if self._check_file(path)[1] is None:
+            self._written.add(key)  # another process's row: it must stay too
             return False
         write_text(path, text)
+        self._written.add(key)
         return True
 
     def write_csv(self) -> list[dict]:
@@ -175,6 +201,7 @@ class ResultStore:
         for _ in range(10):
             before = self._listing()
             rows = self.read()
+            self.check_intact(rows)
             write_text(self.csv, csv_text(rows, COLUMNS))
             if self._listing() == before:
                 break
@@ -243,3 +270,12 @@ def read_rows(run_dir: Path, windows: bool = False) -> tuple[list[dict], list[st
         store.quiet = True
         return store.read(windows), store.problems
     return read_csv_rows(run_dir / "results.csv")
+
+
+def _file_id(path: Path) -> tuple[int, int] | None:
+    """(device, inode) of ``path``: the same file, not another one of that name; None if it is gone."""
+    try:
+        st = path.stat()
+    except OSError:
+        return None
+    return st.st_dev, st.st_ino
