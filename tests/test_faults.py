@@ -3,9 +3,14 @@ of path: each ends in one line, and no finished result is lost without a word.""
 
 from __future__ import annotations
 
+import os
+import resource
 import shutil
+import subprocess
+import sys
 from pathlib import Path
 
+import pytest
 from helpers import one_line_error, read_rows, run, tiny_args
 
 SMALL = ["--ablation.methods", "[zero,mean]", "--ablation.seeds", "[0]", "--ablation.log_histograms", "false"]
@@ -60,3 +65,37 @@ def test_rows_deleted_by_hand_during_a_run_fail_it(capsys, tiny_models, corpus, 
     code, _, err = run(capsys, *tiny_args(tiny_models["llama"], corpus, tmp_path, *SMALL))
     line = one_line_error(err)
     assert code == 2 and "result row(s) this run wrote to" in line and "are gone" in line, line
+
+
+def _run_limited(args, limit, value) -> subprocess.CompletedProcess:
+    """The CLI in a child process whose resource ``limit`` is ``value`` (soft; the hard limit untouched)."""
+
+    def apply():
+        resource.setrlimit(limit, (value, resource.getrlimit(limit)[1]))
+
+    env = {**os.environ, "PYTHONPATH": str(Path(__file__).resolve().parents[1])}
+    command = [sys.executable, "-m", "ablate_lit", "test", *map(str, args)]
+    return subprocess.run(command, preexec_fn=apply, capture_output=True, text=True, env=env, timeout=600)
+
+
+def test_a_file_size_limit_while_saving_the_cache_is_one_line(tiny_models, corpus, tmp_path):
+    """200 kB lets the run folder's small files through and stops the statistics cache (~270 kB)."""
+    proc = _run_limited(tiny_args(tiny_models["llama"], corpus, tmp_path, *SMALL), resource.RLIMIT_FSIZE, 200_000)
+    line = one_line_error(proc.stderr)
+    assert proc.returncode == 2 and "file size limit of 0.2 MiB of this process (ulimit -f)" in line, line
+    assert "stats-" in line and ".calibration_cache" in line and "--ablation.n_bins" in line
+    assert not list((tmp_path / ".calibration_cache").glob(".*.tmp*"))
+
+
+def test_an_address_space_limit_below_free_memory_is_read_by_the_memory_check(tiny_models, corpus, tmp_path):
+    """Histograms of 10 GiB fit in this machine's free memory but not under an 8 GiB address space."""
+    from ablate_lit.common.resources import cpu_limits
+
+    if min(cpu_limits())[0] < 12 * 2**30:
+        pytest.skip("needs 12 GiB of free memory, so that only the address-space limit refuses 10 GiB")
+    n_bins = 10 * 2**30 // (2 * 32 * 4)  # tiny llama: 2 layers x 32 neurons, int32 counts
+    args = [*tiny_args(tiny_models["llama"], corpus, tmp_path, *SMALL), "--ablation.n_bins", n_bins]
+    proc = _run_limited(args, resource.RLIMIT_AS, 8 * 2**30)
+    line = one_line_error(proc.stderr)
+    assert proc.returncode == 2 and "are free on cpu under this process's address-space limit" in line, line
+    assert f"lower --ablation.n_bins (now {n_bins})" in line

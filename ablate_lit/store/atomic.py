@@ -19,6 +19,8 @@ import io
 import itertools
 import os
 import re
+import resource
+import shutil
 import socket
 import time
 from contextlib import contextmanager
@@ -40,6 +42,19 @@ def _tmp_for(path: Path) -> Path:
 
 def disk_error(path: Path, exc: OSError) -> AblateError:
     """A one-line error for a failed write: full disk, no permission, or anything else the OS says."""
+    if exc.errno == errno.EFBIG:
+        limit = resource.getrlimit(resource.RLIMIT_FSIZE)[0]
+        size = f" of {limit / 2**20:.1f} MiB" if limit != resource.RLIM_INFINITY else ""
+        return AblateError(
+            f"the file size limit{size} of this process (ulimit -f) stopped writing {path.name} to "
+            f"'{path.parent}'; raise it (ulimit -f unlimited) or lower what is cached (⟨--ablation.n_bins⟩, "
+            "⟨--ablation.n_resample⟩)"
+        )
+    if exc.errno == errno.EDQUOT:
+        return AblateError(
+            f"the disk quota is exceeded on the device holding '{path.parent}' while writing {path.name}; free "
+            "some space or choose another folder (⟨--root⟩, ⟨--ablation.cache_dir⟩)"
+        )
     if exc.errno == errno.ENOSPC:
         return AblateError(
             f"no space left on the device holding '{path.parent}' while writing {path.name}; free some "
@@ -62,7 +77,13 @@ def atomic_path(path: Path, exclusive: bool = False) -> Iterator[Path]:
     try:
         try:
             path.parent.mkdir(parents=True, exist_ok=True)
-            yield tmp
+            try:
+                yield tmp
+            except RuntimeError as exc:  # torch.save reports a failed write as its own error, without errno
+                cause = _write_limit(tmp)
+                if cause is None:
+                    raise
+                raise OSError(cause, os.strerror(cause)) from exc
             with open(tmp, "rb+") as fh:
                 os.fsync(fh.fileno())
             if exclusive:
@@ -75,6 +96,21 @@ def atomic_path(path: Path, exclusive: bool = False) -> Iterator[Path]:
             raise disk_error(path, exc) from exc
     finally:
         tmp.unlink(missing_ok=True)
+
+
+def _write_limit(tmp: Path) -> int | None:
+    """Why writing ``tmp`` may have stopped short: EFBIG (the process's file size limit reached), ENOSPC
+    (the device is full), or None (neither: some other failure)."""
+    limit = resource.getrlimit(resource.RLIMIT_FSIZE)[0]
+    size = tmp.stat().st_size if tmp.exists() else 0
+    if limit != resource.RLIM_INFINITY and size >= limit - 2**16:
+        return errno.EFBIG
+    try:
+        if shutil.disk_usage(tmp.parent).free < 2**20:
+            return errno.ENOSPC
+    except OSError:
+        return None
+    return None
 
 
 def write_text(path: Path, text: str) -> None:
