@@ -99,3 +99,24 @@ def test_an_address_space_limit_below_free_memory_is_read_by_the_memory_check(ti
     line = one_line_error(proc.stderr)
     assert proc.returncode == 2 and "are free on cpu under this process's address-space limit" in line, line
     assert f"lower --ablation.n_bins (now {n_bins})" in line
+
+
+def _main(capsys, *argv) -> tuple[int, str, str]:
+    """``python -m ablate_lit ARGV`` in this process: (exit code, stdout, stderr)."""
+    from ablate_lit.entry.cli import main
+
+    try:
+        main(list(map(str, argv)))
+        code = 0
+    except SystemExit as exc:
+        code = exc.code
+    out, err = capsys.readouterr()
+    return code, out, err
+
+
+def test_cache_clear_with_a_root_that_is_a_file_is_refused(capsys, tmp_path):
+    (tmp_path / "a-file").write_text("")
+    for action in ("clear", "list"):
+        code, out, err = _main(capsys, "cache", action, "--root", tmp_path / "a-file")
+        assert code == 2 and "--root" in one_line_error(err) and "is a file, not a folder" in err, err
+        assert "removed" not in out

@@ -73,6 +73,9 @@ def main(argv: list[str]) -> None:
     )
     ap.add_argument("--cache-dir", action="append", default=[], help="a --ablation.cache_dir to include (repeatable)")
     args = ap.parse_args(argv)
+    for root in args.root or []:
+        if Path(root).exists() and not Path(root).is_dir():
+            raise AblateError(f"--root '{root}' is a file, not a folder; pass the folder holding the run folders")
     dirs = [Path(r) / ".calibration_cache" for r in (args.root or ["lightning_logs"])] + [
         Path(d) for d in args.cache_dir
     ]
