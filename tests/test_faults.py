@@ -120,3 +120,22 @@ def test_cache_clear_with_a_root_that_is_a_file_is_refused(capsys, tmp_path):
         code, out, err = _main(capsys, "cache", action, "--root", tmp_path / "a-file")
         assert code == 2 and "--root" in one_line_error(err) and "is a file, not a folder" in err, err
         assert "removed" not in out
+
+
+def test_a_refused_run_leaves_no_root_folder_behind(capsys, tiny_models, corpus, tmp_path):
+    root = tmp_path / "new" / "root"
+    args = tiny_args(tmp_path / "no-such-model", corpus, root, *SMALL)
+    code, _, err = run(capsys, *args)
+    assert code == 2 and "not found" in one_line_error(err)
+    assert not (tmp_path / "new").exists()
+    code, _, err = run(capsys, *tiny_args(tiny_models["llama"], corpus, root, *SMALL))  # made by the first write
+    assert code == 0 and (root / "run" / "results.csv").is_file(), err
+
+
+def test_report_refuses_bad_pairs_before_writing_anything(capsys, tiny_models, corpus, tmp_path):
+    code, _, err = run(capsys, *tiny_args(tiny_models["llama"], corpus, tmp_path, *SMALL))
+    assert code == 0, err
+    out = tmp_path / "report"
+    code, _, err = _main(capsys, "report", tmp_path / "run", "--out", out, "--pairs", "peak,mean")
+    assert code == 2 and "--pairs 'peak,mean' must be two methods of the runs" in one_line_error(err)
+    assert not out.exists()

@@ -208,6 +208,14 @@ def test_a_signal_ends_the_run_non_zero_with_one_line_and_it_resumes(tiny_models
         and "evaluations done" in line
         and "run the same command" in line
     )
+    # the count is that of the points whose rows are on disk, also when the signal came right after a row
+    from ablate_lit.ablation.schedule import plan
+    from ablate_lit.store.folder import read_rows as stored
+
+    have = {(r["method"], int(r["seed"]), float(r["fraction"])) for r in stored(tmp_path / "run")[0]}
+    schedule = plan(["zero", "peak", "resample:random_tokens"], [0, 1], [0.0, 0.5, 1.0])
+    done = sum(all((m, s, p.fraction) in have for m, s in p.rows) for p in schedule)
+    assert f"{done} of {len(schedule)} evaluations done" in line, line
     assert not list(points.glob("*.claim")), "the claim of the interrupted point is released"
     resumed = start(args)
     assert resumed.wait(timeout=600) == 0

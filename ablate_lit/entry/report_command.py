@@ -36,13 +36,13 @@ def main(argv: list[str]) -> None:
         if not 0 < f <= 1:
             raise AblateError(f"--fractions holds {f}; table fractions must be in (0, 1]")
     rows = load_runs(args.runs)
-    out = check_folder(args.out or Path(args.runs[0]).parent / "report", "--out")
+    methods = list(dict.fromkeys(r["method"] for r in rows))
+    pairs = default_pairs(methods) if args.pairs is None else [_pair(p, methods) for p in args.pairs]
+    out = check_folder(args.out or Path(args.runs[0]).parent / "report", "--out", create=True)  # all checked
     markdown, records = table(rows, args.fractions)
     write_text(out / "table.md", markdown)
     write_csv(out / "table.csv", records, list(records[0]))
     pngs = figures(rows, out) + eps_figures(rows, out)
-    methods = list(dict.fromkeys(r["method"] for r in rows))
-    pairs = default_pairs(methods) if args.pairs is None else [_pair(p, methods) for p in args.pairs]
     if pairs and any(r.get("_windows") for r in rows):
         paired_md, paired_records = paired_table(rows, pairs, args.fractions)
         write_text(out / "paired.md", paired_md)

@@ -145,7 +145,8 @@ class Experiment:
 
     @property
     def done(self) -> int:
-        return self.scheduler.done if self.scheduler else 0
+        """Points with all their rows stored (for the line a signal ends the run with)."""
+        return self.scheduler.finished() if self.scheduler else 0
 
     @property
     def total(self) -> int:

@@ -60,6 +60,7 @@ class Scheduler:
         self.trainer, self.writer, self.store = trainer, writer, writer.store
         self.evaluate, self.progress = evaluate, progress
         self.total = self.done = 0
+        self.points: list[Point] = []
 
     def _decide(self, point: Point) -> Decision:
         """Process 0's decision, told to every process."""
@@ -67,10 +68,20 @@ class Scheduler:
         return self.trainer.strategy.broadcast(decision, src=0)
 
     def pending(self, points: list[Point]) -> list[Point]:
+        self.points = points
         have = self.store.keys(self.store.read())
         todo = [p for p in points if self.store.missing(p, have)]
         self.total, self.done = len(points), len(points) - len(todo)
         return todo
+
+    def finished(self) -> int:
+        """Points whose rows are all in the run folder now (read from it: a point whose rows were stored
+        just before a signal counts, though the loop had not counted it yet)."""
+        try:
+            have = self.store.keys(self.store.read())
+        except Exception:  # the folder cannot be read: what the loop counted
+            return self.done
+        return sum(not self.store.missing(p, have) for p in self.points)
 
     def run(self, todo: list[Point]) -> None:
         """Evaluate or copy every point of ``todo``; points another process holds are waited for."""

@@ -172,16 +172,26 @@ def clear_stale(folder: Path) -> int:
     return removed
 
 
-def check_folder(path: str | Path, flag: str) -> Path:
-    """A folder that exists (created if needed) and can be written, or a one-line error naming ``flag``."""
+def check_folder(path: str | Path, flag: str, create: bool = False) -> Path:
+    """A folder that can be written, or a one-line error naming ``flag``. A folder that does not exist
+    yet is made only with ``create`` (else its nearest existing parent must be a writable folder, and
+    the folder is made by the first write into it: a run refused before then leaves nothing behind)."""
     path = Path(path).expanduser()
     if path.exists() and not path.is_dir():
         raise AblateError(f"{flag} '{path}' is a file, not a folder; pass a folder")
+    existing = next((p for p in (path, *path.absolute().parents) if p.exists()), Path("/"))
+    if not existing.is_dir():
+        raise AblateError(f"{flag} '{path}' lies under the file '{existing}', not a folder; pass a folder")
     try:
-        path.mkdir(parents=True, exist_ok=True)
-        probe = _tmp_for(path / "write-check")
-        probe.write_bytes(b"")
-        probe.unlink()
+        if create:
+            path.mkdir(parents=True, exist_ok=True)
+            existing = path
+        if existing == path:
+            probe = _tmp_for(path / "write-check")
+            probe.write_bytes(b"")
+            probe.unlink()
+        elif not os.access(existing, os.W_OK | os.X_OK):
+            raise PermissionError(errno.EACCES, f"{existing} is not writable")
     except OSError as exc:
         raise AblateError(f"{flag} '{path}' cannot be written ({exc.strerror or exc}); pass a writable folder") from exc
     return path
