@@ -8,7 +8,7 @@ import pytest
 
 from ablate_lit.families.loading.causal_lm import CAUSAL_LM_ARCHITECTURES
 from ablate_lit.families.loading.masked_lm import MASKED_LM_ARCHITECTURES
-from ablate_lit.testing.tiny import N_CLASSES, build_all, make_image_folder  # noqa: F401  (re-exported for tests)
+from ablate_lit.testing.tiny import build_all
 
 
 @pytest.fixture(scope="session")

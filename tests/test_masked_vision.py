@@ -182,7 +182,7 @@ def test_image_scores_against_labels(tiny_vision, image_folder, name):
 
 
 def test_label_space_mismatch_is_refused(tiny_vision, image_folder, tmp_path):
-    from conftest import make_image_folder
+    from ablate_lit.testing.tiny import make_image_folder
 
     small = make_image_folder(tmp_path / "imgs", per_class=4)
     (small / "class_5").mkdir()

@@ -2,8 +2,8 @@
 
 The *pre-out* of a layer is the input of its attention output projection (TransformerLens
 ``hook_z`` flattened): ``[batch, pos, n_heads * d_head]``. Ablation hooks sit on that input.
-Where the pre-out lives in a model is found by ``families.layout`` (tested per-architecture paths,
-else discovery by structure) and checked on a real forward pass by ``families.trace``.
+Where the pre-out lives in a model is found by ``families.locate.layout`` (tested per-architecture paths,
+else discovery by structure) and checked on a real forward pass by ``families.locate.trace``.
 """
 
 from __future__ import annotations

@@ -60,7 +60,8 @@ class AblationModule(KeptInPlace, L.LightningModule):
         """Family-specific checks of ``example_forward``'s output (e.g. that a causal LM is causal)."""
 
     def locate_pre_outs(self, config, known: Architecture | None, blocks: str | None, out_proj: str | None) -> None:
-        """Find every layer's pre-out (``families.layout``) and check it on one forward pass (``families.trace``)."""
+        """Find every layer's pre-out (``families.locate.layout``) and check it on one forward pass
+        (``families.locate.trace``)."""
         pre_outs, self.layout_source = locate(self.model, config, known, blocks, out_proj)
         self.pre_outs, output = trace(self.model, pre_outs, lambda: self.example_forward(2), batch_size=2)
         self.check_example(output)
@@ -78,7 +79,7 @@ class AblationModule(KeptInPlace, L.LightningModule):
 
     def select_site(self, site: str) -> None:
         """Hook the attention heads' output (``attn``) or the MLP hidden units (``mlp``: located in the
-        blocks of the attention layers, ``families.mlp``, and checked on one forward pass)."""
+        blocks of the attention layers, ``families.locate.mlp``, and checked on one forward pass)."""
         if site not in self._by_site:
             from ablate_lit.families.locate.mlp import locate_mlp
 

@@ -9,7 +9,7 @@ import torch
 
 from ablate_lit.testing.tiny import N_CLASSES, VOCAB, _scale_weights
 
-# Architectures without a tested entry, located by structure (families.layout): tiny configs of each.
+# Architectures without a tested entry, located by structure (families.locate.layout): tiny configs of each.
 # name -> (family, builder kwargs). Causal and masked configs share the tokenizer's special ids.
 _SMALL = dict(hidden_size=32, intermediate_size=64, num_hidden_layers=2, num_attention_heads=4)
 

@@ -1,6 +1,6 @@
 """Causal language models: tested architecture paths and loading (hub name, local folder or GGUF file).
 
-Architectures without an entry here are located by structure (``families.layout``)."""
+Architectures without an entry here are located by structure (``families.locate.layout``)."""
 
 from __future__ import annotations
 
@@ -10,7 +10,7 @@ from ablate_lit.families.loading.hf import load_hf, load_tokenizer
 _LLAMA_LIKE = Architecture(layers="model.layers", out_proj="self_attn.o_proj")
 
 # model_type (from config.json) -> where the pre-out lives. Every entry is exercised by the tests
-# on a tiny random-init model of that type (ablate_lit/tiny.py builds them).
+# on a tiny random-init model of that type (ablate_lit/testing/tiny.py builds them).
 CAUSAL_LM_ARCHITECTURES: dict[str, Architecture] = {
     "opt": Architecture(layers="model.decoder.layers", out_proj="self_attn.out_proj"),
     "llama": _LLAMA_LIKE,

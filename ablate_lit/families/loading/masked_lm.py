@@ -1,7 +1,7 @@
 """Masked language models: tested architecture paths (BERT, RoBERTa, XLM-RoBERTa) and loading.
 
 Architectures without an entry here (DistilBERT, DeBERTa, ELECTRA, ALBERT, ModernBERT, ...) are
-located by structure (``families.layout``)."""
+located by structure (``families.locate.layout``)."""
 
 from __future__ import annotations
 

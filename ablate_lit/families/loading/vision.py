@@ -1,7 +1,7 @@
 """Vision transformers: timm and Hugging Face image classifiers, loading and preprocessing.
 
 timm ViT-style models (``blocks[i].attn.proj``) and Hugging Face ViT/DeiT have tested entries; every
-other model (BEiT, EVA, DINOv2, CLIP vision, ...) is located by structure (``families.layout``).
+other model (BEiT, EVA, DINOv2, CLIP vision, ...) is located by structure (``families.locate.layout``).
 """
 
 from __future__ import annotations

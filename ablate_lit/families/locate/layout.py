@@ -14,7 +14,7 @@ Then, for every answer: n_heads is read from the attention module or the config,
 attention module or the config where either states it (derived as hidden / n_heads only when
 neither does), and the projection's input width must equal n_heads * head_dim. Anything that does
 not resolve to exactly one answer is refused in one line naming the options that settle it.
-``families.trace`` then checks the answer on a real forward pass (hooked value = the heads' output).
+``families.locate.trace`` then checks the answer on a real forward pass (hooked value = the heads' output).
 """
 
 from __future__ import annotations

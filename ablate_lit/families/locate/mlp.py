@@ -7,7 +7,7 @@ output (``down_proj``, ``fc2``, ``c_proj``, ``dense_4h_to_h``, ``fc_out``, ``lin
 ``ffn_output``, ``output.dense``, ...). Its input width must equal the intermediate size the config
 states, or, where it states none (timm), the output width of an up projection of the same block.
 Mixture-of-experts blocks are refused: their hidden units belong to routed experts, not to the block.
-The forward-pass check (``families.trace``) then accepts as the producer of the hooked value only an
+The forward-pass check (``families.locate.trace``) then accepts as the producer of the hooked value only an
 activation function or tensor operations (the gate's product); a norm in between moves the hook to
 the norm's input, anything else is refused.
 """
