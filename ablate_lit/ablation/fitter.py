@@ -8,7 +8,7 @@ import torch
 
 from ablate_lit.ablation.optimal import fit_constants
 from ablate_lit.common.errors import AblateError
-from ablate_lit.common.labels import Point, pct, percent
+from ablate_lit.common.labels import NO_TARGET, Point, percent
 from ablate_lit.common.logs import say
 from ablate_lit.data.sampler import make_loader
 from ablate_lit.store.objects import digest, load_object, save_object
@@ -89,7 +89,7 @@ class OptimalFitter:
         train_rows, held_rows = self.split()
         key = self._key(mask)
         path = self.cache.cache_dir / f"optimal-{key}.pt"
-        where = f"optimal {pct(point.fraction)} (seed {point.seed})"
+        where = point.describe()  # optimal 50% (seed 0), or optimal L3.H5 for one unit
         cached = load_object(path, key) if trainer.is_global_zero else None
         cached = trainer.strategy.broadcast(None if cached is None else cached["values"], src=0)
         if cached is not None:
@@ -134,7 +134,7 @@ class OptimalFitter:
                 max_epochs=cfg.optimal_epochs,
                 patience=cfg.optimal_patience,
                 writer=writer,
-                tag=f"{percent_tag(point.fraction)}pct",
+                tag=f"{percent_tag(point.fraction)}pct" if point.target == NO_TARGET else point.target,
             )
         finally:
             if writer is not None:

@@ -21,7 +21,8 @@ from ablate_lit.common.labels import FRACTION_DIGITS, Point, fraction_key
 __all__ = ["FRACTION_DIGITS", "Point", "ablation_mask", "fraction_key", "n_ablated", "neuron_order", "plan"]
 
 SELECTIONS = ("per_layer", "global")
-UNITS = ("neuron", "head")
+UNITS = ("neuron", "head", "layer")
+SCHEDULES = ("nested", "each")
 SITES = ("attn", "mlp")
 
 ORDERS = {

@@ -27,18 +27,74 @@ def pct(fraction: float) -> str:
     return f"{percent(fraction)}%"
 
 
+NO_TARGET = "-"
+"""The ``target`` of a row of the nested schedule: a random set, not one unit."""
+
+
+def target_name(layer: int, head: int | None = None) -> str:
+    """The unit a single-unit row ablates: ``L3.H5`` (head 5 of layer 3) or ``L3`` (all of layer 3)."""
+    return f"L{layer}" if head is None else f"L{layer}.H{head}"
+
+
+def parse_target(text: str) -> tuple[int, int | None]:
+    """(layer, head or None) of a ``target_name``."""
+    layer, _, head = str(text).removeprefix("L").partition(".H")
+    return int(layer), (int(head) if head else None)
+
+
 @dataclass(frozen=True)
 class Point:
-    """One evaluation; ``rows`` lists the (method, seed) result rows it stands for."""
+    """One evaluation; ``rows`` lists the (method, seed) result rows it stands for. ``target`` names
+    the one unit ablated alone (the single-unit schedule), or is ``-`` (a nested random set)."""
 
     fraction: float
     method: str  # a method label, or "baseline" at 0%
     seed: int  # the seed whose neuron set is ablated
     rows: tuple[tuple[str, int], ...]
+    target: str = NO_TARGET
+
+    def keys(self) -> list[tuple[str, int, float, str]]:
+        """The store keys of the rows this evaluation writes."""
+        return [(m, int(s), fraction_key(self.fraction), self.target) for m, s in self.rows]
+
+    @property
+    def claim_name(self) -> str:
+        seed = f"__s{self.seed}" if 0.0 < self.fraction < 1.0 else ""
+        unit = f"__{self.target}" if self.target != NO_TARGET else ""
+        return f"{self.method}{unit}{seed}__f{self.fraction:.6f}"
 
     def describe(self) -> str:
-        """``mean 50% (seed 0)``, as progress lines name a point."""
+        """``mean 50% (seed 0)``, as progress lines name a point (``mean L3.H5`` for one unit)."""
+        if self.target != NO_TARGET:
+            return f"{self.method} {self.target}"
         return f"{self.method} {pct(self.fraction)} (seed {self.seed})"
+
+
+@dataclass(frozen=True)
+class UnitGroup:
+    """The units of one layer, each ablated alone by each method (``entries``): evaluated together,
+    batch by batch, from one unablated forward pass (``families.units``)."""
+
+    layer: int
+    entries: tuple[Point, ...]
+    method = "units"
+    seed = 0
+    fraction = 0.0
+    target = NO_TARGET
+
+    @property
+    def rows(self) -> tuple[tuple[str, int], ...]:
+        return tuple(row for e in self.entries for row in e.rows)
+
+    def keys(self) -> list[tuple[str, int, float, str]]:
+        return [k for e in self.entries for k in e.keys()]
+
+    @property
+    def claim_name(self) -> str:
+        return f"units__L{self.layer}"
+
+    def describe(self) -> str:
+        return f"layer {self.layer}'s {len(self.entries)} single-unit evaluations"
 
 
 @dataclass(frozen=True)

@@ -66,15 +66,14 @@ def shard(model: nn.Module, blocks: list[nn.Module], mesh) -> bool:
     return True
 
 
-def pad_forwards(module, batch, batch_idx: int, n_batches: int) -> None:
+def pad_forwards(module, batch, batch_idx: int, n_batches: int, padding) -> None:
     """Under a sharding strategy every forward gathers weights from all processes, so all must run
     as many. After batch 0 (which every process has) the processes agree on the largest batch
-    count; on its last batch, a process with fewer runs the missing forwards with ``module``'s
-    hooks paused and the results discarded."""
+    count; on its last batch, a process with fewer runs ``padding(batch)`` (the forward passes of
+    one step, results discarded) once per missing batch."""
     if batch_idx == 0:
         mine = torch.tensor(n_batches, device=module.device)
         module._most_batches = int(module.trainer.strategy.reduce(mine, reduce_op="max"))
     if batch_idx == n_batches - 1:
-        with module.hooks.paused():
-            for _ in range(module._most_batches - n_batches):
-                module.logits_and_labels(batch)
+        for _ in range(module._most_batches - n_batches):
+            padding(batch)

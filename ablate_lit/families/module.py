@@ -134,9 +134,23 @@ class AblationModule(KeptInPlace, L.LightningModule):
                     f"{self.trainer.world_size} processes (FSDP2)",
                 )
 
-    def _even_out(self, batch, batch_idx: int, n_batches: int) -> None:
+    def _even_out(self, batch, batch_idx: int, n_batches: int, testing: bool = False) -> None:
         if self.trainer.world_size > 1 and is_sharded(self.trainer.strategy):
-            pad_forwards(self, batch, batch_idx, n_batches)
+            pad_forwards(self, batch, batch_idx, n_batches, self._test_padding if testing else self._padding)
+
+    def _padding(self, batch) -> None:
+        """One calibration step's forward pass, hooks paused, results discarded."""
+        with self.hooks.paused():
+            self.logits_and_labels(batch)
+
+    def _test_padding(self, batch) -> None:
+        """The forward passes of one test step, results discarded."""
+        if self.unit_step is not None:
+            self.unit_step.step(batch, record=False)
+            return
+        with self.hooks.paused():
+            for _ in range(2 if self.kl and self.hooks.active else 1):
+                self.logits_and_labels(batch)
 
     # calibration runs as a validation epoch: forward only, the recording hooks do the rest (and may
     # end the forward pass after the last hooked layer)
@@ -150,6 +164,11 @@ class AblationModule(KeptInPlace, L.LightningModule):
 
     def on_test_epoch_start(self) -> None:
         self.scores.reset()
+        if self.unit_step is not None:
+            self.unit_step.reset()
+
+    unit_step = None
+    """A ``families.units.UnitMapStep`` while one layer's single-unit map is evaluated (else None)."""
 
     kl: bool = False
     """Also score KL(unablated || ablated): with ablation hooks attached, each batch runs once more with
@@ -157,6 +176,10 @@ class AblationModule(KeptInPlace, L.LightningModule):
 
     def test_step(self, batch, batch_idx):
         self._set_index(batch)
+        if self.unit_step is not None:
+            self.unit_step.step(batch)
+            self._even_out(batch, batch_idx, self.trainer.num_test_batches[0], testing=True)
+            return
         reference = None
         if self.kl and self.hooks.active:
             with self.hooks.paused():
@@ -165,7 +188,7 @@ class AblationModule(KeptInPlace, L.LightningModule):
         if self.kl and reference is None:
             reference = logits
         self.scores.update(logits, labels, batch.get("index"), reference)
-        self._even_out(batch, batch_idx, self.trainer.num_test_batches[0])
+        self._even_out(batch, batch_idx, self.trainer.num_test_batches[0], testing=True)
 
     def fingerprint(self) -> str:
         """Identifies the weights cheaply: config, dtype and checksums of a few tensors. Computed once,

@@ -8,6 +8,8 @@ from pathlib import Path
 from ablate_lit.ablation.methods import METHODS
 from ablate_lit.common.errors import AblateError
 from ablate_lit.report.figures import model_figure
+from ablate_lit.report.importance import agreement, agreement_table, importance, top_units_table
+from ablate_lit.report.importance_figures import importance_figure
 from ablate_lit.report.summary import summary_table
 from ablate_lit.report.tables import method_label
 from ablate_lit.store.folder import read_rows
@@ -59,8 +61,12 @@ class Results:
         return df.sort_values(["method", "seed", "fraction"], kind="stable").reset_index(drop=True)
 
     def summary(self, fractions: list[float] | None = None) -> str:
-        """Baseline, then mean ± std over seeds per method and fraction (Top1 in %, CE), in Markdown."""
+        """Baseline, then mean ± std over seeds per method and fraction (Top1 in %, CE), in Markdown; for
+        a single-unit run, each method's most important units and the method-agreement table."""
         rows = self.rows()
+        if any(r.get("target", "-") not in ("-", "") for r in rows):
+            records, boot = importance(self._unit_rows())
+            return top_units_table(records) + "\n" + agreement_table(agreement(records, boot))
         order = list(METHODS)
         methods = sorted(
             dict.fromkeys(r["method"] for r in rows),  # the registry's order: zero, mean, ..., resample
@@ -75,6 +81,35 @@ class Results:
         ):
             raise AblateError(f"fractions={fractions!r}: pass a list of fractions in [0, 1], e.g. [0.5, 0.9]")
         return summary_table(rows, methods, fractions)
+
+    def importance(self):
+        """The single-unit map (a run with ``schedule="each"``): one row per (unit, method) with
+        layer, head, unit, top1, ce, kl and the loss increase d_ce / d_top1 over the unablated model
+        with 95% bootstrap intervals over windows (a pandas DataFrame)."""
+        import pandas as pd
+
+        records, _ = importance(self._unit_rows())
+        return pd.DataFrame(records)
+
+    def agreement(self):
+        """Per pair of methods: Spearman rank correlation of the units' d_ce and top-k overlaps, with
+        95% bootstrap intervals (a pandas DataFrame)."""
+        import pandas as pd
+
+        records, boot = importance(self._unit_rows())
+        return pd.DataFrame(agreement(records, boot))
+
+    def importance_figure(self):
+        """The map as a matplotlib Figure: per method a layer x head heatmap of d_ce on one shared scale
+        (or a bar per layer for whole-layer units)."""
+        records, _ = importance(self._unit_rows())
+        return importance_figure(records, self._unit_rows()[0]["model"])
+
+    def _unit_rows(self) -> list[dict]:
+        rows = read_rows(self.run_dir, windows=True)[0]
+        if not importance(rows, n_boot=1)[0]:
+            raise AblateError(f"'{self.run_dir}' holds no single-unit rows; run with schedule='each'")
+        return rows
 
     def figure(self):
         """Top1 (%) and CE against the percentage ablated: a line per method, ± one std over seeds,

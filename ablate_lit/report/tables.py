@@ -36,7 +36,7 @@ def load_runs(run_dirs: list[str]) -> list[dict]:
             setups = models[r["model"]]
             if len(setups) > 1:
                 r = {**r, "model": f"{r['model']} ({setups[_setup(r, d)]})"}
-            key = (r["model"], r["method"], int(r["seed"]), fraction_key(r["fraction"]))
+            key = (r["model"], r["method"], int(r["seed"]), fraction_key(r["fraction"]), r.get("target", "-"))
             if key not in seen:
                 seen.add(key)
                 rows.append(r)

@@ -6,7 +6,15 @@ import math
 from dataclasses import dataclass, field
 
 from ablate_lit.ablation.methods import METHODS, PAPER, parse_method
-from ablate_lit.ablation.schedule import FRACTION_DIGITS, SELECTIONS, SITES, UNITS, fraction_key, parse_order
+from ablate_lit.ablation.schedule import (
+    FRACTION_DIGITS,
+    SCHEDULES,
+    SELECTIONS,
+    SITES,
+    UNITS,
+    fraction_key,
+    parse_order,
+)
 from ablate_lit.common.errors import AblateError, check, check_seed
 from ablate_lit.common.logs import say
 from ablate_lit.stats.histogram import ALIGNMENTS
@@ -40,7 +48,11 @@ class AblationConfig:
     selection: str = "per_layer"
     """per_layer: every layer loses the same fraction of its units; global: draw over all units of the chosen layers."""
     unit: str = "neuron"
-    """neuron, or head: whole attention heads (all head_dim neurons of a head; site attn only)."""
+    """neuron, or head: whole attention heads (all head_dim neurons of a head; site attn only), or layer: all units
+    of a layer's site (with schedule each)."""
+    schedule: str = "nested"
+    """nested: random unit sets at each fraction, nested, per seed (the paper); each: every unit (head or layer)
+    ablated alone by every method, the single-unit importance map (fractions and seeds are not used)."""
     site: str = "attn"
     """attn: the attention heads' output (the paper); mlp: the MLP hidden units (input of each block's MLP output
     projection)."""
@@ -148,6 +160,24 @@ class AblationConfig:
 
     def _check_units(self) -> None:
         check(
+            self.schedule in SCHEDULES,
+            f"unknown ⟨ablation.schedule⟩ '{self.schedule}'; use one of: {', '.join(SCHEDULES)}",
+        )
+        check(
+            self.schedule == "each" or self.unit != "layer",
+            "⟨ablation.unit⟩ layer ablates whole layers one at a time: use it with ⟨--ablation.schedule⟩ each",
+        )
+        check(
+            self.schedule == "nested" or self.unit != "neuron",
+            "⟨ablation.schedule⟩ each evaluates every unit alone: use ⟨--ablation.unit⟩ head or layer (one "
+            "evaluation per neuron would be thousands)",
+        )
+        check(
+            self.schedule == "nested" or parse_order(self.order)[0] is None,
+            "⟨ablation.order⟩ orders the units of nested sets; the single-unit schedule evaluates every unit, so "
+            "leave ⟨--ablation.order⟩ random",
+        )
+        check(
             self.selection in SELECTIONS,
             f"unknown ⟨ablation.selection⟩ '{self.selection}'; use one of: {', '.join(SELECTIONS)}",
         )
@@ -194,7 +224,10 @@ def resolve_for(cfg: AblationConfig, module, trainer) -> list[int]:
             raise AblateError(
                 f"⟨ablation.layers⟩ holds {layer}, but the model has {n_layers} layers (0 to {n_layers - 1})"
             )
-    if parse_order(cfg.order)[0] is not None and len(cfg.seeds) > 1:
+    if cfg.schedule == "each":
+        say(trainer, f"schedule each: every {cfg.unit} ablated alone by each method (fractions and seeds are not used)")
+        cfg.seeds = [0]
+    elif parse_order(cfg.order)[0] is not None and len(cfg.seeds) > 1:
         say(trainer, f"order {cfg.order}: every seed gives the same sets, so only seed {cfg.seeds[0]} runs")
         cfg.seeds = cfg.seeds[:1]
     return sorted({layer % n_layers for layer in cfg.layers}) if cfg.layers else list(range(n_layers))

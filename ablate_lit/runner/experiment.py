@@ -20,13 +20,14 @@ from ablate_lit.ablation.methods import parse_method
 from ablate_lit.ablation.schedule import ablation_mask, neuron_order, parse_order, plan, unit_scores
 from ablate_lit.calibration.cache import CalibrationCache
 from ablate_lit.calibration.statistics import CalibrationStats
-from ablate_lit.common.labels import Point, percent
+from ablate_lit.common.labels import NO_TARGET, Point, UnitGroup, percent
 from ablate_lit.common.logs import say
 from ablate_lit.common.sharding import is_sharded
 from ablate_lit.data.sampler import make_loader
 from ablate_lit.report.neurons import neuron_views
 from ablate_lit.runner.config import AblationConfig, resolve_for
 from ablate_lit.runner.scheduler import Scheduler
+from ablate_lit.runner.unit_map import UnitMap
 from ablate_lit.runner.writer import ResultWriter
 
 
@@ -45,6 +46,8 @@ class Experiment:
         self._orders: dict = {}
         self._current: tuple[object, dict] = (None, {})
         self.scheduler: Scheduler | None = None
+        self.units = UnitMap(self)
+        self._said: set[str] = set()
         for method in self.methods.values():
             method.check(self.context)
 
@@ -80,7 +83,7 @@ class Experiment:
         (once per point for a method fitted per point): the schedule runs the points of one method
         together, and only the current values stay on the device (a resample cache can take GiBs)."""
         method = self.methods[point.method]
-        key = (method.label, point.seed, point.fraction) if method.per_point else method.label
+        key = (method.label, point.seed, point.fraction, point.target) if method.per_point else method.label
         if self._current[0] != key:
             self._current = (None, {})  # the previous method's values leave the device first
             values = method.replacement(self.context, point)
@@ -89,6 +92,8 @@ class Experiment:
 
     def mask(self, point: Point) -> torch.Tensor:
         """Boolean [n_layers, width]: the neurons ablated at ``point`` (the same for every method)."""
+        if point.target != NO_TARGET:
+            return self.units.mask(point)
         cfg, hooks = self.cfg, self.module.hooks
         if point.seed not in self._orders:
             scores = unit_scores(self.stats, cfg.order, self.unit_size)
@@ -113,6 +118,9 @@ class Experiment:
 
     # -- the schedule --------------------------------------------------------------------------------
     def _evaluate(self, point: Point, writer: ResultWriter) -> None:
+        if isinstance(point, UnitGroup):
+            self.units.evaluate(point, writer)
+            return
         trainer, module = self.trainer, self.module
         n_neurons = len(self.layers) * module.hooks.width
         if point.method == "baseline":
@@ -134,14 +142,21 @@ class Experiment:
     def _progress(self, writer: ResultWriter):
         def line(point: Point, eta: float) -> str:
             s = self.scheduler
+            if isinstance(point, UnitGroup):
+                return f"[{s.done}/{s.total}] {self.units.progress(point, writer.last)}  (eta {_clock(eta)})"
             kl = f"  kl {writer.last['kl']:.4f}" if self.cfg.kl else ""
             return (
                 f"[{s.done}/{s.total}] {point.method:>24} seed {point.seed} {percent(point.fraction):3d}% ablated: "
                 f"top1 {writer.last['top1']:.4f}  ce {writer.last['ce']:.4f}{kl}  "
-                f"(eta {int(eta) // 60}:{int(eta) % 60:02d})"
+                f"(eta {_clock(eta)})"
             )
 
         return line
+
+    def say_once(self, message: str) -> None:
+        if message not in self._said:
+            self._said.add(message)
+            say(self.trainer, message)
 
     @property
     def done(self) -> int:
@@ -157,7 +172,9 @@ class Experiment:
         evaluating are left to it and waited for; a point whose evaluation exists gets its rows copied."""
         self._join_processes()
         self.scheduler = Scheduler(self.trainer, writer, lambda p: self._evaluate(p, writer), self._progress(writer))
-        todo = self.scheduler.pending(plan(self.cfg.methods, self.cfg.seeds, self.cfg.fractions))
+        cfg = self.cfg
+        points = self.units.plan() if cfg.schedule == "each" else plan(cfg.methods, cfg.seeds, cfg.fractions)
+        todo = self.scheduler.pending(points)
         say(
             self.trainer,
             f"schedule: {self.scheduler.total} evaluations ({self.scheduler.done} already in "
@@ -170,3 +187,7 @@ class Experiment:
             self.trainer.callbacks.remove(writer)
             self.module.hooks.remove()
             writer.close()
+
+
+def _clock(seconds: float) -> str:
+    return f"{int(seconds) // 60}:{int(seconds) % 60:02d}"

@@ -12,6 +12,7 @@ from ablate_lit.common.errors import AblateError
 from ablate_lit.common.logs import say
 from ablate_lit.common.sharding import is_sharded
 from ablate_lit.common.signals import stopped_by_signals
+from ablate_lit.report.importance import write_importance
 from ablate_lit.report.summary import summary_table, write_summary
 from ablate_lit.runner.batch_size import find_batch_size
 from ablate_lit.runner.config import AblationConfig
@@ -53,14 +54,17 @@ def run_identity(trainer, module, data, cfg: AblationConfig) -> dict:
     }
 
 
-WHAT = ("site", "unit", "layers", "order", "selection", "pre_outs")
+WHAT = ("site", "unit", "layers", "order", "selection", "pre_outs", "schedule")
 """The identity's keys that say what is ablated (one model and data can have runs of each)."""
 
 
 def what_is_ablated(module, cfg: AblationConfig) -> dict:
     n = module.hooks.n_layers
     layers = "all" if cfg.layers is None else ";".join(str(i % n) for i in sorted({i % n for i in cfg.layers}))
-    return {"site": cfg.site, "unit": cfg.unit, "layers": layers, "order": cfg.order}
+    what = {"site": cfg.site, "unit": cfg.unit, "layers": layers, "order": cfg.order}
+    if cfg.schedule != "nested":  # (absent from nested runs: their identities stay as they were)
+        what["schedule"] = cfg.schedule
+    return what
 
 
 def check_destination(name: str | None, root, cache_dir=None) -> None:
@@ -172,7 +176,7 @@ def _run(trainer, module, data, cfg: AblationConfig, name: str | None, root: str
         "n_resample": cfg.n_resample,
         "precision": str(trainer.precision),
         "mode": cfg.mode,
-        **{k: identity[k] for k in WHAT},
+        **{k: identity[k] for k in WHAT if k in identity},
         "model_id": module.fingerprint(),
         "run_id": store.run_id,
         "setup_id": digest({k: v for k, v in identity.items() if k not in WHAT}),
@@ -180,8 +184,23 @@ def _run(trainer, module, data, cfg: AblationConfig, name: str | None, root: str
     with stopped_by_signals(lambda: f"{experiment.done} of {experiment.total} evaluations done (in {store.csv})"):
         experiment.run(ResultWriter(store, fixed))
     if trainer.is_global_zero:
-        table = summary_table(store.write_csv(), cfg.methods, cfg.fractions)
+        rows = store.write_csv()
+        table = _unit_map_summary(store, label) if cfg.schedule == "each" else None
+        table = table or summary_table(rows, cfg.methods, cfg.fractions)
         write_summary(run_dir, table)
         say(trainer, "\n" + table)
         say(trainer, f"results: {store.csv}\ncurves:  tensorboard --logdir {run_dir / 'tb'}")
     return run_dir
+
+
+def _unit_map_summary(store: ResultStore, model: str) -> str:
+    """A single-unit run's outputs (importance.csv, agreement.csv, importance.md, the heatmaps, also in
+    TensorBoard under tb/importance); returns its tables."""
+    from torch.utils.tensorboard import SummaryWriter
+
+    writer = SummaryWriter(str(store.run_dir / "tb" / "importance"))
+    try:
+        markdown, _ = write_importance(store.read(windows=True), store.run_dir, model, writer)
+    finally:
+        writer.close()
+    return markdown

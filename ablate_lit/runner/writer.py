@@ -14,7 +14,7 @@ import time
 import lightning as L
 
 from ablate_lit.common import signals
-from ablate_lit.common.labels import Point, percent
+from ablate_lit.common.labels import Point, UnitGroup, percent
 from ablate_lit.store.claims import CLAIM_REFRESH_S
 from ablate_lit.store.folder import ResultStore
 
@@ -32,11 +32,19 @@ class ResultWriter(L.Callback):
         self._writers: dict = {}
         self._t0 = self._refreshed = 0.0
         self.last: dict = {}
+        self.group: UnitGroup | None = None
+        self._unit_sizes: list[int] = []
 
     def begin(self, point: Point, n_ablated: int, n_neurons: int) -> None:
         """Called just before the point's ``trainer.test``: ``time_s`` covers the whole call (setup included)."""
         self.point, self.n_ablated, self.n_neurons = point, n_ablated, n_neurons
         self._t0 = self._refreshed = time.perf_counter()
+
+    def begin_group(self, group: UnitGroup, unit_sizes: list[int], n_neurons: int) -> None:
+        """Called before a layer's single-unit evaluations: ``group.entries`` get one row each, from the
+        module's ``unit_step.scores`` (``unit_sizes``: the neurons each ablates)."""
+        self.begin(group, 0, n_neurons)
+        self.group, self._unit_sizes = group, unit_sizes
 
     def on_test_batch_end(self, trainer, pl_module, outputs, batch, batch_idx, dataloader_idx=0) -> None:
         signals.check()  # a signal whose exception a destructor swallowed (ablate_lit.common.signals)
@@ -65,9 +73,13 @@ class ResultWriter(L.Callback):
             "nonfinite": int(scores["nonfinite"]),
             "evaluated_as": point.method,
             "time_s": f"{elapsed:.3f}",
+            **({"target": point.target} if "target" in self.store.columns else {}),
         }
 
     def on_test_epoch_end(self, trainer, pl_module) -> None:
+        if self.group is not None:
+            self._write_group(trainer, pl_module)
+            return
         computed = pl_module.scores.compute()  # synchronised over processes
         windows = {k: v.tolist() for k, v in computed.pop("windows").items()}
         scores = {k: v.item() for k, v in computed.items()}
@@ -91,6 +103,23 @@ class ResultWriter(L.Callback):
                 writer.add_scalar("ablation/kl", float(row["kl"]), row["pct"])
             writer.flush()
         self.point = None
+
+    def _write_group(self, trainer, pl_module) -> None:
+        results = []
+        for scores in pl_module.unit_step.scores:  # every process computes: the states are synchronised
+            computed = scores.compute()
+            windows = {k: v.tolist() for k, v in computed.pop("windows").items()}
+            results.append(({k: v.item() for k, v in computed.items()}, windows))
+        group, self.group = self.group, None
+        self.point = None
+        self.last = {"ce": [r[0]["ce"] for r in results], "top1": [r[0]["top1"] for r in results]}
+        if not trainer.is_global_zero:
+            return
+        elapsed = (time.perf_counter() - self._t0) / max(1, len(group.entries))  # each entry's share of the pass
+        for entry, size, (scores, windows) in zip(group.entries, self._unit_sizes, results, strict=True):
+            self.n_ablated = size
+            self.store.add(self.row(entry, entry.method, entry.seed, scores, elapsed), windows)
+        self.store.write_csv()
 
     def copy(self, point: Point, evaluated: dict, missing: list[tuple[str, int]]) -> None:
         """Write ``point``'s missing rows from an evaluation another process made (same identity)."""

@@ -33,8 +33,7 @@ class Claims:
         self.folder = Path(folder)
 
     def path(self, point: Point) -> Path:
-        seed = f"__s{point.seed}" if 0.0 < point.fraction < 1.0 else ""
-        return self.folder / f"{safe_name(point.method)}{seed}__f{point.fraction:.6f}.claim"
+        return self.folder / f"{safe_name(point.claim_name)}.claim"
 
     def claim(self, point: Point) -> bool:
         """Claim ``point`` for this process; False while a live process holds it."""

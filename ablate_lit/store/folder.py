@@ -24,12 +24,12 @@ import json
 from pathlib import Path
 
 from ablate_lit.common.errors import AblateError
-from ablate_lit.common.labels import Point, fraction_key
+from ablate_lit.common.labels import NO_TARGET, Point, fraction_key, parse_target
 from ablate_lit.common.logs import log
 from ablate_lit.store.atomic import clear_stale, create_text, csv_text, write_text
 from ablate_lit.store.claims import Claims, safe_name
 from ablate_lit.store.objects import digest
-from ablate_lit.store.rows import COLUMNS, check_row, read_csv_rows, row_key
+from ablate_lit.store.rows import COLUMNS, UNIT_COLUMNS, check_row, key_of, read_csv_rows
 
 RESULT_FORMAT = 5
 
@@ -70,7 +70,7 @@ class ResultStore:
             )
         text = json.dumps({"run_id": self.run_id, **self.identity}, indent=1, sort_keys=True, default=str) + "\n"
         if not create_text(path, text):
-            self._check_identity(path, fix)
+            check_identity(path, self.identity, self.run_id, self.run_dir, fix)
         self._opened = _file_id(path)
         lost = self._rows_only_in_csv()
         if lost:
@@ -79,39 +79,25 @@ class ResultStore:
                 "restore points/, or remove results.csv to evaluate those points again"
             )
 
-    def _check_identity(self, path: Path, fix: str) -> None:
-        try:
-            stored = json.loads(path.read_text())
-        except (OSError, ValueError, UnicodeDecodeError):
-            stored = None
-        if not isinstance(stored, dict):
-            raise AblateError(f"'{path}' is unreadable; {fix}")
-        if stored.get("run_id") != digest({k: v for k, v in stored.items() if k != "run_id"}):
-            raise AblateError(f"'{path}' was edited by hand (its run_id does not match its content); {fix}")
-        if stored.get("run_id") == self.run_id:
-            return
-        differ = [
-            k
-            for k in sorted(set(stored) | set(self.identity))
-            if k != "run_id" and stored.get(k) != self.identity.get(k)
-        ]
-        what = "; ".join(f"{k}: {_short(stored.get(k))} there, {_short(self.identity.get(k))} now" for k in differ[:3])
-        raise AblateError(
-            f"run folder '{self.run_dir}' holds results of other settings ({what or 'another format'}); {fix}"
-        )
-
     def _rows_only_in_csv(self) -> int:
         if not self.csv.is_file():
             return 0
         rows, _ = read_csv_rows(self.csv)
         return sum(
-            r.get("run_id") == self.run_id and not self.row_path(r["method"], r["seed"], r["fraction"]).exists()
+            r.get("run_id") == self.run_id
+            and not self.row_path(r["method"], r["seed"], r["fraction"], r.get("target")).exists()
             for r in rows
         )
 
     # -- rows ---------------------------------------------------------------------------------------
-    def row_path(self, method: str, seed: int, fraction: float) -> Path:
-        return self.points / f"{safe_name(method)}__s{int(seed)}__f{fraction_key(fraction):.6f}.json"
+    def row_path(self, method: str, seed: int, fraction: float, target: str | None = None) -> Path:
+        unit = f"__{target}" if target not in (None, NO_TARGET) else ""
+        return self.points / f"{safe_name(method)}{unit}__s{int(seed)}__f{fraction_key(fraction):.6f}.json"
+
+    @property
+    def columns(self) -> list[str]:
+        """results.csv's columns: ``target`` only in a single-unit run's."""
+        return UNIT_COLUMNS if self.identity.get("schedule") == "each" else COLUMNS
 
     def read(self, windows: bool = False) -> list[dict]:
         """Every valid row of this run, in a fixed order; invalid files are reported once and skipped.
@@ -124,8 +110,8 @@ class ResultStore:
             if problem:
                 self._report(f"ignored {path}: {problem}")
                 continue
-            rows.setdefault(row_key(row["method"], row["seed"], row["fraction"]), row)
-        return [rows[k] for k in sorted(rows, key=lambda k: (k[0], k[1], k[2]))]
+            rows.setdefault(key_of(row), row)
+        return [rows[k] for k in sorted(rows, key=_order)]
 
     def _checksum(self, row: dict, windows: dict | None = None) -> str:
         return digest({"run_id": self.run_id, "row": row, "windows": windows})
@@ -144,7 +130,7 @@ class ResultStore:
             return None, "made by another run"
         if record.get("checksum") != self._checksum(row, record.get("windows")):
             return None, "edited by hand (its checksum does not match)"
-        if path.name != self.row_path(row["method"], row["seed"], row["fraction"]).name:
+        if path.name != self.row_path(row["method"], row["seed"], row["fraction"], row.get("target")).name:
             return None, "its file name does not match its row"
         return row, None
 
@@ -170,7 +156,7 @@ class ResultStore:
         """Create the row's file (with its per-window totals); False if a valid one exists already
         (another process wrote it). A damaged or edited file in its place (reported by ``read``) is replaced."""
         self.check_intact()
-        path = self.row_path(row["method"], row["seed"], row["fraction"])
+        path = self.row_path(row["method"], row["seed"], row["fraction"], row.get("target"))
         text = (
             json.dumps(
                 {
@@ -185,7 +171,7 @@ class ResultStore:
             )
             + "\n"
         )
-        key = row_key(row["method"], row["seed"], row["fraction"])
+        key = key_of(row)
         if create_text(path, text):
             self._written.add(key)
             return True
@@ -202,7 +188,7 @@ class ResultStore:
             before = self._listing()
             rows = self.read()
             self.check_intact(rows)
-            write_text(self.csv, csv_text(rows, COLUMNS))
+            write_text(self.csv, csv_text(rows, self.columns))
             if self._listing() == before:
                 break
         return rows
@@ -220,22 +206,24 @@ class ResultStore:
     # -- points -------------------------------------------------------------------------------------
     def windows_of(self, row: dict) -> dict | None:
         """The per-window totals stored with ``row`` (None for a row written without them)."""
-        path = self.row_path(row["method"], row["seed"], row["fraction"])
+        path = self.row_path(row["method"], row["seed"], row["fraction"], row.get("target"))
         found, problem = self._check_file(path)
         return None if problem else json.loads(path.read_text()).get("windows")
 
     @staticmethod
-    def keys(rows: list[dict]) -> set[tuple[str, int, float]]:
-        return {row_key(r["method"], r["seed"], r["fraction"]) for r in rows}
+    def keys(rows: list[dict]) -> set[tuple[str, int, float, str]]:
+        return {key_of(r) for r in rows}
 
     def missing(self, point: Point, have: set) -> list[tuple[str, int]]:
         """The (method, seed) rows of ``point`` not in ``have`` (``keys`` of valid rows)."""
-        return [(m, s) for m, s in point.rows if row_key(m, s, point.fraction) not in have]
+        return [row[:2] for row, key in zip(point.rows, point.keys(), strict=True) if key not in have]
 
     @staticmethod
     def evaluation_of(point: Point, rows: list[dict]) -> dict | None:
         """A valid row that already holds this point's evaluation (written by any process)."""
         for row in rows:
+            if row.get("target", NO_TARGET) != point.target or point.target != NO_TARGET:
+                continue  # a single unit's row is evaluated for itself, never shared
             if row["evaluated_as"] != point.method or fraction_key(row["fraction"]) != point.fraction:
                 continue
             if 0.0 < point.fraction < 1.0 and int(row["seed"]) != point.seed:
@@ -246,6 +234,23 @@ class ResultStore:
     def clear_stale(self) -> None:
         clear_stale(self.run_dir)
         clear_stale(self.points)
+
+
+def check_identity(path: Path, identity: dict, run_id: str, run_dir: Path, fix: str) -> None:
+    """Refuse an identity.json that is unreadable, edited by hand, or of another identity (naming what differs)."""
+    try:
+        stored = json.loads(path.read_text())
+    except (OSError, ValueError, UnicodeDecodeError):
+        stored = None
+    if not isinstance(stored, dict):
+        raise AblateError(f"'{path}' is unreadable; {fix}")
+    if stored.get("run_id") != digest({k: v for k, v in stored.items() if k != "run_id"}):
+        raise AblateError(f"'{path}' was edited by hand (its run_id does not match its content); {fix}")
+    if stored.get("run_id") == run_id:
+        return
+    differ = [k for k in sorted(set(stored) | set(identity)) if k != "run_id" and stored.get(k) != identity.get(k)]
+    what = "; ".join(f"{k}: {_short(stored.get(k))} there, {_short(identity.get(k))} now" for k in differ[:3])
+    raise AblateError(f"run folder '{run_dir}' holds results of other settings ({what or 'another format'}); {fix}")
 
 
 def _short(value) -> str:
@@ -279,3 +284,10 @@ def _file_id(path: Path) -> tuple[int, int] | None:
     except OSError:
         return None
     return st.st_dev, st.st_ino
+
+
+def _order(key: tuple) -> tuple:
+    """Rows in a fixed order: by method, seed, fraction, then unit (layer, head) in number order."""
+    method, seed, fraction, target = key
+    unit = (-1, -1) if target == NO_TARGET else tuple(-1 if x is None else x for x in parse_target(target))
+    return method, seed, fraction, unit

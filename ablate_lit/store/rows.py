@@ -7,7 +7,7 @@ import math
 import re
 from pathlib import Path
 
-from ablate_lit.common.labels import fraction_key
+from ablate_lit.common.labels import NO_TARGET, fraction_key
 
 COLUMNS = [
     "model",
@@ -44,6 +44,9 @@ COLUMNS = [
 shaped the numbers, and the run's identity (setup_id: the same model, data and settings, whatever is ablated)."""
 
 
+UNIT_COLUMNS = [*COLUMNS[:4], "target", *COLUMNS[4:]]
+"""results.csv columns of a single-unit run (``--ablation.schedule each``): ``target`` names the unit
+(``L3.H5``, ``L3``); the baseline row's is ``-``."""
 OPTIONAL = ("kl", "site", "unit", "layers", "order", "n_bins", "n_resample", "mode", "model_id", "setup_id", "run_id")
 """Columns that results.csv files of earlier versions lack."""
 
@@ -54,8 +57,13 @@ _INT = ("seed", "n_ablated", "n_neurons", "n_tokens", "nonfinite")
 _FLOAT = ("fraction", "top1", "ce", "eps")
 
 
-def row_key(method: str, seed, fraction) -> tuple[str, int, float]:
-    return (str(method), int(seed), fraction_key(fraction))
+def row_key(method: str, seed, fraction, target: str | None = None) -> tuple[str, int, float, str]:
+    """What identifies a row: its method, seed, fraction and (single-unit rows) the unit it ablates."""
+    return (str(method), int(seed), fraction_key(fraction), str(target or NO_TARGET))
+
+
+def key_of(row: dict) -> tuple[str, int, float, str]:
+    return row_key(row["method"], row["seed"], row["fraction"], row.get("target"))
 
 
 def check_row(row) -> str | None:
