@@ -28,7 +28,7 @@ import time
 from pathlib import Path
 
 import torch
-from transformers import AutoConfig, AutoModelForCausalLM, PreTrainedTokenizerFast
+from transformers import AutoConfig, AutoModelForCausalLM
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from bench_run import SHAPES  # noqa: E402  (the same model shapes)
@@ -46,7 +46,7 @@ def build(shape: str, tmp: Path) -> CausalLMAblation:
     torch.manual_seed(0)
     config = AutoConfig.for_model(**SHAPES[shape])
     model = AutoModelForCausalLM.from_config(config).eval()
-    tokenizer = PreTrainedTokenizerFast.from_pretrained(str(train_tokenizer(tmp / "tokenizer")))
+    tokenizer = train_tokenizer(tmp / "tokenizer")
     return CausalLMAblation.from_model(model, tokenizer, name=shape)
 
 

@@ -16,7 +16,7 @@ from pathlib import Path
 import numpy as np
 
 from ablate_lit.ablation.methods import METHODS
-from ablate_lit.common.labels import NO_TARGET, parse_target
+from ablate_lit.common.labels import NO_TARGET, Label, parse_target
 
 N_BOOT = 2000
 
@@ -28,7 +28,7 @@ def unit_rows(rows: list[dict]) -> tuple[dict | None, list[dict]]:
     order = list(METHODS)
 
     def key(r):  # the registry's method order (zero, mean, ..., resample), then layer and head
-        name = r["method"].split(":")[0]
+        name = Label.parse(r["method"]).method.split(":")[0]  # report labels rows: "mean [heads]"
         layer, head = parse_target(r["target"])
         return (order.index(name) if name in order else len(order), r["method"], layer, -1 if head is None else head)
 
@@ -174,6 +174,7 @@ def top_units_table(records: list[dict], k: int = 5) -> str:
     for m in methods:
         mine = sorted((r for r in records if r["method"] == m), key=lambda r: -r["d_ce"])[:k]
         cells = [f"{r['unit']} {r['d_ce']:+.3f} [{r['d_ce_low']:+.3f}, {r['d_ce_high']:+.3f}]" for r in mine]
+        cells += ["—"] * (k - len(cells))  # fewer units than k
         lines.append(f"| {m} | " + " | ".join(cells) + " |")
     return "\n".join(lines) + "\n"
 

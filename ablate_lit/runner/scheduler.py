@@ -52,6 +52,12 @@ def decide(store, point: Point) -> Decision:
     return Decision(Action.EVALUATE, missing)
 
 
+def cost(point) -> int:
+    """A point's work, in forward passes over the evaluation data (a single-unit group: one per entry),
+    so that the time left is estimated from the work left, not the count of points."""
+    return len(getattr(point, "entries", ())) or 1
+
+
 class Scheduler:
     """Runs ``points`` through ``evaluate`` (one ``trainer.test`` each) and ``writer`` (their rows),
     counting progress in ``done`` of ``total`` and saying each evaluated point with ``progress``."""
@@ -105,11 +111,11 @@ class Scheduler:
                 self.writer.copy(point, decision.evaluated, list(decision.missing))
             elif decision.action is Action.EVALUATE:
                 self._evaluate(point)
-                evaluated += 1
+                evaluated += cost(point)
             self.done += 1
             signals.check()  # a signal whose exception a destructor swallowed still stops the run here
             if decision.action is Action.EVALUATE:
-                eta = (time.perf_counter() - started) / evaluated * (len(todo) + len(waiting))
+                eta = (time.perf_counter() - started) / evaluated * sum(map(cost, todo + waiting))
                 say(self.trainer, self.progress(point, eta))
 
     def _evaluate(self, point: Point) -> None:
