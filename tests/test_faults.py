@@ -139,3 +139,29 @@ def test_report_refuses_bad_pairs_before_writing_anything(capsys, tiny_models, c
     code, _, err = _main(capsys, "report", tmp_path / "run", "--out", out, "--pairs", "peak,mean")
     assert code == 2 and "--pairs 'peak,mean' must be two methods of the runs" in one_line_error(err)
     assert not out.exists()
+
+
+def test_several_devices_with_no_gpu_are_refused_unless_the_cpu_is_named(capsys, tiny_models, corpus, tmp_path):
+    import torch
+
+    if torch.cuda.is_available():
+        pytest.skip("a GPU is here: several devices are GPUs")
+    args = tiny_args(tiny_models["llama"], corpus, tmp_path, *SMALL)
+    args[args.index("--trainer.accelerator") + 1] = "auto"
+    code, _, err = run(capsys, *args, "--trainer.devices", 2)
+    line = one_line_error(err)
+    assert code == 2 and "finds no GPU here, so it would start 2 CPU processes" in line, line
+    assert "pass --trainer.accelerator cpu" in line
+    import ablate_lit
+
+    with pytest.raises(ablate_lit.AblateError, match=r"trainer=\{'devices': 2\} finds no GPU here"):
+        ablate_lit.run(tiny_models["llama"], [str(corpus)], trainer={"devices": 2}, root=tmp_path / "api")
+
+
+def test_paired_differences_from_few_windows_carry_a_caution(capsys, tiny_models, corpus, tmp_path):
+    code, _, err = run(capsys, *tiny_args(tiny_models["llama"], corpus, tmp_path, *SMALL))
+    assert code == 0, err
+    code, out, err = _main(capsys, "report", tmp_path / "run", "--out", tmp_path / "report")
+    assert code == 0, err
+    text = (tmp_path / "report" / "paired.md").read_text()
+    assert "Caution: only 8 evaluation windows (or images) behind these intervals" in text and "Caution" in out

@@ -26,7 +26,7 @@ from ablate_lit.families.vision import VisionAblation
 from ablate_lit.report.results import Results
 from ablate_lit.runner.config import AblationConfig
 from ablate_lit.runner.launch import check_destination, run_experiment
-from ablate_lit.runner.trainer import AblationTrainer
+from ablate_lit.runner.trainer import AblationTrainer, check_devices
 
 MODULES = {"causal_lm": CausalLMAblation, "masked_lm": MaskedLMAblation, "vision": VisionAblation}
 DATA = {"causal_lm": TextData, "masked_lm": MaskedTextData, "vision": ImageData}
@@ -124,6 +124,7 @@ def _trainer(trainer, verbose: bool, root) -> AblationTrainer:
     if not isinstance(trainer, AblationTrainer):
         options = {"accelerator": "auto", "devices": 1, "enable_progress_bar": verbose, "default_root_dir": str(root)}
         options.update(trainer or {})
+        check_devices(options["accelerator"], options["devices"])
         try:
             trainer = AblationTrainer(**options)
         except (TypeError, ValueError, MisconfigurationException) as exc:

@@ -92,9 +92,12 @@ class AblateCLI(LightningCLI):
     def before_instantiate_classes(self) -> None:
         """Cheap checks of where results go, before any model or data is loaded."""
         from ablate_lit.runner.launch import check_destination
+        from ablate_lit.runner.trainer import check_devices
 
         config = self.config[self.subcommand]
         check_destination(config.get("name"), config.get("root"), (config.get("ablation") or {}).get("cache_dir"))
+        trainer = config.get("trainer") or {}
+        check_devices(trainer.get("accelerator", "auto"), trainer.get("devices", "auto"))
 
     @staticmethod
     def subcommands() -> dict[str, set[str]]:

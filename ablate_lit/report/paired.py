@@ -14,6 +14,8 @@ from ablate_lit.common.labels import Label, pct
 from ablate_lit.report.figures import save_plot
 
 N_BOOT = 2000
+FEW_WINDOWS = 20
+"""Below this many windows the paired table says its intervals are rough."""
 
 
 def paired_difference(
@@ -102,6 +104,13 @@ def paired_table(rows: list[dict], pairs: list[tuple[str, str]], fractions: list
                     )
                 cells.append("<br>".join(text))
             lines.append(f"| {a} - {b} @ {pct(f)} | " + " | ".join(cells) + " |")
+    fewest = min((r["n_windows"] for r in records), default=FEW_WINDOWS)
+    if fewest < FEW_WINDOWS:
+        caution = (
+            f"Caution: only {fewest} evaluation windows (or images) behind these intervals; a bootstrap over fewer "
+            f"than {FEW_WINDOWS} is rough, so read a * as a hint, not a finding (evaluate more tokens or images)."
+        )
+        lines += ["", caution]
     return "\n".join(lines) + "\n", records
 
 

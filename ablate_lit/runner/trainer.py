@@ -31,6 +31,27 @@ _PRECISION = Optional[
 ]
 
 
+def check_devices(accelerator, devices) -> None:
+    """Refuse several devices with ``accelerator: auto`` where no GPU is found: Lightning would start
+    that many CPU processes without a word, which is rarely what ``--trainer.devices 2`` meant."""
+    import torch
+
+    from ablate_lit.common.errors import AblateError
+
+    if str(accelerator) != "auto" or torch.cuda.is_available():
+        return
+    count = len(devices) if isinstance(devices, (list, tuple)) else devices
+    try:
+        count = int(count)
+    except (TypeError, ValueError):
+        return  # "auto": one device here
+    if count > 1:
+        raise AblateError(
+            f"⟨--trainer.devices {devices}⟩ finds no GPU here, so it would start {count} CPU processes; pass "
+            "⟨--trainer.accelerator cpu⟩ to run on CPU processes, or run where the GPUs are"
+        )
+
+
 class AblationTrainer(L.Trainer):
     def __init__(
         self,
