@@ -165,3 +165,31 @@ def test_paired_differences_from_few_windows_carry_a_caution(capsys, tiny_models
     assert code == 0, err
     text = (tmp_path / "report" / "paired.md").read_text()
     assert "Caution: only 8 evaluation windows (or images) behind these intervals" in text and "Caution" in out
+
+
+def test_progress_says_top1_in_percent_and_warnings_use_the_front_ends_words(capsys, tiny_models, corpus, tmp_path):
+    import re
+
+    args = [
+        *tiny_args(tiny_models["llama"], corpus, tmp_path, *SMALL),
+        "--ablation.n_bins",
+        2,
+        "--ablation.methods",
+        "[peak]",
+    ]
+    code, out, _ = run(capsys, *args)
+    assert code == 0 and re.search(r"\] +peak seed 0  50% ablated: top1 \d+\.\d\d%  ce ", out), out
+    assert "raise --ablation.n_bins (now 2) so their peaks are exact" in out
+
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    import ablate_lit
+
+    model = AutoModelForCausalLM.from_pretrained(tiny_models["llama"])
+    tokenizer = AutoTokenizer.from_pretrained(tiny_models["llama"])
+    texts = [p.read_text() for p in sorted(corpus.glob("*.txt"))]
+    ablate_lit.run(model, texts, tokenizer=tokenizer, methods=["peak"], seeds=[0], fractions=[0.5], n_bins=2,
+                   context_length=16, max_tokens=64, calib_tokens=64, root=tmp_path / "api", verbose=False,
+                   trainer={"accelerator": "cpu", "enable_progress_bar": False})  # fmt: skip
+    out = capsys.readouterr().out
+    assert "raise n_bins= (now 2) so their peaks are exact" in out and "calibration:" not in out  # warnings only

@@ -92,7 +92,7 @@ class CalibrationCache:
             warn(
                 self.trainer,
                 f"{risky} neurons have more activations outside their histogram window than in "
-                f"their fullest bin; raise --ablation.n_bins (now {self.cfg.n_bins}) so their peaks "
+                f"their fullest bin; raise ⟨--ablation.n_bins⟩ (now {self.cfg.n_bins}) so their peaks "
                 "are exact",
             )
 

@@ -19,6 +19,8 @@ import warnings
 from contextlib import contextmanager
 from typing import Iterator
 
+from ablate_lit.common.errors import render
+
 log = logging.getLogger("ablate_lit")
 
 RANK_ZERO_LOGGERS = ("lightning.pytorch.utilities.rank_zero", "lightning.fabric.utilities.rank_zero")
@@ -59,7 +61,7 @@ console()
 def say(trainer, message: str, level: int = logging.INFO) -> None:
     """Log ``message`` from process 0 only (every process runs the same code)."""
     if trainer is None or trainer.is_global_zero:
-        log.log(level, message)
+        log.log(level, render(message))  # settings named in the front end's words (--ablation.n_bins / n_bins=)
 
 
 def warn(trainer, message: str) -> None:

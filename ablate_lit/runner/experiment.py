@@ -147,7 +147,7 @@ class Experiment:
             kl = f"  kl {writer.last['kl']:.4f}" if self.cfg.kl else ""
             return (
                 f"[{s.done}/{s.total}] {point.method:>24} seed {point.seed} {percent(point.fraction):3d}% ablated: "
-                f"top1 {writer.last['top1']:.4f}  ce {writer.last['ce']:.4f}{kl}  "
+                f"top1 {100 * writer.last['top1']:.2f}%  ce {writer.last['ce']:.4f}{kl}  "
                 f"(eta {_clock(eta)})"
             )
 
