@@ -59,9 +59,15 @@ def with_zero_inputs(pre_outs, fn):
 
 
 def run(capsys, *args):
+    """``python -m ablate_lit test ARGS`` in this process: (exit code, stdout, stderr)."""
+    return cli(capsys, "test", *args)
+
+
+def cli(capsys, *argv):
+    """``python -m ablate_lit ARGV`` in this process (any subcommand): (exit code, stdout, stderr)."""
     code = 0
     try:
-        main(["test", *map(str, args)])
+        main(list(map(str, argv)))
     except SystemExit as exc:
         code = exc.code
     out, err = capsys.readouterr()

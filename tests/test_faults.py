@@ -11,7 +11,7 @@ import sys
 from pathlib import Path
 
 import pytest
-from helpers import one_line_error, read_rows, run, tiny_args
+from helpers import cli, one_line_error, read_rows, run, tiny_args
 
 SMALL = ["--ablation.methods", "[zero,mean]", "--ablation.seeds", "[0]", "--ablation.log_histograms", "false"]
 
@@ -101,23 +101,10 @@ def test_an_address_space_limit_below_free_memory_is_read_by_the_memory_check(ti
     assert f"lower --ablation.n_bins (now {n_bins})" in line
 
 
-def _main(capsys, *argv) -> tuple[int, str, str]:
-    """``python -m ablate_lit ARGV`` in this process: (exit code, stdout, stderr)."""
-    from ablate_lit.entry.cli import main
-
-    try:
-        main(list(map(str, argv)))
-        code = 0
-    except SystemExit as exc:
-        code = exc.code
-    out, err = capsys.readouterr()
-    return code, out, err
-
-
 def test_cache_clear_with_a_root_that_is_a_file_is_refused(capsys, tmp_path):
     (tmp_path / "a-file").write_text("")
     for action in ("clear", "list"):
-        code, out, err = _main(capsys, "cache", action, "--root", tmp_path / "a-file")
+        code, out, err = cli(capsys, "cache", action, "--root", tmp_path / "a-file")
         assert code == 2 and "--root" in one_line_error(err) and "is a file, not a folder" in err, err
         assert "removed" not in out
 
@@ -136,7 +123,7 @@ def test_report_refuses_bad_pairs_before_writing_anything(capsys, tiny_models, c
     code, _, err = run(capsys, *tiny_args(tiny_models["llama"], corpus, tmp_path, *SMALL))
     assert code == 0, err
     out = tmp_path / "report"
-    code, _, err = _main(capsys, "report", tmp_path / "run", "--out", out, "--pairs", "peak,mean")
+    code, _, err = cli(capsys, "report", tmp_path / "run", "--out", out, "--pairs", "peak,mean")
     assert code == 2 and "--pairs 'peak,mean' must be two methods of the runs" in one_line_error(err)
     assert not out.exists()
 
@@ -161,7 +148,7 @@ def test_several_devices_with_no_gpu_are_refused_unless_the_cpu_is_named(capsys,
 def test_paired_differences_from_few_windows_carry_a_caution(capsys, tiny_models, corpus, tmp_path):
     code, _, err = run(capsys, *tiny_args(tiny_models["llama"], corpus, tmp_path, *SMALL))
     assert code == 0, err
-    code, out, err = _main(capsys, "report", tmp_path / "run", "--out", tmp_path / "report")
+    code, out, err = cli(capsys, "report", tmp_path / "run", "--out", tmp_path / "report")
     assert code == 0, err
     text = (tmp_path / "report" / "paired.md").read_text()
     assert "Caution: only 8 evaluation windows (or images) behind these intervals" in text and "Caution" in out

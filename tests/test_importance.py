@@ -16,7 +16,7 @@ import numpy as np
 import pytest
 import torch
 import torch.nn.functional as F
-from helpers import one_line_error, patched, read_rows, run
+from helpers import cli, one_line_error, patched, read_rows, run
 
 from ablate_lit import CausalLMAblation, TextData
 from ablate_lit.report.importance import agreement, importance, ranks, spearman, top_overlap
@@ -154,14 +154,7 @@ def test_a_rerun_evaluates_nothing_and_report_prints_the_map(capsys, tiny_models
     table = results.importance()
     assert len(table) == 3 * 8 and set(table["unit"]) == {f"L{l}.H{h}" for l in range(2) for h in range(4)}
     assert results.importance_figure() is not None
-    from ablate_lit.entry.cli import main
-
-    try:
-        main(["report", str(run_dir), "--out", str(tmp_path / "report")])
-        code = 0
-    except SystemExit as exc:
-        code = exc.code
-    out, err = capsys.readouterr()
+    code, out, err = cli(capsys, "report", run_dir, "--out", tmp_path / "report")
     assert code == 0 and "Method agreement over 8 units" in out, err
     assert (tmp_path / "report" / "llama-importance.png").is_file()
 

@@ -170,6 +170,14 @@ METHODS: dict[str, type[Method]] = {m.name: m for m in (Zero, Mean, Median, Peak
 PAPER = ("zero", "mean", "peak")
 
 
+def registry_rank(label: str) -> tuple[int, str]:
+    """Where a method label sorts: by its method's place in METHODS (zero, mean, ..., resample), then by
+    the label (``peak`` before ``peak:eps=0.05``; ``mean [heads]`` ranks as ``mean``)."""
+    name = str(label).partition(" [")[0].split(":")[0]
+    order = list(METHODS)
+    return (order.index(name) if name in order else len(order), str(label))
+
+
 def parse_method(text: str) -> Method:
     """``name`` or ``name:argument`` (``resample:<source>``, ``peak:eps=E``); a bare ``resample`` is refused."""
     name, _, arg = str(text).strip().partition(":")

@@ -14,7 +14,7 @@ not (state flowing between blocks outside their outputs) is evaluated with full 
 
 from __future__ import annotations
 
-from contextlib import contextmanager
+from contextlib import contextmanager, nullcontext
 from typing import Iterator
 
 import torch
@@ -78,7 +78,7 @@ class UnitMapStep:
         if self.prefix and not self._checked:
             self._check(batch, kept, reference)
         index = batch.get("index")
-        with answered_from(self.blocks, kept) if self.prefix else _nothing():
+        with answered_from(self.blocks, kept) if self.prefix else nullcontext():
             for (mask, replacement), scores in zip(self.entries, self.scores, strict=True):
                 with module.hooks.ablating(mask, device=module.device, **replacement):
                     logits, _ = module.logits_and_labels(batch)
@@ -92,8 +92,3 @@ class UnitMapStep:
         self._checked = True
         if not torch.allclose(again.float(), reference.float(), rtol=1e-5, atol=1e-5):
             self.prefix = False
-
-
-@contextmanager
-def _nothing() -> Iterator[None]:
-    yield

@@ -15,8 +15,8 @@ from pathlib import Path
 
 import numpy as np
 
-from ablate_lit.ablation.methods import METHODS
-from ablate_lit.common.labels import NO_TARGET, Label, parse_target
+from ablate_lit.ablation.methods import registry_rank
+from ablate_lit.common.labels import NO_TARGET, parse_target
 
 N_BOOT = 2000
 
@@ -25,12 +25,10 @@ def unit_rows(rows: list[dict]) -> tuple[dict | None, list[dict]]:
     """(the baseline row, the single-unit rows) of one model's rows."""
     base = next((r for r in rows if r.get("evaluated_as") == "baseline"), None)
     units = [r for r in rows if r.get("target", NO_TARGET) not in (NO_TARGET, "", None)]
-    order = list(METHODS)
 
     def key(r):  # the registry's method order (zero, mean, ..., resample), then layer and head
-        name = Label.parse(r["method"]).method.split(":")[0]  # report labels rows: "mean [heads]"
         layer, head = parse_target(r["target"])
-        return (order.index(name) if name in order else len(order), r["method"], layer, -1 if head is None else head)
+        return (*registry_rank(r["method"]), layer, -1 if head is None else head)
 
     return base, sorted(units, key=key)
 
@@ -84,18 +82,15 @@ def ranks(x: np.ndarray) -> np.ndarray:
     """Ranks 1..n along the last axis, ties sharing their average rank."""
     x = np.asarray(x, dtype=np.float64)
     order = np.argsort(x, axis=-1, kind="stable")
-    sorted_x = np.take_along_axis(x, order, -1)
+    s = np.take_along_axis(x, order, -1)
+    n = x.shape[-1]
+    idx = np.broadcast_to(np.arange(n), x.shape)
+    same = s[..., 1:] == s[..., :-1]  # a value equal to the one before it in sorted order
+    first = np.maximum.accumulate(np.where(np.concatenate([np.zeros_like(same[..., :1]), same], -1), 0, idx), -1)
+    last_mark = np.where(np.concatenate([same, np.zeros_like(same[..., :1])], -1), n, idx)
+    last = np.flip(np.minimum.accumulate(np.flip(last_mark, -1), -1), -1)
     ranked = np.empty_like(x)
-    for idx in np.ndindex(x.shape[:-1]):
-        values, row = sorted_x[idx], np.empty(x.shape[-1])
-        start = 0
-        while start < len(values):
-            end = start
-            while end + 1 < len(values) and values[end + 1] == values[start]:
-                end += 1
-            row[start : end + 1] = (start + end) / 2 + 1
-            start = end + 1
-        ranked[idx][order[idx]] = row
+    np.put_along_axis(ranked, order, (first + last) / 2 + 1, -1)
     return ranked
 
 

@@ -5,10 +5,10 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from ablate_lit.ablation.methods import METHODS
+from ablate_lit.ablation.methods import registry_rank
 from ablate_lit.common.errors import AblateError
 from ablate_lit.report.figures import model_figure
-from ablate_lit.report.importance import agreement, agreement_table, importance, top_units_table
+from ablate_lit.report.importance import agreement, agreement_table, importance, top_units_table, unit_rows
 from ablate_lit.report.importance_figures import importance_figure
 from ablate_lit.report.summary import summary_table
 from ablate_lit.report.tables import method_label
@@ -67,11 +67,7 @@ class Results:
         if any(r.get("target", "-") not in ("-", "") for r in rows):
             records, boot = importance(self._unit_rows())
             return top_units_table(records) + "\n" + agreement_table(agreement(records, boot))
-        order = list(METHODS)
-        methods = sorted(
-            dict.fromkeys(r["method"] for r in rows),  # the registry's order: zero, mean, ..., resample
-            key=lambda m: (order.index(m.split(":")[0]) if m.split(":")[0] in order else len(order), m),
-        )
+        methods = sorted(dict.fromkeys(r["method"] for r in rows), key=registry_rank)  # zero, mean, ..., resample
         if fractions is None:
             fractions = sorted({float(r["fraction"]) for r in rows})
         elif isinstance(fractions, (int, float)) and not isinstance(fractions, bool):
@@ -102,12 +98,13 @@ class Results:
     def importance_figure(self):
         """The map as a matplotlib Figure: per method a layer x head heatmap of d_ce on one shared scale
         (or a bar per layer for whole-layer units)."""
-        records, _ = importance(self._unit_rows())
-        return importance_figure(records, self._unit_rows()[0]["model"])
+        rows = self._unit_rows()
+        return importance_figure(importance(rows)[0], rows[0]["model"])
 
     def _unit_rows(self) -> list[dict]:
         rows = read_rows(self.run_dir, windows=True)[0]
-        if not importance(rows, n_boot=1)[0]:
+        base, units = unit_rows(rows)
+        if base is None or not units:
             raise AblateError(f"'{self.run_dir}' holds no single-unit rows; run with schedule='each'")
         return rows
 
