@@ -360,7 +360,7 @@ def test_gguf_model_type_is_checked_before_any_conversion(tmp_path, monkeypatch)
     writer.close()
     monkeypatch.setenv("ABLATE_LIT_CACHE", str(tmp_path / "cache"))
     with pytest.raises(
-        AblateError, match="found no list of transformer blocks with one attention module each in MambaForCausalLM"
+        AblateError, match="MambaForCausalLM has no attention heads: its layers mix tokens with MambaMixer"
     ):
         CausalLMAblation(str(tmp_path), gguf_file="tiny-mamba.gguf")
     assert not (tmp_path / "cache").exists()

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import re
 
+from ablate_lit.common.errors import AblateError, render
 from ablate_lit.families.base import PreOut
 
 
@@ -25,15 +26,12 @@ def describe(pre_outs: list[PreOut], layout_source: str, unhooked: list[str]) ->
             "(checked against the intermediate size and on a forward pass)"
         )
     between = "" if p.direct else f", the input of a {type(p.module).__name__} between the heads and the out-projection"
-    checked = sum(q.verified for q in pre_outs)
-    n = len(pre_outs)
+    unchecked = [q for q in pre_outs if not q.verified]
     checked = (
         ", checked equal to the attention output"
-        if checked == n
-        else ", not checked against the attention output (it runs no scaled_dot_product_attention)"
-        if not checked
-        else f", {checked} of {n} layers checked equal to the attention output (the others run no "
-        "scaled_dot_product_attention)"
+        if not unchecked
+        else f", {_layers(unchecked, pre_outs)} not checked against the attention output: {unchecked[0].unchecked}; "
+        + render("ablated as ⟨--model.allow_unchecked true⟩ allows")
     )
     others = (
         f"; not ablated: {len(unhooked)} attention module(s) outside these blocks "
@@ -45,3 +43,23 @@ def describe(pre_outs: list[PreOut], layout_source: str, unhooked: list[str]) ->
         f"pre-outs: {len(pre_outs)} layers x {p.n_heads} heads x {p.head_dim} = {p.width} neurons each, at "
         f"{where}{between}{shared} ({layout_source}{checked}){others}"
     )
+
+
+def _layers(some: list[PreOut], pre_outs: list[PreOut]) -> str:
+    if len(some) == len(pre_outs):
+        return "the one layer" if len(some) == 1 else f"all {len(pre_outs)} layers"
+    listed = ", ".join(str(q.layer) for q in some[:4]) + (", ..." if len(some) > 4 else "")
+    return f"{len(some)} of {len(pre_outs)} layers (layer {listed})"
+
+
+def check_unchecked(pre_outs: list[PreOut], allowed: bool) -> None:
+    """Refuse attention layers whose hook place could not be checked against the attention output,
+    unless the user allows it."""
+    unchecked = [q for q in pre_outs if q.site == "attn" and not q.verified]
+    if unchecked and not allowed:
+        q = unchecked[0]
+        raise AblateError(
+            f"{_layers(unchecked, pre_outs)} at {_pattern(q.name)} could not be checked to receive the attention "
+            f"heads' output: {q.unchecked}; pass ⟨--model.out_proj PATH⟩ naming the module that receives the heads' "
+            f"output, or ⟨--model.allow_unchecked true⟩ to ablate the input of {_pattern(q.name)} as it is"
+        )

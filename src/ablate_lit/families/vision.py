@@ -26,6 +26,8 @@ class VisionAblation(AblationModule):
         blocks: str | None = None,
         out_proj: str | None = None,
         mlp_proj: str | None = None,
+        head_dim: int | None = None,
+        allow_unchecked: bool = False,
     ):
         """
         Args:
@@ -36,6 +38,9 @@ class VisionAblation(AblationModule):
             blocks: path of the list of transformer blocks (e.g. blocks), for a model whose layout is not found.
             out_proj: path inside a block of the attention output projection (e.g. attn.proj).
             mlp_proj: path inside a block of the MLP output projection (e.g. mlp.fc2), for --ablation.site mlp.
+            head_dim: width of one head's output, for a model that states it under another name (timm LeViT's val_dim).
+            allow_unchecked: ablate the out-projection's input even where a check pass could not show it equal
+                to the attention heads' output (the run says which layers and why).
         """
         super().__init__()
         self.save_hyperparameters()
@@ -54,6 +59,8 @@ class VisionAblation(AblationModule):
         blocks: str | None = None,
         out_proj: str | None = None,
         mlp_proj: str | None = None,
+        head_dim: int | None = None,
+        allow_unchecked: bool = False,
     ):
         """Wrap an image classifier already in memory: a timm model (``preprocess`` defaults to its
         own evaluation transform) or a Hugging Face one (``preprocess``: its image processor, or any
@@ -77,6 +84,8 @@ class VisionAblation(AblationModule):
             blocks=blocks,
             out_proj=out_proj,
             mlp_proj=mlp_proj,
+            head_dim=head_dim,
+            allow_unchecked=allow_unchecked,
         )
         self.preprocess, self.n_classes, self.config = preprocess, n_classes, heads
         self.backend = "timm" if timm_model else "hf"

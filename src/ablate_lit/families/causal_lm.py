@@ -31,6 +31,9 @@ class CausalLMAblation(TextAblationModule):
         blocks: str | None = None,
         out_proj: str | None = None,
         mlp_proj: str | None = None,
+        head_dim: int | None = None,
+        allow_unchecked: bool = False,
+        check_length: int | None = None,
     ):
         """
         Args:
@@ -44,6 +47,11 @@ class CausalLMAblation(TextAblationModule):
             blocks: path of the list of transformer blocks (e.g. model.layers), for a model whose layout is not found.
             out_proj: path inside a block of the attention output projection (e.g. self_attn.o_proj).
             mlp_proj: path inside a block of the MLP output projection (e.g. mlp.down_proj), for --ablation.site mlp.
+            head_dim: width of one head's output, for a model that states it under another name (timm LeViT's val_dim).
+            allow_unchecked: ablate the out-projection's input even where a check pass could not show it equal
+                to the attention heads' output (the run says which layers and why).
+            check_length: tokens of the check forward pass (default 8); a model that takes inputs of one length only
+                (Nystromformer) needs that length, as --data.context_length does.
         """
         super().__init__()
         self.save_hyperparameters()

@@ -6,12 +6,12 @@ import lightning as L
 import torch
 from torch.utils.data import Dataset
 
-from ablate_lit.common.logs import say
+from ablate_lit.common.logs import say, warn
 from ablate_lit.common.sharding import is_sharded, pad_forwards, shard
 from ablate_lit.families.base import Architecture
 from ablate_lit.families.fingerprint import weights_fingerprint
 from ablate_lit.families.hooks import PreOutHooks, StopForward
-from ablate_lit.families.locate.describe import describe
+from ablate_lit.families.locate.describe import check_unchecked, describe
 from ablate_lit.families.locate.layout import attention_modules, locate
 from ablate_lit.families.locate.trace import trace
 from ablate_lit.families.placement import KeptInPlace
@@ -56,14 +56,26 @@ class AblationModule(KeptInPlace, L.LightningModule):
         """The model's output on ``n`` small synthetic inputs (the hook points are checked on it)."""
         raise NotImplementedError
 
+    check_hint = ""
+    """Appended to the error of a failed check forward pass: what may settle it in this family."""
+
     def check_example(self, output: torch.Tensor) -> None:
         """Family-specific checks of ``example_forward``'s output (e.g. that a causal LM is causal)."""
 
     def locate_pre_outs(self, config, known: Architecture | None, blocks: str | None, out_proj: str | None) -> None:
         """Find every layer's pre-out (``families.locate.layout``) and check it on one forward pass
         (``families.locate.trace``)."""
-        pre_outs, self.layout_source = locate(self.model, config, known, blocks, out_proj)
-        self.pre_outs, output = trace(self.model, pre_outs, lambda: self.example_forward(2), batch_size=2)
+        head_dim = self.hparams.get("head_dim")
+        pre_outs, self.layout_source = locate(self.model, config, known, blocks, out_proj, head_dim)
+        forward = lambda: self.example_forward(2)  # noqa: E731
+        self.pre_outs, output, changed = trace(self.model, pre_outs, forward, 2, self.check_hint)
+        if changed:
+            warn(
+                None,
+                f"the check forward pass changed the model ({', '.join(changed[:3])}"
+                f"{', ...' if len(changed) > 3 else ''}); restored: the run scores the model as it was loaded",
+            )
+        check_unchecked(self.pre_outs, self.hparams.get("allow_unchecked", False))
         self.check_example(output)
         self.hooks = PreOutHooks(self.pre_outs, self.model)
         self.site, self._config = "attn", config
@@ -85,7 +97,7 @@ class AblationModule(KeptInPlace, L.LightningModule):
 
             attention = self._by_site["attn"][0]
             found = locate_mlp(self.model, self._config, attention, self.hparams.get("mlp_proj"))
-            pre_outs, _ = trace(self.model, found, lambda: self.example_forward(2), batch_size=2)
+            pre_outs, _, _ = trace(self.model, found, lambda: self.example_forward(2), 2, self.check_hint)
             self._by_site[site] = (pre_outs, PreOutHooks(pre_outs, self.model))
         self.site = site
         self.pre_outs, self.hooks = self._by_site[site]

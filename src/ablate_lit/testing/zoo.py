@@ -71,6 +71,11 @@ ZOO_CAUSAL = {
         linear_value_head_dim=8,
     ),
     "diffllama": dict(**_SMALL, num_key_value_heads=2, max_position_embeddings=128),
+    # refused: no attention at all (RWKV's time mixing is named RwkvSelfAttention; Mamba's state-space mixer)
+    "rwkv": dict(
+        hidden_size=32, num_hidden_layers=2, attention_hidden_size=32, intermediate_size=64, context_length=128
+    ),
+    "mamba": dict(hidden_size=32, num_hidden_layers=2, state_size=4, expand=2),
 }
 
 
@@ -97,12 +102,26 @@ ZOO_MASKED = {
         sep_token_id=1,
     ),
     "roberta-prelayernorm": dict(**_SMALL, max_position_embeddings=80),
+    # block-sparse attention on windows of 16 tokens (> 14 = (5 + 2 x 1 random block) x block size 2); the
+    # 8-token check pass makes BigBird switch itself to full attention, which must not outlive the check
+    "big_bird": dict(
+        **_SMALL, max_position_embeddings=128, attention_type="block_sparse", block_size=2, num_random_blocks=1
+    ),
+    # takes inputs of exactly 32 tokens (segment means over 4 landmarks): checked with --model.check_length 32
+    "nystromformer": dict(**_SMALL, max_position_embeddings=128, segment_means_seq_len=32, num_landmarks=4),
+    # refused: 1x1 convolutions over [batch, channels, pos] instead of Linear projections
+    "squeezebert": dict(**_SMALL, embedding_size=32, max_position_embeddings=80),
 }
 
 
 _VISION = dict(
     hidden_size=32, num_hidden_layers=2, num_attention_heads=4, intermediate_size=64, image_size=32, patch_size=8
 )
+
+
+_PYRAMID = dict(
+    hidden_sizes=[32, 32], num_encoder_blocks=2, depths=[1, 1], num_attention_heads=[2, 2], mlp_ratios=[2, 2]
+)  # two stages of equal width, 8 x 8 then 4 x 4 tokens
 
 
 ZOO_HF_VISION = {
@@ -112,6 +131,11 @@ ZOO_HF_VISION = {
     "swin": dict(
         embed_dim=16, depths=[1, 1], num_heads=[2, 4], image_size=32, patch_size=4, window_size=4
     ),  # widths 16, 32
+    # layers with different numbers of tokens (equal widths): pyramid stages, a class token from stage 3
+    "pvt": dict(**_PYRAMID, sequence_reduction_ratios=[2, 1], patch_sizes=[4, 2], strides=[4, 2], image_size=32),
+    "pvt_v2": dict(**_PYRAMID, sr_ratios=[2, 1], patch_sizes=[7, 3], strides=[4, 2], image_size=32),
+    "segformer": dict(**_PYRAMID, sr_ratios=[2, 1], patch_sizes=[7, 3], strides=[4, 2], decoder_hidden_size=32),
+    "cvt": dict(embed_dim=[32, 32, 32], num_heads=[2, 2, 2], depth=[1, 2, 3]),
 }
 
 
@@ -127,6 +151,20 @@ ZOO_TIMM = {  # timm model name -> constructor arguments
     "cait_xxs24_224": dict(
         img_size=32, patch_size=8, embed_dim=32, depth=2, num_heads=4, depth_token_only=1, init_values=1.0
     ),  # its class-attention block is not ablated, and says so
+    # layers with different numbers of tokens: the class token joins after the local (GPSA) layers; pyramid
+    # stages of equal width (Twins: locally-grouped windows over a padded map; PVTv2; LeViT, whose heads output
+    # val_dim values each and whose out-projection is a Sequential of activation, Linear and BatchNorm)
+    "convit_tiny": dict(img_size=32, patch_size=8, embed_dim=32, depth=3, num_heads=4, local_up_to_layer=1),
+    "twins_svt_small": dict(
+        img_size=32,
+        embed_dims=(32, 32, 32, 32),
+        depths=(1, 1, 1, 1),
+        num_heads=(2, 2, 2, 2),
+        wss=(2, 2, 2, 2),
+        sr_ratios=(2, 2, 2, 1),
+    ),
+    "pvt_v2_b0": dict(embed_dims=(32, 32, 32, 32), depths=(1, 1, 1, 1), num_heads=(2, 2, 2, 2)),
+    "levit_128s": dict(img_size=32, embed_dim=(32, 32, 32), key_dim=8, num_heads=(2, 2, 2), depth=(1, 1, 1)),
 }
 
 

@@ -31,6 +31,9 @@ class TextAblationModule(AblationModule):
         blocks: str | None = None,
         out_proj: str | None = None,
         mlp_proj: str | None = None,
+        head_dim: int | None = None,
+        allow_unchecked: bool = False,
+        check_length: int | None = None,
     ):
         """Wrap a Hugging Face model and tokenizer already in memory (fine-tuned, edited, never saved):
         the same checks as a loaded one (its family, where its neurons are, one forward pass). ``name``
@@ -54,6 +57,9 @@ class TextAblationModule(AblationModule):
             blocks=blocks,
             out_proj=out_proj,
             mlp_proj=mlp_proj,
+            head_dim=head_dim,
+            allow_unchecked=allow_unchecked,
+            check_length=check_length,
             gguf_file=None,
         )
         self.tokenizer = tokenizer
@@ -83,11 +89,18 @@ class TextAblationModule(AblationModule):
             )
 
     def example_forward(self, n: int) -> torch.Tensor:
-        """Logits on ``n`` copies of 8 ordinary tokens; the copies differ only in their last token."""
-        probe = self.tokenizer(PROBE, add_special_tokens=False)["input_ids"]
-        ids = torch.tensor(probe[:8]).repeat(n, 1)
-        ids[1:, -1] = probe[8]
+        """Logits on ``n`` copies of ``check_length`` (default 8) ordinary tokens; the copies differ only in
+        their last token."""
+        length = self.hparams.get("check_length") or 8
+        probe = self.tokenizer(PROBE * (2 + length // 4), add_special_tokens=False)["input_ids"]
+        ids = torch.tensor(probe[:length]).repeat(n, 1)
+        ids[1:, -1] = probe[length]
         return self.model(input_ids=ids.to(self.model.device), **self.forward_kwargs).logits
+
+    check_hint = (
+        "; a model that takes inputs of one length only needs that length: pass ⟨--model.check_length N⟩ "
+        "and ⟨--data.context_length N⟩"
+    )
 
     forward_kwargs: dict = {}
     """Keyword arguments of every forward pass of the model (causal LMs: no key/value cache)."""

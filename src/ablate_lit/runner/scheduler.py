@@ -15,6 +15,7 @@ from typing import Callable
 from ablate_lit.common import signals
 from ablate_lit.common.labels import Point
 from ablate_lit.common.logs import say
+from ablate_lit.common.progress import set_aside_s
 
 POLL_S = 2.0
 """Seconds between looks at points another process is evaluating."""
@@ -91,7 +92,7 @@ class Scheduler:
 
     def run(self, todo: list[Point]) -> None:
         """Evaluate or copy every point of ``todo``; points another process holds are waited for."""
-        started, evaluated, waiting, told = time.perf_counter(), 0, [], set()
+        started, evaluated, waiting, told = time.perf_counter() - set_aside_s(), 0, [], set()
         while todo or waiting:
             if not todo:
                 time.sleep(POLL_S)
@@ -115,7 +116,9 @@ class Scheduler:
             self.done += 1
             signals.check()  # a signal whose exception a destructor swallowed still stops the run here
             if decision.action is Action.EVALUATE:
-                eta = (time.perf_counter() - started) / evaluated * sum(map(cost, todo + waiting))
+                # the time of evaluations only: calibration and resample caches are one-off (progress.aside)
+                spent = time.perf_counter() - set_aside_s() - started
+                eta = spent / evaluated * sum(map(cost, todo + waiting))
                 say(self.trainer, self.progress(point, eta))
 
     def _evaluate(self, point: Point) -> None:

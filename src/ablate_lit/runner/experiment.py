@@ -19,9 +19,11 @@ from ablate_lit.ablation.fold import folded
 from ablate_lit.ablation.methods import parse_method
 from ablate_lit.ablation.schedule import ablation_mask, neuron_order, parse_order, plan, unit_scores
 from ablate_lit.calibration.cache import CalibrationCache
+from ablate_lit.calibration.heartbeat import SweepHeartbeat
 from ablate_lit.calibration.statistics import CalibrationStats
 from ablate_lit.common.labels import NO_TARGET, Point, UnitGroup, percent
 from ablate_lit.common.logs import say
+from ablate_lit.common.progress import aside, clock
 from ablate_lit.common.sharding import is_sharded
 from ablate_lit.data.sampler import make_loader
 from ablate_lit.report.neurons import neuron_views
@@ -118,6 +120,7 @@ class Experiment:
 
     # -- the schedule --------------------------------------------------------------------------------
     def _evaluate(self, point: Point, writer: ResultWriter) -> None:
+        self.beat.what = f"evaluating {point.describe()}"
         if isinstance(point, UnitGroup):
             self.units.evaluate(point, writer)
             return
@@ -127,7 +130,8 @@ class Experiment:
             writer.begin(point, 0, n_neurons)
             trainer.test(module, dataloaders=self.data.test_dataloader(), verbose=False)
             return
-        replacement = self.on_device(point)  # calibration, a resample sweep or a fit may run here, before the clock
+        with aside():  # calibration, a resample sweep or a fit may run here: one-off work, not in the ETA's rate
+            replacement = self.on_device(point)
         mask = self.mask(point)
         writer.begin(point, int(mask.sum()), n_neurons)
         with self._ablated(mask, replacement):
@@ -143,12 +147,12 @@ class Experiment:
         def line(point: Point, eta: float) -> str:
             s = self.scheduler
             if isinstance(point, UnitGroup):
-                return f"[{s.done}/{s.total}] {self.units.progress(point, writer.last)}  (eta {_clock(eta)})"
+                return f"[{s.done}/{s.total}] {self.units.progress(point, writer.last)}  (eta {clock(eta)})"
             kl = f"  kl {writer.last['kl']:.4f}" if self.cfg.kl else ""
             return (
                 f"[{s.done}/{s.total}] {point.method:>24} seed {point.seed} {percent(point.fraction):3d}% ablated: "
                 f"top1 {100 * writer.last['top1']:.2f}%  ce {writer.last['ce']:.4f}{kl}  "
-                f"(eta {_clock(eta)})"
+                f"(eta {clock(eta)})"
             )
 
         return line
@@ -180,14 +184,12 @@ class Experiment:
             f"schedule: {self.scheduler.total} evaluations ({self.scheduler.done} already in "
             f"{writer.store.csv}), each over {self.data.describe('evaluation')}",
         )
-        self.trainer.callbacks.append(writer)
+        self.beat = SweepHeartbeat("evaluation", "test")
+        self.trainer.callbacks += [writer, self.beat]
         try:
             self.scheduler.run(todo)
         finally:
             self.trainer.callbacks.remove(writer)
+            self.trainer.callbacks.remove(self.beat)
             self.module.hooks.remove()
             writer.close()
-
-
-def _clock(seconds: float) -> str:
-    return f"{int(seconds) // 60}:{int(seconds) % 60:02d}"

@@ -14,8 +14,10 @@ import torch
 from torch.utils.data import DataLoader
 
 from ablate_lit.calibration.callbacks import ResampleCallback, StatisticsCallback
+from ablate_lit.calibration.heartbeat import SweepHeartbeat
 from ablate_lit.calibration.statistics import CalibrationStats
 from ablate_lit.common.logs import say, warn
+from ablate_lit.common.progress import aside
 from ablate_lit.common.resources import check_fits
 from ablate_lit.common.sharding import is_sharded
 from ablate_lit.data.sampler import make_loader
@@ -45,13 +47,17 @@ class CalibrationCache:
             "extra": extra,
         }
 
-    def _sweep(self, callback, loader: DataLoader) -> dict:
-        """One validation epoch over ``loader`` with ``callback`` recording; its result."""
-        self.trainer.callbacks.append(callback)
+    def _sweep(self, callback, loader: DataLoader, what: str) -> dict:
+        """One validation epoch over ``loader`` with ``callback`` recording; its result. Its time is set
+        aside from the run's ETA, and it says where it is when it takes long (``SweepHeartbeat``)."""
+        beat = SweepHeartbeat(what)
+        self.trainer.callbacks += [callback, beat]
         try:
-            self.trainer.validate(self.module, dataloaders=loader, verbose=False)
+            with aside():
+                self.trainer.validate(self.module, dataloaders=loader, verbose=False)
         finally:
             self.trainer.callbacks.remove(callback)
+            self.trainer.callbacks.remove(beat)
             self.module.hooks.remove()
         return callback.result
 
@@ -67,7 +73,8 @@ class CalibrationCache:
         self.check_statistics_fit(self.module.device)
         early = "" if is_sharded(self.trainer.strategy) else " (each forward pass stops after the last hooked layer)"
         say(self.trainer, f"calibration: {self.data.describe('calibration')}{early}")
-        stats = self._sweep(StatisticsCallback(cfg.eps, cfg.n_bins, cfg.bin_alignment), self.data.val_dataloader())
+        callback = StatisticsCallback(cfg.eps, cfg.n_bins, cfg.bin_alignment)
+        stats = self._sweep(callback, self.data.val_dataloader(), "calibration statistics")
         stats["key"] = key
         if self.trainer.is_global_zero:
             save_object(stats, path)
@@ -119,8 +126,10 @@ class CalibrationCache:
             )
         kind = "calibration inputs" if source == "data" else "random inputs"
         say(self.trainer, f"resample cache {source}: {cfg.n_resample} {kind}")
-        inputs = module.random_inputs(source, cfg.n_resample, cfg.resample_seed, data)
-        result = self._sweep(ResampleCallback(cfg.n_resample), make_loader(inputs, data.batch_size))
+        with aside():
+            inputs = module.random_inputs(source, cfg.n_resample, cfg.resample_seed, data)
+        loader = make_loader(inputs, data.batch_size)
+        result = self._sweep(ResampleCallback(cfg.n_resample), loader, f"resample cache {source}")
         if self.trainer.is_global_zero:
             save_object({"key": key, "resample": result["resample"], "inputs": getattr(inputs, "windows", None)}, path)
         return result["resample"]

@@ -15,7 +15,9 @@ from pathlib import Path
 import torch
 
 from ablate_lit.common.errors import AblateError
+from ablate_lit.common.logs import say
 from ablate_lit.common.paths import looks_like_path
+from ablate_lit.common.progress import Heartbeat
 from ablate_lit.families.base import Architecture, resolve_dtype
 from ablate_lit.families.locate.layout import locate
 
@@ -126,9 +128,10 @@ def _convert_gguf(folder: str, gguf_file: str, check) -> str:
         return str(target)
     try:
         check(transformers.AutoConfig.from_pretrained(folder, gguf_file=gguf_file))
-        log.info("converting %s once into %s", gguf_path, target)
-        tokenizer = transformers.AutoTokenizer.from_pretrained(folder, gguf_file=gguf_file)
-        loaded = transformers.AutoModelForCausalLM.from_pretrained(folder, gguf_file=gguf_file)
+        say(None, f"converting {gguf_path} once into {target}")
+        with Heartbeat(None, f"converting {gguf_file}"):
+            tokenizer = transformers.AutoTokenizer.from_pretrained(folder, gguf_file=gguf_file)
+            loaded = transformers.AutoModelForCausalLM.from_pretrained(folder, gguf_file=gguf_file)
     except ImportError as exc:
         raise AblateError(f"loading GGUF needs extra packages ({exc}); run: pip install 'ablate_lit[demo]'") from exc
     except (OSError, ValueError) as exc:
@@ -182,7 +185,8 @@ def load_hf(
     if attn_implementation:
         kwargs["attn_implementation"] = attn_implementation
     try:
-        model = getattr(transformers, AUTO_CLASSES[family][0]).from_pretrained(path, config=config, **kwargs)
+        with Heartbeat(None, f"loading {Path(str(name_or_path)).name or name_or_path}"):
+            model = getattr(transformers, AUTO_CLASSES[family][0]).from_pretrained(path, config=config, **kwargs)
     except Exception as exc:  # OSError, ValueError, safetensors' own error for a truncated file, ...
         raise hub_error(name_or_path, exc, "model", "⟨--model.name_or_path⟩") from exc
     model.eval()

@@ -43,6 +43,7 @@ def _python(spec: str) -> str:
     if key.startswith("trainer."):
         return f"trainer={{'{key.removeprefix('trainer.')}': {value or '...'}}}"
     name = _RUN_NAMES.get(key, key.split(".", 1)[-1])
+    value = {"true": "True", "false": "False"}.get(value, value)
     return f"{name}={value}"
 
 

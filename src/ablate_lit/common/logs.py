@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import logging
 import sys
+import time
 import warnings
 from contextlib import contextmanager
 from typing import Iterator
@@ -58,9 +59,18 @@ def console(on: bool = True) -> None:
 console()
 
 
+_last = [time.perf_counter()]
+
+
+def last_said() -> float:
+    """``time.perf_counter()`` when the run last said something (progress lines come when it has been quiet)."""
+    return _last[0]
+
+
 def say(trainer, message: str, level: int = logging.INFO) -> None:
     """Log ``message`` from process 0 only (every process runs the same code)."""
     if trainer is None or trainer.is_global_zero:
+        _last[0] = time.perf_counter()
         log.log(level, render(message))  # settings named in the front end's words (--ablation.n_bins / n_bins=)
 
 

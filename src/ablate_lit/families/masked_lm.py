@@ -25,6 +25,9 @@ class MaskedLMAblation(TextAblationModule):
         blocks: str | None = None,
         out_proj: str | None = None,
         mlp_proj: str | None = None,
+        head_dim: int | None = None,
+        allow_unchecked: bool = False,
+        check_length: int | None = None,
     ):
         """
         Args:
@@ -38,6 +41,11 @@ class MaskedLMAblation(TextAblationModule):
                 found.
             out_proj: path inside a block of the attention output projection (e.g. attention.output.dense).
             mlp_proj: path inside a block of the MLP output projection (e.g. output.dense), for --ablation.site mlp.
+            head_dim: width of one head's output, for a model that states it under another name (timm LeViT's val_dim).
+            allow_unchecked: ablate the out-projection's input even where a check pass could not show it equal
+                to the attention heads' output (the run says which layers and why).
+            check_length: tokens of the check forward pass (default 8); a model that takes inputs of one length only
+                (Nystromformer) needs that length, as --data.context_length does.
         """
         super().__init__()
         self.save_hyperparameters()

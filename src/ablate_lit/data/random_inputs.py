@@ -13,6 +13,7 @@ from importlib import resources
 import torch
 
 from ablate_lit.common.errors import AblateError
+from ablate_lit.common.progress import Heartbeat
 
 _CHARS = string.ascii_letters + string.digits + string.punctuation + " " * 10 + "\n"
 
@@ -108,24 +109,14 @@ def generated(
     device = next(generator.parameters()).device
     new = body_len if own else 2 * body_len + 16
     rows: list[list[int]] = []
-    with torch.random.fork_rng(devices=[device] if device.type == "cuda" else []):
+    beat = _GenerationHeartbeat(n * new)
+    with torch.random.fork_rng(devices=[device] if device.type == "cuda" else []), beat.beat:
         torch.manual_seed(seed)
         for i in range(0, n, batch_size):
             b = min(batch_size, n - i)
+            beat.before, beat.rows = i * new, b
             prompt = torch.full((b, 1), start, dtype=torch.long, device=device)
-            out = generator.generate(
-                prompt,
-                attention_mask=torch.ones_like(prompt),
-                do_sample=True,
-                temperature=1.0,
-                top_k=0,
-                top_p=1.0,
-                max_new_tokens=new,
-                min_new_tokens=new,
-                pad_token_id=start,
-                eos_token_id=None,
-            )
-            for seq in out[:, 1:].cpu():
+            for seq in _sample(generator, prompt, new, start, beat):
                 if own:
                     rows.append(seq[:body_len].tolist())
                     continue
@@ -138,6 +129,39 @@ def generated(
                     )
                 rows.append(ids[:body_len])
     return _wrap(rows, prefix, suffix)
+
+
+def _sample(generator, prompt: torch.Tensor, new: int, start: int, beat) -> torch.Tensor:
+    """``new`` tokens sampled after each row of ``prompt`` (temperature 1, no top-k/top-p, no early end)."""
+    from transformers import StoppingCriteriaList
+
+    out = generator.generate(
+        prompt,
+        stopping_criteria=StoppingCriteriaList([beat]),
+        attention_mask=torch.ones_like(prompt),
+        do_sample=True,
+        temperature=1.0,
+        top_k=0,
+        top_p=1.0,
+        max_new_tokens=new,
+        min_new_tokens=new,
+        pad_token_id=start,
+        eos_token_id=None,
+    )
+    return out[:, 1:].cpu()
+
+
+class _GenerationHeartbeat:
+    """A stopping criterion that never stops: it counts the tokens generated and, when the run has been
+    quiet for a while, says how far the text for resample:generated is (``common.progress``)."""
+
+    def __init__(self, total: int):
+        self.beat = Heartbeat(None, "generating text for resample:generated", "tokens")
+        self.total, self.before, self.rows = total, 0, 1
+
+    def __call__(self, input_ids: torch.Tensor, scores, **kwargs) -> torch.Tensor:
+        self.beat.tick(self.before + self.rows * (input_ids.shape[1] - 1), self.total)  # the prompt is 1 token
+        return torch.zeros(input_ids.shape[0], dtype=torch.bool, device=input_ids.device)
 
 
 class RandomPixels(torch.utils.data.Dataset):

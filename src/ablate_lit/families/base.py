@@ -49,7 +49,10 @@ class PreOut:
     batch_major: bool = True
     """The hooked input is ``[batch, pos, width]`` (False for windowed attention such as Swin's)."""
     verified: bool = False
-    """A test forward pass showed the hooked value equal to the layer's SDPA output, heads concatenated."""
+    """A test forward pass showed the hooked value equal to the layer's attention output (SDPA's, or the
+    product of its attention probabilities and values), heads concatenated."""
+    unchecked: str = ""
+    """Why the hooked value could not be checked (attention layers that are not ``verified``)."""
     site: str = "attn"
     """attn: the heads' concatenated output (n_heads x head_dim); mlp: the MLP hidden units (1 x intermediate size)."""
 

@@ -27,14 +27,18 @@ from ablate_lit.common.errors import AblateError
 from ablate_lit.families.base import Architecture, PreOut, get_submodule, input_width, is_projection
 
 ATTENTION = re.compile(r"attention|attn", re.IGNORECASE)
+RECURRENT = re.compile(r"rwkv|mamba|ssm|timemix|retention|hyena|xlstm|recurren|rglru", re.IGNORECASE)
+"""Class names of token mixers that are not attention (RWKV's time mixing is named RwkvSelfAttention)."""
+MIXER = re.compile(r"attention|mix|ssm|retention|recurren|hyena|rglru", re.IGNORECASE)
 NORM = re.compile(r"norm(\d*d)?(gated)?$", re.IGNORECASE)
 """Class names of normalisations: LayerNorm, Qwen3RMSNorm, GroupNorm, BatchNorm2d, RMSNormGated, ..."""
 OUT_NAMES = ("o_proj", "out_proj", "c_proj", "out_lin", "wo", "proj", "dense", "out", "o")
 """Names of output projections, most specific first."""
 HEADS = ("num_heads", "num_attention_heads", "n_heads", "n_head", "heads")
-HEAD_DIM = ("v_head_dim", "head_dim", "attention_head_size", "head_size", "d_head", "dim_head")
-"""v_head_dim first: in multi-head latent attention (DeepSeek-V2/V3) head_dim is the rotary part of
-the queries and keys, and the heads' output has n_heads x v_head_dim values."""
+HEAD_DIM = ("v_head_dim", "val_dim", "head_dim", "attention_head_size", "head_size", "d_head", "dim_head")
+"""The width of one head's *output* first: in multi-head latent attention (DeepSeek-V2/V3) head_dim is
+the rotary part of the queries and keys, and the heads' output has n_heads x v_head_dim values; timm
+LeViT's heads output val_dim values each (its key_dim is the width of queries and keys)."""
 HIDDEN = ("hidden_size", "n_embd", "d_model", "embed_dim", "dim")
 OPTIONS = "⟨--model.blocks PATH⟩ (the list of transformer blocks) and ⟨--model.out_proj PATH⟩ (inside a block)"
 
@@ -54,6 +58,7 @@ def is_attention(module: nn.Module) -> bool:
     """An attention module: its class name says so, and it holds a projection."""
     return (
         bool(ATTENTION.search(type(module).__name__))
+        and not RECURRENT.search(type(module).__name__)
         and not is_norm(module)
         and not is_projection(module)
         and any(is_projection(m) for m in module.modules())
@@ -73,6 +78,30 @@ def _index_pattern(path: str) -> str:
     return re.sub(r"(?<=\.)\d+(?=\.|$)", "*", path)
 
 
+def _no_attention(model: nn.Module) -> None:
+    """Refuse, saying why, a model whose token mixing ablate_lit cannot hook: no attention at all (RWKV,
+    Mamba), or attention whose projections are not Linear layers (SqueezeBERT's 1x1 convolutions)."""
+    name = type(model).__name__
+    if any(is_attention(m) for m in model.modules()):
+        return
+    recurrent = sorted({type(m).__name__ for m in model.modules() if RECURRENT.search(type(m).__name__)})
+    mixers = [c for c in recurrent if MIXER.search(c)] or recurrent
+    if mixers:
+        raise AblateError(
+            f"{name} has no attention heads: its layers mix tokens with {', '.join(mixers[:3])} (a recurrence or "
+            "state-space scan, not attention); ablate_lit ablates the heads' output of attention layers and "
+            "cannot run this model"
+        )
+    named = [m for m in model.modules() if ATTENTION.search(type(m).__name__) and not is_norm(m)]
+    kinds = sorted({type(c).__name__ for m in named for c in m.modules() if isinstance(c, nn.modules.conv._ConvNd)})
+    if kinds:
+        raise AblateError(
+            f"{name}'s attention ({type(named[0]).__name__}) projects with {', '.join(kinds)} over channels-first "
+            "tensors [batch, channels, pos], not with Linear layers; ablate_lit hooks the [batch, pos, heads x "
+            "head_dim] input of a Linear out-projection and cannot hook this layout"
+        )
+
+
 def discover_blocks(model: nn.Module) -> list[str]:
     """Paths of the innermost lists of blocks each holding one attention module (several: stages)."""
     lists = [
@@ -85,6 +114,7 @@ def discover_blocks(model: nn.Module) -> list[str]:
     ]
     innermost = [p for p in lists if not any(q.startswith(p + ".") for q in lists)]
     if not innermost:
+        _no_attention(model)
         raise AblateError(
             f"found no list of transformer blocks with one attention module each in {type(model).__name__}; "
             f"pass {OPTIONS}"
@@ -114,6 +144,10 @@ def discover_out_proj(block: nn.Module) -> str:
             return f"{attn_path}.{hits[0]}"
         if hits:
             break
+    for name in OUT_NAMES:  # a container named like an output projection (timm LeViT: proj = act + linear + norm)
+        hits = [c for c, m in attn.named_children() if c.lower() == name and any(map(is_projection, m.modules()))]
+        if len(hits) == 1:
+            return f"{attn_path}.{hits[0]}"
     raise AblateError(
         f"cannot tell which projection of {type(attn).__name__} ({', '.join(projections)}) is its output "
         f"projection; pass ⟨--model.out_proj⟩ PATH (inside a block, e.g. {attn_path}.<name>)"
@@ -130,8 +164,9 @@ def _stated(objects: list, names: tuple[str, ...]) -> tuple[int | None, str]:
     return None, ""
 
 
-def head_layout(config, attention: nn.Module, width: int | None, where: str) -> tuple[int, int]:
-    """(n_heads, head_dim) stated by the attention module or the config, checked against ``width``."""
+def head_layout(config, attention: nn.Module, width: int | None, where: str, given: int | None = None):
+    """(n_heads, head_dim) stated by the attention module or the config (head_dim: ``given`` by the user
+    where set), checked against ``width``."""
     modules, configs = list(attention.modules()), [c for c in (config,) if c is not None]
     n_heads, heads_from = _stated(modules + configs, HEADS)
     if n_heads is None:
@@ -139,7 +174,7 @@ def head_layout(config, attention: nn.Module, width: int | None, where: str) -> 
             f"cannot read the number of attention heads of {where} from {type(attention).__name__} or the "
             f"config; pass {OPTIONS} pointing at a standard attention module"
         )
-    head_dim, dim_from = _stated(modules + configs, HEAD_DIM)
+    head_dim, dim_from = (given, "⟨--model.head_dim⟩") if given else _stated(modules + configs, HEAD_DIM)
     if head_dim is None:  # stated nowhere: derived from the residual width, never from the checked width itself
         hidden, hidden_from = _stated(configs + modules, HIDDEN)
         if hidden is not None and hidden % n_heads == 0:
@@ -147,11 +182,15 @@ def head_layout(config, attention: nn.Module, width: int | None, where: str) -> 
         elif width is not None and width % n_heads == 0:
             head_dim, dim_from = width // n_heads, "input width / heads"
         else:
-            raise AblateError(f"cannot read head_dim of {where} ({n_heads} heads, width {width}); pass {OPTIONS}")
+            raise AblateError(
+                f"cannot read head_dim of {where} ({n_heads} heads, width {width}); pass ⟨--model.head_dim N⟩ "
+                f"(the width of one head's output) or {OPTIONS}"
+            )
     if width is not None and width != n_heads * head_dim:
         raise AblateError(
             f"{where} takes {width} inputs, but {heads_from} = {n_heads} heads x {dim_from} = {head_dim} "
-            f"gives {n_heads * head_dim}: it is not the heads' output projection; pass {OPTIONS}"
+            f"gives {n_heads * head_dim}: it is not the heads' output projection; pass {OPTIONS}, or "
+            f"⟨--model.head_dim N⟩ where the heads' width is stated under another name"
         )
     return n_heads, head_dim
 
@@ -172,7 +211,12 @@ def _blocks_at(model: nn.Module, path: str) -> list[nn.Module]:
 
 
 def locate(
-    model: nn.Module, config, known: Architecture | None = None, blocks: str | None = None, out_proj: str | None = None
+    model: nn.Module,
+    config,
+    known: Architecture | None = None,
+    blocks: str | None = None,
+    out_proj: str | None = None,
+    head_dim: int | None = None,
 ) -> tuple[list[PreOut], str]:
     """Every layer's pre-out, in block order, and how it was found ("given", "tested" or "discovered")."""
     how = "given" if blocks or out_proj else "tested" if known else "discovered"
@@ -205,9 +249,9 @@ def locate(
             ) from None
         attention = next((m for p, m in attention_modules(block) if path.startswith(p + ".")), None)
         parent = block.get_submodule(path.rsplit(".", 1)[0]) if "." in path else block
-        n_heads, head_dim = head_layout(config, attention or parent, input_width(proj), f"{block_path}.{path}")
         name = f"{block_path}.{path}"
-        pre_outs.append(PreOut(i, name, proj, proj, n_heads, head_dim, block))
+        n_heads, dim = head_layout(config, attention or parent, input_width(proj), name, head_dim)
+        pre_outs.append(PreOut(i, name, proj, proj, n_heads, dim, block))
     widths = sorted({p.width for p in pre_outs})
     if len(widths) > 1:
         raise AblateError(

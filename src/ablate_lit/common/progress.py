@@ -1,0 +1,96 @@
+"""A run is never silent for long: progress lines during long steps, and ETAs that count only evaluations.
+
+``Heartbeat`` prints a line with the step's own progress and ETA whenever nothing has been printed
+for ``EVERY_S`` seconds (loading and converting a model, calibration sweeps, generating the text of
+resample:generated, long evaluations). ``aside()`` marks one-off work (calibration, building a
+resample cache) whose time the run's ETA must not spread over the evaluations: ``set_aside_s()`` is
+the total so far.
+"""
+
+from __future__ import annotations
+
+import threading
+import time
+from contextlib import contextmanager
+from typing import Iterator
+
+from ablate_lit.common import logs
+
+EVERY_S = 5.0
+"""Seconds of silence after which a long step says where it is."""
+
+_aside = [0.0]
+_depth = [0]
+
+
+@contextmanager
+def aside() -> Iterator[None]:
+    """Time spent inside this block is one-off work, not evaluation (nested blocks count once)."""
+    started, depth = time.perf_counter(), _depth[0]
+    _depth[0] += 1
+    try:
+        yield
+    finally:
+        _depth[0] -= 1
+        if depth == 0:
+            _aside[0] += time.perf_counter() - started
+
+
+def set_aside_s() -> float:
+    """Seconds spent in ``aside()`` blocks by this process so far."""
+    return _aside[0]
+
+
+def clock(seconds: float) -> str:
+    """0:42, 12:05, 1:02:03."""
+    s = int(round(seconds))
+    h, m = divmod(s // 60, 60)
+    return f"{h}:{m:02d}:{s % 60:02d}" if h else f"{m}:{s % 60:02d}"
+
+
+class Heartbeat:
+    """Progress of one long step: ``tick(done, total)`` records how far it is, and a line ``what: done/total
+    unit (elapsed, eta)`` is printed whenever the run has been silent for ``EVERY_S`` seconds, by
+    ``tick`` itself and, between ticks (one slow batch, a library call that reports nothing), by a
+    watcher thread while the heartbeat is started (``with Heartbeat(...):`` or ``start()``/``stop()``)."""
+
+    def __init__(self, trainer, what: str, unit: str = ""):
+        self.trainer, self.what, self.unit = trainer, what, unit
+        self.started = time.perf_counter()
+        self.done, self.total, self.detail = 0, None, ""
+        self._stop: threading.Event | None = None
+
+    def tick(self, done: int, total: int | None = None, detail: str = "") -> None:
+        self.done, self.total, self.detail = done, total, detail
+        self._say_if_quiet()
+
+    def _say_if_quiet(self) -> None:
+        now = time.perf_counter()
+        if now - logs.last_said() < EVERY_S:
+            return
+        elapsed, done, total = now - self.started, self.done, self.total
+        count = (f"{done}/{total}" if total else f"{done}") + (f" {self.unit}" if self.unit else "")
+        count = f"{count}, " if done or total else ""
+        eta = f", eta {clock(elapsed / done * (total - done))}" if total and done else ""
+        extra = f"{self.detail}, " if self.detail else ""
+        logs.say(self.trainer, f"  {self.what}: {count}{extra}{clock(elapsed)} so far{eta}")
+
+    def start(self) -> "Heartbeat":
+        self.started, self._stop = time.perf_counter(), threading.Event()
+        threading.Thread(target=self._watch, args=(self._stop,), daemon=True, name="ablate_lit-heartbeat").start()
+        return self
+
+    def _watch(self, stop: threading.Event) -> None:
+        while not stop.wait(min(1.0, EVERY_S or 1.0)):
+            self._say_if_quiet()
+
+    def stop(self) -> None:
+        if self._stop is not None:
+            self._stop.set()
+            self._stop = None
+
+    def __enter__(self) -> "Heartbeat":
+        return self.start()
+
+    def __exit__(self, *exc) -> None:
+        self.stop()
