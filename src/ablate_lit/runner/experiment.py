@@ -23,7 +23,7 @@ from ablate_lit.calibration.heartbeat import SweepHeartbeat
 from ablate_lit.calibration.statistics import CalibrationStats
 from ablate_lit.common.labels import NO_TARGET, Point, UnitGroup, percent
 from ablate_lit.common.logs import say
-from ablate_lit.common.progress import aside, clock
+from ablate_lit.common.progress import Heartbeat, aside, clock
 from ablate_lit.common.sharding import is_sharded
 from ablate_lit.data.sampler import make_loader
 from ablate_lit.report.neurons import neuron_views
@@ -77,7 +77,8 @@ class Experiment:
         if self._stats is None:
             self._stats = self.cache.statistics()
             if self.cfg.log_histograms and self.trainer.is_global_zero:
-                neuron_views(self._stats, self.run_dir)
+                with Heartbeat(self.trainer, "writing neurons.csv, the neuron figures and histograms"):
+                    neuron_views(self._stats, self.run_dir)
         return self._stats
 
     def on_device(self, point: Point) -> dict:
