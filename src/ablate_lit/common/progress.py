@@ -41,6 +41,13 @@ def set_aside_s() -> float:
     return _aside[0]
 
 
+def _rank() -> int:
+    """This process's rank where torch.distributed runs (a step with no trainer at hand speaks from rank 0 only)."""
+    import torch.distributed as dist
+
+    return dist.get_rank() if dist.is_available() and dist.is_initialized() else 0
+
+
 def clock(seconds: float) -> str:
     """0:42, 12:05, 1:02:03."""
     s = int(round(seconds))
@@ -66,7 +73,7 @@ class Heartbeat:
 
     def _say_if_quiet(self) -> None:
         now = time.perf_counter()
-        if now - logs.last_said() < EVERY_S:
+        if now - logs.last_said() < EVERY_S or (self.trainer is None and _rank() != 0):
             return
         elapsed, done, total = now - self.started, self.done, self.total
         count = (f"{done}/{total}" if total else f"{done}") + (f" {self.unit}" if self.unit else "")
