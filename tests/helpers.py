@@ -159,10 +159,14 @@ class SyncCalls(TorchFunctionMode):
         return func(*args, **kwargs)
 
 
-def patched(model, path: str, n_layers: int, fn, run_forward):
-    """run_forward() while the input x of the module(s) at ``path`` becomes fn(layer, x); layers are
-    counted in call order within each forward pass, so a module called 3 times is layers 0, 1, 2."""
-    paths = [path.format(i) for i in range(n_layers)] if "{}" in path else [path]
+def patched(model, path: str | list[str], n_layers: int, fn, run_forward):
+    """run_forward() while the input x of the module(s) at ``path`` (a pattern with ``{}`` for the layer,
+    one path, or a list of paths) becomes fn(layer, x); layers are counted in call order within each
+    forward pass, so a module called 3 times is layers 0, 1, 2."""
+    if isinstance(path, list):
+        paths = path
+    else:
+        paths = [path.format(i) for i in range(n_layers)] if "{}" in path else [path]
     calls = {"n": 0}
     saved = [(m, m.forward) for m in dict.fromkeys(model.get_submodule(p) for p in paths)]
 

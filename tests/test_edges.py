@@ -12,7 +12,7 @@ from __future__ import annotations
 import pytest
 import torch
 import torch.nn.functional as F
-from helpers import one_line_error, read_rows, run, tiny_args
+from helpers import one_line_error, patched, read_rows, run, tiny_args
 
 from ablate_lit import AblateError, ImageData, MaskedLMAblation, MaskedTextData, VisionAblation
 from ablate_lit.ablation.schedule import ablation_mask, neuron_order
@@ -31,22 +31,9 @@ VISION_HOOKED = {
 IMAGES = dict(max_images=10, calib_images=10, batch_size=5)
 
 
-def _hooks(model, paths, fn):
-    """Forward pre-hooks replacing the input x of ``paths[l]`` by fn(l, x); returns the handles."""
-    return [
-        model.get_submodule(p).register_forward_pre_hook(lambda m, a, l=l: (fn(l, a[0]),) + tuple(a[1:]))
-        for l, p in enumerate(paths)
-    ]
-
-
 def _with(model, paths, fn, forward):
-    handles = _hooks(model, paths, fn)
-    try:
-        with torch.no_grad():
-            return forward()
-    finally:
-        for h in handles:
-            h.remove()
+    """forward() while the input x of ``paths[l]`` becomes fn(l, x) (``helpers.patched``, no ablate_lit hooks)."""
+    return patched(model, paths, len(paths), fn, forward)
 
 
 def _cli(family, folder, data_args, root, *extra):

@@ -110,7 +110,7 @@ def generated(
     new = body_len if own else 2 * body_len + 16
     rows: list[list[int]] = []
     beat = _GenerationHeartbeat(n * new)
-    with torch.random.fork_rng(devices=[device] if device.type == "cuda" else []), beat.beat:
+    with torch.random.fork_rng(devices=[device] if device.type == "cuda" else []), beat:
         torch.manual_seed(seed)
         for i in range(0, n, batch_size):
             b = min(batch_size, n - i)
@@ -151,16 +151,16 @@ def _sample(generator, prompt: torch.Tensor, new: int, start: int, beat) -> torc
     return out[:, 1:].cpu()
 
 
-class _GenerationHeartbeat:
-    """A stopping criterion that never stops: it counts the tokens generated and, when the run has been
-    quiet for a while, says how far the text for resample:generated is (``common.progress``)."""
+class _GenerationHeartbeat(Heartbeat):
+    """A stopping criterion that never stops: it counts the tokens generated, so that the heartbeat says
+    how far the text for resample:generated is when the run has been quiet (``common.progress``)."""
 
     def __init__(self, total: int):
-        self.beat = Heartbeat(None, "generating text for resample:generated", "tokens")
-        self.total, self.before, self.rows = total, 0, 1
+        super().__init__(None, "generating text for resample:generated", "tokens")
+        self.all, self.before, self.rows = total, 0, 1
 
     def __call__(self, input_ids: torch.Tensor, scores, **kwargs) -> torch.Tensor:
-        self.beat.tick(self.before + self.rows * (input_ids.shape[1] - 1), self.total)  # the prompt is 1 token
+        self.tick(self.before + self.rows * (input_ids.shape[1] - 1), self.all)  # the prompt is 1 token
         return torch.zeros(input_ids.shape[0], dtype=torch.bool, device=input_ids.device)
 
 
