@@ -161,8 +161,8 @@ def main():
     )
     print(
         f"\noptimal's evaluation at 50%: CE {float(rows[0]['ce']):.4f}; held-out CE "
-        f"{fit['init_ce']:.4f} at the mean -> "
-        f"{fit['best_ce']:.4f}"
+        f"{fit['init_loss']:.4f} at the mean -> "
+        f"{fit['best_loss']:.4f}"
     )
 
 

@@ -228,7 +228,7 @@ def test_optimal_under_two_processes_fits_one_set_of_constants_and_evaluates_it(
     single = _stats(tmp_path / "one" / ".calibration_cache", "optimal")
     assert fit["epochs"] == single["epochs"] and torch.equal(fit["train_rows"], single["train_rows"])
     torch.testing.assert_close(fit["values"], single["values"], rtol=1e-3, atol=1e-4)
-    assert fit["best_ce"] <= fit["init_ce"] and fit["epochs"] >= 1
+    assert fit["best_loss"] <= fit["init_loss"] and fit["epochs"] >= 1
     mod = module(tiny_models["llama"])
     d = data(corpus, mod, max_tokens=105, batch_size=3)
     mask = ablation_mask(neuron_order(0, 2, mod.hooks.width, "per_layer"), 0.5, 2, mod.hooks.width)

@@ -293,7 +293,7 @@ def test_optimal_constants_beat_zero_mean_and_peak_on_their_training_windows_and
             )
         }
         assert ce["optimal"] <= min(ce["zero"], ce["mean"], ce["peak"]) + 1e-6, (fraction, ce)
-        assert fit["best_ce"] == pytest.approx(
+        assert fit["best_loss"] == pytest.approx(
             _ce_by_hand(mod, held, mask, values), rel=1e-5
         )  # the held-out CE it kept
         # the row evaluates the fitted constants on the evaluated windows

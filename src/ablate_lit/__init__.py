@@ -4,6 +4,7 @@ from ablate_lit.common.errors import AblateError
 from ablate_lit.common.sharding import FSDP2Strategy  # registers --trainer.strategy fsdp2
 from ablate_lit.data.images import ImageData
 from ablate_lit.data.masked import MaskedTextData
+from ablate_lit.data.task import TaskData
 from ablate_lit.data.text import TextData
 from ablate_lit.entry.api import run
 from ablate_lit.families.causal_lm import CausalLMAblation
@@ -19,6 +20,7 @@ __all__ = [
     "MaskedLMAblation",
     "MaskedTextData",
     "Results",
+    "TaskData",
     "TextData",
     "VisionAblation",
     "load",

@@ -34,12 +34,19 @@ class MethodContext:
     """The weights are sharded over the processes (FSDP2)."""
     statistics: Callable[[], object]
     """The calibration statistics (``CalibrationStats``), computed or loaded at the first call."""
+    statistics_of: Callable[[str], object]
+    """Statistics of other inputs: ``counterfactual`` (a task's counterfactual calibration prompts)."""
     resample: Callable[[str], torch.Tensor]
     """A source's resample cache [n_layers, rows, pos, width]."""
-    fitted: Callable[[Point], torch.Tensor]
-    """A point's optimal constants [n_layers, width]."""
+    fitted: Callable[[Point, str, bool], torch.Tensor]
+    """A point's optimal constants for an objective (ce, kl): [n_layers, width], or per position
+    [n_layers, pos, width]."""
     check_fit: Callable[[], object]
     """Refuses calibration data too small for fitting (optimal)."""
+    counterfactual: bool = False
+    """The data is a task with counterfactual prompts."""
+    fixed_template: bool = False
+    """The data is a task whose prompts share one token length (positions mean the same in every row)."""
 
     @property
     def stats(self):

@@ -57,7 +57,7 @@ class OptimalFitter:
             self.trainer.validate(self.module, dataloaders=make_loader([], 1), verbose=False)
             self._placed = True
 
-    def _key(self, mask: torch.Tensor) -> str:
+    def _key(self, mask: torch.Tensor, objective: str, per_position: bool) -> str:
         # the fit equals a one-process fit up to rounding: each of w processes takes batch/w windows of a step,
         # and DDP averages their gradients, so neither the evaluation batch size nor w is in the key
         cfg = self.cfg
@@ -68,6 +68,8 @@ class OptimalFitter:
             cfg.optimal_held_out,
             cfg.optimal_batch_size,
         )
+        if objective != "ce" or per_position:  # (the CE fit per unit keeps the key it always had)
+            settings += (objective, per_position)
         return digest(
             self.cache.key(
                 "optimal",
@@ -80,14 +82,20 @@ class OptimalFitter:
             )
         )
 
-    def fitted(self, point: Point, mask: torch.Tensor, stats) -> torch.Tensor:
-        """``point``'s optimal constants [n_layers, width] (the mean where nothing is ablated), fitted
-        with ``trainer.fit`` (``ablation.optimal``) or loaded from the cache."""
-        trainer, init = self.trainer, stats["mean"].float()
+    def fitted(
+        self, point: Point, mask: torch.Tensor, stats, objective: str = "ce", per_position: bool = False
+    ) -> torch.Tensor:
+        """``point``'s optimal constants [n_layers, width] (per position: [n_layers, pos, width]; the
+        mean where nothing is ablated), minimising ``objective`` (ce, or kl from the unablated model),
+        fitted with ``trainer.fit`` (``ablation.optimal``) or loaded from the cache."""
+        trainer, init, scale = self.trainer, stats["mean"].float(), stats["std"].float().clamp_min(1e-6)
+        if per_position:
+            positions = self.data.positions()
+            init, scale = (t[:, None, :].expand(-1, positions, -1).contiguous() for t in (init, scale))
         if not bool(mask.any()):
             return init
         train_rows, held_rows = self.split()
-        key = self._key(mask)
+        key = self._key(mask, objective, per_position)
         path = self.cache.cache_dir / f"optimal-{key}.pt"
         where = point.describe()  # optimal 50% (seed 0), or optimal L3.H5 for one unit
         cached = load_object(path, key) if trainer.is_global_zero else None
@@ -95,16 +103,19 @@ class OptimalFitter:
         if cached is not None:
             say(trainer, f"{where}: fitted constants cached ({path})")
             return cached
+        n = int(mask.sum()) * (init.shape[1] if per_position else 1)
+        loss = "KL from the unablated model" if objective == "kl" else "CE"
         say(
             trainer,
-            f"{where}: fitting {int(mask.sum())} constants from the mean on {len(train_rows)} calibration "
-            f"inputs ({len(held_rows)} held out for early stopping)",
+            f"{where}: fitting {n} constants{' (one per position)' if per_position else ''} from the mean to "
+            f"minimise the {loss} on {len(train_rows)} calibration inputs ({len(held_rows)} held out for early "
+            "stopping)",
         )
-        result = self._fit(point, mask, init, stats["std"].float().clamp_min(1e-6), train_rows, held_rows)
+        result = self._fit(point, mask, init, scale, train_rows, held_rows, objective)
         say(
             trainer,
-            f"{where}: held-out CE {result['init_ce']:.4f} at the mean -> {result['best_ce']:.4f} after "
-            f"{result['epochs']} epochs ({result['fit_s']:.1f} s)",
+            f"{where}: held-out {objective.upper()} {result['init_loss']:.4f} at the mean -> "
+            f"{result['best_loss']:.4f} after {result['epochs']} epochs ({result['fit_s']:.1f} s)",
         )
         if trainer.is_global_zero:
             save_object(
@@ -112,14 +123,14 @@ class OptimalFitter:
             )
         return result["values"]
 
-    def _fit(self, point: Point, mask, init, scale, train_rows, held_rows) -> dict:
+    def _fit(self, point: Point, mask, init, scale, train_rows, held_rows, objective: str) -> dict:
         cfg, trainer, data = self.cfg, self.trainer, self.data
         self._place()
         writer = None
         if trainer.is_global_zero:
             from torch.utils.tensorboard import SummaryWriter
 
-            writer = SummaryWriter(str(self.run_dir() / "tb" / f"optimal_seed{point.seed}"))
+            writer = SummaryWriter(str(self.run_dir() / "tb" / f"{point.method.replace(':', '-')}_seed{point.seed}"))
         step = cfg.optimal_batch_size // trainer.world_size
         try:
             result = fit_constants(
@@ -135,6 +146,7 @@ class OptimalFitter:
                 patience=cfg.optimal_patience,
                 writer=writer,
                 tag=f"{percent_tag(point.fraction)}pct" if point.target == NO_TARGET else point.target,
+                objective=objective,
             )
         finally:
             if writer is not None:

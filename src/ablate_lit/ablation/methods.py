@@ -16,7 +16,7 @@ from ablate_lit.ablation.context import MethodContext
 from ablate_lit.common.errors import AblateError
 from ablate_lit.common.labels import Point
 
-RESAMPLE_SOURCES = ("random_chars", "random_tokens", "generated", "random_pixels", "data")
+RESAMPLE_SOURCES = ("random_chars", "random_tokens", "generated", "random_pixels", "data", "counterfactual")
 
 
 class Method:
@@ -51,10 +51,24 @@ class Zero(Method):
 
 
 class Mean(Method):
-    name, help = "mean", "the mean of the calibration activations"
+    name = "mean"
+    help = "the mean of the calibration activations; mean:counterfactual over a task's counterfactual prompts"
+
+    def __init__(self, arg: str = ""):
+        super().__init__(arg)
+        if arg not in ("", "counterfactual"):
+            raise AblateError(f"unknown mean option '{arg}'; use mean, or mean:counterfactual on a task")
+
+    def check(self, ctx):
+        if self.arg and not ctx.counterfactual:
+            raise AblateError(
+                "mean:counterfactual takes the mean over a task's counterfactual prompts; evaluate on "
+                "⟨--data ablate_lit.TaskData⟩ rows with a counterfactual column"
+            )
 
     def replacement(self, ctx, point):
-        return {"values": ctx.stats["mean"].float()}
+        stats = ctx.statistics_of("counterfactual") if self.arg else ctx.stats
+        return {"values": stats["mean"].float()}
 
 
 class Median(Method):
@@ -116,7 +130,7 @@ class Resample(Method):
     name, constant = "resample", False
     help = (
         "the value at the same position on other inputs: random_chars, random_tokens, generated (text), "
-        "random_pixels (images), or data (calibration inputs)"
+        "random_pixels (images), data (calibration inputs), or counterfactual (each task row's counterfactual prompt)"
     )
 
     def __init__(self, arg: str = ""):
@@ -132,6 +146,11 @@ class Resample(Method):
         return self.arg
 
     def check(self, ctx):
+        if self.source == "counterfactual" and not ctx.counterfactual:
+            raise AblateError(
+                "resample:counterfactual takes each row's values on its counterfactual prompt; evaluate on "
+                "⟨--data ablate_lit.TaskData⟩ rows with a counterfactual column"
+            )
         if self.source not in ctx.resample_sources:
             raise AblateError(
                 f"resample source '{self.source}' does not apply to {ctx.family} models; "
@@ -150,9 +169,22 @@ class Resample(Method):
 class Optimal(Method):
     name, per_point = "optimal", True
     help = (
-        "the constants that minimise the ablated model's CE, fitted per point on calibration windows with "
-        "Lightning's fit loop (Li & Janson 2024; ablation.optimal_* settings)"
+        "the constants that minimise the ablated model's CE (optimal:kl: its KL from the unablated model, as "
+        "Li & Janson 2024; +position: one constant per position, for fixed-template tasks), fitted per point on "
+        "calibration inputs with Lightning's fit loop (ablation.optimal_* settings)"
     )
+
+    def __init__(self, arg: str = ""):
+        super().__init__(arg)
+        flags = set(arg.split("+")) if arg else set()
+        if not flags <= {"ce", "kl", "position"} or {"ce", "kl"} <= flags:
+            raise AblateError(
+                f"unknown optimal option '{arg}'; use optimal (CE), optimal:kl, optimal:position or optimal:kl+position"
+            )
+        self.objective = "kl" if "kl" in flags else "ce"
+        self.per_position = "position" in flags
+        self.arg = "+".join(f for f in ("kl" if self.objective == "kl" else "", "position" * self.per_position) if f)
+        self.constant = not self.per_position
 
     def check(self, ctx):
         if ctx.sharded:
@@ -160,10 +192,16 @@ class Optimal(Method):
                 "optimal fits constants through the whole model, which is not done under a sharding "
                 "strategy here; use ⟨--trainer.strategy ddp⟩ (or auto) for runs with optimal"
             )
+        if self.per_position and not ctx.fixed_template:
+            raise AblateError(
+                f"{self.label} fits one constant per position, which means the same thing in every input only "
+                "for a fixed-template task: evaluate ⟨--data ablate_lit.TaskData⟩ rows whose prompts share one "
+                "token length, or use optimal without +position"
+            )
         ctx.check_fit()  # refuses calibration data too small to hold some windows out
 
     def replacement(self, ctx, point):
-        return {"values": ctx.fitted(point).float()}
+        return {"values": ctx.fitted(point, self.objective, self.per_position).float()}
 
 
 METHODS: dict[str, type[Method]] = {m.name: m for m in (Zero, Mean, Median, Peak, PeakRefined, Optimal, Resample)}
@@ -179,14 +217,16 @@ def registry_rank(label: str) -> tuple[int, str]:
 
 
 def parse_method(text: str) -> Method:
-    """``name`` or ``name:argument`` (``resample:<source>``, ``peak:eps=E``); a bare ``resample`` is refused."""
+    """``name`` or ``name:argument`` (``resample:<source>``, ``peak:eps=E``, ``mean:counterfactual``,
+    ``optimal:kl+position``); a bare ``resample`` is refused."""
     name, _, arg = str(text).strip().partition(":")
     if name not in METHODS:
         raise AblateError(
-            f"unknown ablation method '{text}'; use one of: {', '.join(METHODS)} (resample:<source>, peak:eps=E)"
+            f"unknown ablation method '{text}'; use one of: {', '.join(METHODS)} (resample:<source>, peak:eps=E, "
+            "mean:counterfactual, optimal:kl)"
         )
     if name == "resample" and not arg:
         return Resample(arg)  # raises: the source must be named
-    if arg and name not in ("resample", "peak"):
+    if arg and name not in ("resample", "peak", "mean", "optimal"):
         raise AblateError(f"ablation method '{name}' takes no option, got '{text}'")
     return METHODS[name](arg)

@@ -1,5 +1,9 @@
 """Optimal ablation (Li & Janson, "Optimal ablation for interpretability", NeurIPS 2024): the
-constants of a point's ablated neurons that minimise the ablated model's cross-entropy.
+constants of a point's ablated neurons that minimise a loss of the ablated model: its cross-entropy
+(``optimal``), or, as the paper defines it, its KL divergence from the unablated model
+(``optimal:kl``: the deviation ΔKL at the scored positions, a task's answer positions). The constants
+are one per neuron (a head's are its constant vector, with ``--ablation.unit head``), or with
+``+position`` one per neuron and position, for fixed-template tasks (the paper's per-position OA).
 
 They are fitted with Lightning's own ``fit`` loop on the run's trainer (its accelerator, precision
 and processes): ``ConstantFit`` is a LightningModule whose only parameter is the ``[n_layers, width]``
@@ -18,10 +22,7 @@ import time
 
 import lightning as L
 import torch
-import torch.nn.functional as F
 from torch import nn
-
-from ablate_lit.stats.token_metrics import IGNORE_INDEX
 
 
 class ConstantFit(L.LightningModule):
@@ -29,8 +30,11 @@ class ConstantFit(L.LightningModule):
     units of each neuron's calibration standard deviation ``scale``, so one learning rate suits
     neurons of every magnitude."""
 
-    def __init__(self, target, init: torch.Tensor, scale: torch.Tensor, lr: float, writer=None, tag: str = ""):
+    def __init__(
+        self, target, init: torch.Tensor, scale: torch.Tensor, lr: float, writer=None, tag: str = "", objective="ce"
+    ):
         super().__init__()
+        self.objective = objective
         self.shift = nn.Parameter(torch.zeros_like(init, dtype=torch.float32))
         self.register_buffer("init", init.detach().float().clone())
         self.register_buffer("scale", scale.detach().float().clone())
@@ -59,7 +63,7 @@ class ConstantFit(L.LightningModule):
         return self
 
     def values(self, layer: int | None = None) -> torch.Tensor:
-        """The constants [n_layers, width], or one layer's [width] (what the hook reads at each call)."""
+        """The constants [n_layers, (pos,) width], or one layer's (what the hook reads at each call)."""
         if layer is None:
             return self.init + self.scale * self.shift
         return self.init[layer] + self.scale[layer] * self.shift[layer]
@@ -67,18 +71,22 @@ class ConstantFit(L.LightningModule):
     def configure_optimizers(self):
         return torch.optim.Adam([self.shift], lr=self.lr)
 
-    def _ce_sum(self, batch) -> tuple[torch.Tensor, torch.Tensor]:
-        logits, labels = self.target.logits_and_labels(batch)
-        scored = labels != IGNORE_INDEX
-        ce = F.cross_entropy(logits.float(), labels, ignore_index=IGNORE_INDEX, reduction="sum")
-        return ce, scored.sum()
+    def _loss_sum(self, batch) -> tuple[torch.Tensor, torch.Tensor]:
+        """(sum, count) minimised on ``batch``: the target's scores' CE or (``kl``) KL from the unablated
+        model (a pass with the hooks paused), on what they score (tokens, or a task's answers)."""
+        target, reference = self.target, None
+        if self.objective == "kl":
+            with torch.no_grad(), target.hooks.paused():
+                reference, _ = target.logits_and_labels(batch)
+        logits, labels = target.logits_and_labels(batch)
+        return target.scores.objective(batch, logits, labels, reference)
 
     def training_step(self, batch, batch_idx):
-        ce, n = self._ce_sum(batch)
-        loss = ce / n.clamp_min(1)
+        total, n = self._loss_sum(batch)
+        loss = total / n.clamp_min(1)
         if self.writer is not None:
             self._step += 1
-            self.writer.add_scalar(f"fit_{self.tag}/train_ce", float(loss.detach()), self._step)
+            self.writer.add_scalar(f"fit_{self.tag}/train_{self.objective}", float(loss.detach()), self._step)
         return loss
 
     def on_validation_epoch_start(self) -> None:
@@ -86,8 +94,8 @@ class ConstantFit(L.LightningModule):
         self._count = torch.zeros((), dtype=torch.float64, device=self.device)
 
     def validation_step(self, batch, batch_idx):
-        ce, n = self._ce_sum(batch)
-        self._sum += ce.double()
+        total, n = self._loss_sum(batch)
+        self._sum += total.double()
         self._count += n.double()
 
     def on_validation_epoch_end(self) -> None:
@@ -96,11 +104,11 @@ class ConstantFit(L.LightningModule):
         held_out = float(total / count.clamp_min(1))
         if self.trainer.sanity_checking:
             return
-        self.log("held_out_ce", held_out, sync_dist=False)  # already summed over processes
+        self.log("held_out", held_out, sync_dist=False)  # already summed over processes
         epoch = len(self.history)  # 0: the initial constants (before training)
-        self.history.append({"epoch": epoch, "held_out_ce": held_out})
+        self.history.append({"epoch": epoch, f"held_out_{self.objective}": held_out})
         if self.writer is not None:
-            self.writer.add_scalar(f"fit_{self.tag}/held_out_ce", held_out, epoch)
+            self.writer.add_scalar(f"fit_{self.tag}/held_out_{self.objective}", held_out, epoch)
         if self.best is None or held_out < self.best[0]:
             self.best = (held_out, self.values().detach().cpu().clone())
 
@@ -119,20 +127,21 @@ def fit_constants(
     patience: int,
     writer=None,
     tag: str = "",
+    objective: str = "ce",
 ) -> dict:
     """Fit the constants of the neurons where ``mask`` [n_layers, width] is True, starting at ``init``
-    and moving in units of ``scale`` (both [n_layers, width]), with ``trainer.fit``. Returns ``values``
-    (``init`` where ``mask`` is False, the held-out best where it is True), ``history`` (held-out CE
-    per epoch, 0 = ``init``), ``init_ce``, ``best_ce``, ``epochs`` and ``fit_s``."""
+    and moving in units of ``scale`` (both [n_layers, width], or [n_layers, pos, width] for one constant
+    per position), with ``trainer.fit``, minimising ``objective`` (ce or kl). Returns ``values`` (``init``
+    where ``mask`` is False, the held-out best where it is True), ``history`` (held-out loss per epoch,
+    0 = ``init``), ``init_loss``, ``best_loss``, ``epochs`` and ``fit_s``."""
     from lightning.pytorch.callbacks import EarlyStopping
     from lightning.pytorch.loops.fit_loop import _FitLoop
     from lightning.pytorch.loops.training_epoch_loop import _TrainingEpochLoop
 
     from ablate_lit.common.logs import lightning_info_silenced
 
-    started = time.perf_counter()
-    fit = ConstantFit(target, init, scale, lr, writer, tag)
-    stopper = EarlyStopping(monitor="held_out_ce", mode="min", patience=patience, min_delta=0.0, check_finite=True)
+    started, fit = time.perf_counter(), ConstantFit(target, init, scale, lr, writer, tag, objective)
+    stopper = EarlyStopping(monitor="held_out", mode="min", patience=patience, min_delta=0.0, check_finite=True)
     saved_loop, saved_sanity = trainer.fit_loop, trainer.num_sanity_val_steps
     frozen = [(p, p.requires_grad) for p in target.parameters()]
     for p, _ in frozen:
@@ -154,13 +163,13 @@ def fit_constants(
         target.hooks.remove()
         if writer is not None:
             writer.flush()
-    best_ce, best = fit.best
-    values = torch.where(mask, best, init.float())
+    best_loss, best = fit.best
+    values = torch.where(mask if init.dim() == 2 else mask[:, None, :], best, init.float())
     return {
         "values": values,
         "history": fit.history,
-        "init_ce": fit.history[0]["held_out_ce"],
-        "best_ce": best_ce,
+        "init_loss": fit.history[0][f"held_out_{objective}"],
+        "best_loss": best_loss,
         "epochs": len(fit.history) - 1,
         "fit_s": time.perf_counter() - started,
     }

@@ -62,19 +62,31 @@ class CalibrationCache:
         return callback.result
 
     # -- statistics ------------------------------------------------------------------------------
-    def statistics(self) -> CalibrationStats:
+    def statistics(self, which: str = "calibration") -> CalibrationStats:
+        """The statistics of the calibration split, or (``counterfactual``) of a task's counterfactual
+        calibration prompts (``mean:counterfactual``)."""
         cfg = self.cfg
-        key = digest(self.key("stats", self.data.fingerprint("calibration"), cfg.eps, cfg.n_bins, cfg.bin_alignment))
+        inputs = self.data.fingerprint("calibration" if which == "calibration" else "counterfactual_calibration")
+        key = digest(self.key("stats", inputs, cfg.eps, cfg.n_bins, cfg.bin_alignment))
         path = self.cache_dir / f"stats-{key}.pt"
         stats = load_object(path, key)
+        what = "calibration statistics" if which == "calibration" else "counterfactual statistics"
         if stats is not None:
-            say(self.trainer, f"calibration statistics: cached ({path})")
+            say(self.trainer, f"{what}: cached ({path})")
             return CalibrationStats(stats)
         self.check_statistics_fit(self.module.device)
         early = "" if is_sharded(self.trainer.strategy) else " (each forward pass stops after the last hooked layer)"
-        say(self.trainer, f"calibration: {self.data.describe('calibration')}{early}")
+        if which == "calibration":
+            loader = self.data.val_dataloader()
+            say(self.trainer, f"calibration: {self.data.describe('calibration')}{early}")
+        else:
+            inputs = self.data.counterfactual_inputs("calibration")
+            loader = make_loader(inputs, self.data.batch_size)
+            say(
+                self.trainer, f"counterfactual statistics: the counterfactual prompts of {len(inputs)} calibration rows"
+            )
         callback = StatisticsCallback(cfg.eps, cfg.n_bins, cfg.bin_alignment)
-        stats = self._sweep(callback, self.data.val_dataloader(), "calibration statistics")
+        stats = self._sweep(callback, loader, what)
         stats["key"] = key
         if self.trainer.is_global_zero:
             save_object(stats, path)
@@ -108,8 +120,10 @@ class CalibrationCache:
         """The pre-outs [n_layers, n_resample, pos, width] of ``source``'s inputs (randomised, or
         calibration inputs for ``data``)."""
         cfg, data, module = self.cfg, self.data, self.module
-        inputs_from = data.fingerprint("calibration") if source == "data" else module.hparams.get("generator")
-        key = digest(self.key("resample", source, cfg.n_resample, cfg.resample_seed, inputs_from))
+        inputs_from = {"data": "calibration", "counterfactual": "counterfactual"}.get(source)
+        inputs_from = data.fingerprint(inputs_from) if inputs_from else module.hparams.get("generator")
+        n_rows = len(data.counterfactual_inputs()) if source == "counterfactual" else cfg.n_resample
+        key = digest(self.key("resample", source, n_rows, cfg.resample_seed, inputs_from))
         path = self.cache_dir / f"resample-{source}-{key}.pt"
         cached = load_object(path, key)
         if cached is not None:
@@ -118,18 +132,20 @@ class CalibrationCache:
         positions, (n_layers, width) = data.positions(), (module.hooks.n_layers, module.hooks.width)
         if positions:
             check_fits(
-                n_layers * cfg.n_resample * positions * width * 4,
+                n_layers * n_rows * positions * width * 4,
                 module.device,
-                f"the {source} resample cache ({n_layers} layers x {cfg.n_resample} rows x {positions} positions "
+                f"the {source} resample cache ({n_layers} layers x {n_rows} rows x {positions} positions "
                 f"x {width} neurons)",
-                f"lower ⟨--ablation.n_resample⟩ (now {cfg.n_resample})",
+                "evaluate fewer rows (⟨--data.max_rows⟩)"
+                if source == "counterfactual"
+                else f"lower ⟨--ablation.n_resample⟩ (now {cfg.n_resample})",
             )
-        kind = "calibration inputs" if source == "data" else "random inputs"
-        say(self.trainer, f"resample cache {source}: {cfg.n_resample} {kind}")
+        kind = {"data": "calibration inputs", "counterfactual": "counterfactual prompts, one per evaluated sequence"}
+        say(self.trainer, f"resample cache {source}: {n_rows} {kind.get(source, 'random inputs')}")
         with aside():
-            inputs = module.random_inputs(source, cfg.n_resample, cfg.resample_seed, data)
+            inputs = module.random_inputs(source, n_rows, cfg.resample_seed, data)
         loader = make_loader(inputs, data.batch_size)
-        result = self._sweep(ResampleCallback(cfg.n_resample), loader, f"resample cache {source}")
+        result = self._sweep(ResampleCallback(n_rows), loader, f"resample cache {source}")
         if self.trainer.is_global_zero:
             save_object({"key": key, "resample": result["resample"], "inputs": getattr(inputs, "windows", None)}, path)
         return result["resample"]

@@ -24,6 +24,7 @@ class _RecordingCallback(L.Callback):
         self.result: dict | None = None
         self._ctx = None
         self._rows: torch.Tensor | None = None
+        self._valid: torch.Tensor | None = None
 
     def _start(self, pl_module) -> None:
         """Set up the metrics of a new epoch on ``pl_module``'s device."""
@@ -41,6 +42,7 @@ class _RecordingCallback(L.Callback):
 
     def on_validation_batch_start(self, trainer, pl_module, batch, batch_idx, dataloader_idx=0) -> None:
         self._rows = batch["index"]
+        self._valid = batch.get("valid")  # [batch, pos]: task sequences are padded at the end
 
     def on_exception(self, trainer, pl_module, exception) -> None:
         self._close()
@@ -64,6 +66,9 @@ class StatisticsCallback(_RecordingCallback):
         self.hist = NeuronHistogram(hooks.n_layers, hooks.width, self.eps, self.n_bins, self.alignment).to(device)
 
     def record(self, layer: int, x: torch.Tensor) -> None:
+        valid = self._valid
+        if valid is not None and tuple(valid.shape) == tuple(x.shape[:2]):
+            x = x[valid.to(x.device)]  # the positions that are not padding [n, width]
         x = x.reshape(-1, x.shape[-1])  # [batch*pos, width]
         self.moments.update(layer, x)
         self.hist.update(layer, x)

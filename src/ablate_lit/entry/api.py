@@ -17,6 +17,7 @@ from ablate_lit.common.errors import AblateError, wording
 from ablate_lit.common.logs import lightning_info_silenced, quiet_loading, verbosity
 from ablate_lit.data.images import ImageData
 from ablate_lit.data.masked import MaskedTextData
+from ablate_lit.data.task import TaskData
 from ablate_lit.data.text import TextData
 from ablate_lit.entry.inputs import build_datamodule, build_module, family_of
 from ablate_lit.entry.settings import check_all, keys_of
@@ -43,6 +44,7 @@ def run(
     root: str | Path = "lightning_logs",
     trainer=None,
     verbose: bool = True,
+    task: bool = False,
     **settings,
 ) -> Results:
     """Ablate ``model``'s attention neurons (or MLP units, heads, ...) on ``data`` and return the results.
@@ -56,6 +58,8 @@ def run(
             ``label_column``), a list of {image, label} rows, or a DataLoader of token windows
             (``input_ids`` [batch, context_length], causal LMs; used as they are, no BOS added).
         family: causal_lm, masked_lm or vision (default: read from the model).
+        task: ``data`` holds task rows (prompt, answer, distractor, counterfactual), or names a shipped
+            task (ioi, greater_than): scored on the answers (``TaskData``; causal LMs).
         name, root: the run folder ``root/name`` (default name: the model and a hash of the settings).
         trainer: a ``lightning.Trainer``, or a dict of Trainer settings (default: one device, no logger).
         verbose: print progress and the summary table (as the CLI does).
@@ -69,7 +73,7 @@ def run(
     quiet_loading()
     try:
         with wording("python"):
-            return _run(model, data, tokenizer, preprocess, family, name, root, trainer, verbose, settings)
+            return _run(model, data, tokenizer, preprocess, family, name, root, trainer, verbose, settings, task)
     except AblateError as exc:  # worded for run(): max_tokens=, not --data.max_tokens
         raise exc.freeze("python")
 
@@ -78,8 +82,8 @@ class _Settings:
     """``run``'s keyword settings, split by owner (ablation, data, model) and checked against the
     types each owner declares (``entry.settings``)."""
 
-    def __init__(self, family: str, in_memory: bool, settings: dict):
-        module_cls, data_cls = MODULES[family], DATA[family]
+    def __init__(self, family: str, in_memory: bool, settings: dict, task: bool = False):
+        module_cls, data_cls = MODULES[family], TaskData if task else DATA[family]
         self.model_owner = module_cls.from_model if in_memory else module_cls
         self.model_keys = (
             keys_of(module_cls.from_model, {"model", "tokenizer", "preprocess", "name"}) | {"model_name"}
@@ -137,19 +141,21 @@ def _trainer(trainer, verbose: bool, root) -> AblationTrainer:
     return trainer
 
 
-def _run(model, data, tokenizer, preprocess, family, name, root, trainer, verbose, settings) -> Results:
+def _run(model, data, tokenizer, preprocess, family, name, root, trainer, verbose, settings, task) -> Results:
     family = family_of(model, family)
+    if task and family != "causal_lm":
+        raise AblateError(f"task=True scores a causal LM's answers; this model is {family}")
     in_memory = not isinstance(model, (str, Path))
     if family == "vision" and tokenizer is not None:
         raise AblateError("tokenizer= is for text models; a vision model takes preprocess= (or none, for timm)")
     if family != "vision" and preprocess is not None:
         raise AblateError("preprocess= is for vision models; a text model takes tokenizer=")
-    checked = _Settings(family, in_memory, settings)
+    checked = _Settings(family, in_memory, settings, task)
     check_destination(name, root, checked.ablation.cache_dir)
     _check_trainer(trainer, in_memory)
     with lightning_info_silenced(not verbose), verbosity(verbose):  # "GPU available: ..." at every Trainer
         module = build_module(MODULES[family], model, family, tokenizer, preprocess, checked.model)
-        datamodule = build_datamodule(DATA[family], data, family, checked.data, module)
+        datamodule = build_datamodule(TaskData if task else DATA[family], data, family, checked.data, module)
         trainer = _trainer(trainer, verbose, root)
         described = {
             "family": family,

@@ -47,7 +47,8 @@ GROUPS = {  # option group -> (title, description) in test --help
     ),
     "data": (
         "the data",
-        "--data ablate_lit.TextData (causal LMs), MaskedTextData (masked LMs) or ImageData (vision), "
+        "--data ablate_lit.TextData (causal LMs), TaskData (a task of prompts and answers, causal LMs), "
+        "MaskedTextData (masked LMs) or ImageData (vision), "
         "then --data.path and the rest; '--data.help TextData' lists its options",
     ),
     "trainer": ("where and how the model runs", "the Lightning Trainer settings that matter for evaluation"),

@@ -103,7 +103,7 @@ def build_datamodule(data_cls, data, family: str, settings: dict, module):
         settings.setdefault("context_length", _window_length(data))
         if settings["context_length"] is None:
             settings.pop("context_length")
-    elif family != "vision" and "context_length" not in settings:
+    elif family != "vision" and "context_length" not in settings and data_cls.__name__ != "TaskData":
         settings["context_length"] = min(1024, module.max_positions() or 1024)
     return data_cls(str(data) if isinstance(data, Path) else data, **settings)
 

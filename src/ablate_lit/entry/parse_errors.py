@@ -16,7 +16,7 @@ _KINDS = {
     "dict": "a mapping",
 }
 FAMILIES = "ablate_lit.CausalLMAblation, ablate_lit.MaskedLMAblation or ablate_lit.VisionAblation"
-DATA = "ablate_lit.TextData, ablate_lit.MaskedTextData or ablate_lit.ImageData"
+DATA = "ablate_lit.TextData, ablate_lit.TaskData, ablate_lit.MaskedTextData or ablate_lit.ImageData"
 
 
 def condense(message: str) -> str:

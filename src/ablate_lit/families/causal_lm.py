@@ -15,7 +15,7 @@ class CausalLMAblation(TextAblationModule):
     """Scores next-token prediction (Top1, CE) of a causal LM whose attention pre-outs are ablated."""
 
     family = "causal_lm"
-    data_types = ("TextData",)
+    data_types = ("TextData", "TaskData")
     forward_kwargs = {"use_cache": False}
     architectures = CAUSAL_LM_ARCHITECTURES
 
@@ -79,6 +79,8 @@ class CausalLMAblation(TextAblationModule):
     def logits_and_labels(self, batch):
         ids = batch["input_ids"]
         logits = self.model(input_ids=ids, **self.forward_kwargs).logits  # [batch, pos, vocab]
+        if "labels" in batch:  # task sequences (data.task): only the answer's tokens are scored
+            return logits.reshape(-1, logits.shape[-1]), batch["labels"].reshape(-1)
         # position t predicts token t+1; the last position has no label (-100). Scoring the full,
         # contiguous logits avoids copying them, as slicing off the last position would.
         labels = torch.cat([ids[:, 1:], ids.new_full((ids.shape[0], 1), IGNORE_INDEX)], 1)

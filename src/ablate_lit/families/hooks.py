@@ -114,7 +114,8 @@ class PreOutHooks:
     ):
         """Replace the neurons where ``mask`` [n_layers, width] is True.
 
-        ``values`` [n_layers, width] gives one constant per neuron (zero, mean, peak). ``resample``
+        ``values`` [n_layers, width] gives one constant per neuron (zero, mean, peak), [n_layers, pos,
+        width] one per neuron and position (optimal:+position). ``resample``
         [n_layers, n_cache, pos, width] gives, for cache row ``sample_index % n_cache``, the value at
         each position. Layers with no ablated neuron get no hook.
 
@@ -149,6 +150,8 @@ class PreOutHooks:
                     repl = by_dtype[x.dtype] = replacement.to(dtype=x.dtype)
                 if resample is not None:
                     repl = repl[self.sample_index % repl.shape[0], : x.shape[-2]]  # [batch, pos, width]
+                elif repl.dim() == 2:
+                    repl = repl[: x.shape[-2]]  # one constant per position [pos, width]
                 out = repl.expand_as(x).clone() if every else torch.where(here, repl, x)
                 return (out,) + tuple(args[1:])
 

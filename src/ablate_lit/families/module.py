@@ -199,7 +199,7 @@ class AblationModule(KeptInPlace, L.LightningModule):
         logits, labels = self.logits_and_labels(batch)
         if self.kl and reference is None:
             reference = logits
-        self.scores.update(logits, labels, batch.get("index"), reference)
+        self.scores.score(batch, logits, labels, reference)
         self._even_out(batch, batch_idx, self.trainer.num_test_batches[0], testing=True)
 
     def fingerprint(self) -> str:

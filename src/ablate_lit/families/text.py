@@ -114,6 +114,8 @@ class TextAblationModule(AblationModule):
         args = (self.tokenizer, n, data.context_length, data.prefix, data.suffix, seed)
         if source == "data":
             return data.calibration_sample(n, seed)
+        if source == "counterfactual":
+            return data.counterfactual_inputs()  # a task's: row by row, the evaluated sequences' own
         if source == "random_tokens":
             return WindowDataset(rnd.random_tokens(*args))
         if source == "random_chars":

@@ -20,8 +20,6 @@ from typing import Iterator
 import torch
 from torch import nn
 
-from ablate_lit.stats.token_metrics import TokenScores
-
 
 @contextmanager
 def kept_outputs(blocks: list[nn.Module], kept: dict[int, object]) -> Iterator[None]:
@@ -52,11 +50,12 @@ def answered_from(blocks: list[nn.Module], kept: dict[int, object]) -> Iterator[
 
 class UnitMapStep:
     """Scores ``entries`` — (mask [n_layers, width], replacement values) pairs, all ablating units of
-    ``layer`` — on each batch of an evaluation epoch, each into its own ``TokenScores``."""
+    ``layer`` — on each batch of an evaluation epoch, each into its own scores (a fresh copy of the
+    module's ``scores``)."""
 
-    def __init__(self, module, layer: int, entries: list[tuple[torch.Tensor, dict]], n_windows: int, kl: bool):
+    def __init__(self, module, layer: int, entries: list[tuple[torch.Tensor, dict]], kl: bool):
         self.module, self.layer, self.entries, self.kl = module, layer, entries, kl
-        self.scores = [TokenScores(n_windows).to(module.device) for _ in entries]
+        self.scores = [module.scores.fresh().to(module.device) for _ in entries]
         own = module.pre_outs[layer].block
         before = [p.block for p in module.pre_outs[:layer]]
         self.blocks = list({id(b): b for b in before if b is not own}.values())
@@ -77,13 +76,12 @@ class UnitMapStep:
             reference, labels = module.logits_and_labels(batch)
         if self.prefix and not self._checked:
             self._check(batch, kept, reference)
-        index = batch.get("index")
         with answered_from(self.blocks, kept) if self.prefix else nullcontext():
             for (mask, replacement), scores in zip(self.entries, self.scores, strict=True):
                 with module.hooks.ablating(mask, device=module.device, **replacement):
                     logits, _ = module.logits_and_labels(batch)
                 if record:
-                    scores.update(logits, labels, index, reference if self.kl else None)
+                    scores.score(batch, logits, labels, reference if self.kl else None)
 
     def _check(self, batch, kept: dict, reference: torch.Tensor) -> None:
         """A prefix-answered pass without ablation must give the unablated logits; else full passes."""

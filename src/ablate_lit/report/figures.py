@@ -7,7 +7,7 @@ import math
 from pathlib import Path
 
 from ablate_lit.common.labels import Label, pct
-from ablate_lit.report.summary import aggregate, mean_std, metrics
+from ablate_lit.report.summary import aggregate, is_task, mean_std, metrics
 
 STYLES = ["-", "--", ":", "-."]
 
@@ -49,7 +49,9 @@ def model_figure(rows: list[dict], model: str):
     bases = list(dict.fromkeys(label.method for label in labels.values()))
     kinds = list(dict.fromkeys(label.suffix for label in labels.values()))
     colours = {b: f"C{i % 10}" for i, b in enumerate(bases)}
+    task = is_task(mine)
     panels = [(metric, scale) for metric, _, scale, _ in metrics(mine)]  # top1 (%), ce, and kl where measured
+    ylabels = {metric: title for metric, title, _, _ in metrics(mine)} if task else YLABELS
     fig, axes = plt.subplots(1, len(panels), figsize=(5.75 * len(panels), 4.3), squeeze=False)
     axes = list(axes[0])
     base = agg.get((model, "baseline", 0.0))
@@ -62,13 +64,14 @@ def model_figure(rows: list[dict], model: str):
         if base and base[metric]:
             ax.axhline(mean_std(base[metric])[0] * scale, color="0.4", ls="--", lw=1, label="unablated")
         ax.set_xlabel("units ablated (%): neurons, or heads for [heads]" if heads else "neurons ablated (%)")
-        ax.set_ylabel(YLABELS[metric])
+        ax.set_ylabel(ylabels[metric], fontsize=9 if task else None)
         ax.grid(alpha=0.3)
     axes[0].legend(fontsize=7, ncol=2 if len(methods) > 6 else 1)
     seeds = max(len({r["seed"] for r in mine if r["method"] == m}) for m in methods)
     tokens = sorted({int(r["n_tokens"]) for r in mine})
     fig.suptitle(
-        f"{model}: {seeds} seed(s), {'/'.join(map(str, tokens))} scored tokens (or images) per point, "
+        f"{model}: {seeds} seed(s), {'/'.join(map(str, tokens))} "
+        f"{'answers' if task else 'scored tokens (or images)'} per point, "
         "band: +- one std over seeds",
         fontsize=10,
     )
@@ -89,7 +92,8 @@ def _method_line(ax, agg: dict, model: str, method: str, base, metric: str, scal
         xs.append(100 * f), means.append(m * scale), stds.append(0.0 if not math.isfinite(s) else s * scale)
     ax.plot(xs, means, marker="o", ms=3, label=method, **style)
     top = 100.0 if metric == "top1" else float("inf")  # the band stays where the metric can be
-    low = [max(0.0, m - s) for m, s in zip(means, stds)]
+    floor = -float("inf") if metric == "logit_diff" else 0.0  # a logit difference may be negative
+    low = [max(floor, m - s) for m, s in zip(means, stds)]
     high = [min(top, m + s) for m, s in zip(means, stds)]
     ax.fill_between(xs, low, high, color=style["color"], alpha=0.15)
 

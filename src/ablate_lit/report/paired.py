@@ -22,9 +22,9 @@ def paired_difference(
     a: list[dict], b: list[dict], metric: str = "ce", n_boot: int = N_BOOT, seed: int = 0
 ) -> tuple[float, float, float]:
     """(difference A - B, 2.5th percentile, 97.5th percentile). ``a`` and ``b`` hold, per seed (in the same
-    order), the per-window totals {"nll", "correct", "total"} of the two methods on the same windows.
-    CE is in nats per scored token, Top1 a fraction."""
-    key = "nll" if metric == "ce" else "correct"
+    order), the per-window totals {"nll", "correct", "total"} (a task's: per row, with "logit_diff") of the
+    two methods on the same windows. CE is in nats per scored token (per answer), Top1 a fraction."""
+    key = {"ce": "nll", "top1": "correct", "logit_diff": "logit_diff"}[metric]
     diff = np.array([np.asarray(x[key], dtype=np.float64) - np.asarray(y[key], dtype=np.float64) for x, y in zip(a, b)])
     tokens = np.array([np.asarray(x["total"], dtype=np.float64) for x in a])  # [seeds, windows]
     n_seeds, n_windows = diff.shape
@@ -84,7 +84,10 @@ def paired_table(rows: list[dict], pairs: list[tuple[str, str]], fractions: list
                     cells.append("—")
                     continue
                 text = []
-                for metric, scale, unit in (("ce", 1.0, "CE"), ("top1", 100.0, "Top1 pp")):
+                scores = [("ce", 1.0, "CE"), ("top1", 100.0, "Top1 pp")]
+                if "logit_diff" in wa[seeds[0]]:  # a task's rows: answer CE, accuracy, logit difference
+                    scores = [("ce", 1.0, "CE"), ("top1", 100.0, "acc pp"), ("logit_diff", 1.0, "LD")]
+                for metric, scale, unit in scores:
                     d, lo, hi = paired_difference([wa[s] for s in seeds], [wb[s] for s in seeds], metric)
                     star = "*" if lo > 0 or hi < 0 else ""
                     text.append(f"{unit} {d * scale:+.3f} [{lo * scale:+.3f}, {hi * scale:+.3f}]{star}")

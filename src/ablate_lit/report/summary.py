@@ -14,7 +14,7 @@ from ablate_lit.store.atomic import write_text
 def aggregate(rows: list[dict]) -> dict:
     """{(model, method, fraction): {"top1": [...], "ce": [...], "kl": [...]}} over seeds; the baseline under
     method 'baseline'."""
-    out: dict = defaultdict(lambda: {"top1": [], "ce": [], "kl": [], "seeds": []})
+    out: dict = defaultdict(lambda: {"top1": [], "ce": [], "kl": [], "logit_diff": [], "seeds": []})
     seen = set()
     for r in rows:
         f = round(float(r["fraction"]), 6)
@@ -27,14 +27,30 @@ def aggregate(rows: list[dict]) -> dict:
             key = (r["model"], r["method"], f)
         out[key]["top1"].append(float(r["top1"]))
         out[key]["ce"].append(float(r["ce"]))
-        if r.get("kl") not in (None, "", "-"):
-            out[key]["kl"].append(float(r["kl"]))
+        for optional in ("kl", "logit_diff"):
+            if r.get(optional) not in (None, "", "-"):
+                out[key][optional].append(float(r[optional]))
         out[key]["seeds"].append(int(r["seed"]))
     return out
 
 
+def is_task(rows: list[dict]) -> bool:
+    """The rows score a task's answers (``data.task``: they have a ``task`` column)."""
+    return any(r.get("task") not in (None, "", "-") for r in rows)
+
+
 def metrics(rows: list[dict]) -> list[tuple[str, str, float, int]]:
-    """(column, title, scale, digits) of the scores to tabulate: Top1 (in %), CE, and KL where measured."""
+    """(column, title, scale, digits) of the scores to tabulate: Top1 (in %), CE, and KL where measured;
+    on a task, answer accuracy, answer CE, KL at the answer positions and the logit difference."""
+    if is_task(rows):
+        out = [
+            ("top1", "answer accuracy (%)", 100.0, 2),
+            ("ce", "answer CE (nats per answer, its tokens summed)", 1.0, 3),
+            ("kl", "KL(unablated || ablated) at the answer positions (nats)", 1.0, 4),
+        ]
+        if any(r.get("logit_diff") not in (None, "", "-") for r in rows):
+            out.append(("logit_diff", "logit difference answer - distractor (nats)", 1.0, 3))
+        return out
     out = [("top1", "Top1 accuracy (%)", 100.0, 2), ("ce", "cross-entropy (nats per scored token or image)", 1.0, 3)]
     if any(r.get("kl") not in (None, "", "-") for r in rows):
         out.append(("kl", "KL(unablated || ablated) (nats per scored token or image)", 1.0, 4))
@@ -67,11 +83,15 @@ def summary_table(rows: list[dict], methods: list[str], fractions: list[float]) 
     for model in models:
         n_seeds = max((len(v["seeds"]) for k, v in agg.items() if k[0] == model and k[1] != "baseline"), default=1)
         tokens = "/".join(map(str, sorted({int(r["n_tokens"]) for r in rows if r["model"] == model})))
+        scored = (
+            f"{tokens} answers of the {'/'.join(sorted({r['task'] for r in rows}))} task"
+            if is_task(rows)
+            else f"{tokens} scored tokens (or images)"
+        )
         for metric, title, scale, digits in metrics(rows):
             header = "| method | " + " | ".join(pct(f) for f in fractions) + " |"
             lines = [
-                f"### {model}: {title}, mean ± std over {n_seeds} seed(s), {tokens} scored tokens (or "
-                "images) per point",
+                f"### {model}: {title}, mean ± std over {n_seeds} seed(s), {scored} per point",
                 "",
                 header,
                 "|---" * (len(fractions) + 1) + "|",

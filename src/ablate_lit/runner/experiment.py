@@ -45,6 +45,7 @@ class Experiment:
         self.unit_size = module.pre_outs[0].head_dim if cfg.unit == "head" else 1
         self.context = self._context()
         self._stats: CalibrationStats | None = None
+        self._other_stats: dict[str, CalibrationStats] = {}
         self._orders: dict = {}
         self._current: tuple[object, dict] = (None, {})
         self.scheduler: Scheduler | None = None
@@ -55,20 +56,32 @@ class Experiment:
 
     def _context(self) -> MethodContext:
         module, cfg = self.module, self.cfg
+        counterfactual = bool(getattr(self.data, "has_counterfactual", False))
+        fixed = len(getattr(self.data, "prompt_lengths", [0, 0])) == 1
         return MethodContext(
             eps=cfg.eps,
             bin_alignment=cfg.bin_alignment,
             n_layers=module.hooks.n_layers,
             width=module.hooks.width,
             family=module.family,
-            resample_sources=module.resample_sources,
+            resample_sources=module.resample_sources + (("counterfactual",) if counterfactual else ()),
             batch_major=all(p.batch_major for p in module.pre_outs),
             sharded=is_sharded(self.trainer.strategy),
             statistics=lambda: self.stats,
+            statistics_of=self._statistics_of,
             resample=self.cache.resample,
-            fitted=lambda point: self.fitter.fitted(point, self.mask(point), self.stats),
+            fitted=lambda point, objective, per_position: self.fitter.fitted(
+                point, self.mask(point), self.stats, objective, per_position
+            ),
             check_fit=self.fitter.split,
+            counterfactual=counterfactual,
+            fixed_template=fixed,
         )
+
+    def _statistics_of(self, which: str) -> CalibrationStats:
+        if which not in self._other_stats:
+            self._other_stats[which] = self.cache.statistics(which)
+        return self._other_stats[which]
 
     # -- what a point needs --------------------------------------------------------------------------
     @property
@@ -115,7 +128,8 @@ class Experiment:
         )
 
     def _ablated(self, mask: torch.Tensor, replacement: dict):
-        if self.cfg.mode == "fold" and "values" in replacement:  # constant methods; resampling is always hooked
+        if self.cfg.mode == "fold" and "values" in replacement and replacement["values"].dim() == 2:
+            # one constant per unit; resampling and per-position constants are always hooked
             return folded(self.module.pre_outs, mask, replacement["values"])
         return self.module.hooks.ablating(mask, device=self.module.device, **replacement)
 
@@ -149,11 +163,13 @@ class Experiment:
             s = self.scheduler
             if isinstance(point, UnitGroup):
                 return f"[{s.done}/{s.total}] {self.units.progress(point, writer.last)}  (eta {clock(eta)})"
-            kl = f"  kl {writer.last['kl']:.4f}" if self.cfg.kl else ""
+            last = writer.last
+            kl = f"  kl {last['kl']:.4f}" if self.module.kl else ""
+            ld = f"  logit diff {last['logit_diff']:.3f}" if "logit_diff" in last else ""
+            top1, ce = ("answer acc", "answer ce") if "logit_diff" in last else ("top1", "ce")
             return (
                 f"[{s.done}/{s.total}] {point.method:>24} seed {point.seed} {percent(point.fraction):3d}% ablated: "
-                f"top1 {100 * writer.last['top1']:.2f}%  ce {writer.last['ce']:.4f}{kl}  "
-                f"(eta {clock(eta)})"
+                f"{top1} {100 * last['top1']:.2f}%  {ce} {last['ce']:.4f}{ld}{kl}  (eta {clock(eta)})"
             )
 
         return line

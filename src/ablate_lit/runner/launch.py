@@ -51,10 +51,11 @@ def run_identity(trainer, module, data, cfg: AblationConfig) -> dict:
             "batch_size": cfg.optimal_batch_size,
         },
         **what_is_ablated(module, cfg),
+        **({"task": data.task_name} if hasattr(data, "make_scores") else {}),
     }
 
 
-WHAT = ("site", "unit", "layers", "order", "selection", "pre_outs", "schedule")
+WHAT = ("site", "unit", "layers", "order", "selection", "pre_outs", "schedule", "task")
 """The identity's keys that say what is ablated (one model and data can have runs of each)."""
 
 
@@ -136,10 +137,9 @@ def _run(trainer, module, data, cfg: AblationConfig, name: str | None, root: str
     module.fingerprint()  # before any strategy wraps or shards the weights
     module.connect_data(data)
     data.setup("test")
-    module.scores = TokenScores(
-        len(data.eval_dataset())
-    )  # scores per evaluation window too (report's paired differences)
-    module.kl = cfg.kl
+    task = getattr(data, "make_scores", None)  # task data scores its answers (data.task)
+    module.scores = task() if task else TokenScores(len(data.eval_dataset()))  # per window too (paired differences)
+    module.kl = cfg.kl or (task is not None and cfg.mode == "hook")  # a task's rows always hold KL (not in fold)
     if data.batch_size == "auto":
         module.to(trainer.strategy.root_device)
         data.batch_size = find_batch_size(module, data.eval_dataset(), trainer.strategy.root_device.type)

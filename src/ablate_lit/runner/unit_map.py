@@ -80,7 +80,7 @@ class UnitMap:
         todo = [e for e in group.entries if e.keys()[0] not in have]
         cache: dict = {}
         entries = [(self.mask(e), self._replacement(e, cache)) for e in todo]  # statistics, fits: before the clock
-        step = UnitMapStep(module, group.layer, entries, len(exp.data.eval_dataset()), self.cfg.kl)
+        step = UnitMapStep(module, group.layer, entries, module.kl)
         writer.begin_group(
             UnitGroup(group.layer, tuple(todo)),
             [int(m.sum()) for m, _ in entries],

@@ -3,7 +3,8 @@
 Each row is its own file in ``points/`` (``ablate_lit.store.folder``), created once; ``results.csv`` is
 rebuilt from them. TensorBoard gets one run per (method, seed) under ``tb/``, with the ablated
 percentage as the step, for the rows this process created: ``ablation/top1_percent`` (Top1 in %, as
-in every table and figure; results.csv keeps the fraction), ``ablation/ce`` (nats) and ``ablation/kl``.
+in every table and figure; results.csv keeps the fraction), ``ablation/ce`` (nats), ``ablation/kl`` and,
+on a task, ``ablation/logit_diff``.
 """
 
 from __future__ import annotations
@@ -17,6 +18,10 @@ from ablate_lit.common import signals
 from ablate_lit.common.labels import Point, UnitGroup, percent
 from ablate_lit.store.claims import CLAIM_REFRESH_S
 from ablate_lit.store.folder import ResultStore
+
+
+def _number(value) -> str:
+    return f"{value:.8f}" if value is not None and math.isfinite(value) else "-"
 
 
 class ResultWriter(L.Callback):
@@ -69,6 +74,7 @@ class ResultWriter(L.Callback):
             "ce": f"{scores['ce']:.8f}",
             "ppl": f"{scores['ppl']:.6g}" if math.isfinite(scores["ppl"]) else "inf",
             "kl": f"{scores['kl']:.8f}" if math.isfinite(scores["kl"]) else "-",
+            **({"logit_diff": _number(scores.get("logit_diff"))} if "logit_diff" in self.store.columns else {}),
             "n_tokens": int(scores["n_tokens"]),
             "nonfinite": int(scores["nonfinite"]),
             "evaluated_as": point.method,
@@ -101,6 +107,8 @@ class ResultWriter(L.Callback):
             writer.add_scalar("ablation/ce", float(row["ce"]), row["pct"])
             if row["kl"] != "-":
                 writer.add_scalar("ablation/kl", float(row["kl"]), row["pct"])
+            if row.get("logit_diff", "-") != "-":
+                writer.add_scalar("ablation/logit_diff", float(row["logit_diff"]), row["pct"])
             writer.flush()
         self.point = None
 

@@ -47,6 +47,23 @@ class TokenScores(ExactMetric):
         ):
             self.add_state(name, default=torch.zeros(n_windows, dtype=dtype), dist_reduce_fx="sum")
 
+    def fresh(self) -> "TokenScores":
+        """An empty metric of the same shape."""
+        return TokenScores(self.n_windows)
+
+    def score(self, batch, logits: torch.Tensor, labels: torch.Tensor, reference: torch.Tensor | None = None):
+        """Add a batch (the interface ``stats.task_metrics.TaskScores`` shares)."""
+        self.update(logits, labels, batch.get("index"), reference)
+
+    @staticmethod
+    def objective(batch, logits, labels, reference=None) -> tuple[torch.Tensor, torch.Tensor]:
+        """(sum, count) to minimise, differentiable: CE over the scored tokens, or with ``reference`` the
+        KL(unablated || ablated) there."""
+        keep = labels != IGNORE_INDEX
+        if reference is None:
+            return F.cross_entropy(logits.float(), labels, ignore_index=IGNORE_INDEX, reduction="sum"), keep.sum()
+        return _kl(reference[keep], logits[keep]).sum(), keep.sum()
+
     def update(
         self,
         logits: torch.Tensor,

@@ -29,7 +29,7 @@ from ablate_lit.common.logs import log
 from ablate_lit.store.atomic import clear_stale, create_text, csv_text, write_text
 from ablate_lit.store.claims import Claims, safe_name
 from ablate_lit.store.objects import digest
-from ablate_lit.store.rows import COLUMNS, UNIT_COLUMNS, check_row, key_of, read_csv_rows
+from ablate_lit.store.rows import check_row, columns_for, key_of, read_csv_rows
 
 RESULT_FORMAT = 5
 
@@ -96,8 +96,8 @@ class ResultStore:
 
     @property
     def columns(self) -> list[str]:
-        """results.csv's columns: ``target`` only in a single-unit run's."""
-        return UNIT_COLUMNS if self.identity.get("schedule") == "each" else COLUMNS
+        """results.csv's columns (``store.rows.columns_for``)."""
+        return columns_for(self.identity.get("schedule") == "each", "task" in self.identity)
 
     def read(self, windows: bool = False) -> list[dict]:
         """Every valid row of this run, in a fixed order; invalid files are reported once and skipped.

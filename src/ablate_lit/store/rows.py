@@ -47,6 +47,19 @@ shaped the numbers, and the run's identity (setup_id: the same model, data and s
 UNIT_COLUMNS = [*COLUMNS[:4], "target", *COLUMNS[4:]]
 """results.csv columns of a single-unit run (``--ablation.schedule each``): ``target`` names the unit
 (``L3.H5``, ``L3``); the baseline row's is ``-``."""
+
+
+def columns_for(unit_map: bool, task: bool) -> list[str]:
+    """results.csv's columns: ``target`` in a single-unit run's; in a task run's (``data.task``) also
+    ``logit_diff`` (answer - distractor) and ``task`` (its name), and then top1 is the answer accuracy,
+    ce the answer CE (nats per answer), kl that at the answer positions and n_tokens the rows scored."""
+    columns = list(UNIT_COLUMNS if unit_map else COLUMNS)
+    if task:
+        columns.insert(columns.index("kl") + 1, "logit_diff")
+        columns.insert(columns.index("site"), "task")
+    return columns
+
+
 OPTIONAL = ("kl", "site", "unit", "layers", "order", "n_bins", "n_resample", "mode", "model_id", "setup_id", "run_id")
 """Columns that results.csv files of earlier versions lack."""
 

@@ -1,0 +1,69 @@
+"""What a run reads from a task's splits (``data.task.TaskData``): its scores, the evaluated
+sequences, the calibration split's, and the counterfactual ones."""
+
+from __future__ import annotations
+
+import torch
+from torch.utils.data import DataLoader, Dataset
+
+from ablate_lit.common.errors import AblateError, check
+from ablate_lit.data.sampler import cached_loader, make_loader
+from ablate_lit.data.task_sequences import TaskSequences
+
+
+class TaskInputs:
+    """The loaders and data sets of a set-up task; ``split_of`` holds its ``TaskSequences`` by split."""
+
+    split_of: dict[str, TaskSequences]
+
+    def make_scores(self):
+        from ablate_lit.stats.task_metrics import TaskScores
+
+        return TaskScores(self.n_rows)
+
+    def sample_rows(self, n: int, seed: int, available: int) -> torch.Tensor:
+        check(  # resample:data's rows
+            n <= available,
+            f"resample:data draws {n} sequences from the {available} of the calibration split; lower "
+            f"⟨--ablation.n_resample⟩ to at most {available} or raise ⟨--data.calib_rows⟩",
+        )
+        return torch.randperm(available, generator=torch.Generator().manual_seed(seed))[:n]
+
+    def calibration_sample(self, n: int, seed: int) -> Dataset:
+        """``n`` answer sequences of the calibration split (resample:data's inputs)."""
+        calib = self.calibration_subset()
+        return calib.subset(self.sample_rows(n, seed, len(calib)))
+
+    def calibration_subset(self, rows: torch.Tensor | None = None) -> TaskSequences:
+        """The calibration split's answer sequences (``rows`` of them), indexed 0..n-1 (optimal fits on
+        them, whatever the statistics were computed on)."""
+        calib = self.split_of["task_calibration"]
+        answers = (calib.tensors["kind"] == 0).nonzero().squeeze(1)
+        return calib.subset(answers if rows is None else answers[rows])
+
+    def counterfactual_inputs(self, which: str = "evaluation") -> TaskSequences:
+        """The evaluated sequences with each row's counterfactual prompt (resample:counterfactual), or the
+        calibration split's (``which="calibration"``, mean:counterfactual)."""
+        if not self.has_counterfactual:
+            raise AblateError(
+                "the task has no counterfactual prompts; give a counterfactual column "
+                "(⟨--data.counterfactual_column⟩) or use another method"
+            )
+        if which == "evaluation":
+            return self.split_of["counterfactual"]
+        calib = self.split_of["counterfactual_calibration"]
+        return calib.subset((calib.tensors["kind"] == 0).nonzero().squeeze(1))
+
+    def eval_dataset(self) -> Dataset:
+        return self.split_of["evaluation"]
+
+    def test_dataloader(self) -> DataLoader:
+        return cached_loader(self, lambda: make_loader(self.split_of["evaluation"], self.batch_size, self.num_workers))
+
+    def val_dataloader(self) -> DataLoader:
+        """The calibration split of the statistics (task rows, or calibration_text windows)."""
+        if self._text is not None:
+            from ablate_lit.data.text import WindowDataset
+
+            return make_loader(WindowDataset(self._text.calib_windows), self.batch_size, self.num_workers)
+        return make_loader(self.calibration_subset(), self.batch_size, self.num_workers)
