@@ -104,12 +104,11 @@ class OptimalFitter:
             say(trainer, f"{where}: fitted constants cached ({path})")
             return cached
         n = int(mask.sum()) * (init.shape[1] if per_position else 1)
-        loss = "KL from the unablated model" if objective == "kl" else "CE"
+        minimising = ", minimising the KL from the unablated model" if objective == "kl" else ""
         say(
             trainer,
-            f"{where}: fitting {n} constants{' (one per position)' if per_position else ''} from the mean to "
-            f"minimise the {loss} on {len(train_rows)} calibration inputs ({len(held_rows)} held out for early "
-            "stopping)",
+            f"{where}: fitting {n} constants{' (one per position)' if per_position else ''} from the mean on "
+            f"{len(train_rows)} calibration inputs ({len(held_rows)} held out for early stopping){minimising}",
         )
         result = self._fit(point, mask, init, scale, train_rows, held_rows, objective)
         say(

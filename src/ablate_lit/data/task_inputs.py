@@ -19,7 +19,9 @@ class TaskInputs:
     def make_scores(self):
         from ablate_lit.stats.task_metrics import TaskScores
 
-        return TaskScores(self.n_rows)
+        evaluated = self.split_of["evaluation"]
+        longest = int((evaluated.tensors["labels"] != -100).sum(1).max())  # most answer tokens of a sequence
+        return TaskScores(self.n_rows, len(evaluated), longest)
 
     def sample_rows(self, n: int, seed: int, available: int) -> torch.Tensor:
         check(  # resample:data's rows

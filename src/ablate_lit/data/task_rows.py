@@ -53,7 +53,7 @@ def encode(tokenizer, row: dict) -> EncodedRow | str:
     answer_ids = continuation(tokenizer, prompt, prompt_ids, answer)
     if answer_ids is None:
         return (
-            f"its answer {answer!r} is not a continuation of the prompt in tokens (tokenised together, the "
+            f"has an answer {answer!r} that does not continue the prompt in tokens (tokenised together, the "
             "prompt's last tokens change); end the prompt before a space and start the answer with it"
         )
     distractor = row.get("distractor") or None
@@ -61,14 +61,14 @@ def encode(tokenizer, row: dict) -> EncodedRow | str:
     if distractor is not None:
         distractor_ids = continuation(tokenizer, prompt, prompt_ids, str(distractor))
         if distractor_ids is None:
-            return f"its distractor {distractor!r} is not a continuation of the prompt in tokens"
+            return f"has a distractor {distractor!r} that does not continue the prompt in tokens"
     counterfactual = row.get("counterfactual") or None
     counterfactual_ids = None
     if counterfactual is not None:
         counterfactual_ids = _tokens(tokenizer, str(counterfactual))
         if len(counterfactual_ids) != len(prompt_ids):
             return (
-                f"its counterfactual prompt has {len(counterfactual_ids)} tokens and the prompt "
+                f"has a counterfactual prompt of {len(counterfactual_ids)} tokens and a prompt of "
                 f"{len(prompt_ids)}; counterfactual values replace position by position, so give a "
                 "counterfactual of the same token length (e.g. names of equal token length)"
             )

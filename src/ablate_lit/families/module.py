@@ -161,7 +161,8 @@ class AblationModule(KeptInPlace, L.LightningModule):
             self.unit_step.step(batch, record=False)
             return
         with self.hooks.paused():
-            for _ in range(2 if self.kl and self.hooks.active else 1):
+            twice = self.kl and self.hooks.active and self.scores.kept_reference() is None
+            for _ in range(2 if twice else 1):
                 self.logits_and_labels(batch)
 
     # calibration runs as a validation epoch: forward only, the recording hooks do the rest (and may
@@ -173,6 +174,9 @@ class AblationModule(KeptInPlace, L.LightningModule):
         except StopForward:
             pass
         self._even_out(batch, batch_idx, self.trainer.num_val_batches[0])
+
+    def on_test_epoch_end(self) -> None:
+        self.scores.end_epoch()
 
     def on_test_epoch_start(self) -> None:
         self.scores.reset()
@@ -194,8 +198,10 @@ class AblationModule(KeptInPlace, L.LightningModule):
             return
         reference = None
         if self.kl and self.hooks.active:
-            with self.hooks.paused():
-                reference, _ = self.logits_and_labels(batch)
+            reference = self.scores.kept_reference()  # a task's unablated answers, kept from the baseline
+            if reference is None:
+                with self.hooks.paused():
+                    reference, _ = self.logits_and_labels(batch)
         logits, labels = self.logits_and_labels(batch)
         if self.kl and reference is None:
             reference = logits

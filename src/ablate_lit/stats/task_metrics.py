@@ -6,7 +6,12 @@ import torch
 import torch.nn.functional as F
 
 from ablate_lit.stats.exact import ExactMetric
-from ablate_lit.stats.token_metrics import IGNORE_INDEX, _kl
+from ablate_lit.stats.token_metrics import IGNORE_INDEX, KL_CHUNK, _kl
+
+KEEP_LIMIT = 2**28
+"""Most unablated log-probabilities kept for KL (1 GiB in float32); beyond, each point recomputes them."""
+KEPT = object()
+"""Stands for the reference when the kept log-probabilities are read (``TaskScores.kept_reference``)."""
 
 
 class TaskScores(ExactMetric):
@@ -23,14 +28,22 @@ class TaskScores(ExactMetric):
 
     Totals are means over rows (each row weighs the same). Every state is a per-row sum reduced by
     summation across processes, so a row's answer and distractor sequences may be scored anywhere.
+
+    The unablated log-probabilities at the answer positions are the same at every point: the first
+    evaluation that scores them with a reference (the baseline) keeps them, [sequences, answer
+    positions, vocab] on the device, and later points read them back (``kept_reference``) instead of
+    running every batch a second time with the hooks paused. Kept only up to KEEP_LIMIT numbers.
     """
 
     full_state_update = False
     is_differentiable = False
 
-    def __init__(self, n_rows: int, **kwargs):
+    def __init__(self, n_rows: int, n_sequences: int = 0, longest: int = 0, **kwargs):
         super().__init__(**kwargs)
-        self.n_windows = n_rows
+        self.n_windows, self.n_sequences, self.longest = n_rows, n_sequences, longest
+        self._kept: torch.Tensor | None = None  # [n_sequences, longest, vocab] unablated log-probabilities
+        self._complete = False  # every sequence this process scores is kept
+        self._seen = self._stored = 0  # batches of the running epoch, and those whose reference was kept
         for name, dtype in (
             ("logp", torch.float64),
             ("logp_distractor", torch.float64),
@@ -45,6 +58,29 @@ class TaskScores(ExactMetric):
 
     def fresh(self) -> "TaskScores":
         return TaskScores(self.n_windows)
+
+    def kept_reference(self):
+        """KEPT when every evaluated sequence's unablated log-probabilities are kept, else None."""
+        return KEPT if self._complete else None
+
+    def end_epoch(self) -> None:
+        """An evaluation epoch ended: if it kept the reference of every batch, the keeping is complete."""
+        self._complete = self._complete or (self._seen > 0 and self._stored == self._seen)
+        self._seen = self._stored = 0
+
+    def _reference(self, batch, item, offset, reference, where) -> torch.Tensor:
+        """log-probabilities of the unablated model at the scored positions ``where`` [n, V]: read from
+        the kept ones, or computed from ``reference`` logits (and kept)."""
+        index = batch["index"][item]
+        if reference is KEPT:
+            return self._kept[index, offset]
+        log_p = torch.cat([F.log_softmax(r.float(), -1) for r in reference[where].split(KL_CHUNK)])
+        if self._kept is None and 0 < self.n_sequences * self.longest * log_p.shape[-1] <= KEEP_LIMIT:
+            self._kept = log_p.new_zeros(self.n_sequences, self.longest, log_p.shape[-1])
+        if self._kept is not None:
+            self._kept[index, offset] = log_p
+            self._stored += 1
+        return log_p
 
     @staticmethod
     def _scored(batch, labels: torch.Tensor):
@@ -65,6 +101,7 @@ class TaskScores(ExactMetric):
         ``labels`` [items*pos]."""
         where, item, first, has = self._scored(batch, labels)
         row, answer = batch["row"][item], batch["kind"][item] == 0
+        self._seen += 1
         logp = F.log_softmax(logits[where].float(), -1)  # [scored, V]
         token = logp.gather(1, labels[where, None]).squeeze(1)
         right = logp.argmax(-1) == labels[where]
@@ -79,14 +116,19 @@ class TaskScores(ExactMetric):
             self.logp_distractor.index_add_(0, batch["row"][has], d.double())
             self.seen_distractor.index_add_(0, batch["row"][has], torch.ones_like(has))
         if reference is not None:
-            kl = _kl(reference[where[answer]], logits[where[answer]])
+            length = labels.numel() // batch["row"].numel()
+            offset = where % length - batch["start"][item]  # the answer token each scored position predicts
+            log_p = self._reference(batch, item[answer], offset[answer], reference, where[answer])
+            log_q = logp[answer]
+            kl = (log_p.exp() * (log_p - log_q)).sum(-1)
             self.kl_sum.index_add_(0, row[answer], kl.double())
             self.kl_count.index_add_(0, row[answer], torch.ones_like(row[answer]))
 
-    def objective(self, batch, logits, labels, reference=None) -> tuple[torch.Tensor, torch.Tensor]:
+    @staticmethod
+    def objective(batch, logits, labels, reference=None) -> tuple[torch.Tensor, torch.Tensor]:
         """(sum, count) to minimise, differentiable: the answer CE summed over the batch's answer
         sequences, or with ``reference`` their KL at the answer positions (mean per row, summed)."""
-        where, item, _, _ = self._scored(batch, labels)
+        where, item, _, _ = TaskScores._scored(batch, labels)
         answer = batch["kind"][item] == 0
         where, item = where[answer], item[answer]
         n_items = batch["row"].numel()

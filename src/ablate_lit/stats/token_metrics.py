@@ -55,6 +55,12 @@ class TokenScores(ExactMetric):
         """Add a batch (the interface ``stats.task_metrics.TaskScores`` shares)."""
         self.update(logits, labels, batch.get("index"), reference)
 
+    def kept_reference(self):
+        """None: every point's reference logits are computed again (those of every token are not kept)."""
+
+    def end_epoch(self) -> None:
+        """Nothing is kept across evaluations."""
+
     @staticmethod
     def objective(batch, logits, labels, reference=None) -> tuple[torch.Tensor, torch.Tensor]:
         """(sum, count) to minimise, differentiable: CE over the scored tokens, or with ``reference`` the
