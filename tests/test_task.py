@@ -124,11 +124,14 @@ def split(rows, calib=CALIB, seed=0):
 
 
 def mean_over(hand, rows, prompt_key: str) -> list[torch.Tensor]:
-    """Per layer, the mean pre-out over every position of the rows' answer sequences."""
-    per_layer = None
+    """Per layer, the mean pre-out over the positions of the rows' answer sequences, each context (the
+    tokens up to a position) once."""
+    per_layer, contexts = None, set()
     for row in rows:
         ids, _, _ = hand.ids(row[prompt_key], row["answer"]) if prompt_key == "prompt" else _cf_ids(hand, row)
-        seen = hand.pre_outs(ids)
+        new = [t for t in range(len(ids)) if tuple(ids[: t + 1]) not in contexts]
+        contexts |= {tuple(ids[: t + 1]) for t in new}
+        seen = [s[new] for s in hand.pre_outs(ids)]
         per_layer = [[s] for s in seen] if per_layer is None else [p + [s] for p, s in zip(per_layer, seen)]
     return [torch.cat(p).double().mean(0).float() for p in per_layer]
 
@@ -362,3 +365,75 @@ def test_the_shipped_tasks_are_built_from_their_templates_for_the_tokenizer(llam
     missing.connect(tok)
     with pytest.raises(AblateError, match="task file 'missing.jsonl' not found"):
         missing.setup()
+
+
+def test_statistics_on_generic_text_instead_of_the_task_rows(llama, corpus, tmp_path, capsys):
+    path, model, tok = llama
+    rows = make_rows(tok, n=16, seed=4)
+    results = ablate_lit.run(
+        str(path), write_jsonl(tmp_path / "g.jsonl", rows), task=True, root=tmp_path, name="generic",
+        calib_rows=6, calibration_text=str(corpus), calib_tokens=400, batch_size=4, methods=["mean"],
+        fractions=[1.0], seeds=[0], trainer={"accelerator": "cpu"},
+    )  # fmt: skip
+    assert "windows of" in capsys.readouterr().out.split("calibration: ")[1].split("\n")[0]  # the run says which
+    data = TaskData(
+        write_jsonl(tmp_path / "g.jsonl", rows), calib_rows=6, calibration_text=str(corpus), calib_tokens=400
+    )
+    data.connect(tok)
+    data.setup()
+    windows = data._text.calib_windows
+    assert windows.shape[1] == data.length and "generic text" in data.describe("calibration")
+    hand = Hand(model, tok)
+    seen = [hand.pre_outs(w.tolist()) for w in windows]
+    mean = [torch.cat([s[layer] for s in seen]).double().mean(0).float() for layer in range(len(seen[0]))]
+    _, evaluated = split(rows, calib=6)
+    row = next(r for r in results.rows() if str(r["pct"]) == "100")
+    close(row, averaged([hand.row(r, lambda l, x: mean[l].expand_as(x)) for r in evaluated]))
+
+
+def test_each_context_counts_once_in_the_statistics():
+    from ablate_lit.data.task_sequences import TaskSequences, first_contexts
+
+    ids = torch.tensor([[0, 5, 6, 7], [0, 5, 6, 8], [0, 5, 9, 7], [0, 5, 6, 7]])
+    valid = torch.tensor([[1, 1, 1, 1], [1, 1, 1, 0], [1, 1, 1, 1], [1, 1, 1, 1]], dtype=torch.bool)
+    seqs = TaskSequences({"input_ids": ids, "valid": valid, "index": torch.arange(4)})
+    kept = first_contexts(seqs).tensors["valid"]
+    seen, expected = set(), torch.zeros_like(valid)
+    for s in range(4):
+        for t in range(4):
+            if valid[s, t] and tuple(ids[s, : t + 1].tolist()) not in seen:
+                seen.add(tuple(ids[s, : t + 1].tolist()))
+                expected[s, t] = True
+    assert torch.equal(kept, expected) and int(kept.sum()) == 4 + 0 + 2 + 0
+
+
+def test_two_processes_score_every_task_row_once_and_as_one_does(llama, tmp_path):
+    import os
+    import subprocess
+    import sys
+
+    path, _, tok = llama
+    task = write_jsonl(tmp_path / "ddp.jsonl", make_rows(tok, n=17, seed=5))  # 11 evaluated rows: 6 + 5
+    rows = {}
+    for strategy in ("single", "ddp"):
+        argv = [
+            "--model", "ablate_lit.CausalLMAblation", "--model.name_or_path", path, "--data", "ablate_lit.TaskData",
+            "--data.path", task, "--data.calib_rows", 6, "--data.batch_size", 3, "--ablation.methods",
+            "[zero,mean,resample:counterfactual]", "--ablation.fractions", "[0,0.5]", "--ablation.seeds", "[0]",
+            "--root", tmp_path / strategy, "--name", "run", "--trainer.accelerator", "cpu",
+            "--trainer.enable_progress_bar", "false",
+        ]  # fmt: skip
+        if strategy == "ddp":
+            argv += ["--trainer.devices", 2, "--trainer.strategy", "ddp"]
+        env = {**os.environ, "PYTHONWARNINGS": "ignore", "TOKENIZERS_PARALLELISM": "false", "OMP_NUM_THREADS": "1"}
+        proc = subprocess.run(
+            [sys.executable, "-m", "ablate_lit", "test", *map(str, argv)], env=env, capture_output=True, text=True,
+            timeout=600,
+        )  # fmt: skip
+        assert proc.returncode == 0, proc.stderr[-3000:]
+        rows[strategy] = sorted(read_rows(tmp_path / strategy / "run")[0], key=lambda r: (r["method"], r["fraction"]))
+    assert len(rows["single"]) == len(rows["ddp"]) == 6
+    for a, b in zip(rows["single"], rows["ddp"], strict=True):
+        assert (a["method"], a["fraction"]) == (b["method"], b["fraction"]) and a["n_tokens"] == b["n_tokens"] == 11
+        for key in ("ce", "logit_diff", "kl"):
+            assert float(a[key]) == pytest.approx(float(b[key]), rel=1e-5, abs=1e-6), key

@@ -41,6 +41,7 @@ class TaskData(TaskInputs, L.LightningDataModule):
         task_size: int = 512,
         calibration_text: str | None = None,
         calib_tokens: int = 100_000,
+        calib_distinct: bool = True,
         prepend_bos: bool = True,
         batch_size: int | str = 16,
         num_workers: int = 0,
@@ -62,6 +63,8 @@ class TaskData(TaskInputs, L.LightningDataModule):
             calibration_text: compute the statistics on this generic text (a path or hub name, as TextData's)
                 instead of the task's calibration rows, in windows of the task's length.
             calib_tokens: tokens of calibration_text.
+            calib_distinct: statistics count each context once: a position whose tokens up to it repeat an earlier
+                calibration row's (every row's BOS, a template's opening) gives the same activations again.
             prepend_bos: start every sequence with the tokenizer's BOS token (EOS if it has none).
             batch_size: sequences per batch, or auto.
             num_workers: DataLoader workers.
@@ -77,7 +80,7 @@ class TaskData(TaskInputs, L.LightningDataModule):
             "counterfactual": counterfactual_column,
         }
         self.max_rows, self.calib_rows, self.task_size = max_rows, calib_rows, task_size
-        self.calibration_text, self.calib_tokens = calibration_text, calib_tokens
+        self.calibration_text, self.calib_tokens, self.calib_distinct = calibration_text, calib_tokens, calib_distinct
         self.prepend_bos, self.batch_size, self.num_workers, self.seed = prepend_bos, batch_size, num_workers, seed
         self.tokenizer = None
         self.split_of: dict[str, TaskSequences] = {}
@@ -179,12 +182,18 @@ class TaskData(TaskInputs, L.LightningDataModule):
         what = "calibration split (never evaluated)" if which == "calibration" else which
         lengths = self.prompt_lengths
         span = f"{lengths[0]}" if len(lengths) == 1 else f"{lengths[0]}-{lengths[-1]}"
-        return f"{rows} rows of the {self.task_name} task's {what}, prompts of {span} tokens"
+        described = f"{rows} rows of the {self.task_name} task's {what}, prompts of {span} tokens"
+        if which == "calibration" and self.calib_distinct:
+            seqs = self.calibration_subset()
+            distinct = int(self._statistics_inputs(seqs).tensors["valid"].sum())
+            described += f"; {distinct} distinct contexts of {int(seqs.tensors['valid'].sum())} positions"
+        return described
 
     def fingerprint(self, which: str) -> str:
         if which == "calibration" and self._text is not None:
             return self._text.fingerprint("calibration")
-        return self.split_of["task_calibration" if which == "calibration" else which].fingerprint()
+        found = self.split_of["task_calibration" if which == "calibration" else which].fingerprint()
+        return found + "-distinct" if self.calib_distinct and "calibration" in which else found
 
 
 def _check_settings(max_rows, calib_rows, task_size, calib_tokens, batch_size, seed) -> None:

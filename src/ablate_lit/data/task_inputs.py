@@ -8,13 +8,14 @@ from torch.utils.data import DataLoader, Dataset
 
 from ablate_lit.common.errors import AblateError, check
 from ablate_lit.data.sampler import cached_loader, make_loader
-from ablate_lit.data.task_sequences import TaskSequences
+from ablate_lit.data.task_sequences import TaskSequences, first_contexts
 
 
 class TaskInputs:
     """The loaders and data sets of a set-up task; ``split_of`` holds its ``TaskSequences`` by split."""
 
     split_of: dict[str, TaskSequences]
+    calib_distinct: bool
 
     def make_scores(self):
         from ablate_lit.stats.task_metrics import TaskScores
@@ -54,7 +55,11 @@ class TaskInputs:
         if which == "evaluation":
             return self.split_of["counterfactual"]
         calib = self.split_of["counterfactual_calibration"]
-        return calib.subset((calib.tensors["kind"] == 0).nonzero().squeeze(1))
+        return self._statistics_inputs(calib.subset((calib.tensors["kind"] == 0).nonzero().squeeze(1)))
+
+    def _statistics_inputs(self, seqs: TaskSequences) -> TaskSequences:
+        """The sequences statistics are computed over: each context once (``calib_distinct``)."""
+        return first_contexts(seqs) if self.calib_distinct else seqs
 
     def eval_dataset(self) -> Dataset:
         return self.split_of["evaluation"]
@@ -68,4 +73,4 @@ class TaskInputs:
             from ablate_lit.data.text import WindowDataset
 
             return make_loader(WindowDataset(self._text.calib_windows), self.batch_size, self.num_workers)
-        return make_loader(self.calibration_subset(), self.batch_size, self.num_workers)
+        return make_loader(self._statistics_inputs(self.calibration_subset()), self.batch_size, self.num_workers)

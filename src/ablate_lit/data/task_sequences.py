@@ -69,3 +69,24 @@ def sequences(rows: list[EncodedRow], prefix: list[int], pad: int, length: int, 
         if not multi and kind == 0 and rows[i].distractor is not None:
             t["distractor"][s] = rows[i].distractor[0]
     return TaskSequences(t)
+
+
+def first_contexts(seqs: TaskSequences) -> TaskSequences:
+    """``seqs`` with ``valid`` kept only at the first occurrence of each context: a position whose
+    tokens up to and including it repeat those of an earlier sequence gives a causal LM the same
+    activations, so it is one observation, not another (the BOS position of every row, a template's
+    shared opening)."""
+    ids, valid = seqs.tensors["input_ids"].tolist(), seqs.tensors["valid"].clone()
+    nodes: dict[tuple[int, int], int] = {}  # (context node, next token) -> node: a trie of the contexts seen
+    for s, row in enumerate(ids):
+        node = -1
+        for t, token in enumerate(row):
+            if not valid[s, t]:
+                break
+            key = (node, token)
+            if key in nodes:
+                valid[s, t] = False
+            else:
+                nodes[key] = len(nodes)
+            node = nodes[key]
+    return TaskSequences({**seqs.tensors, "valid": valid})

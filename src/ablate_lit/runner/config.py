@@ -37,8 +37,10 @@ class AblationConfig:
         default=None, metadata={"example": " (method names), e.g. ['zero', 'mean', 'peak']"}
     )
     """Methods to compare: zero, mean, peak (peak:eps=E: bins E wide, a multiple of eps), median, peak_refined,
-    optimal, resample:<source> with source random_chars, random_tokens, generated (text), random_pixels (images)
-    or data (calibration inputs). Default: the paper's (zero, mean, peak and the family's random resample sources)."""
+    optimal (optimal:kl minimises the KL from the unablated model; +position: a constant per position),
+    resample:<source> with source random_chars, random_tokens, generated (text), random_pixels (images), data
+    (calibration inputs) or counterfactual (a task row's counterfactual prompt), mean:counterfactual (a task's).
+    Default: the paper's (zero, mean, peak and the family's random resample sources)."""
     fractions: list[float] = field(
         default_factory=_default_fractions, metadata={"example": " in [0, 1], e.g. [0, 0.5, 1]"}
     )
