@@ -437,3 +437,17 @@ def test_two_processes_score_every_task_row_once_and_as_one_does(llama, tmp_path
         assert (a["method"], a["fraction"]) == (b["method"], b["fraction"]) and a["n_tokens"] == b["n_tokens"] == 11
         for key in ("ce", "logit_diff", "kl"):
             assert float(a[key]) == pytest.approx(float(b[key]), rel=1e-5, abs=1e-6), key
+
+
+def test_a_model_and_task_rows_in_memory(llama, tmp_path):
+    _, model, tok = llama
+    rows = make_rows(tok, n=14, seed=6)
+    results = ablate_lit.run(
+        model, rows, tokenizer=tok, task=True, root=tmp_path, name="memory", calib_rows=4, methods=["zero"],
+        fractions=[0.0], seeds=[0], trainer={"accelerator": "cpu"}, verbose=False,
+    )  # fmt: skip
+    (row,) = results.rows()
+    close(row, averaged([Hand(model, tok).row(r) for r in split(rows, calib=4)[1]]))
+    assert row["task"] == "task"
+    with pytest.raises(AblateError, match="task=True scores a causal LM's answers"):
+        ablate_lit.run(model, rows, tokenizer=tok, task=True, family="masked_lm", root=tmp_path, verbose=False)
