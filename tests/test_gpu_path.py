@@ -146,3 +146,18 @@ def test_the_evaluation_loader_is_built_once_and_keeps_its_workers(tiny_models, 
     assert d.test_dataloader() is loader and loader.persistent_workers
     d.batch_size = 2
     assert d.test_dataloader() is not loader and d.test_dataloader().batch_size == 2
+
+
+def test_the_gpu_acceptance_command_lists_what_it_runs_on_a_cpu(tmp_path):
+    import subprocess
+    from pathlib import Path
+
+    script = Path(__file__).parents[1] / "benchmarks" / "gpu_check.sh"
+    proc = subprocess.run(["bash", str(script), "--dry-run", str(tmp_path)], capture_output=True, text=True, timeout=60)
+    assert proc.returncode == 0, proc.stderr
+    lines = proc.stdout.splitlines()
+    assert all(line.startswith("would run [") for line in lines) and len(lines) == 9
+    for wanted in ("tests/test_gpu_path.py", "bf16-mixed", "bf16-true", "16-mixed", "--trainer.devices 2",
+                   "--shape smollm2-135m", "--shape opt-125m"):  # fmt: skip
+        assert any(wanted in line for line in lines), wanted
+    assert not (tmp_path / "gpu_check.json").exists()  # a dry run runs nothing
