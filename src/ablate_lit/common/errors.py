@@ -100,6 +100,14 @@ def first_raised() -> AblateError | None:
 SEED_MAX = 2**63 - 1
 
 
+def check_batch_size(batch_size) -> None:
+    """A DataModule's ``batch_size``: a positive integer, or auto (found on the accelerator)."""
+    check(
+        batch_size == "auto" or (isinstance(batch_size, int) and not isinstance(batch_size, bool) and batch_size >= 1),
+        f"⟨data.batch_size⟩ must be a positive integer or auto, got {batch_size}",
+    )
+
+
 def check_seed(value, name: str) -> None:
     """Seeds feed torch.Generator.manual_seed, which takes integers in [0, 2**63)."""
     check(

@@ -9,7 +9,7 @@ import lightning as L
 import torch
 from torch.utils.data import DataLoader
 
-from ablate_lit.common.errors import AblateError, check, check_seed
+from ablate_lit.common.errors import AblateError, check, check_batch_size, check_seed
 from ablate_lit.data.image_files import ImageDataset, class_labels, decode, load_images, pick_rows
 from ablate_lit.data.sampler import cached_loader, make_loader
 
@@ -56,10 +56,7 @@ class ImageData(L.LightningDataModule):
         check(max_images >= 1, f"⟨data.max_images⟩ must be positive, got {max_images}")
         check_seed(seed, "⟨data.seed⟩")
         check(calib_images >= 1, f"⟨data.calib_images⟩ must be positive, got {calib_images}")
-        check(
-            batch_size == "auto" or (isinstance(batch_size, int) and batch_size >= 1),
-            f"⟨data.batch_size⟩ must be a positive integer or auto, got {batch_size}",
-        )
+        check_batch_size(batch_size)
         self.path, self.split, self.name, self.streaming = path, split, name, streaming
         self.image_column, self.label_column = image_column, label_column
         self.max_images, self.calib_images, self.batch_size, self.num_workers, self.seed = (

@@ -12,7 +12,7 @@ from typing import Iterator
 from ablate_lit.common.errors import AblateError
 from ablate_lit.common.paths import looks_like_path
 
-_BUILDERS = {
+BUILDERS = {
     ".txt": "text",
     ".md": "text",
     ".json": "json",
@@ -51,9 +51,7 @@ def _wiki_documents(path: Path) -> Iterator[str]:
 def _local_files(path: Path) -> list[Path]:
     if path.is_file():
         return [path]
-    files = sorted(
-        p for p in path.rglob("*") if p.is_file() and (p.suffix in _BUILDERS or p.suffix in (".bz2", ".xml"))
-    )
+    files = sorted(p for p in path.rglob("*") if p.is_file() and (p.suffix in BUILDERS or p.suffix in (".bz2", ".xml")))
     if not files:
         raise AblateError(
             f"data folder '{path}' holds no .txt/.md/.json/.jsonl/.csv/.parquet or MediaWiki "
@@ -77,7 +75,7 @@ def iter_documents(
             if _is_wiki_dump(file):
                 yield from _wiki_documents(file)
                 continue
-            builder = _BUILDERS.get(file.suffix)
+            builder = BUILDERS.get(file.suffix)
             if builder is None:
                 raise AblateError(
                     f"cannot read '{file}': use .txt, .md, .json(l), .csv, .parquet or a MediaWiki .xml(.bz2) dump"

@@ -9,11 +9,12 @@ from pathlib import Path
 import lightning as L
 import torch
 
-from ablate_lit.common.errors import AblateError, check, check_seed
+from ablate_lit.common.errors import AblateError, check, check_batch_size, check_seed
 from ablate_lit.data.task_inputs import TaskInputs
 from ablate_lit.data.task_rows import encode_all, problem, read_rows
-from ablate_lit.data.task_sequences import TaskSequences, sequences
+from ablate_lit.data.task_sequences import TaskSequences, first_contexts, sequences
 from ablate_lit.data.tasks import TASKS, generate
+from ablate_lit.data.text import TextData, WindowDataset, bos_prefix
 
 
 class TaskData(TaskInputs, L.LightningDataModule):
@@ -102,9 +103,7 @@ class TaskData(TaskInputs, L.LightningDataModule):
 
     @property
     def prefix(self) -> list[int]:
-        tok = self.tokenizer
-        bos = tok.bos_token_id if tok.bos_token_id is not None else tok.eos_token_id
-        return [bos] if self.prepend_bos and bos is not None else []
+        return bos_prefix(self.tokenizer, self.prepend_bos)
 
     @property
     def suffix(self) -> list[int]:
@@ -126,8 +125,9 @@ class TaskData(TaskInputs, L.LightningDataModule):
         return "counterfactual" in self.split_of
 
     @property
-    def has_distractor(self) -> bool:
-        return self.n_distractors > 0
+    def fixed_template(self) -> bool:
+        """Every prompt has one token length (a position means the same in every row)."""
+        return len(self.prompt_lengths) == 1
 
     # -- building the sequences ------------------------------------------------------------------
     def _rows(self) -> tuple[list[dict], str]:
@@ -150,28 +150,32 @@ class TaskData(TaskInputs, L.LightningDataModule):
         order = torch.randperm(len(encoded), generator=torch.Generator().manual_seed(self.seed)).tolist()
         calib = [encoded[i] for i in order[: self.calib_rows]]
         evaluated = [encoded[i] for i in order[self.calib_rows :][: self.max_rows]]
-        self.n_rows, self.n_distractors = len(evaluated), sum(r.distractor is not None for r in evaluated)
+        self.n_rows = len(evaluated)
         self.prompt_lengths = sorted({len(r.prompt) for r in encoded})
         longest = max(len(r.prompt) + max(len(r.answer), len(r.distractor or [])) - 1 for r in encoded)
         self.length = len(self.prefix) + longest
         tok = self.tokenizer
         pad = next((t for t in (tok.pad_token_id, tok.eos_token_id) if t is not None), 0)  # never scored or read
+        distinct = first_contexts if self.calib_distinct else (lambda seqs: seqs)
+        task_calibration = sequences(calib, self.prefix, pad, self.length, distractors=False)  # answers only
         self.split_of = {
             "evaluation": sequences(evaluated, self.prefix, pad, self.length),
-            "task_calibration": sequences(calib, self.prefix, pad, self.length),
+            "task_calibration": task_calibration,
+            "statistics": distinct(task_calibration),  # what the statistics are computed over
         }
         if encoded[0].counterfactual is not None:
             self.split_of["counterfactual"] = sequences(evaluated, self.prefix, pad, self.length, True)
-            self.split_of["counterfactual_calibration"] = sequences(calib, self.prefix, pad, self.length, True)
+            self.split_of["counterfactual_calibration"] = distinct(
+                sequences(calib, self.prefix, pad, self.length, True, distractors=False)
+            )
         if self.calibration_text is not None:
-            from ablate_lit.data.text import TextData
-
             self._text = TextData(
                 self.calibration_text, max_tokens=1, calib_tokens=self.calib_tokens, context_length=self.length,
                 prepend_bos=self.prepend_bos, batch_size=self.batch_size, seed=self.seed,
             )  # fmt: skip
             self._text.connect(self.tokenizer)
             self._text.setup()
+            self.split_of["statistics"] = WindowDataset(self._text.calib_windows)
 
     def describe(self, which: str) -> str:
         if which == "calibration" and self._text is not None:
@@ -186,9 +190,8 @@ class TaskData(TaskInputs, L.LightningDataModule):
         span = f"{lengths[0]}" if len(lengths) == 1 else f"{lengths[0]}-{lengths[-1]}"
         described = f"{rows} rows of the {self.task_name} task's {what}, prompts of {span} tokens"
         if which == "calibration" and self.calib_distinct:
-            seqs = self.calibration_subset()
-            distinct = int(self._statistics_inputs(seqs).tensors["valid"].sum())
-            described += f"; {distinct} distinct contexts of {int(seqs.tensors['valid'].sum())} positions"
+            distinct, positions = (int(s.tensors["valid"].sum()) for s in (self.split_of["statistics"], split))
+            described += f"; {distinct} distinct contexts of {positions} positions"
         return described
 
     def fingerprint(self, which: str) -> str:
@@ -204,7 +207,4 @@ def _check_settings(max_rows, calib_rows, task_size, calib_tokens, batch_size, s
     check(task_size >= 2, f"⟨data.task_size⟩ must be at least 2, got {task_size}")
     check(calib_tokens >= 1, f"⟨data.calib_tokens⟩ must be positive, got {calib_tokens}")
     check_seed(seed, "⟨data.seed⟩")
-    check(
-        batch_size == "auto" or (isinstance(batch_size, int) and batch_size >= 1),
-        f"⟨data.batch_size⟩ must be a positive integer or auto, got {batch_size}",
-    )
+    check_batch_size(batch_size)

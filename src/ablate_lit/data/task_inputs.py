@@ -8,14 +8,13 @@ from torch.utils.data import DataLoader, Dataset
 
 from ablate_lit.common.errors import AblateError, check
 from ablate_lit.data.sampler import cached_loader, make_loader
-from ablate_lit.data.task_sequences import TaskSequences, first_contexts
+from ablate_lit.data.task_sequences import TaskSequences
 
 
 class TaskInputs:
     """The loaders and data sets of a set-up task; ``split_of`` holds its ``TaskSequences`` by split."""
 
     split_of: dict[str, TaskSequences]
-    calib_distinct: bool
 
     def make_scores(self):
         from ablate_lit.stats.task_metrics import TaskScores
@@ -41,8 +40,7 @@ class TaskInputs:
         """The calibration split's answer sequences (``rows`` of them), indexed 0..n-1 (optimal fits on
         them, whatever the statistics were computed on)."""
         calib = self.split_of["task_calibration"]
-        answers = (calib.tensors["kind"] == 0).nonzero().squeeze(1)
-        return calib.subset(answers if rows is None else answers[rows])
+        return calib if rows is None else calib.subset(rows)
 
     def counterfactual_inputs(self, which: str = "evaluation") -> TaskSequences:
         """The evaluated sequences with each row's counterfactual prompt (resample:counterfactual), or the
@@ -52,14 +50,7 @@ class TaskInputs:
                 "the task has no counterfactual prompts; give a counterfactual column "
                 "(⟨--data.counterfactual_column⟩) or use another method"
             )
-        if which == "evaluation":
-            return self.split_of["counterfactual"]
-        calib = self.split_of["counterfactual_calibration"]
-        return self._statistics_inputs(calib.subset((calib.tensors["kind"] == 0).nonzero().squeeze(1)))
-
-    def _statistics_inputs(self, seqs: TaskSequences) -> TaskSequences:
-        """The sequences statistics are computed over: each context once (``calib_distinct``)."""
-        return first_contexts(seqs) if self.calib_distinct else seqs
+        return self.split_of["counterfactual" if which == "evaluation" else "counterfactual_calibration"]
 
     def eval_dataset(self) -> Dataset:
         return self.split_of["evaluation"]
@@ -68,9 +59,5 @@ class TaskInputs:
         return cached_loader(self, lambda: make_loader(self.split_of["evaluation"], self.batch_size, self.num_workers))
 
     def val_dataloader(self) -> DataLoader:
-        """The calibration split of the statistics (task rows, or calibration_text windows)."""
-        if self._text is not None:
-            from ablate_lit.data.text import WindowDataset
-
-            return make_loader(WindowDataset(self._text.calib_windows), self.batch_size, self.num_workers)
-        return make_loader(self._statistics_inputs(self.calibration_subset()), self.batch_size, self.num_workers)
+        """The calibration split of the statistics (task rows, each context once; or calibration_text windows)."""
+        return make_loader(self.split_of["statistics"], self.batch_size, self.num_workers)

@@ -15,8 +15,10 @@ from pathlib import Path
 
 from ablate_lit.common.errors import AblateError
 from ablate_lit.common.paths import looks_like_path
+from ablate_lit.data.sources import BUILDERS, diagnose
 
-_BUILDERS = {".json": "json", ".jsonl": "json", ".csv": "csv", ".parquet": "parquet", ".arrow": "arrow"}
+TABULAR = {suffix: builder for suffix, builder in BUILDERS.items() if builder != "text"}
+"""The file types rows are read from (those of ``data.sources`` that hold columns)."""
 
 
 @dataclass
@@ -110,7 +112,7 @@ def read_rows(path, columns: dict[str, str], name: str | None, split: str) -> tu
     if isinstance(path, (str, os.PathLike)):
         local = Path(os.path.expanduser(path))
         if local.is_file():
-            builder = _BUILDERS.get(local.suffix)
+            builder = TABULAR.get(local.suffix)
             if builder is None:
                 raise AblateError(f"cannot read task rows from '{local}': use .jsonl, .json, .csv or .parquet")
             source, records = f"'{local.name}'", _load(builder, str(local), data_files=str(local), split="train")
@@ -146,6 +148,10 @@ def _load(builder: str, source: str, **kwargs):
     try:
         return datasets.load_dataset(builder, **kwargs)
     except Exception as exc:  # datasets raises many types for unreadable, unreachable and missing data
+        local = Path(kwargs["data_files"]) if "data_files" in kwargs else None
+        found = diagnose(local, builder) if local is not None else None  # the first bad line, as for text
+        if found:
+            raise AblateError(found) from exc
         reason = (str(exc).strip().splitlines() or [type(exc).__name__])[0][:160]
         raise AblateError(
             f"could not read task rows from '{source}' ({reason}); without internet, point ⟨--data.path⟩ at "

@@ -39,11 +39,12 @@ class TaskSequences(Dataset):
         return hashlib.sha1(b"".join(parts)).hexdigest()[:16]
 
 
-def sequences(rows: list[EncodedRow], prefix: list[int], pad: int, length: int, counterfactual: bool = False):
-    """The answer sequence of every row, then (where some distractor has several tokens) the distractor
-    sequence of every row that has one; with ``counterfactual``, the same sequences with each row's
-    counterfactual prompt in place of its prompt (positions and indices equal)."""
-    multi = any(r.distractor is not None and len(r.distractor) > 1 for r in rows)
+def sequences(rows: list[EncodedRow], prefix: list[int], pad: int, length: int, counterfactual=False, distractors=True):
+    """The answer sequence of every row, then (where some distractor has several tokens, and with
+    ``distractors``) the distractor sequence of every row that has one; with ``counterfactual``, the
+    same sequences with each row's counterfactual prompt in place of its prompt (positions and indices
+    equal)."""
+    multi = distractors and any(r.distractor is not None and len(r.distractor) > 1 for r in rows)
     items = [(i, 0, r.answer) for i, r in enumerate(rows)]
     if multi:
         items += [(i, 1, r.distractor) for i, r in enumerate(rows) if r.distractor is not None]

@@ -9,9 +9,15 @@ import lightning as L
 import torch
 from torch.utils.data import DataLoader, Dataset
 
-from ablate_lit.common.errors import check, check_seed
+from ablate_lit.common.errors import check, check_batch_size, check_seed
 from ablate_lit.data.sampler import cached_loader, make_loader
 from ablate_lit.data.windows import given_windows, token_stream
+
+
+def bos_prefix(tokenizer, prepend_bos: bool) -> list[int]:
+    """The tokens opening every input: the tokenizer's BOS token (EOS if it has none) when ``prepend_bos``."""
+    bos = tokenizer.bos_token_id if tokenizer.bos_token_id is not None else tokenizer.eos_token_id
+    return [bos] if prepend_bos and bos is not None else []
 
 
 class WindowDataset(Dataset):
@@ -72,10 +78,7 @@ class TextData(L.LightningDataModule):
         check(max_tokens >= 1, f"⟨data.max_tokens⟩ must be positive, got {max_tokens}")
         check_seed(seed, "⟨data.seed⟩")
         check(calib_tokens >= 1, f"⟨data.calib_tokens⟩ must be positive, got {calib_tokens}")
-        check(
-            batch_size == "auto" or (isinstance(batch_size, int) and batch_size >= 1),
-            f"⟨data.batch_size⟩ must be a positive integer or auto, got {batch_size}",
-        )
+        check_batch_size(batch_size)
         self.path, self.text_column, self.name, self.split, self.streaming = path, text_column, name, split, streaming
         self.max_tokens, self.calib_tokens, self.context_length = max_tokens, calib_tokens, context_length
         self.prepend_bos, self.batch_size, self.num_workers, self.seed = prepend_bos, batch_size, num_workers, seed
@@ -89,14 +92,13 @@ class TextData(L.LightningDataModule):
 
     @property
     def bos_id(self) -> int | None:
-        tok = self.tokenizer
-        bos = tok.bos_token_id if tok.bos_token_id is not None else tok.eos_token_id
-        return bos if self.prepend_bos else None
+        """The token opening every window, or None."""
+        return (self.prefix or [None])[0]
 
     @property
     def prefix(self) -> list[int]:
         """Special tokens opening every window."""
-        return [] if self.bos_id is None else [self.bos_id]
+        return bos_prefix(self.tokenizer, self.prepend_bos)
 
     @property
     def suffix(self) -> list[int]:

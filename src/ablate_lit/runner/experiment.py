@@ -57,7 +57,6 @@ class Experiment:
     def _context(self) -> MethodContext:
         module, cfg = self.module, self.cfg
         counterfactual = bool(getattr(self.data, "has_counterfactual", False))
-        fixed = len(getattr(self.data, "prompt_lengths", [0, 0])) == 1
         return MethodContext(
             eps=cfg.eps,
             bin_alignment=cfg.bin_alignment,
@@ -75,7 +74,7 @@ class Experiment:
             ),
             check_fit=self.fitter.split,
             counterfactual=counterfactual,
-            fixed_template=fixed,
+            fixed_template=bool(getattr(self.data, "fixed_template", False)),
         )
 
     def _statistics_of(self, which: str) -> CalibrationStats:

@@ -6,7 +6,7 @@ import torch
 import torch.nn.functional as F
 
 from ablate_lit.stats.exact import ExactMetric
-from ablate_lit.stats.token_metrics import IGNORE_INDEX, KL_CHUNK, _kl
+from ablate_lit.stats.token_metrics import IGNORE_INDEX, KL_CHUNK, kl_of_log_probs
 
 KEEP_LIMIT = 2**28
 """Most unablated log-probabilities kept for KL (1 GiB in float32); beyond, each point recomputes them."""
@@ -57,7 +57,7 @@ class TaskScores(ExactMetric):
         self.add_state("nonfinite", default=torch.tensor(0, dtype=torch.int64), dist_reduce_fx="sum")
 
     def fresh(self) -> "TaskScores":
-        return TaskScores(self.n_windows)
+        return TaskScores(self.n_windows, longest=self.longest)  # keeps nothing: a unit map has its reference
 
     def kept_reference(self):
         """KEPT when every evaluated sequence's unablated log-probabilities are kept, else None."""
@@ -68,29 +68,39 @@ class TaskScores(ExactMetric):
         self._complete = self._complete or (self._seen > 0 and self._stored == self._seen)
         self._seen = self._stored = 0
 
-    def _reference(self, batch, item, offset, reference, where) -> torch.Tensor:
-        """log-probabilities of the unablated model at the scored positions ``where`` [n, V]: read from
+    def _reference(self, batch, reference, window) -> torch.Tensor:
+        """log-probabilities of the unablated model in the answer window [items, longest, V]: read from
         the kept ones, or computed from ``reference`` logits (and kept)."""
-        index = batch["index"][item]
+        index = batch["index"]
         if reference is KEPT:
-            return self._kept[index, offset]
-        log_p = torch.cat([F.log_softmax(r.float(), -1) for r in reference[where].split(KL_CHUNK)])
+            return self._kept[index]
+        log_p = torch.cat([F.log_softmax(r.float(), -1) for r in window(reference).split(KL_CHUNK)])
         if self._kept is None and 0 < self.n_sequences * self.longest * log_p.shape[-1] <= KEEP_LIMIT:
             self._kept = log_p.new_zeros(self.n_sequences, self.longest, log_p.shape[-1])
-        if self._kept is not None:
-            self._kept[index, offset] = log_p
+        if self._kept is not None and log_p.shape[1] == self.longest:
+            self._kept[index] = log_p
             self._stored += 1
         return log_p
 
     @staticmethod
-    def _scored(batch, labels: torch.Tensor):
-        """Flat positions of the scored tokens, the batch item of each, and the positions predicting a
-        one-token distractor (with their items)."""
+    def _answers(batch, labels: torch.Tensor, longest: int):
+        """The answer window of every item: its labels [items, longest] (-100 past its continuation),
+        and a function cutting the same window out of logits [items*pos, V] -> [items, longest, V].
+        Positions are gathered from each item's ``start``, so nothing waits on the device."""
         n_items = batch["row"].numel()
         length = labels.numel() // n_items
-        where = (labels != IGNORE_INDEX).nonzero().squeeze(1)
-        has = (batch["distractor"] != IGNORE_INDEX).nonzero().squeeze(1)
-        return where, where // length, has * length + batch["start"][has], has
+        if not longest:  # not known in advance (optimal's calibration rows): the longest continuation here
+            longest = int((labels.view(n_items, length) != IGNORE_INDEX).sum(1).max())
+        offsets = batch["start"][:, None] + torch.arange(longest, device=labels.device)  # [items, longest]
+        inside = offsets < length
+        at = offsets.clamp_max(length - 1)
+        window_labels = torch.where(inside, labels.view(n_items, length).gather(1, at), IGNORE_INDEX)
+
+        def window(logits: torch.Tensor) -> torch.Tensor:
+            vocab = logits.shape[-1]
+            return logits.view(n_items, length, vocab).gather(1, at[..., None].expand(-1, -1, vocab))
+
+        return window_labels, window
 
     def score(self, batch, logits: torch.Tensor, labels: torch.Tensor, reference: torch.Tensor | None = None):
         """Add a batch (the interface ``TokenScores`` shares)."""
@@ -99,48 +109,43 @@ class TaskScores(ExactMetric):
     def update(self, batch, logits: torch.Tensor, labels: torch.Tensor, reference: torch.Tensor | None = None):
         """Add a batch: ``logits`` [items*pos, V] (its ``reference``, the unablated model's, for KL),
         ``labels`` [items*pos]."""
-        where, item, first, has = self._scored(batch, labels)
-        row, answer = batch["row"][item], batch["kind"][item] == 0
+        targets, window = self._answers(batch, labels, self.longest)
+        scored = targets != IGNORE_INDEX  # [items, longest]
+        row, answer = batch["row"], batch["kind"] == 0
         self._seen += 1
-        logp = F.log_softmax(logits[where].float(), -1)  # [scored, V]
-        token = logp.gather(1, labels[where, None]).squeeze(1)
-        right = logp.argmax(-1) == labels[where]
-        self.nonfinite += (~torch.isfinite(token)).sum()
-        self.logp.index_add_(0, row[answer], token[answer].double())
-        self.wrong.index_add_(0, row[answer], (~right[answer]).long())
-        self.seen.index_add_(0, row[answer], torch.ones_like(row[answer]))
-        self.logp_distractor.index_add_(0, row[~answer], token[~answer].double())
-        self.seen_distractor.index_add_(0, row[~answer], torch.ones_like(row[~answer]))
-        if len(has):  # one-token distractors, read at their answer sequence's first position
-            d = F.log_softmax(logits[first].float(), -1).gather(1, batch["distractor"][has, None]).squeeze(1)
-            self.logp_distractor.index_add_(0, batch["row"][has], d.double())
-            self.seen_distractor.index_add_(0, batch["row"][has], torch.ones_like(has))
+        logp = F.log_softmax(window(logits).float(), -1)  # [items, longest, V]
+        token = torch.where(scored, logp.gather(-1, targets.clamp_min(0)[..., None]).squeeze(-1), 0.0)
+        wrong = (scored & (logp.argmax(-1) != targets)).sum(1)
+        self.nonfinite += (scored & ~torch.isfinite(token)).sum()
+        total, zero = token.sum(1).double(), torch.zeros((), dtype=torch.float64, device=logits.device)
+        self.logp.index_add_(0, row, torch.where(answer, total, zero))
+        self.wrong.index_add_(0, row, torch.where(answer, wrong, 0))
+        self.seen.index_add_(0, row, answer.long())
+        distractor = batch["distractor"]
+        one_token = distractor != IGNORE_INDEX  # read at the answer sequence's first position
+        first = logp[:, 0].gather(-1, distractor.clamp_min(0)[:, None]).squeeze(-1).double()
+        self.logp_distractor.index_add_(0, row, torch.where(answer, torch.where(one_token, first, zero), total))
+        self.seen_distractor.index_add_(0, row, (~answer | one_token).long())
         if reference is not None:
-            length = labels.numel() // batch["row"].numel()
-            offset = where % length - batch["start"][item]  # the answer token each scored position predicts
-            log_p = self._reference(batch, item[answer], offset[answer], reference, where[answer])
-            log_q = logp[answer]
-            kl = (log_p.exp() * (log_p - log_q)).sum(-1)
-            self.kl_sum.index_add_(0, row[answer], kl.double())
-            self.kl_count.index_add_(0, row[answer], torch.ones_like(row[answer]))
+            kl = torch.where(scored, kl_of_log_probs(self._reference(batch, reference, window), logp), 0.0)
+            self.kl_sum.index_add_(0, row, torch.where(answer, kl.sum(1).double(), zero))
+            self.kl_count.index_add_(0, row, torch.where(answer, scored.sum(1), 0))
 
     @staticmethod
     def objective(batch, logits, labels, reference=None) -> tuple[torch.Tensor, torch.Tensor]:
         """(sum, count) to minimise, differentiable: the answer CE summed over the batch's answer
         sequences, or with ``reference`` their KL at the answer positions (mean per row, summed)."""
-        where, item, _, _ = TaskScores._scored(batch, labels)
-        answer = batch["kind"][item] == 0
-        where, item = where[answer], item[answer]
-        n_items = batch["row"].numel()
+        targets, window = TaskScores._answers(batch, labels, 0)
+        scored = targets != IGNORE_INDEX
+        logq = F.log_softmax(window(logits).float(), -1)
         if reference is None:
-            per_token = F.cross_entropy(logits[where].float(), labels[where], reduction="none")
+            per_item = -torch.where(scored, logq.gather(-1, targets.clamp_min(0)[..., None]).squeeze(-1), 0.0).sum(1)
         else:
-            per_token = _kl(reference[where], logits[where])
-        per_item = torch.zeros(n_items, device=logits.device).index_add(0, item, per_token)
-        count = torch.zeros(n_items, device=logits.device).index_add(0, item, torch.ones_like(per_token))
-        if reference is not None:
-            per_item = per_item / count.clamp_min(1)
-        return per_item.sum(), (batch["kind"] == 0).sum()
+            log_p = F.log_softmax(window(reference).float(), -1)
+            kl = torch.where(scored, kl_of_log_probs(log_p, logq), 0.0)
+            per_item = kl.sum(1) / scored.sum(1).clamp_min(1)
+        answer = batch["kind"] == 0
+        return torch.where(answer, per_item, 0.0).sum(), answer.sum()
 
     def compute(self) -> dict:
         seen = self.seen > 0

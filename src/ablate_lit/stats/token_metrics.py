@@ -126,6 +126,10 @@ def _kl(reference: torch.Tensor, logits: torch.Tensor) -> torch.Tensor:
     """KL(softmax(reference) || softmax(logits)) per row [N], in float32, in chunks of KL_CHUNK rows."""
     out = []
     for ref, abl in zip(reference.split(KL_CHUNK), logits.split(KL_CHUNK)):
-        log_p, log_q = F.log_softmax(ref.float(), -1), F.log_softmax(abl.float(), -1)
-        out.append((log_p.exp() * (log_p - log_q)).sum(-1))
+        out.append(kl_of_log_probs(F.log_softmax(ref.float(), -1), F.log_softmax(abl.float(), -1)))
     return torch.cat(out)
+
+
+def kl_of_log_probs(log_p: torch.Tensor, log_q: torch.Tensor) -> torch.Tensor:
+    """KL(p || q) per row from the two distributions' log-probabilities [N, V] -> [N]."""
+    return (log_p.exp() * (log_p - log_q)).sum(-1)
