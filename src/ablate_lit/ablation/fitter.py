@@ -7,6 +7,7 @@ from __future__ import annotations
 import torch
 
 from ablate_lit.ablation.optimal import fit_constants
+from ablate_lit.common.curves import series_of
 from ablate_lit.common.errors import AblateError
 from ablate_lit.common.labels import NO_TARGET, Point, percent
 from ablate_lit.common.logs import say
@@ -16,11 +17,11 @@ from ablate_lit.store.objects import digest, load_object, save_object
 
 class OptimalFitter:
     """Fits (or loads) a point's optimal constants. ``cache`` gives the keys and folder of cached
-    objects (``calibration.cache.CalibrationCache``); ``run_dir()`` the folder its curves go to."""
+    objects (``calibration.cache.CalibrationCache``); ``curves()`` the run's loggers (``common.curves``)."""
 
-    def __init__(self, trainer, module, data, cfg, cache, run_dir):
+    def __init__(self, trainer, module, data, cfg, cache, curves):
         self.trainer, self.module, self.data, self.cfg, self.cache = trainer, module, data, cfg, cache
-        self.run_dir = run_dir
+        self.curves = curves
         self._placed = False
 
     def split(self) -> tuple[torch.Tensor, torch.Tensor]:
@@ -125,11 +126,7 @@ class OptimalFitter:
     def _fit(self, point: Point, mask, init, scale, train_rows, held_rows, objective: str) -> dict:
         cfg, trainer, data = self.cfg, self.trainer, self.data
         self._place()
-        writer = None
-        if trainer.is_global_zero:
-            from torch.utils.tensorboard import SummaryWriter
-
-            writer = SummaryWriter(str(self.run_dir() / "tb" / f"{point.method.replace(':', '-')}_seed{point.seed}"))
+        writer = self.curves().series(series_of(point.method, point.seed)) if trainer.is_global_zero else None
         step = cfg.optimal_batch_size // trainer.world_size
         try:
             result = fit_constants(
@@ -149,7 +146,7 @@ class OptimalFitter:
             )
         finally:
             if writer is not None:
-                writer.close()
+                writer.flush()
         # under several processes the constants stay equal (DDP averages the gradients); process 0's are the record
         result["values"] = trainer.strategy.broadcast(result["values"], src=0)
         return result

@@ -175,8 +175,8 @@ def top_units_table(records: list[dict], k: int = 5) -> str:
 
 
 def write_importance(rows: list[dict], out: Path, model: str, writer=None) -> tuple[str, list[Path]]:
-    """importance.csv, agreement.csv and <model>-importance.png in ``out`` (and the figure in a
-    TensorBoard ``writer``); returns (the Markdown tables, the files written)."""
+    """importance.csv, agreement.csv and <model>-importance.png in ``out`` (and the figure in ``writer``,
+    a series of the run's loggers: ``common.curves``); returns (the Markdown tables, the files written)."""
     from ablate_lit.report.importance_figures import importance_figure, save_figure
     from ablate_lit.store.atomic import write_csv, write_text
 

@@ -117,29 +117,26 @@ def _plot_neuron(ax, stats, layer, n, title=None, log=False):
     ax.legend(fontsize=7)
 
 
-def neuron_views(stats: dict, run_dir: Path, per_score: int = 3) -> list[Path]:
+def neuron_views(stats: dict, run_dir: Path, writer=None, per_score: int = 3) -> list[Path]:
     """neurons.csv, neurons/layer_average.png and neurons/atypical.png in the run folder, and the same
-    figures (plus one per layer) in TensorBoard under tb/calibration. Written once per run folder."""
+    figures (plus one per layer) and histograms in ``writer`` (the run loggers' ``calibration`` series,
+    ``common.curves``: TensorBoard's tb/calibration by default). Written once per run folder."""
     out = Path(run_dir) / "neurons"
     if (out / "atypical.png").exists():
         return []
     import matplotlib
 
     matplotlib.use("Agg")
-    from torch.utils.tensorboard import SummaryWriter
-
     out.mkdir(parents=True, exist_ok=True)
     write_text(Path(run_dir) / "neurons.csv", neuron_table(stats))
-    writer = SummaryWriter(str(Path(run_dir) / "tb" / "calibration"))
-    try:
-        scores = atypical_scores(stats)
-        written = [
-            _save(_layer_average_figure(stats), out / "layer_average.png", writer, "distribution/layer_average"),
-            _save(_atypical_figure(stats, scores, per_score), out / "atypical.png", writer, "distribution/atypical"),
-        ]
+    scores = atypical_scores(stats)
+    written = [
+        _save(_layer_average_figure(stats), out / "layer_average.png", writer, "distribution/layer_average"),
+        _save(_atypical_figure(stats, scores, per_score), out / "atypical.png", writer, "distribution/atypical"),
+    ]
+    if writer is not None:
         _per_layer_views(stats, scores["off-zero peak"], per_score, writer)
-    finally:
-        writer.close()
+        writer.flush()
     return written
 
 
@@ -148,7 +145,8 @@ def _save(fig, path: Path, writer, tag: str) -> Path:
 
     fig.tight_layout()
     fig.savefig(path, dpi=100)
-    writer.add_figure(tag, fig, 0)
+    if writer is not None:
+        writer.add_figure(tag, fig, 0, close=False)
     plt.close(fig)
     return path
 
@@ -204,7 +202,7 @@ def _per_layer_views(stats: dict, off_zero, per_score: int, writer) -> None:
         for ax, n in zip(axes[0], picks):
             _plot_neuron(ax, stats, layer, n)
         fig.tight_layout()
-        writer.add_figure(f"neurons/layer_{layer:02d}", fig, 0)
+        writer.add_figure(f"neurons/layer_{layer:02d}", fig, 0, close=False)
         plt.close(fig)
         writer.add_histogram(f"peak_per_neuron/layer_{layer:02d}", stats["peak"][layer].float(), 0)
         writer.add_histogram(f"mean_per_neuron/layer_{layer:02d}", stats["mean"][layer].float(), 0)

@@ -21,6 +21,7 @@ from ablate_lit.ablation.schedule import ablation_mask, neuron_order, parse_orde
 from ablate_lit.calibration.cache import CalibrationCache
 from ablate_lit.calibration.heartbeat import SweepHeartbeat
 from ablate_lit.calibration.statistics import CalibrationStats
+from ablate_lit.common.curves import Curves
 from ablate_lit.common.labels import NO_TARGET, Point, UnitGroup, percent
 from ablate_lit.common.logs import say
 from ablate_lit.common.progress import Heartbeat, aside, clock
@@ -40,7 +41,9 @@ class Experiment:
         """The layers whose units are ablated (execution order)."""
         self.run_dir = Path(run_dir)
         self.cache = CalibrationCache(trainer, module, data, cfg, cache_dir)
-        self.fitter = OptimalFitter(trainer, module, data, cfg, self.cache, lambda: self.run_dir)
+        self.curves = Curves([])
+        """The run's loggers (the result writer's, from ``run``)."""
+        self.fitter = OptimalFitter(trainer, module, data, cfg, self.cache, lambda: self.curves)
         self.methods = {m.label: m for m in map(parse_method, cfg.methods)}
         self.unit_size = module.pre_outs[0].head_dim if cfg.unit == "head" else 1
         self.context = self._context()
@@ -90,7 +93,7 @@ class Experiment:
             self._stats = self.cache.statistics()
             if self.cfg.log_histograms and self.trainer.is_global_zero:
                 with Heartbeat(self.trainer, "writing neurons.csv, the neuron figures and histograms"):
-                    neuron_views(self._stats, self.run_dir)
+                    neuron_views(self._stats, self.run_dir, self.curves.series("calibration"))
         return self._stats
 
     def on_device(self, point: Point) -> dict:
@@ -191,6 +194,7 @@ class Experiment:
         """Evaluate every point of the schedule that has no row yet. Points another process is
         evaluating are left to it and waited for; a point whose evaluation exists gets its rows copied."""
         self._join_processes()
+        self.curves = writer.curves
         self.scheduler = Scheduler(self.trainer, writer, lambda p: self._evaluate(p, writer), self._progress(writer))
         cfg = self.cfg
         points = self.units.plan() if cfg.schedule == "each" else plan(cfg.methods, cfg.seeds, cfg.fractions)

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
+from ablate_lit.common.curves import Curves
 from ablate_lit.common.errors import AblateError
 from ablate_lit.common.logs import say
 from ablate_lit.common.sharding import is_sharded
@@ -181,26 +182,36 @@ def _run(trainer, module, data, cfg: AblationConfig, name: str | None, root: str
         "run_id": store.run_id,
         "setup_id": digest({k: v for k, v in identity.items() if k not in WHAT}),
     }
-    with stopped_by_signals(lambda: f"{experiment.done} of {experiment.total} evaluations done (in {store.csv})"):
-        experiment.run(ResultWriter(store, fixed))
-    if trainer.is_global_zero:
-        rows = store.write_csv()
-        table = _unit_map_summary(store, label) if cfg.schedule == "each" else None
-        table = table or summary_table(rows, cfg.methods, cfg.fractions)
-        write_summary(run_dir, table)
-        say(trainer, "\n" + table)
-        say(trainer, f"results: {store.csv}\ncurves:  tensorboard --logdir {run_dir / 'tb'}")
+    _evaluate_all(trainer, experiment, store, fixed, cfg)
     return run_dir
 
 
-def _unit_map_summary(store: ResultStore, model: str) -> str:
-    """A single-unit run's outputs (importance.csv, agreement.csv, importance.md, the heatmaps, also in
-    TensorBoard under tb/importance); returns its tables."""
-    from torch.utils.tensorboard import SummaryWriter
-
-    writer = SummaryWriter(str(store.run_dir / "tb" / "importance"))
+def _evaluate_all(trainer, experiment: Experiment, store: ResultStore, fixed: dict, cfg: AblationConfig) -> None:
+    """Every point, then the summary table; the curves go to the trainer's loggers (``common.curves``),
+    finalized as failed if the run stops early."""
+    curves = Curves.of(trainer, store.run_dir)
+    settings = {"methods": ",".join(cfg.methods), "seeds": ",".join(map(str, cfg.seeds)), "run": str(store.run_dir)}
+    curves.start({**fixed, **settings})
+    status = "failed"
     try:
-        markdown, _ = write_importance(store.read(windows=True), store.run_dir, model, writer)
+        with stopped_by_signals(lambda: f"{experiment.done} of {experiment.total} evaluations done (in {store.csv})"):
+            experiment.run(ResultWriter(store, fixed, curves))
+        if trainer.is_global_zero:
+            rows = store.write_csv()
+            table = _unit_map_summary(store, fixed["model"], curves) if cfg.schedule == "each" else None
+            table = table or summary_table(rows, cfg.methods, cfg.fractions)
+            write_summary(store.run_dir, table)
+            say(trainer, "\n" + table)
+            say(trainer, "\n".join([f"results: {store.csv}", *curves.where()]))
+        status = "success"
     finally:
-        writer.close()
+        curves.close(status)
+
+
+def _unit_map_summary(store: ResultStore, model: str, curves: Curves) -> str:
+    """A single-unit run's outputs (importance.csv, agreement.csv, importance.md, the heatmaps, also in
+    the loggers' ``importance`` series: TensorBoard's tb/importance by default); returns its tables."""
+    writer = curves.series("importance")
+    markdown, _ = write_importance(store.read(windows=True), store.run_dir, model, writer)
+    writer.flush()
     return markdown

@@ -3,14 +3,16 @@
 An ablation run evaluates (``trainer.test``), calibrates (``trainer.validate``) and, for the
 ``optimal`` method, fits a table of constants (``trainer.fit``, with its own epochs and early
 stopping). Training options such as ``max_epochs`` or gradient clipping would have no effect, so
-``--trainer.*`` lists only where and how the model runs. Logging goes to the run folder's own
-TensorBoard files, and nothing is checkpointed.
+``--trainer.*`` lists only where and how the model runs, and where its curves go (``logger``:
+Lightning loggers, TensorBoard in the run folder by default; ``ablate_lit.common.curves``). Nothing is
+checkpointed.
 """
 
 from typing import Literal, Optional, Union  # no __future__ annotations: jsonargparse reads these types
 
 import lightning as L
 from lightning.pytorch.callbacks import Callback
+from lightning.pytorch.loggers import Logger
 from lightning.pytorch.strategies import Strategy
 
 _PRECISION = Optional[
@@ -65,6 +67,7 @@ class AblationTrainer(L.Trainer):
         deterministic: Optional[Union[bool, Literal["warn"]]] = None,
         benchmark: Optional[bool] = None,
         default_root_dir: Optional[str] = None,
+        logger: Optional[Union[Logger, list[Logger], bool]] = None,
     ):
         """Where and how the model runs.
 
@@ -79,7 +82,12 @@ class AblationTrainer(L.Trainer):
             deterministic: use deterministic algorithms (true, false or warn).
             benchmark: cudnn.benchmark.
             default_root_dir: Lightning's own files (none are written by default).
+            logger: where the curves, figures and histograms go: Lightning loggers (TensorBoardLogger,
+                WandbLogger, MLFlowLogger, CSVLogger, ...), one or a list (null or true: TensorBoard in
+                the run folder's tb/; false: none). Scalars have the % ablated as their step.
         """
+        self.ablation_loggers = logger
+        """The loggers the run's curves go to (``ablate_lit.common.curves``); Lightning's own logging is off."""
         super().__init__(
             accelerator=accelerator,
             strategy=strategy,

@@ -1,10 +1,10 @@
 """Writes the rows of each evaluated point to the run's result store, and logs the curves.
 
 Each row is its own file in ``points/`` (``ablate_lit.store.folder``), created once; ``results.csv`` is
-rebuilt from them. TensorBoard gets one run per (method, seed) under ``tb/``, with the ablated
-percentage as the step, for the rows this process created: ``ablation/top1_percent`` (Top1 in %, as
-in every table and figure; results.csv keeps the fraction), ``ablation/ce`` (nats), ``ablation/kl`` and,
-on a task, ``ablation/logit_diff``.
+rebuilt from them. The run's loggers (``common.curves``: TensorBoard under ``tb/`` by default) get one
+series per (method, seed), with the ablated percentage as the step, for the rows this process created:
+``ablation/top1_percent`` (Top1 in %, as in every table and figure; results.csv keeps the fraction),
+``ablation/ce`` (nats), ``ablation/kl`` and, on a task, ``ablation/logit_diff``.
 """
 
 from __future__ import annotations
@@ -15,6 +15,7 @@ import time
 import lightning as L
 
 from ablate_lit.common import signals
+from ablate_lit.common.curves import Curves, series_of
 from ablate_lit.common.labels import Point, UnitGroup, percent
 from ablate_lit.store.claims import CLAIM_REFRESH_S
 from ablate_lit.store.folder import ResultStore
@@ -25,7 +26,7 @@ def _number(value) -> str:
 
 
 class ResultWriter(L.Callback):
-    def __init__(self, store: ResultStore, fixed: dict):
+    def __init__(self, store: ResultStore, fixed: dict, curves: Curves | None = None):
         self.store = store
         self.run_dir = store.run_dir
         self.path = store.csv
@@ -34,7 +35,7 @@ class ResultWriter(L.Callback):
         self.point: Point | None = None
         self.n_ablated = 0
         self.n_neurons = 0
-        self._writers: dict = {}
+        self.curves = curves or Curves([])
         self._t0 = self._refreshed = 0.0
         self.last: dict = {}
         self.group: UnitGroup | None = None
@@ -100,7 +101,7 @@ class ResultWriter(L.Callback):
                 created.append(row)
         self.store.write_csv()
         for row in created:
-            writer = self._writer(row["method"], row["seed"])
+            writer = self.curves.series(series_of(row["method"], row["seed"]))
             writer.add_scalar(
                 "ablation/top1_percent", 100 * float(row["top1"]), row["pct"]
             )  # % as in tables and figures
@@ -136,15 +137,5 @@ class ResultWriter(L.Callback):
             self.store.add({**evaluated, "method": method, "seed": seed}, windows)
         self.store.write_csv()
 
-    def _writer(self, method: str, seed: int):
-        key = (method, seed)
-        if key not in self._writers:
-            from torch.utils.tensorboard import SummaryWriter
-
-            self._writers[key] = SummaryWriter(str(self.run_dir / "tb" / f"{method.replace(':', '-')}_seed{seed}"))
-        return self._writers[key]
-
     def close(self) -> None:
-        for w in self._writers.values():
-            w.close()
-        self._writers.clear()
+        self.curves.flush()
