@@ -7,6 +7,7 @@ import torch
 from ablate_lit.common.errors import AblateError
 from ablate_lit.families.loading.causal_lm import CAUSAL_LM_ARCHITECTURES, load_causal_lm
 from ablate_lit.families.loading.hf import check_generator, heads_config
+from ablate_lit.families.loading.quantization import placement_of
 from ablate_lit.families.text import TextAblationModule
 from ablate_lit.stats.token_metrics import IGNORE_INDEX
 
@@ -34,6 +35,9 @@ class CausalLMAblation(TextAblationModule):
         head_dim: int | None = None,
         allow_unchecked: bool = False,
         check_length: int | None = None,
+        quantization: str | dict | None = None,
+        device_map: str | dict | None = None,
+        offload_folder: str | None = None,
     ):
         """
         Args:
@@ -52,14 +56,28 @@ class CausalLMAblation(TextAblationModule):
                 to the attention heads' output (the run says which layers and why).
             check_length: tokens of the check forward pass (default 8); a model that takes inputs of one length only
                 (Nystromformer) needs that length, as --data.context_length does.
+            quantization: load the weights quantized: quanto-int8, quanto-int4, torchao-int8 (CPU or GPU),
+                bnb-8bit, bnb-4bit (bitsandbytes, CUDA), or a Hugging Face quantization config as a dict.
+            device_map: place the model across devices (auto, balanced, or {module: device|cpu|disk}) for one
+                larger than a device; one process only.
+            offload_folder: where a device map's disk entries are kept.
         """
         super().__init__()
         self.save_hyperparameters()
         if generator:
             check_generator(generator)
         self.model, self.tokenizer, known = load_causal_lm(
-            name_or_path, gguf_file, dtype, revision, attn_implementation, blocks, out_proj, tokenizer
+            name_or_path,
+            gguf_file,
+            dtype,
+            revision,
+            attn_implementation,
+            blocks,
+            out_proj,
+            tokenizer,
+            **placement_of(self.hparams),
         )
+        self.placed_by_itself()
         self.locate_pre_outs(heads_config(self.model.config, self.family), known, blocks, out_proj)
 
     def check_example(self, logits: torch.Tensor) -> None:

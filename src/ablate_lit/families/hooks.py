@@ -27,6 +27,9 @@ class PreOutHooks:
         """Dataset indices of the batch being evaluated ([batch]); resampling picks cache rows by them."""
         self._paused = False
         self._calls: dict[int, int] = {}
+        self.home: torch.device | None = None
+        """Set for a model placed by a device map: the device the statistics and values live on, while
+        each layer runs where the map put it (recorded values move home, replacements go to the layer)."""
         if root is None and any(p.shared for p in self.pre_outs):
             raise ValueError("shared modules need the root model to count their calls per forward pass")
 
@@ -92,12 +95,12 @@ class PreOutHooks:
         """Call ``record(layer, x)`` with each layer's pre-out ``x`` [batch, pos, width]. With
         ``stop_after_last`` the forward pass ends (``StopForward``) once the last layer is recorded:
         calibration needs nothing after it (the rest of the last block, the final norm, the head)."""
-        last = self.pre_outs[-1].layer
+        last, home = self.pre_outs[-1].layer, self.home
 
         def make_hook(layer):
             def hook(module, args):
                 if not self._paused:
-                    record(layer, args[0])
+                    record(layer, args[0] if home is None else args[0].to(home))
                     if stop_after_last and layer == last:
                         raise StopForward
 
@@ -137,19 +140,21 @@ class PreOutHooks:
             if not bool(layer_mask.any()):
                 return None
             every = bool(layer_mask.all())
-            here = layer_mask.to(device)
-            replacement = None if live else source[layer].to(device)
+            at = device if self.home is None else execution_device(self.pre_outs[layer].module, device)
+            here = layer_mask.to(at)
+            replacement = None if live else source[layer].to(at)
             by_dtype: dict = {}
 
             def hook(module, args):
                 if self._paused:
                     return None
                 x = args[0]
-                repl = values(layer).to(dtype=x.dtype) if live else by_dtype.get(x.dtype)
+                repl = values(layer).to(x.device, x.dtype) if live else by_dtype.get(x.dtype)
                 if repl is None:
                     repl = by_dtype[x.dtype] = replacement.to(dtype=x.dtype)
                 if resample is not None:
-                    repl = repl[self.sample_index % repl.shape[0], : x.shape[-2]]  # [batch, pos, width]
+                    rows = self.sample_index.to(repl.device, non_blocking=True)  # (a no-op on one device)
+                    repl = repl[rows % repl.shape[0], : x.shape[-2]]  # [batch, pos, width]
                 elif repl.dim() == 2:
                     repl = repl[: x.shape[-2]]  # one constant per position [pos, width]
                 out = repl.expand_as(x).clone() if every else torch.where(here, repl, x)
@@ -160,6 +165,14 @@ class PreOutHooks:
         if resample is not None and self.sample_index is None:
             self.sample_index = torch.zeros(1, dtype=torch.long, device=device)
         return self._attached(make_hook)
+
+
+def execution_device(module: nn.Module, default: torch.device) -> torch.device:
+    """Where a module of a dispatched model runs: accelerate's hook says (its weights may be offloaded)."""
+    device = getattr(getattr(module, "_hf_hook", None), "execution_device", None)
+    if device is None:
+        return default
+    return torch.device("cuda", device) if isinstance(device, int) else torch.device(device)
 
 
 class StopForward(Exception):

@@ -99,6 +99,7 @@ class AblationModule(KeptInPlace, L.LightningModule):
             found = locate_mlp(self.model, self._config, attention, self.hparams.get("mlp_proj"))
             pre_outs, _, _ = trace(self.model, found, lambda: self.example_forward(2), 2, self.check_hint)
             self._by_site[site] = (pre_outs, PreOutHooks(pre_outs, self.model))
+            self._by_site[site][1].home = getattr(self, "home", None)
         self.site = site
         self.pre_outs, self.hooks = self._by_site[site]
 

@@ -1,4 +1,5 @@
-"""Keeping a LightningModule where it is: one move to the device per run, not two per point."""
+"""Keeping a LightningModule where it is: one move to the device per run, not two per point; a model
+placed by a device map (or bitsandbytes) at load is never moved."""
 
 from __future__ import annotations
 
@@ -24,14 +25,43 @@ class KeptInPlace:
         finally:
             self._kept = False
 
+    self_placed = False
+    """The model placed itself when it loaded (``placed_by_itself``): moves leave it where it is."""
+
+    def placed_by_itself(self) -> None:
+        """Note a model that a device map placed (bitsandbytes sets one): Lightning's moves then move
+        the metrics and replacement values, and the hooks move values between the model's devices."""
+        config = getattr(getattr(self.model, "config", None), "quantization_config", None)
+        method = config.get("quant_method") if isinstance(config, dict) else getattr(config, "quant_method", None)
+        self.self_placed = (
+            getattr(self.model, "hf_device_map", None) is not None
+            or self.hparams.get("device_map") is not None
+            or "bitsandbytes" in str(method)
+        )
+
     def to(self, *args, **kwargs):
+        device, dtype = torch._C._nn._parse_to(*args, **kwargs)[:2]
         if getattr(self, "_kept", False):
-            device, dtype = torch._C._nn._parse_to(*args, **kwargs)[:2]
             target = (None if device is None else torch.device(device), dtype)
             if target in self._placed:
                 return self
             self._placed.add(target)
-        return super().to(*args, **kwargs)
+        if not self.self_placed:
+            return super().to(*args, **kwargs)
+        if device is not None:
+            self.home = torch.device(device)
+            for _, hooks in self._by_site.values():
+                hooks.home = self.home
+        order = list(self._modules)
+        model = self._modules.pop("model")
+        try:
+            return super().to(*args, **kwargs)
+        finally:
+            self._modules["model"] = model
+            for name in order:  # the original order (state_dict, named_modules)
+                self._modules[name] = self._modules.pop(name)
 
     def cpu(self):
-        return self if getattr(self, "_kept", False) else super().cpu()
+        if getattr(self, "_kept", False):
+            return self
+        return self.to("cpu") if self.self_placed else super().cpu()

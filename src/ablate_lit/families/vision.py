@@ -7,6 +7,7 @@ import torch
 from ablate_lit.common.errors import AblateError
 from ablate_lit.data.random_inputs import RandomPixels
 from ablate_lit.families.loading.hf import check_family, heads_config
+from ablate_lit.families.loading.quantization import placement_of
 from ablate_lit.families.loading.vision import HF_VISION_ARCHITECTURES, TIMM_ARCHITECTURE, load_vision
 from ablate_lit.families.module import AblationModule
 
@@ -28,6 +29,9 @@ class VisionAblation(AblationModule):
         mlp_proj: str | None = None,
         head_dim: int | None = None,
         allow_unchecked: bool = False,
+        quantization: str | dict | None = None,
+        device_map: str | dict | None = None,
+        offload_folder: str | None = None,
     ):
         """
         Args:
@@ -41,12 +45,23 @@ class VisionAblation(AblationModule):
             head_dim: width of one head's output, for a model that states it under another name (timm LeViT's val_dim).
             allow_unchecked: ablate the out-projection's input even where a check pass could not show it equal
                 to the attention heads' output (the run says which layers and why).
+            quantization: (Hugging Face models) load the weights quantized: quanto-int8, quanto-int4, torchao-int8
+                (CPU or GPU), bnb-8bit, bnb-4bit (bitsandbytes, CUDA), or a Hugging Face quantization config as a dict.
+            device_map: place the model across devices (auto, balanced, or {module: device|cpu|disk}) for one
+                larger than a device; one process only.
+            offload_folder: where a device map's disk entries are kept.
         """
         super().__init__()
         self.save_hyperparameters()
         (self.model, self.preprocess, self.n_classes, known, self.config, self.backend) = load_vision(
-            name_or_path, dtype, revision, blocks, out_proj
+            name_or_path,
+            dtype,
+            revision,
+            blocks,
+            out_proj,
+            **placement_of(self.hparams),
         )
+        self.placed_by_itself()
         self.input_size = self._input_size()
         self.locate_pre_outs(self.config, known, blocks, out_proj)
 

@@ -13,6 +13,7 @@ from ablate_lit.common.errors import AblateError
 from ablate_lit.common.logs import say
 from ablate_lit.common.sharding import is_sharded
 from ablate_lit.common.signals import stopped_by_signals
+from ablate_lit.families.loading.quantization import check_placement, is_quantized_weight
 from ablate_lit.report.importance import write_importance
 from ablate_lit.report.summary import summary_table, write_summary
 from ablate_lit.runner.batch_size import find_batch_size
@@ -103,6 +104,17 @@ def check_strategy(trainer, module, data, cfg: AblationConfig) -> None:
     if getattr(trainer.strategy, "_start_method", "popen") != "popen":
         raise AblateError("spawned processes cannot hand calibration statistics back; use ⟨--trainer.strategy ddp⟩")
     sharded = is_sharded(trainer.strategy)
+    check_placement(trainer, module, sharded)
+    if cfg.mode == "fold" and any(is_quantized_weight(p.proj.weight) for p in module.pre_outs):
+        raise AblateError(
+            "⟨--ablation.mode⟩ fold writes the constants into each out-projection's weights, which this "
+            "model stores quantized; use ⟨--ablation.mode⟩ hook"
+        )
+    if cfg.mode == "fold" and module.self_placed:
+        raise AblateError(
+            "⟨--ablation.mode⟩ fold edits weights in place, which a device map may keep offloaded; use "
+            "⟨--ablation.mode⟩ hook"
+        )
     if cfg.mode == "fold" and sharded:
         raise AblateError(
             "⟨--ablation.mode⟩ fold edits whole weight matrices, which a sharding strategy splits; "

@@ -31,6 +31,7 @@ def load_causal_lm(
     blocks: str | None = None,
     out_proj: str | None = None,
     tokenizer: str | None = None,
+    **placement,
 ):
     """(model, tokenizer, tested architecture or None) from a hub name, a local folder, or a GGUF file in a folder."""
     model, path, known = load_hf(
@@ -43,5 +44,6 @@ def load_causal_lm(
         attn_implementation,
         blocks,
         out_proj,
+        **placement,
     )
     return model, load_tokenizer(tokenizer or path, None if tokenizer else revision, given=bool(tokenizer)), known

@@ -19,6 +19,7 @@ from ablate_lit.common.logs import say
 from ablate_lit.common.paths import looks_like_path
 from ablate_lit.common.progress import Heartbeat
 from ablate_lit.families.base import Architecture, resolve_dtype
+from ablate_lit.families.loading.quantization import loading_kwargs
 from ablate_lit.families.locate.layout import locate
 
 log = logging.getLogger(__name__)
@@ -158,10 +159,13 @@ def load_hf(
     attn_implementation: str | None = None,
     blocks: str | None = None,
     out_proj: str | None = None,
+    quantization=None,
+    device_map=None,
+    offload_folder: str | None = None,
 ):
     """(model, the folder or hub id it came from, tested architecture or None) from a hub name, a local
-    folder or a GGUF file. The family and the layout are checked on the config and an empty skeleton
-    before any weight is read."""
+    folder or a GGUF file, quantized and placed as ``loading.quantization`` says. The family and the
+    layout are checked on the config and an empty skeleton before any weight is read."""
     import transformers
 
     def check(config) -> None:
@@ -182,12 +186,21 @@ def load_hf(
         raise hub_error(name_or_path, exc, "model", "⟨--model.name_or_path⟩") from exc
     check(config)
     kwargs = {"dtype": resolve_dtype(dtype), "revision": revision}
+    kwargs.update(loading_kwargs(quantization, device_map, offload_folder))
     if attn_implementation:
         kwargs["attn_implementation"] = attn_implementation
     try:
         with Heartbeat(None, f"loading {Path(str(name_or_path)).name or name_or_path}"):
             model = getattr(transformers, AUTO_CLASSES[family][0]).from_pretrained(path, config=config, **kwargs)
+    except AblateError:
+        raise
     except Exception as exc:  # OSError, ValueError, safetensors' own error for a truncated file, ...
+        if (quantization is not None or device_map is not None) and not isinstance(exc, OSError):
+            reason = " ".join(str(exc).split())[:200] or type(exc).__name__
+            raise AblateError(
+                f"could not load '{name_or_path}' with ⟨--model.quantization⟩ {quantization} / ⟨--model.device_map⟩ "
+                f"{device_map} ({reason}); try another preset or no device map"
+            ) from exc
         raise hub_error(name_or_path, exc, "model", "⟨--model.name_or_path⟩") from exc
     model.eval()
     model.requires_grad_(False)

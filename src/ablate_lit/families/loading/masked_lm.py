@@ -25,8 +25,18 @@ def load_masked_lm(
     blocks: str | None = None,
     out_proj: str | None = None,
     tokenizer: str | None = None,
+    **placement,
 ):
     model, path, known = load_hf(
-        name_or_path, "masked_lm", MASKED_LM_ARCHITECTURES, None, dtype, revision, attn_implementation, blocks, out_proj
+        name_or_path,
+        "masked_lm",
+        MASKED_LM_ARCHITECTURES,
+        None,
+        dtype,
+        revision,
+        attn_implementation,
+        blocks,
+        out_proj,
+        **placement,
     )
     return model, load_tokenizer(tokenizer or path, None if tokenizer else revision, given=bool(tokenizer)), known

@@ -58,13 +58,19 @@ def load_vision(
     revision: str | None = None,
     blocks: str | None = None,
     out_proj: str | None = None,
+    **placement,
 ):
     """(model, preprocess, n_classes, tested architecture or None, config for the head layout, backend)."""
     backend = _backend(name_or_path)
     try:
         if backend == "timm":
+            if any(v is not None for v in placement.values()):
+                raise AblateError(
+                    "⟨--model.quantization⟩ and ⟨--model.device_map⟩ load Hugging Face models; a timm model "
+                    "loads whole on one device (save it as a Hugging Face ViT to quantize it)"
+                )
             return _load_timm(name_or_path, dtype)
-        return _load_hf(name_or_path, dtype, revision, blocks, out_proj)
+        return _load_hf(name_or_path, dtype, revision, blocks, out_proj, **placement)
     except AblateError as exc:
         if "without internet" in str(exc):  # a hub name out of reach: the data set will be too
             exc.args = (str(exc) + OFFLINE_DATA,)
@@ -102,11 +108,11 @@ def _load_timm(name_or_path: str, dtype: str):
     return model, preprocess, model.num_classes, TIMM_ARCHITECTURE, None, "timm"
 
 
-def _load_hf(name_or_path: str, dtype: str, revision: str | None, blocks: str | None, out_proj: str | None):
+def _load_hf(name_or_path: str, dtype: str, revision, blocks, out_proj, **placement):
     import transformers
 
     model, path, known = load_hf(
-        name_or_path, "vision", HF_VISION_ARCHITECTURES, None, dtype, revision, None, blocks, out_proj
+        name_or_path, "vision", HF_VISION_ARCHITECTURES, None, dtype, revision, None, blocks, out_proj, **placement
     )
     try:
         processor = transformers.AutoImageProcessor.from_pretrained(path, revision=revision)

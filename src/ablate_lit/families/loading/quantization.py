@@ -1,0 +1,160 @@
+"""Quantized and dispatched loading: ``--model.quantization`` and ``--model.device_map``.
+
+A quantization is a Hugging Face quantization config: a preset name below, a dict as a model's
+config.json stores it (``{quant_method: bitsandbytes, load_in_4bit: true, ...}``), or (from Python)
+the config object itself. The pre-outs stay ordinary activations (the input of a quantized
+out-projection is not quantized), so hooks, statistics and every method act on them unchanged;
+fold mode, which edits the out-projection's weight, is refused on quantized weights.
+
+A device map (``auto``, ``balanced``, ``{"model.layers.0": 0, ..., "lm_head": "cpu"}``; ``disk``
+entries go to ``offload_folder``) places the model itself, with accelerate's hooks moving activations
+between its devices: Lightning then moves everything but the model. That works in one process: several
+processes (DDP, FSDP2) would each place the whole model on the same devices, and a true half precision
+would cast weights that are already placed, so both are refused (``check_placement``).
+"""
+
+from __future__ import annotations
+
+import importlib.util
+
+import torch
+
+from ablate_lit.common.errors import AblateError
+
+
+def _bnb(**kwargs):
+    from transformers import BitsAndBytesConfig
+
+    return BitsAndBytesConfig(**kwargs)
+
+
+def _quanto(weights: str):
+    from transformers import QuantoConfig
+
+    return QuantoConfig(weights=weights)
+
+
+def _torchao_int8():
+    from torchao.quantization import Int8WeightOnlyConfig
+    from transformers import TorchAoConfig
+
+    return TorchAoConfig(Int8WeightOnlyConfig())
+
+
+PRESETS = {
+    "quanto-int8": (lambda: _quanto("int8"), "optimum.quanto", "optimum-quanto"),
+    "quanto-int4": (lambda: _quanto("int4"), "optimum.quanto", "optimum-quanto"),
+    "torchao-int8": (_torchao_int8, "torchao", "torchao"),
+    "bnb-8bit": (lambda: _bnb(load_in_8bit=True), "bitsandbytes", "bitsandbytes"),
+    "bnb-4bit": (
+        lambda: _bnb(load_in_4bit=True, bnb_4bit_quant_type="nf4", bnb_4bit_compute_dtype=torch.bfloat16),
+        "bitsandbytes",
+        "bitsandbytes",
+    ),
+}
+"""name -> (config maker, the module it needs, the package that provides it)."""
+
+_PACKAGES = {"quanto": ("optimum.quanto", "optimum-quanto"), "torchao": ("torchao", "torchao")}
+_PACKAGES.update({"bitsandbytes": ("bitsandbytes", "bitsandbytes"), "hqq": ("hqq", "hqq")})
+
+
+def _needs(module: str, package: str, what: str) -> None:
+    if package == "bitsandbytes" and not torch.cuda.is_available():
+        raise AblateError(
+            "⟨--model.quantization⟩ bitsandbytes runs on CUDA GPUs, and none is here; on CPU use quanto-int8, "
+            "quanto-int4 or torchao-int8"
+        )
+    if importlib.util.find_spec(module) is None:
+        raise AblateError(f"⟨--model.quantization⟩ {what} needs {package}; run: pip install {package}")
+
+
+def quantization_config(spec):
+    """The Hugging Face quantization config ``spec`` names (None: no quantization)."""
+    if spec is None:
+        return None
+    from transformers.utils.quantization_config import QuantizationConfigMixin
+
+    if isinstance(spec, QuantizationConfigMixin):
+        config = spec
+    elif isinstance(spec, str):
+        if spec not in PRESETS:
+            raise AblateError(
+                f"unknown ⟨--model.quantization⟩ '{spec}'; use one of {', '.join(PRESETS)}, or a dict as a "
+                "model's config.json stores it ({quant_method: bitsandbytes, load_in_4bit: true, ...})"
+            )
+        make, module, package = PRESETS[spec]
+        _needs(module, package, spec)
+        config = make()
+    elif isinstance(spec, dict):
+        from transformers.quantizers.auto import AutoQuantizationConfig
+
+        method = str(spec.get("quant_method", ""))
+        if method in _PACKAGES:
+            _needs(*_PACKAGES[method], method)
+        try:
+            config = AutoQuantizationConfig.from_dict(dict(spec))
+        except (ValueError, TypeError, KeyError) as exc:
+            raise AblateError(f"⟨--model.quantization⟩ {spec}: {' '.join(str(exc).split())[:200]}") from exc
+    else:
+        raise AblateError(f"⟨--model.quantization⟩ takes a preset name or a dict, not a {type(spec).__name__}")
+    if is_bnb(config):
+        _needs("bitsandbytes", "bitsandbytes", "bitsandbytes")
+    return config
+
+
+def is_bnb(config) -> bool:
+    return config is not None and "bitsandbytes" in str(getattr(config, "quant_method", ""))
+
+
+def is_quantized_weight(weight) -> bool:
+    """A weight stored quantized: a tensor subclass (quanto, torchao), or an integer/packed tensor (bitsandbytes)."""
+    return type(weight) not in (torch.Tensor, torch.nn.Parameter) or not weight.dtype.is_floating_point
+
+
+def placement_of(hparams) -> dict:
+    """A family's quantization and placement settings, as ``load_hf`` takes them."""
+    return {k: hparams.get(k) for k in ("quantization", "device_map", "offload_folder")}
+
+
+def loading_kwargs(quantization, device_map, offload_folder) -> dict:
+    """The extra ``from_pretrained`` arguments for a quantization and a device map. A bitsandbytes
+    model cannot move after loading, so it is placed on this process's GPU unless a map says otherwise."""
+    import os
+
+    kwargs = {}
+    config = quantization_config(quantization)
+    if config is not None:
+        kwargs["quantization_config"] = config
+    if device_map is None and is_bnb(config):
+        device_map = {"": int(os.environ.get("LOCAL_RANK", 0))}
+    if device_map is not None:
+        if importlib.util.find_spec("accelerate") is None:
+            raise AblateError("⟨--model.device_map⟩ needs accelerate; run: pip install accelerate")
+        kwargs["device_map"] = device_map
+        if offload_folder:
+            kwargs["offload_folder"] = offload_folder
+    return kwargs
+
+
+def check_placement(trainer, module, sharded: bool) -> None:
+    """Refuse what cannot work with a quantized model or one that placed itself (a device map, bitsandbytes)."""
+    mapped, quantized = module.hparams.get("device_map") is not None, module.hparams.get("quantization") is not None
+    if not (mapped or quantized):
+        return
+    where = "its ⟨--model.device_map⟩" if mapped else "⟨--model.quantization⟩"
+    if sharded:
+        raise AblateError(
+            f"a sharding strategy splits weights that {where} has already placed or packed; use "
+            "⟨--trainer.strategy⟩ auto (one process) or ddp"
+        )
+    if mapped and trainer.world_size > 1:
+        raise AblateError(
+            f"a model placed by {where} runs in one process (each of {trainer.world_size} processes would "
+            "place the whole model on the same devices); use ⟨--trainer.devices 1⟩, or drop the device map "
+            "for DDP over replicas"
+        )
+    if str(trainer.precision).endswith("-true") and str(trainer.precision) != "32-true":
+        raise AblateError(
+            f"precision {trainer.precision} casts the weights, which {where} has already placed or packed; load them "
+            "in that dtype with ⟨--model.dtype bfloat16⟩ and use ⟨--trainer.precision⟩ 32 or bf16-mixed"
+        )
