@@ -23,7 +23,7 @@ def _cli(*args, cwd=None, env=None) -> subprocess.CompletedProcess:
 
 def test_help_lists_the_subcommands_and_test_help_is_short_with_ablation_model_and_data_first():
     top = _cli("--help")
-    assert top.returncode == 0 and top.stdout.startswith("usage: python -m ablate_lit {test,report,cache}")
+    assert top.returncode == 0 and top.stdout.startswith("usage: python -m ablate_lit {test,report,export,cache}")
     for sub in ("test", "report", "cache"):
         assert re.search(rf"^  {sub}\s+\S", top.stdout, re.M), sub  # each with its one-line description
     assert _cli().stdout == top.stdout

@@ -20,29 +20,9 @@ def folded(pre_outs: Sequence[PreOut], mask: torch.Tensor, values: torch.Tensor)
     is restored in ``finally``. Equal to the hook up to float rounding (the sum runs in another
     order), and free at run time.
     """
-    if not all(p.direct and not p.shared for p in pre_outs):
-        raise ValueError("fold mode needs each layer's own out-projection to take the heads' output directly")
     saved = []
     try:
-        for p in pre_outs:
-            w = p.proj.weight
-            idx = mask[p.layer].to(w.device).nonzero().squeeze(1)
-            if idx.numel() == 0:
-                continue
-            dim = 0 if type(p.proj).__name__ == "Conv1D" else 1  # input axis: GPT-2's Conv1D stores [in, out]
-            cols = w.index_select(dim, idx)  # a copy: the original weights of the ablated inputs, restored on exit
-            shift = (
-                (cols.t() if dim == 0 else cols).to(torch.float64)
-                @ values[p.layer].to(device=w.device, dtype=torch.float64)[idx]
-            ).to(w.dtype)
-            bias = p.proj.bias
-            saved.append((p.proj, dim, idx, cols, None if bias is None else bias.detach().clone()))
-            with torch.no_grad():
-                w.index_fill_(dim, idx, 0)
-                if bias is None:
-                    p.proj.bias = torch.nn.Parameter(shift, requires_grad=False)
-                else:
-                    bias.add_(shift)
+        _fold(pre_outs, mask, values, saved)  # (fills ``saved`` as it goes: a failure restores what it did)
         yield
     finally:
         with torch.no_grad():
@@ -52,3 +32,39 @@ def folded(pre_outs: Sequence[PreOut], mask: torch.Tensor, values: torch.Tensor)
                     module.bias = None
                 else:
                     module.bias.copy_(b)
+
+
+def _fold(pre_outs: Sequence[PreOut], mask: torch.Tensor, values: torch.Tensor, saved: list) -> None:
+    """Zero the ablated input columns of each out-projection and add their constant's contribution to
+    its bias (created where there is none); ``saved`` gets what ``folded`` restores."""
+    if not all(p.direct and not p.shared for p in pre_outs):
+        raise ValueError("fold mode needs each layer's own out-projection to take the heads' output directly")
+    for p in pre_outs:
+        w = p.proj.weight
+        idx = mask[p.layer].to(w.device).nonzero().squeeze(1)
+        if idx.numel() == 0:
+            continue
+        dim = 0 if type(p.proj).__name__ == "Conv1D" else 1  # input axis: GPT-2's Conv1D stores [in, out]
+        cols = w.index_select(dim, idx)  # a copy: the original weights of the ablated inputs, restored on exit
+        shift = (
+            (cols.t() if dim == 0 else cols).to(torch.float64)
+            @ values[p.layer].to(device=w.device, dtype=torch.float64)[idx]
+        ).to(w.dtype)
+        bias = p.proj.bias
+        saved.append((p.proj, dim, idx, cols, None if bias is None else bias.detach().clone()))
+        with torch.no_grad():
+            w.index_fill_(dim, idx, 0)
+            if bias is None:
+                p.proj.bias = torch.nn.Parameter(shift, requires_grad=False)
+            else:
+                bias.add_(shift)
+
+
+def fold_into(pre_outs: Sequence[PreOut], mask: torch.Tensor, values: torch.Tensor) -> list[int]:
+    """``folded``'s edit, kept (an exported model): returns the layers whose out-projection got a new bias."""
+    had = {p.layer: p.proj.bias is not None for p in pre_outs}
+    _fold(pre_outs, mask, values, [])
+    for p in pre_outs:
+        if not had[p.layer] and p.proj.bias is not None and not bool(p.proj.bias.any()):
+            p.proj.bias = None  # zero constants need no bias
+    return [p.layer for p in pre_outs if not had[p.layer] and p.proj.bias is not None]

@@ -19,12 +19,12 @@ from ablate_lit.data.images import ImageData
 from ablate_lit.data.masked import MaskedTextData
 from ablate_lit.data.task import TaskData
 from ablate_lit.data.text import TextData
-from ablate_lit.entry.inputs import build_datamodule, build_module, family_of
+from ablate_lit.entry.export_command import Results
+from ablate_lit.entry.inputs import build_datamodule, build_module, datamodule_settings, family_of
 from ablate_lit.entry.settings import check_all, keys_of
 from ablate_lit.families.causal_lm import CausalLMAblation
 from ablate_lit.families.masked_lm import MaskedLMAblation
 from ablate_lit.families.vision import VisionAblation
-from ablate_lit.report.results import Results
 from ablate_lit.runner.config import AblationConfig
 from ablate_lit.runner.launch import check_destination, run_experiment
 from ablate_lit.runner.trainer import AblationTrainer, check_devices
@@ -157,15 +157,38 @@ def _run(model, data, tokenizer, preprocess, family, name, root, trainer, verbos
         module = build_module(MODULES[family], model, family, tokenizer, preprocess, checked.model)
         datamodule = build_datamodule(TaskData if task else DATA[family], data, family, checked.data, module)
         trainer = _trainer(trainer, verbose, root)
-        described = {
-            "family": family,
-            "model": module.model_label,
-            "data": str(data) if isinstance(data, (str, Path)) else f"<{type(data).__name__} in memory>",
-            **settings,
-        }
-        config_yaml = "".join(f"{k}: {v!r}\n" for k, v in described.items())
+        by_name = isinstance(data, (str, Path)) and not in_memory
+        config_yaml = _config_yaml(module, datamodule, data, family, checked, trainer, settings, by_name)
         run_dir = run_experiment(trainer, module, datamodule, checked.ablation, name, str(root), config_yaml)
     return Results(run_dir)
+
+
+def _config_yaml(module, datamodule, data, family, checked: _Settings, trainer, settings: dict, by_name: bool) -> str:
+    """config.yaml: with a model and data by name, the CLI's config of the same run (``export`` and
+    ``python -m ablate_lit test --config`` rebuild it); with either in memory, what was passed."""
+    import dataclasses
+
+    import yaml
+
+    if by_name:
+        data_args = datamodule_settings(type(datamodule), data, family, checked.data, module)
+        config = {
+            "ablation": dataclasses.asdict(checked.ablation),
+            "model": {"class_path": f"ablate_lit.{type(module).__name__}", "init_args": dict(module.hparams)},
+            "data": {
+                "class_path": f"ablate_lit.{type(datamodule).__name__}",
+                "init_args": {"path": str(data), **data_args},
+            },
+            "trainer": {"precision": str(trainer.precision)},
+        }
+        return yaml.safe_dump(config, sort_keys=False)
+    described = {
+        "family": family,
+        "model": module.model_label,
+        "data": str(data) if isinstance(data, (str, Path)) else f"<{type(data).__name__} in memory>",
+        **settings,
+    }
+    return "".join(f"{k}: {v!r}\n" for k, v in described.items())
 
 
 def _interactive() -> bool:

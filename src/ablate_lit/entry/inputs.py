@@ -88,6 +88,12 @@ def build_module(module_cls, model, family: str, tokenizer, preprocess, settings
 def build_datamodule(data_cls, data, family: str, settings: dict, module):
     """The family's DataModule over ``data`` (a path or hub name, or data in memory). Text windows
     default to the model's longest context up to 1024 tokens (the CLI's default is 1024)."""
+    settings = datamodule_settings(data_cls, data, family, settings, module)
+    return data_cls(str(data) if isinstance(data, Path) else data, **settings)
+
+
+def datamodule_settings(data_cls, data, family: str, settings: dict, module) -> dict:
+    """The DataModule's keyword arguments besides ``data`` (those ``build_datamodule`` passes)."""
     from torch.utils.data import DataLoader
 
     settings = dict(settings)
@@ -105,7 +111,7 @@ def build_datamodule(data_cls, data, family: str, settings: dict, module):
             settings.pop("context_length")
     elif family != "vision" and "context_length" not in settings and data_cls.__name__ != "TaskData":
         settings["context_length"] = min(1024, module.max_positions() or 1024)
-    return data_cls(str(data) if isinstance(data, Path) else data, **settings)
+    return settings
 
 
 def _window_length(loader) -> int | None:

@@ -145,7 +145,8 @@ def check_strategy(trainer, module, data, cfg: AblationConfig) -> None:
         )
 
 
-def _run(trainer, module, data, cfg: AblationConfig, name: str | None, root: str, config_yaml: str) -> Path:
+def prepare(trainer, module, data, cfg: AblationConfig) -> None:
+    """The module hooked at its site and joined to its data, the data split, the scores chosen."""
     module.select_site(cfg.site)
     module.fingerprint()  # before any strategy wraps or shards the weights
     module.connect_data(data)
@@ -157,6 +158,10 @@ def _run(trainer, module, data, cfg: AblationConfig, name: str | None, root: str
         module.to(trainer.strategy.root_device)
         data.batch_size = find_batch_size(module, data.eval_dataset(), trainer.strategy.root_device.type)
         say(trainer, f"batch size: {data.batch_size} (found automatically)")
+
+
+def _run(trainer, module, data, cfg: AblationConfig, name: str | None, root: str, config_yaml: str) -> Path:
+    prepare(trainer, module, data, cfg)
     world = trainer.world_size
     if world > 1:
         n_calib, n_eval = len(data.val_dataloader().dataset), len(data.eval_dataset())

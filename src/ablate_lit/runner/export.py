@@ -1,0 +1,99 @@
+"""One point of a finished run as a model: its neuron set and constants folded into the out-projections.
+
+The run is rebuilt from its folder (``entry.export_command``) and must have the identity its rows
+were stored under, so the neuron set (from the seed) and the constants (from the calibration cache,
+or optimal's cached fit) are the ones the row was measured with. ``ablation.json`` beside the model
+records what was ablated.
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import torch
+
+from ablate_lit.ablation.fold import fold_into
+from ablate_lit.ablation.methods import parse_method
+from ablate_lit.common.errors import AblateError
+from ablate_lit.common.labels import Point
+from ablate_lit.common.logs import say
+from ablate_lit.families.loading.quantization import is_quantized_weight
+from ablate_lit.families.saving import NO_HEAD_PRUNING, save_ablated
+from ablate_lit.runner.config import AblationConfig
+from ablate_lit.runner.experiment import Experiment
+from ablate_lit.runner.launch import prepare, run_identity
+from ablate_lit.store.atomic import write_text
+from ablate_lit.store.folder import read_rows, run_id_of
+
+
+def the_row(run_dir: Path, method: str, fraction: float, seed: int) -> dict:
+    """The run's row for (method, fraction, seed), or a one-line error listing what the run holds."""
+    rows = [r for r in read_rows(run_dir)[0] if r.get("target", "-") in ("-", "")]
+    for r in rows:
+        if r["method"] == method and int(r["seed"]) == seed and abs(float(r["fraction"]) - fraction) < 1e-9:
+            return r
+    have = sorted({(r["method"], float(r["fraction"]), int(r["seed"])) for r in rows})
+    listed = ", ".join(f"{m} {f:g} seed {s}" for m, f, s in have[:8]) + (" ..." if len(have) > 8 else "")
+    raise AblateError(
+        f"'{run_dir}' has no row for {method} at fraction {fraction:g}, seed {seed}; choose one of its points "
+        f"(⟨--method⟩, ⟨--fraction⟩, ⟨--seed⟩): {listed or 'none (a single-unit map cannot be exported)'}"
+    )
+
+
+def export_point(trainer, module, data, cfg: AblationConfig, run_dir: Path, point: tuple, out: Path) -> Path:
+    """Write the model of ``point`` = (method, fraction, seed) of the run in ``run_dir`` to ``out``."""
+    run_dir, out = Path(run_dir), Path(out)
+    method, fraction, seed = point
+    row = the_row(run_dir, method, fraction, seed)
+    parsed = parse_method(method)
+    if not parsed.constant:
+        raise AblateError(
+            f"{method} replaces each input's neurons with values of other inputs, which no weight can hold; "
+            "export a constant method (zero, mean, median, peak, optimal)"
+        )
+    if any(is_quantized_weight(p.proj.weight) for p in module.pre_outs):
+        raise AblateError("export folds constants into the out-projections, which this model stores quantized")
+    with module.kept_in_place():
+        prepare(trainer, module, data, cfg)
+        if run_id_of(run_identity(trainer, module, data, cfg)) != row["run_id"]:
+            raise AblateError(
+                f"rebuilt from '{run_dir}', the model, data or settings differ from those its rows were measured "
+                "with (another model folder or data file under the same name?); export where the run ran"
+            )
+        cache_dir = Path(cfg.cache_dir) if cfg.cache_dir else run_dir.parent / ".calibration_cache"
+        experiment = Experiment(trainer, module, data, cfg, run_dir.parent, cache_dir)
+        experiment.run_dir = run_dir
+        label = parsed.label
+        at = Point(fraction, label, seed, ((label, seed),))
+        mask = (
+            experiment.mask(at) if fraction > 0 else torch.zeros(module.hooks.n_layers, module.hooks.width, dtype=bool)
+        )
+        values = experiment.on_device(at)["values"] if fraction > 0 else torch.zeros(mask.shape)
+    module.hooks.remove()
+    new_bias = fold_into(module.pre_outs, mask, values)
+    saved = save_ablated(module, out, new_bias, cfg.site)
+    write_text(
+        out / "ablation.json", json.dumps(_record(module, run_dir, row, mask, values, saved, new_bias), indent=1)
+    )
+    say(trainer, f"exported {method} {fraction:g} (seed {seed}) of {run_dir} to {out}: {saved['format']}")
+    return out
+
+
+def _record(module, run_dir: Path, row: dict, mask, values, saved: dict, new_bias: list[int]) -> dict:
+    head = module.pre_outs[0].head_dim
+    per_head = mask.reshape(mask.shape[0], -1, head).all(-1)  # [n_layers, n_heads]: heads ablated whole
+    return {
+        "run": str(run_dir),
+        **{k: row[k] for k in ("model", "method", "seed", "fraction", "run_id", "model_id", "site", "unit", "mode")},
+        "row": {k: row[k] for k in ("top1", "ce", "kl", "n_tokens")},
+        "n_ablated": int(mask.sum()),
+        "projections": [p.name for p in module.pre_outs],
+        "ablated": {str(p.layer): mask[p.layer].nonzero().squeeze(1).tolist() for p in module.pre_outs},
+        "constants": {str(p.layer): values[p.layer][mask[p.layer].cpu()].tolist() for p in module.pre_outs},
+        "whole_heads": {str(i): h.nonzero().squeeze(1).tolist() for i, h in enumerate(per_head) if h.any()},
+        "heads_removed": False,
+        "how": NO_HEAD_PRUNING,
+        "biases_added": new_bias,
+        **saved,
+    }

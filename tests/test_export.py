@@ -1,0 +1,117 @@
+"""``python -m ablate_lit export`` and ``Results.export``: the saved model, loaded with plain
+``from_pretrained`` / timm, gives the row's CE on the run's evaluation inputs."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+import torch
+import torch.nn.functional as F
+from helpers import cli, data, module, one_line_error, read_rows, run, tiny_args
+
+from ablate_lit import load
+from ablate_lit import run as run_api
+
+METHODS = "[zero,mean,peak,optimal,resample:random_tokens]"
+
+
+def _lm_ce(folder, windows) -> float:
+    from transformers import AutoModelForCausalLM
+
+    model = AutoModelForCausalLM.from_pretrained(folder).eval()
+    with torch.no_grad():
+        logits = model(input_ids=windows).logits[:, :-1]
+    return float(F.cross_entropy(logits.reshape(-1, logits.shape[-1]), windows[:, 1:].reshape(-1)))
+
+
+def _row(rows, method, fraction, seed):
+    return next(r for r in rows if r["method"] == method and r["fraction"] == fraction and str(r["seed"]) == str(seed))
+
+
+@pytest.mark.parametrize("arch", ["llama", "gpt2"])
+def test_exported_models_give_the_rows_ce(capsys, tiny_models, corpus, tmp_path, arch):
+    code, _, err = run(capsys, *tiny_args(tiny_models[arch], corpus, tmp_path, "--ablation.methods", METHODS))
+    assert code == 0, err
+    rows = read_rows(tmp_path / "run" / "results.csv")
+    windows = data(corpus, module(tiny_models[arch])).eval_windows
+    for method, fraction, seed in [("mean", "0.5", 1), ("optimal", "0.5", 0), ("peak", "1", 0), ("zero", "0", 0)]:
+        out = tmp_path / f"{method}-{fraction}-{seed}"
+        code, _, err = cli(
+            capsys, "export", tmp_path / "run", "--method", method, "--fraction", fraction, "--seed", seed, "--out", out
+        )
+        assert code == 0, err
+        row = _row(rows, method, fraction, seed)
+        assert _lm_ce(out, windows) == pytest.approx(float(row["ce"]), rel=1e-5), (method, fraction)
+        record = json.loads((out / "ablation.json").read_text())
+        assert record["n_ablated"] == int(row["n_ablated"]) == sum(map(len, record["ablated"].values()))
+        assert record["heads_removed"] is False and "no head pruning" in record["how"]
+        assert (out / "tokenizer.json").exists() or (out / "tokenizer_config.json").exists()
+    if arch == "llama":  # o_proj had no bias: the config now builds one (and zero ones for q, k, v)
+        assert json.loads((tmp_path / "mean-0.5-1" / "config.json").read_text())["attention_bias"] is True
+        assert (
+            "attention_bias" not in json.loads((tmp_path / "zero-0-0" / "config.json").read_text())
+            or not (json.loads((tmp_path / "zero-0-0" / "config.json").read_text())["attention_bias"])
+        )  # zero needs no bias
+    code, _, err = cli(capsys, "export", tmp_path / "run", "--method", "resample:random_tokens", "--fraction", "0.5",
+                       "--out", tmp_path / "r")  # fmt: skip
+    assert code != 0 and "constant method" in one_line_error(err)
+    code, _, err = cli(
+        capsys, "export", tmp_path / "run", "--method", "mean", "--fraction", "0.3", "--out", tmp_path / "x"
+    )
+    assert code != 0 and "mean 0.5 seed 0" in one_line_error(err)
+
+
+def test_results_export_from_python_and_refusals(capsys, tiny_models, corpus, tmp_path):
+    settings = dict(max_tokens=120, calib_tokens=256, context_length=16, batch_size=4, n_resample=2, seeds=[0])
+    results = run_api(
+        str(tiny_models["opt"]), str(corpus), root=tmp_path, name="opt", verbose=False,
+        trainer={"accelerator": "cpu"}, methods=["zero", "mean"], fractions=[0, 0.5], **settings,
+    )  # fmt: skip
+    out = results.export("mean", 0.5, seed=0, out=tmp_path / "opt-mean")
+    windows = data(corpus, module(tiny_models["opt"])).eval_windows
+    assert _lm_ce(out, windows) == pytest.approx(float(_row(results.rows(), "mean", "0.5", 0)["ce"]), rel=1e-5)
+    assert type(load(tmp_path / "opt")).__name__ == "Results" and hasattr(load(tmp_path / "opt"), "export")
+
+    mistral = run_api(
+        str(tiny_models["mistral"]), str(corpus), root=tmp_path, name="mistral", verbose=False,
+        trainer={"accelerator": "cpu"}, methods=["zero", "mean"], fractions=[0.5], **settings,
+    )  # fmt: skip
+    from ablate_lit.common.errors import AblateError
+
+    with pytest.raises(AblateError, match="no bias, and its config has no setting"):
+        mistral.export("mean", 0.5, out=tmp_path / "m-mean")
+    assert _lm_ce(mistral.export("zero", 0.5, out=tmp_path / "m-zero"), windows) == pytest.approx(
+        float(_row(mistral.rows(), "zero", "0.5", 0)["ce"]), rel=1e-5
+    )
+    with pytest.raises(AblateError, match="not empty"):
+        results.export("mean", 0.5, out=tmp_path / "opt-mean")
+    in_memory = run_api(
+        module(tiny_models["opt"]).model, ["some text " * 40] * 8, tokenizer=module(tiny_models["opt"]).tokenizer,
+        root=tmp_path, name="mem", verbose=False, trainer={"accelerator": "cpu"}, methods=["zero"],
+        fractions=[0.5], **{**settings, "calib_tokens": 64, "max_tokens": 64},
+    )  # fmt: skip
+    with pytest.raises(AblateError, match="in memory"):
+        in_memory.export("zero", 0.5, out=tmp_path / "mem-zero")
+
+
+def test_a_timm_vit_exports_as_a_timm_folder(capsys, tiny_vision, image_folder, tmp_path):
+    import timm
+
+    from ablate_lit import ImageData, VisionAblation
+
+    settings = dict(max_images=20, calib_images=10, batch_size=8, seeds=[0])
+    results = run_api(
+        str(tiny_vision["timm"]), str(image_folder), root=tmp_path, name="vit", verbose=False,
+        trainer={"accelerator": "cpu"}, methods=["zero"], fractions=[0.5], **settings,
+    )  # fmt: skip
+    out = results.export("zero", 0.5, out=tmp_path / "vit-zero")
+    model = timm.create_model(f"local-dir:{out}", pretrained=True).eval()
+    mod = VisionAblation(str(tiny_vision["timm"]))
+    d = ImageData(str(image_folder), max_images=20, calib_images=10, batch_size=8)
+    mod.connect_data(d)
+    d.setup()
+    x, y = zip(*[(b["pixel_values"], b["label"]) for b in d.test_dataloader()])
+    with torch.no_grad():
+        ce = float(F.cross_entropy(model(torch.cat(x)), torch.cat(y)))
+    assert ce == pytest.approx(float(_row(results.rows(), "zero", "0.5", 0)["ce"]), rel=1e-5)
