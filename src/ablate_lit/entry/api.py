@@ -181,7 +181,10 @@ def _config_yaml(module, datamodule, data, family, checked: _Settings, trainer, 
             },
             "trainer": {"precision": str(trainer.precision)},
         }
-        return yaml.safe_dump(config, sort_keys=False)
+        try:
+            return yaml.safe_dump(config, sort_keys=False)
+        except yaml.YAMLError:  # a setting given as an object (a quantization config): described below
+            pass
     described = {
         "family": family,
         "model": module.model_label,
