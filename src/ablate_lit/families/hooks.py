@@ -140,7 +140,8 @@ class PreOutHooks:
             if not bool(layer_mask.any()):
                 return None
             every = bool(layer_mask.all())
-            at = device if self.home is None else execution_device(self.pre_outs[layer].module, device)
+            placed = self.home is not None  # a dispatched model: this layer may run on another device
+            at = execution_device(self.pre_outs[layer].module, device) if placed else device
             here = layer_mask.to(at)
             replacement = None if live else source[layer].to(at)
             by_dtype: dict = {}
@@ -149,11 +150,14 @@ class PreOutHooks:
                 if self._paused:
                     return None
                 x = args[0]
-                repl = values(layer).to(x.device, x.dtype) if live else by_dtype.get(x.dtype)
+                if live:
+                    repl = values(layer).to(x.device, x.dtype) if placed else values(layer).to(dtype=x.dtype)
+                else:
+                    repl = by_dtype.get(x.dtype)
                 if repl is None:
                     repl = by_dtype[x.dtype] = replacement.to(dtype=x.dtype)
                 if resample is not None:
-                    rows = self.sample_index.to(repl.device, non_blocking=True)  # (a no-op on one device)
+                    rows = self.sample_index.to(repl.device, non_blocking=True) if placed else self.sample_index
                     repl = repl[rows % repl.shape[0], : x.shape[-2]]  # [batch, pos, width]
                 elif repl.dim() == 2:
                     repl = repl[: x.shape[-2]]  # one constant per position [pos, width]
