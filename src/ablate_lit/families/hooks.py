@@ -150,10 +150,8 @@ class PreOutHooks:
                 if self._paused:
                     return None
                 x = args[0]
-                if live:
-                    repl = values(layer).to(x.device, x.dtype) if placed else values(layer).to(dtype=x.dtype)
-                else:
-                    repl = by_dtype.get(x.dtype)
+                # (a dispatched model's layers may each run on a device of their own)
+                repl = values(layer).to(x.device if placed else None, x.dtype) if live else by_dtype.get(x.dtype)
                 if repl is None:
                     repl = by_dtype[x.dtype] = replacement.to(dtype=x.dtype)
                 if resample is not None:
