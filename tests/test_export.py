@@ -115,3 +115,26 @@ def test_a_timm_vit_exports_as_a_timm_folder(capsys, tiny_vision, image_folder, 
     with torch.no_grad():
         ce = float(F.cross_entropy(model(torch.cat(x)), torch.cat(y)))
     assert ce == pytest.approx(float(_row(results.rows(), "zero", "0.5", 0)["ce"]), rel=1e-5)
+
+
+def test_a_model_read_from_a_gguf_file_exports_as_a_plain_model(capsys, tiny_models, corpus, tmp_path):
+    """A GGUF file is dequantised once into a folder whose config still names the ``gguf`` quantization
+    (as ``families.loading.hf._convert_gguf`` writes it; the demo model is one); transformers refuses to
+    save such a model, and the export is a plain float model."""
+    import shutil
+
+    folder = tmp_path / "converted"
+    shutil.copytree(tiny_models["llama"], folder)
+    config = json.loads((folder / "config.json").read_text())
+    config["quantization_config"] = {"quant_method": "gguf", "gguf_file": "tiny.gguf", "dequantize": False}
+    (folder / "config.json").write_text(json.dumps(config))
+    args = tiny_args(folder, corpus, tmp_path, "--ablation.methods", "[mean]", "--ablation.seeds", "[0]")
+    code, _, err = run(capsys, *args)
+    assert code == 0, err
+    out = tmp_path / "ablated"
+    code, _, err = cli(capsys, "export", tmp_path / "run", "--method", "mean", "--fraction", "0.5", "--out", out)
+    assert code == 0, err
+    assert "quantization_config" not in json.loads((out / "config.json").read_text())
+    row = _row(read_rows(tmp_path / "run" / "results.csv"), "mean", "0.5", 0)
+    windows = data(corpus, module(tiny_models["llama"])).eval_windows
+    assert _lm_ce(out, windows) == pytest.approx(float(row["ce"]), rel=1e-5)

@@ -13,6 +13,7 @@ load. The export names the heads that are ablated whole.
 
 from __future__ import annotations
 
+from contextlib import contextmanager
 from pathlib import Path
 
 import torch
@@ -45,8 +46,9 @@ def save_ablated(module, out: Path, new_bias: list[int], site: str) -> dict:
         return {"format": "timm (timm.create_model('local-dir:<folder>', pretrained=True))"}
     if new_bias:
         _give_biases(module, site)
-    module.model.save_pretrained(out)
-    _check_loadable(module, out)
+    with _without_gguf_marker(module.model):
+        module.model.save_pretrained(out)
+        _check_loadable(module, out)
     if module.family == "vision":
         import transformers
 
@@ -54,6 +56,26 @@ def save_ablated(module, out: Path, new_bias: list[int], site: str) -> dict:
     else:
         module.tokenizer.save_pretrained(out)
     return {"format": f"Hugging Face (transformers.{AUTO_CLASSES[module.family][0]}.from_pretrained)"}
+
+
+@contextmanager
+def _without_gguf_marker(model):
+    """A model read from a GGUF file holds dequantised float weights, yet its config keeps a ``gguf``
+    quantization config (and the model a quantizer) that ``save_pretrained`` refuses; the export is a
+    plain float model, so it is saved without them (and they are put back)."""
+    config = model.config
+    marker = getattr(config, "quantization_config", None)
+    method = marker.get("quant_method") if isinstance(marker, dict) else getattr(marker, "quant_method", None)
+    if getattr(method, "value", method) != "gguf":
+        yield
+        return
+    quantizer = getattr(model, "hf_quantizer", None)
+    model.hf_quantizer = None
+    del config.quantization_config
+    try:
+        yield
+    finally:
+        model.hf_quantizer, config.quantization_config = quantizer, marker
 
 
 def _skeleton(family: str, config):
