@@ -136,37 +136,44 @@ class PreOutHooks:
         host_mask = mask.cpu()
 
         def make_hook(layer):
-            layer_mask = host_mask[layer]
-            if not bool(layer_mask.any()):
-                return None
-            every = bool(layer_mask.all())
-            placed = self.home is not None  # a dispatched model: this layer may run on another device
-            at = execution_device(self.pre_outs[layer].module, device) if placed else device
-            here = layer_mask.to(at)
-            replacement = None if live else source[layer].to(at)
-            by_dtype: dict = {}
-
-            def hook(module, args):
-                if self._paused:
-                    return None
-                x = args[0]
-                # (a dispatched model's layers may each run on a device of their own)
-                repl = values(layer).to(x.device if placed else None, x.dtype) if live else by_dtype.get(x.dtype)
-                if repl is None:
-                    repl = by_dtype[x.dtype] = replacement.to(dtype=x.dtype)
-                if resample is not None:
-                    rows = self.sample_index.to(repl.device, non_blocking=True) if placed else self.sample_index
-                    repl = repl[rows % repl.shape[0], : x.shape[-2]]  # [batch, pos, width]
-                elif repl.dim() == 2:
-                    repl = repl[: x.shape[-2]]  # one constant per position [pos, width]
-                out = repl.expand_as(x).clone() if every else torch.where(here, repl, x)
-                return (out,) + tuple(args[1:])
-
-            return hook
+            return self._replacer(layer, host_mask[layer], source, live, resample is not None, device)
 
         if resample is not None and self.sample_index is None:
             self.sample_index = torch.zeros(1, dtype=torch.long, device=device)
         return self._attached(make_hook)
+
+    def _replacer(self, layer: int, layer_mask: torch.Tensor, source, live: bool, resampled: bool, device):
+        """The pre-hook that replaces ``layer``'s masked neurons (None where none is masked). Its mask and
+        values are on ``device`` and cast once per dtype; on a dispatched model (``home`` set) once per
+        (device, dtype) the layer's input arrives on, wherever accelerate runs the layer."""
+        if not bool(layer_mask.any()):
+            return None
+        every, placed = bool(layer_mask.all()), self.home is not None
+        at = execution_device(self.pre_outs[layer].module, device) if placed else device
+        here, replacement = layer_mask.to(at), None if live else source[layer].to(at)
+        prepared: dict = {}
+
+        def hook(module, args):
+            if self._paused:
+                return None
+            x = args[0]
+            key = (x.device, x.dtype) if placed else x.dtype
+            if key not in prepared:  # (once per point, and per device on a dispatched model)
+                where = x.device if placed else None
+                repl = None if live else replacement.to(where, x.dtype)
+                prepared[key] = (here.to(where) if placed else here, repl)
+            mask, repl = prepared[key]
+            if live:
+                repl = source(layer).to(x.device if placed else None, x.dtype)
+            if resampled:
+                rows = self.sample_index.to(repl.device, non_blocking=True) if placed else self.sample_index
+                repl = repl[rows % repl.shape[0], : x.shape[-2]]  # [batch, pos, width]
+            elif repl.dim() == 2:
+                repl = repl[: x.shape[-2]]  # one constant per position [pos, width]
+            out = repl.expand_as(x).clone() if every else torch.where(mask, repl, x)
+            return (out,) + tuple(args[1:])
+
+        return hook
 
 
 def execution_device(module: nn.Module, default: torch.device) -> torch.device:
