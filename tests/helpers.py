@@ -193,3 +193,13 @@ def one_line_error(err: str) -> str:
     lines = [line for line in err.splitlines() if line.startswith("error:")]
     assert len(lines) == 1 and "Traceback" not in err, err[-3000:]
     return lines[0]
+
+
+def lm_ce(folder, windows) -> float:
+    """CE of a causal LM loaded with plain ``from_pretrained(folder)`` on ``windows`` [n, length]."""
+    from transformers import AutoModelForCausalLM
+
+    model = AutoModelForCausalLM.from_pretrained(folder).eval()
+    with torch.no_grad():
+        logits = model(input_ids=windows).logits[:, :-1]
+    return float(torch.nn.functional.cross_entropy(logits.reshape(-1, logits.shape[-1]), windows[:, 1:].reshape(-1)))

@@ -8,21 +8,12 @@ import json
 import pytest
 import torch
 import torch.nn.functional as F
-from helpers import cli, data, module, one_line_error, read_rows, run, tiny_args
+from helpers import cli, data, lm_ce, module, one_line_error, read_rows, run, tiny_args
 
 from ablate_lit import load
 from ablate_lit import run as run_api
 
 METHODS = "[zero,mean,peak,optimal,resample:random_tokens]"
-
-
-def _lm_ce(folder, windows) -> float:
-    from transformers import AutoModelForCausalLM
-
-    model = AutoModelForCausalLM.from_pretrained(folder).eval()
-    with torch.no_grad():
-        logits = model(input_ids=windows).logits[:, :-1]
-    return float(F.cross_entropy(logits.reshape(-1, logits.shape[-1]), windows[:, 1:].reshape(-1)))
 
 
 def _row(rows, method, fraction, seed):
@@ -42,7 +33,7 @@ def test_exported_models_give_the_rows_ce(capsys, tiny_models, corpus, tmp_path,
         )
         assert code == 0, err
         row = _row(rows, method, fraction, seed)
-        assert _lm_ce(out, windows) == pytest.approx(float(row["ce"]), rel=1e-5), (method, fraction)
+        assert lm_ce(out, windows) == pytest.approx(float(row["ce"]), rel=1e-5), (method, fraction)
         record = json.loads((out / "ablation.json").read_text())
         assert record["n_ablated"] == int(row["n_ablated"]) == sum(map(len, record["ablated"].values()))
         assert record["heads_removed"] is False and "no head pruning" in record["how"]
@@ -70,7 +61,7 @@ def test_results_export_from_python_and_refusals(capsys, tiny_models, corpus, tm
     )  # fmt: skip
     out = results.export("mean", 0.5, seed=0, out=tmp_path / "opt-mean")
     windows = data(corpus, module(tiny_models["opt"])).eval_windows
-    assert _lm_ce(out, windows) == pytest.approx(float(_row(results.rows(), "mean", "0.5", 0)["ce"]), rel=1e-5)
+    assert lm_ce(out, windows) == pytest.approx(float(_row(results.rows(), "mean", "0.5", 0)["ce"]), rel=1e-5)
     assert type(load(tmp_path / "opt")).__name__ == "Results" and hasattr(load(tmp_path / "opt"), "export")
 
     mistral = run_api(
@@ -81,11 +72,15 @@ def test_results_export_from_python_and_refusals(capsys, tiny_models, corpus, tm
 
     with pytest.raises(AblateError, match="no bias, and its config has no setting"):
         mistral.export("mean", 0.5, out=tmp_path / "m-mean")
-    assert _lm_ce(mistral.export("zero", 0.5, out=tmp_path / "m-zero"), windows) == pytest.approx(
+    assert not list(tmp_path.glob("*m-mean*"))  # a failed export leaves no folder, whole or partial
+    assert lm_ce(mistral.export("zero", 0.5, out=tmp_path / "m-zero"), windows) == pytest.approx(
         float(_row(mistral.rows(), "zero", "0.5", 0)["ce"]), rel=1e-5
     )
-    with pytest.raises(AblateError, match="not empty"):
+    with pytest.raises(AblateError, match="not an empty folder"):
         results.export("mean", 0.5, out=tmp_path / "opt-mean")
+    (tmp_path / "a-file").write_text("x")
+    with pytest.raises(AblateError, match="not an empty folder"):
+        results.export("mean", 0.5, out=tmp_path / "a-file")
     in_memory = run_api(
         module(tiny_models["opt"]).model, ["some text " * 40] * 8, tokenizer=module(tiny_models["opt"]).tokenizer,
         root=tmp_path, name="mem", verbose=False, trainer={"accelerator": "cpu"}, methods=["zero"],
@@ -137,4 +132,4 @@ def test_a_model_read_from_a_gguf_file_exports_as_a_plain_model(capsys, tiny_mod
     assert "quantization_config" not in json.loads((out / "config.json").read_text())
     row = _row(read_rows(tmp_path / "run" / "results.csv"), "mean", "0.5", 0)
     windows = data(corpus, module(tiny_models["llama"])).eval_windows
-    assert _lm_ce(out, windows) == pytest.approx(float(row["ce"]), rel=1e-5)
+    assert lm_ce(out, windows) == pytest.approx(float(row["ce"]), rel=1e-5)

@@ -7,7 +7,7 @@ from __future__ import annotations
 import pytest
 import torch
 import torch.nn.functional as F
-from helpers import data, module, one_line_error, read_rows, run, tiny_args
+from helpers import cli, data, lm_ce, module, one_line_error, read_rows, run, tiny_args
 
 from ablate_lit import run as run_api
 from ablate_lit.common.errors import AblateError
@@ -105,6 +105,13 @@ def test_a_device_map_with_disk_offload_gives_the_same_rows(capsys, tiny_models,
     assert [drop(r) for r in offloaded] == [drop(r) for r in plain]  # the same identity and numbers
     mod = module(tiny_models["llama"], device_map={"": "cpu"})
     assert mod.self_placed and mod.fingerprint() == module(tiny_models["llama"]).fingerprint()
+    out = tmp_path / "exported"  # rebuilt without the map: the whole model in one place, its weights editable
+    code, _, err = cli(capsys, "export", tmp_path / "mapped" / "run", "--method", "mean", "--fraction", "0.5",
+                       "--out", out)  # fmt: skip
+    assert code == 0, err
+    row = next(r for r in offloaded if r["method"] == "mean" and r["fraction"] == "0.5" and r["seed"] == "0")
+    windows = data(corpus, module(tiny_models["llama"])).eval_windows
+    assert lm_ce(out, windows) == pytest.approx(float(row["ce"]), rel=1e-5)
 
 
 def test_refusals_are_one_line(capsys, tiny_models, tiny_vision, corpus, tmp_path):

@@ -2,7 +2,7 @@
 ``Results.export(...)``: one point of a finished run saved as a model (``runner.export``).
 
 The run is rebuilt from its ``config.yaml`` (a CLI run's, or that of a ``run()`` given a model and
-data by name) in one process without loggers; its identity must equal the run's.
+data by name) in one process, without loggers or a device map; its identity must equal the run's.
 """
 
 from __future__ import annotations
@@ -31,6 +31,8 @@ def rebuild(run_dir: Path):
             "runs of the CLI, or of run() with the model and data by name or path"
         )
     overrides = ["--trainer.logger", "false", "--trainer.devices", "1", "--trainer.strategy", "auto"]
+    # the whole model in one place (a device map never enters a run's identity; offloaded weights cannot be edited)
+    overrides += ["--model.device_map", "null", "--model.offload_folder", "null"]
     overrides += ["--trainer.num_nodes", "1", "--root", str(Path(run_dir).parent), "--name", Path(run_dir).name]
     cli = build_cli(["--config", str(config), *overrides], run=False)
     return cli.trainer, cli.model, cli.datamodule, cli.config_init["ablation"]
@@ -40,8 +42,10 @@ def export(run_dir, method: str, fraction: float, seed: int, out) -> Path:
     from ablate_lit.runner.export import export_point
 
     run_dir = Path(run_dir)
-    if Path(out).exists() and any(Path(out).iterdir()):
-        raise AblateError(f"⟨--out⟩ '{out}' is not empty; pass a new folder for the exported model")
+    if Path(out).exists() and (not Path(out).is_dir() or any(Path(out).iterdir())):
+        raise AblateError(
+            f"⟨--out⟩ '{out}' exists and is not an empty folder; pass a new folder for the exported model"
+        )
     _Results(run_dir)  # a folder with results, or a one-line error
     trainer, module, data, cfg = rebuild(run_dir)
     return export_point(trainer, module, data, cfg, run_dir, (method, fraction, seed), Path(out))

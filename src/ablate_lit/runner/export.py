@@ -9,6 +9,8 @@ records what was ablated.
 from __future__ import annotations
 
 import json
+import os
+import shutil
 from pathlib import Path
 
 import torch
@@ -54,6 +56,11 @@ def export_point(trainer, module, data, cfg: AblationConfig, run_dir: Path, poin
         )
     if any(is_quantized_weight(p.proj.weight) for p in module.pre_outs):
         raise AblateError("export folds constants into the out-projections, which this model stores quantized")
+    if not all(p.direct and not p.shared for p in module.pre_outs):
+        raise AblateError(
+            "export folds constants into each layer's own out-projection, and this model's pre-outs are not the "
+            "direct input of one (shared layers or a mixing step); its ablations exist only as hooks"
+        )
     with module.kept_in_place():
         prepare(trainer, module, data, cfg)
         if run_id_of(run_identity(trainer, module, data, cfg)) != row["run_id"]:
@@ -72,10 +79,16 @@ def export_point(trainer, module, data, cfg: AblationConfig, run_dir: Path, poin
         values = experiment.on_device(at)["values"] if fraction > 0 else torch.zeros(mask.shape)
     module.hooks.remove()
     new_bias = fold_into(module.pre_outs, mask, values)
-    saved = save_ablated(module, out, new_bias, cfg.site)
-    write_text(
-        out / "ablation.json", json.dumps(_record(module, run_dir, row, mask, values, saved, new_bias), indent=1)
-    )
+    partial = out.with_name(f".{out.name}.partial-{os.getpid()}")  # renamed to ``out`` once complete
+    try:
+        saved = save_ablated(module, partial, new_bias, cfg.site)
+        record = _record(module, run_dir, row, mask, values, saved, new_bias)
+        write_text(partial / "ablation.json", json.dumps(record, indent=1))
+        if out.is_dir():
+            out.rmdir()  # (empty: checked before the run was rebuilt)
+        os.replace(partial, out)
+    finally:
+        shutil.rmtree(partial, ignore_errors=True)
     say(trainer, f"exported {method} {fraction:g} (seed {seed}) of {run_dir} to {out}: {saved['format']}")
     return out
 
