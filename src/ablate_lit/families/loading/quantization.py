@@ -158,3 +158,11 @@ def check_placement(trainer, module, sharded: bool) -> None:
             f"precision {trainer.precision} casts the weights, which {where} has already placed or packed; load them "
             "in that dtype with ⟨--model.dtype bfloat16⟩ and use ⟨--trainer.precision⟩ 32 or bf16-mixed"
         )
+    if module.self_placed and not mapped:  # bitsandbytes: placed on this process's GPU (LOCAL_RANK) at load
+        placed, root = next(module.model.parameters()).device, trainer.strategy.root_device
+        if placed != root:
+            raise AblateError(
+                f"bitsandbytes loaded the model on {placed} (this process's LOCAL_RANK), but the trainer runs on "
+                f"{root}; count ⟨--trainer.devices⟩ from GPU 0 (CUDA_VISIBLE_DEVICES chooses which GPUs), or pass "
+                f"⟨--model.device_map⟩ '{{\"\": {root.index}}}'"
+            )
