@@ -146,3 +146,35 @@ def test_no_logger_writes_no_curves_and_run_takes_loggers(capsys, tiny_models, c
     held = {int(r["step"]): float(r["ablation/ce/zero_seed0"]) for r in table if r.get("ablation/ce/zero_seed0")}
     assert held == pytest.approx({int(r["pct"]): float(r["ce"]) for r in results.rows()}, rel=1e-6)
     assert os.path.exists(Path(logger.log_dir) / "hparams.yaml")
+
+
+def test_a_logger_that_cannot_start_is_one_line(capsys, tiny_models, corpus, tmp_path):
+    """A logger whose constructor refuses its settings, and one whose first contact with its store fails
+    (a tracker without a login, say), each stop the run with one line naming the logger."""
+    from lightning.pytorch.loggers import CSVLogger, Logger
+
+    from ablate_lit import AblateError
+    from ablate_lit import run as run_api
+
+    args = tiny_args(tiny_models["llama"], corpus, tmp_path, "--trainer.logger", "WandbLogger")
+    code, _, err = run(capsys, *args, "--trainer.logger.offline", "true", "--trainer.logger.log_model", "true")
+    assert code != 0 and "could not create lightning.pytorch.loggers.WandbLogger: Providing log_model=True" in err
+    assert "Traceback" not in err and len(err.strip().splitlines()[-1]) > 80
+
+    class NotLoggedIn(Logger):  # what a hosted tracker's logger does on its first call without credentials
+        name, version = "not-logged-in", "0"
+
+        def log_hyperparams(self, params):
+            raise PermissionError("no API key found; run `tracker login`")
+
+        def log_metrics(self, metrics, step=None):
+            raise AssertionError("never reached")
+
+    kept = CSVLogger(save_dir=str(tmp_path / "csv"), name="kept")
+    with pytest.raises(AblateError, match="NotLoggedIn of .* could not start: no API key found"):
+        run_api(
+            str(tiny_models["llama"]), str(corpus), root=tmp_path / "api", name="run", verbose=False,
+            trainer={"accelerator": "cpu", "logger": [kept, NotLoggedIn()]}, methods=["zero"], fractions=[0.5],
+            seeds=[0], max_tokens=120, calib_tokens=256, context_length=16, batch_size=4,
+        )  # fmt: skip
+    assert (Path(kept.log_dir) / "hparams.yaml").exists()  # the loggers that started were closed

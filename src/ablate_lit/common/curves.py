@@ -16,6 +16,9 @@ from pathlib import Path
 
 from lightning.pytorch.loggers import CSVLogger, Logger, MLFlowLogger, TensorBoardLogger, WandbLogger
 
+from ablate_lit.common.errors import AblateError
+from ablate_lit.common.logs import warn
+
 
 def series_of(method: str, seed: int) -> str:
     """``resample-counterfactual_seed0``: a method's curves at one seed (no ':' in folder or key names)."""
@@ -104,8 +107,16 @@ class Curves:
             return
         self._started = True
         for logger in self.loggers:
-            if not isinstance(logger, TensorBoardLogger):
+            if isinstance(logger, TensorBoardLogger):
+                continue
+            try:  # the logger's first contact with its store (a W&B login, an MLflow server)
                 logger.log_hyperparams({k: v for k, v in settings.items() if v is not None})
+            except Exception as exc:
+                reason = " ".join(str(exc).split())[:200] or type(exc).__name__
+                raise AblateError(
+                    f"the {type(logger).__name__} of ⟨--trainer.logger⟩ could not start: {reason}; fix its settings, "
+                    "or log to TensorBoard only (leave ⟨--trainer.logger⟩ unset)"
+                ) from exc
 
     def flush(self) -> None:
         for board in self._boards.values():
@@ -138,7 +149,10 @@ class Curves:
         for logger in self.loggers:
             if isinstance(logger, TensorBoardLogger):
                 continue
-            logger.finalize(status)
-            if isinstance(logger, WandbLogger) and logger._experiment is not None:
-                logger._experiment.finish(exit_code=0 if status == "success" else 1)
-                logger._experiment = None
+            try:  # one logger failing to close neither stops the others nor hides the run's own error
+                logger.finalize(status)
+                if isinstance(logger, WandbLogger) and logger._experiment is not None:
+                    logger._experiment.finish(exit_code=0 if status == "success" else 1)
+                    logger._experiment = None
+            except Exception as exc:
+                warn(None, f"{type(logger).__name__} did not close cleanly ({' '.join(str(exc).split())[:160]})")

@@ -14,7 +14,7 @@ from ablate_lit.common.errors import AblateError, clear_raised, first_raised
 from ablate_lit.common.logs import quiet_loading
 from ablate_lit.common.signals import stopped_by_signals
 from ablate_lit.entry.lightning_cli import build_cli
-from ablate_lit.entry.parse_errors import condense, config_error
+from ablate_lit.entry.parse_errors import condense, config_error, instantiation_error
 
 USAGE = """\
 usage: python -m ablate_lit {test,report,export,cache} ...     (or: ablate-lit {test,report,export,cache} ...)
@@ -66,11 +66,12 @@ def main(args=None) -> None:
         _fail(first_raised() or AblateError(condense(str(exc))))
     except OmegaConfBaseException as exc:  # a ${...} in the config that cannot be resolved
         _fail(first_raised() or AblateError(config_error(exc)))
-    except (ValueError, TypeError):
+    except (ValueError, TypeError) as exc:
         original = first_raised()
-        if original is None:
+        built = instantiation_error(str(exc)) if original is None else None
+        if original is None and built is None:
             raise
-        _fail(original)
+        _fail(original or AblateError(built))
 
 
 def _fail(exc: AblateError) -> None:

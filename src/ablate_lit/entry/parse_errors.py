@@ -67,3 +67,14 @@ def config_error(exc: Exception) -> str:
         return f"the config reads the environment variable {m[1]}, which is not set; set it{hint}"
     first = (text.strip().splitlines() or [type(exc).__name__])[0]
     return f"the config cannot be resolved ({first[:160]}); fix the ${{...}} value it names"
+
+
+def instantiation_error(message: str) -> str | None:
+    """One line for a class in the config (a logger, say) whose constructor failed while jsonargparse
+    built it (reported as a Union that no subtype validates), or None for any other error."""
+    text = str(message)
+    cls = re.search(r"Given value: Namespace\(class_path='([\w.]+)'", text)
+    first = re.search(r"Errors:\s*\n\s*- (.*)", text)
+    if not (text.startswith("Does not validate against any of the Union subtypes") and cls and first):
+        return None
+    return f"could not create {cls[1]}: {' '.join(first[1].split())[:800]}; fix its init_args"

@@ -208,9 +208,9 @@ def _evaluate_all(trainer, experiment: Experiment, store: ResultStore, fixed: di
     finalized as failed if the run stops early."""
     curves = Curves.of(trainer, store.run_dir)
     settings = {"methods": ",".join(cfg.methods), "seeds": ",".join(map(str, cfg.seeds)), "run": str(store.run_dir)}
-    curves.start({**fixed, **settings})
     status = "failed"
     try:
+        curves.start({**fixed, **settings})
         with stopped_by_signals(lambda: f"{experiment.done} of {experiment.total} evaluations done (in {store.csv})"):
             experiment.run(ResultWriter(store, fixed, curves))
         if trainer.is_global_zero:
