@@ -44,9 +44,20 @@ out, work, steps = pathlib.Path(sys.argv[1]), pathlib.Path(sys.argv[2]), [json.l
 for s in steps:
     log = work / f"{s['step']}.log"
     s["log_tail"] = log.read_text(errors="replace").splitlines()[-25:] if log.exists() else []
-benches = {p.stem: json.loads(p.read_text()) for p in sorted(work.glob("bench-*.json"))}
-device = [s["log_tail"][-1] for s in steps if s["step"] == "device" and s["rc"] == 0 and s["log_tail"]]
-record = {"device": json.loads(device[0]) if device else None, "steps": steps, "benchmarks": benches}
+benches = {}
+for p in sorted(work.glob("bench-*.json")):
+    try:
+        benches[p.stem] = json.loads(p.read_text())
+    except ValueError:
+        benches[p.stem] = "unreadable (cut off while writing?)"
+device = None
+for s in steps:
+    for line in s["log_tail"] if s["step"] == "device" else []:
+        try:
+            device = json.loads(line)
+        except ValueError:  # a warning printed beside the JSON line
+            pass
+record = {"device": device, "steps": steps, "benchmarks": benches}
 (out / "gpu_check.json").write_text(json.dumps(record, indent=2))
 EOF
 }
@@ -59,7 +70,7 @@ step() { # step NAME LIMIT_S COMMAND...
     return
   fi
   local start=$SECONDS
-  timeout "$limit" "$@" >"$WORK/$name.log" 2>&1
+  timeout --kill-after=15 "$limit" "$@" >"$WORK/$name.log" 2>&1
   local rc=$?
   STEPS+=("{\"step\": \"$name\", \"rc\": $rc, \"seconds\": $((SECONDS - start))}")
   echo "[$name] rc=$rc in $((SECONDS - start)) s (log: $WORK/$name.log)"
