@@ -133,3 +133,25 @@ def test_refusals_are_one_line(capsys, tiny_models, tiny_vision, corpus, tmp_pat
     a = module(tiny_models["llama"], quantization="quanto-int8").fingerprint()
     b = module(tiny_models["llama"], quantization={"quant_method": "quanto", "weights": "int4"}).fingerprint()
     assert a != b  # the settings are in the fingerprint
+
+
+def test_a_folder_converted_from_gguf_quantizes_like_the_original(tiny_models, corpus, tmp_path):
+    """A GGUF file is dequantised once into a folder whose config still names the ``gguf`` quantization
+    (the demo's SmolLM2 is one); transformers would refuse a second quantization config for it, and its
+    float weights quantize exactly as the original folder's."""
+    pytest.importorskip("optimum.quanto")
+    import json
+    import shutil
+
+    folder = tmp_path / "converted"
+    shutil.copytree(tiny_models["llama"], folder)
+    config = json.loads((folder / "config.json").read_text())
+    config["quantization_config"] = {"quant_method": "gguf", "gguf_file": "tiny.gguf", "dequantize": False}
+    (folder / "config.json").write_text(json.dumps(config))
+    converted, original = (
+        module(folder, quantization="quanto-int8"),
+        module(tiny_models["llama"], quantization="quanto-int8"),
+    )
+    assert type(converted.pre_outs[0].proj.weight) is not torch.nn.Parameter  # quantized
+    windows = data(corpus, original).eval_windows
+    assert _ce(converted, windows) == _ce(original, windows)

@@ -20,6 +20,7 @@ import torch
 
 from ablate_lit.common.errors import AblateError
 from ablate_lit.families.loading.hf import AUTO_CLASSES
+from ablate_lit.families.loading.quantization import dequantised_gguf
 
 BIAS_FLAGS = {"attn": ("attention_bias", "bias", "use_bias", "qkv_bias"), "mlp": ("mlp_bias", "bias", "use_bias")}
 """Config settings that give a site's projections a bias, tried in this order."""
@@ -64,12 +65,10 @@ def _without_gguf_marker(model):
     quantization config (and the model a quantizer) that ``save_pretrained`` refuses; the export is a
     plain float model, so it is saved without them (and they are put back)."""
     config = model.config
-    marker = getattr(config, "quantization_config", None)
-    method = marker.get("quant_method") if isinstance(marker, dict) else getattr(marker, "quant_method", None)
-    if getattr(method, "value", method) != "gguf":
+    if not dequantised_gguf(config):
         yield
         return
-    quantizer = getattr(model, "hf_quantizer", None)
+    marker, quantizer = config.quantization_config, getattr(model, "hf_quantizer", None)
     model.hf_quantizer = None
     del config.quantization_config
     try:

@@ -19,7 +19,7 @@ from ablate_lit.common.logs import say
 from ablate_lit.common.paths import looks_like_path
 from ablate_lit.common.progress import Heartbeat
 from ablate_lit.families.base import Architecture, resolve_dtype
-from ablate_lit.families.loading.quantization import loading_kwargs
+from ablate_lit.families.loading.quantization import dequantised_gguf, loading_kwargs
 from ablate_lit.families.locate.layout import locate
 
 log = logging.getLogger(__name__)
@@ -185,6 +185,8 @@ def load_hf(
     except (OSError, ValueError) as exc:
         raise hub_error(name_or_path, exc, "model", "⟨--model.name_or_path⟩") from exc
     check(config)
+    if quantization is not None and dequantised_gguf(config):
+        del config.quantization_config  # float weights read from a GGUF file: quantize those as they are
     kwargs = {"dtype": resolve_dtype(dtype), "revision": revision}
     kwargs.update(loading_kwargs(quantization, device_map, offload_folder))
     if attn_implementation:

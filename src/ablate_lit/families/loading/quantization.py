@@ -102,6 +102,14 @@ def quantization_config(spec):
     return config
 
 
+def dequantised_gguf(config) -> bool:
+    """A config that still names the ``gguf`` quantization of the file its float weights were read from
+    (the folder ``loading.hf`` converts a GGUF file into, like the demo's): nothing in it is quantized."""
+    marker = getattr(config, "quantization_config", None)
+    method = marker.get("quant_method") if isinstance(marker, dict) else getattr(marker, "quant_method", None)
+    return str(getattr(method, "value", method)) == "gguf"
+
+
 def is_bnb(config) -> bool:
     return config is not None and "bitsandbytes" in str(getattr(config, "quant_method", ""))
 
