@@ -39,7 +39,7 @@ FAILED=0
 
 record() { # gpu_check.json from the steps so far and the benchmarks' figures
   "$PY" - "$OUT" "$WORK" "${STEPS[@]}" <<'EOF'
-import json, pathlib, sys
+import contextlib, json, pathlib, sys
 out, work, steps = pathlib.Path(sys.argv[1]), pathlib.Path(sys.argv[2]), [json.loads(s) for s in sys.argv[3:]]
 for s in steps:
     log = work / f"{s['step']}.log"
@@ -51,12 +51,10 @@ for p in sorted(work.glob("bench-*.json")):
     except ValueError:
         benches[p.stem] = "unreadable (cut off while writing?)"
 device = None
-for s in steps:
-    for line in s["log_tail"] if s["step"] == "device" else []:
-        try:
+for line in (work / "device.log").read_text(errors="replace").splitlines() if (work / "device.log").exists() else []:
+    if line.startswith("{"):  # the JSON line (a warning may be printed beside it)
+        with contextlib.suppress(ValueError):
             device = json.loads(line)
-        except ValueError:  # a warning printed beside the JSON line
-            pass
 record = {"device": device, "steps": steps, "benchmarks": benches}
 (out / "gpu_check.json").write_text(json.dumps(record, indent=2))
 EOF

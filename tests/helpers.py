@@ -203,3 +203,16 @@ def lm_ce(folder, windows) -> float:
     with torch.no_grad():
         logits = model(input_ids=windows).logits[:, :-1]
     return float(torch.nn.functional.cross_entropy(logits.reshape(-1, logits.shape[-1]), windows[:, 1:].reshape(-1)))
+
+
+def converted_from_gguf(model_dir, folder) -> Path:
+    """A copy of ``model_dir`` as ``families.loading.hf`` converts a GGUF file: float weights, and a config
+    that still names the ``gguf`` quantization (the demo's SmolLM2 folder is one)."""
+    import json
+    import shutil
+
+    shutil.copytree(model_dir, folder)
+    config = json.loads((Path(folder) / "config.json").read_text())
+    config["quantization_config"] = {"quant_method": "gguf", "gguf_file": "tiny.gguf", "dequantize": False}
+    (Path(folder) / "config.json").write_text(json.dumps(config))
+    return Path(folder)

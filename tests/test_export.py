@@ -8,7 +8,7 @@ import json
 import pytest
 import torch
 import torch.nn.functional as F
-from helpers import cli, data, lm_ce, module, one_line_error, read_rows, run, tiny_args
+from helpers import cli, converted_from_gguf, data, lm_ce, module, one_line_error, read_rows, run, tiny_args
 
 from ablate_lit import load
 from ablate_lit import run as run_api
@@ -116,13 +116,7 @@ def test_a_model_read_from_a_gguf_file_exports_as_a_plain_model(capsys, tiny_mod
     """A GGUF file is dequantised once into a folder whose config still names the ``gguf`` quantization
     (as ``families.loading.hf._convert_gguf`` writes it; the demo model is one); transformers refuses to
     save such a model, and the export is a plain float model."""
-    import shutil
-
-    folder = tmp_path / "converted"
-    shutil.copytree(tiny_models["llama"], folder)
-    config = json.loads((folder / "config.json").read_text())
-    config["quantization_config"] = {"quant_method": "gguf", "gguf_file": "tiny.gguf", "dequantize": False}
-    (folder / "config.json").write_text(json.dumps(config))
+    folder = converted_from_gguf(tiny_models["llama"], tmp_path / "converted")
     args = tiny_args(folder, corpus, tmp_path, "--ablation.methods", "[mean]", "--ablation.seeds", "[0]")
     code, _, err = run(capsys, *args)
     assert code == 0, err

@@ -7,7 +7,7 @@ from __future__ import annotations
 import pytest
 import torch
 import torch.nn.functional as F
-from helpers import cli, data, lm_ce, module, one_line_error, read_rows, run, tiny_args
+from helpers import cli, converted_from_gguf, data, lm_ce, module, one_line_error, read_rows, run, tiny_args
 
 from ablate_lit import run as run_api
 from ablate_lit.common.errors import AblateError
@@ -140,14 +140,7 @@ def test_a_folder_converted_from_gguf_quantizes_like_the_original(tiny_models, c
     (the demo's SmolLM2 is one); transformers would refuse a second quantization config for it, and its
     float weights quantize exactly as the original folder's."""
     pytest.importorskip("optimum.quanto")
-    import json
-    import shutil
-
-    folder = tmp_path / "converted"
-    shutil.copytree(tiny_models["llama"], folder)
-    config = json.loads((folder / "config.json").read_text())
-    config["quantization_config"] = {"quant_method": "gguf", "gguf_file": "tiny.gguf", "dequantize": False}
-    (folder / "config.json").write_text(json.dumps(config))
+    folder = converted_from_gguf(tiny_models["llama"], tmp_path / "converted")
     converted, original = (
         module(folder, quantization="quanto-int8"),
         module(tiny_models["llama"], quantization="quanto-int8"),

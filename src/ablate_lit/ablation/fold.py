@@ -8,6 +8,19 @@ from typing import Iterator, Sequence
 import torch
 
 from ablate_lit.families.base import PreOut
+from ablate_lit.families.loading.quantization import is_quantized_weight
+
+
+def why_not_foldable(pre_outs: Sequence[PreOut]) -> str | None:
+    """Why a point's constants cannot be written into these out-projections' weights (None: they can);
+    fold mode and ``export`` both ask."""
+    if any(is_quantized_weight(p.proj.weight) for p in pre_outs):
+        return "its out-projections are stored quantized"
+    if not all(p.direct for p in pre_outs):
+        return "a norm sits between the heads and the out-projection"
+    if any(p.shared for p in pre_outs):
+        return "its layers share weights"
+    return None
 
 
 @contextmanager
@@ -37,8 +50,8 @@ def folded(pre_outs: Sequence[PreOut], mask: torch.Tensor, values: torch.Tensor)
 def _fold(pre_outs: Sequence[PreOut], mask: torch.Tensor, values: torch.Tensor, saved: list) -> None:
     """Zero the ablated input columns of each out-projection and add their constant's contribution to
     its bias (created where there is none); ``saved`` gets what ``folded`` restores."""
-    if not all(p.direct and not p.shared for p in pre_outs):
-        raise ValueError("fold mode needs each layer's own out-projection to take the heads' output directly")
+    if why := why_not_foldable(pre_outs):
+        raise ValueError(f"cannot fold the constants into the out-projections: {why}")
     for p in pre_outs:
         w = p.proj.weight
         idx = mask[p.layer].to(w.device).nonzero().squeeze(1)

@@ -16,7 +16,7 @@ from pathlib import Path
 
 from lightning.pytorch.loggers import CSVLogger, Logger, MLFlowLogger, TensorBoardLogger, WandbLogger
 
-from ablate_lit.common.errors import AblateError
+from ablate_lit.common.errors import AblateError, reason_of
 from ablate_lit.common.logs import warn
 
 
@@ -112,10 +112,9 @@ class Curves:
             try:  # the logger's first contact with its store (a W&B login, an MLflow server)
                 logger.log_hyperparams({k: v for k, v in settings.items() if v is not None})
             except Exception as exc:
-                reason = " ".join(str(exc).split())[:200] or type(exc).__name__
                 raise AblateError(
-                    f"the {type(logger).__name__} of ⟨--trainer.logger⟩ could not start: {reason}; fix its settings, "
-                    "or log to TensorBoard only (leave ⟨--trainer.logger⟩ unset)"
+                    f"the {type(logger).__name__} of ⟨--trainer.logger⟩ could not start: {reason_of(exc)}; fix its "
+                    "settings, or log to TensorBoard only (leave ⟨--trainer.logger⟩ unset)"
                 ) from exc
 
     def flush(self) -> None:
@@ -155,4 +154,4 @@ class Curves:
                     logger._experiment.finish(exit_code=0 if status == "success" else 1)
                     logger._experiment = None
             except Exception as exc:
-                warn(None, f"{type(logger).__name__} did not close cleanly ({' '.join(str(exc).split())[:160]})")
+                warn(None, f"{type(logger).__name__} did not close cleanly ({reason_of(exc, 160)})")

@@ -114,3 +114,9 @@ def check_seed(value, name: str) -> None:
         isinstance(value, int) and not isinstance(value, bool) and 0 <= value <= SEED_MAX,
         f"{name} must be an integer in [0, 2**63), got {value}",
     )
+
+
+def reason_of(exc: BaseException, limit: int = 200) -> str:
+    """A third-party exception's message on one line, cut at ``limit`` characters (its type if empty),
+    for the middle of an AblateError."""
+    return " ".join(str(exc).split())[:limit] or type(exc).__name__

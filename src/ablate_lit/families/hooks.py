@@ -149,8 +149,7 @@ class PreOutHooks:
         if not bool(layer_mask.any()):
             return None
         every, placed = bool(layer_mask.all()), self.home is not None
-        at = execution_device(self.pre_outs[layer].module, device) if placed else device
-        here, replacement = layer_mask.to(at), None if live else source[layer].to(at)
+        here, replacement = layer_mask.to(device), None if live else source[layer].to(device)
         prepared: dict = {}
 
         def hook(module, args):
@@ -174,14 +173,6 @@ class PreOutHooks:
             return (out,) + tuple(args[1:])
 
         return hook
-
-
-def execution_device(module: nn.Module, default: torch.device) -> torch.device:
-    """Where a module of a dispatched model runs: accelerate's hook says (its weights may be offloaded)."""
-    device = getattr(getattr(module, "_hf_hook", None), "execution_device", None)
-    if device is None:
-        return default
-    return torch.device("cuda", device) if isinstance(device, int) else torch.device(device)
 
 
 class StopForward(Exception):

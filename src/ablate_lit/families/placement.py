@@ -8,6 +8,8 @@ from typing import Iterator
 
 import torch
 
+from ablate_lit.families.loading.quantization import is_bnb
+
 
 class KeptInPlace:
     """A LightningModule mixin: ``kept_in_place()`` makes Lightning's moves at the start and end of
@@ -31,12 +33,10 @@ class KeptInPlace:
     def placed_by_itself(self) -> None:
         """Note a model that a device map placed (bitsandbytes sets one): Lightning's moves then move
         the metrics and replacement values, and the hooks move values between the model's devices."""
-        config = getattr(getattr(self.model, "config", None), "quantization_config", None)
-        method = config.get("quant_method") if isinstance(config, dict) else getattr(config, "quant_method", None)
         self.self_placed = (
             getattr(self.model, "hf_device_map", None) is not None
             or self.hparams.get("device_map") is not None
-            or "bitsandbytes" in str(method)
+            or is_bnb(getattr(getattr(self.model, "config", None), "quantization_config", None))
         )
 
     def to(self, *args, **kwargs):

@@ -15,12 +15,11 @@ from pathlib import Path
 
 import torch
 
-from ablate_lit.ablation.fold import fold_into
+from ablate_lit.ablation.fold import fold_into, why_not_foldable
 from ablate_lit.ablation.methods import parse_method
 from ablate_lit.common.errors import AblateError
 from ablate_lit.common.labels import Point
 from ablate_lit.common.logs import say
-from ablate_lit.families.loading.quantization import is_quantized_weight
 from ablate_lit.families.saving import NO_HEAD_PRUNING, save_ablated
 from ablate_lit.runner.config import AblationConfig
 from ablate_lit.runner.experiment import Experiment
@@ -54,12 +53,10 @@ def export_point(trainer, module, data, cfg: AblationConfig, run_dir: Path, poin
             f"{method} replaces each input's neurons with values of other inputs, which no weight can hold; "
             "export a constant method (zero, mean, median, peak, optimal)"
         )
-    if any(is_quantized_weight(p.proj.weight) for p in module.pre_outs):
-        raise AblateError("export folds constants into the out-projections, which this model stores quantized")
-    if not all(p.direct and not p.shared for p in module.pre_outs):
+    if why := why_not_foldable(module.pre_outs):
         raise AblateError(
-            "export folds constants into each layer's own out-projection, and this model's pre-outs are not the "
-            "direct input of one (shared layers or a mixing step); its ablations exist only as hooks"
+            f"export folds the constants into each layer's out-projection, but in this model {why}; its "
+            "ablations exist only as hooks"
         )
     with module.kept_in_place():
         prepare(trainer, module, data, cfg)

@@ -8,12 +8,13 @@ from __future__ import annotations
 
 from pathlib import Path
 
+from ablate_lit.ablation.fold import why_not_foldable
 from ablate_lit.common.curves import Curves
 from ablate_lit.common.errors import AblateError
 from ablate_lit.common.logs import say
 from ablate_lit.common.sharding import is_sharded
 from ablate_lit.common.signals import stopped_by_signals
-from ablate_lit.families.loading.quantization import check_placement, is_quantized_weight
+from ablate_lit.families.loading.quantization import check_placement
 from ablate_lit.report.importance import write_importance
 from ablate_lit.report.summary import summary_table, write_summary
 from ablate_lit.runner.batch_size import find_batch_size
@@ -105,10 +106,10 @@ def check_strategy(trainer, module, data, cfg: AblationConfig) -> None:
         raise AblateError("spawned processes cannot hand calibration statistics back; use ⟨--trainer.strategy ddp⟩")
     sharded = is_sharded(trainer.strategy)
     check_placement(trainer, module, sharded)
-    if cfg.mode == "fold" and any(is_quantized_weight(p.proj.weight) for p in module.pre_outs):
+    if cfg.mode == "fold" and (why := why_not_foldable(module.pre_outs)):
         raise AblateError(
-            "⟨--ablation.mode⟩ fold writes the constants into each out-projection's weights, which this "
-            "model stores quantized; use ⟨--ablation.mode⟩ hook"
+            f"⟨--ablation.mode⟩ fold edits each layer's out-projection, but in this model {why}; use "
+            "⟨--ablation.mode⟩ hook"
         )
     if cfg.mode == "fold" and module.self_placed:
         raise AblateError(
@@ -119,16 +120,6 @@ def check_strategy(trainer, module, data, cfg: AblationConfig) -> None:
         raise AblateError(
             "⟨--ablation.mode⟩ fold edits whole weight matrices, which a sharding strategy splits; "
             "use ⟨--ablation.mode⟩ hook"
-        )
-    if cfg.mode == "fold" and not all(p.direct and not p.shared for p in module.pre_outs):
-        why = (
-            "a norm sits between the heads and the out-projection"
-            if not module.pre_outs[0].direct
-            else "its layers share weights"
-        )
-        raise AblateError(
-            f"⟨--ablation.mode⟩ fold edits each layer's out-projection, but in this model {why}; use "
-            "⟨--ablation.mode⟩ hook"
         )
     tensor_parallel = getattr(
         trainer.strategy, "_tensor_parallel_size", 1

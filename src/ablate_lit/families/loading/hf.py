@@ -14,7 +14,7 @@ from pathlib import Path
 
 import torch
 
-from ablate_lit.common.errors import AblateError
+from ablate_lit.common.errors import AblateError, reason_of
 from ablate_lit.common.logs import say
 from ablate_lit.common.paths import looks_like_path
 from ablate_lit.common.progress import Heartbeat
@@ -198,10 +198,9 @@ def load_hf(
         raise
     except Exception as exc:  # OSError, ValueError, safetensors' own error for a truncated file, ...
         if (quantization is not None or device_map is not None) and not isinstance(exc, OSError):
-            reason = " ".join(str(exc).split())[:200] or type(exc).__name__
             raise AblateError(
                 f"could not load '{name_or_path}' with ⟨--model.quantization⟩ {quantization} / ⟨--model.device_map⟩ "
-                f"{device_map} ({reason}); try another preset or no device map"
+                f"{device_map} ({reason_of(exc)}); try another preset or no device map"
             ) from exc
         raise hub_error(name_or_path, exc, "model", "⟨--model.name_or_path⟩") from exc
     model.eval()

@@ -19,7 +19,7 @@ import importlib.util
 
 import torch
 
-from ablate_lit.common.errors import AblateError
+from ablate_lit.common.errors import AblateError, reason_of
 
 
 def _bnb(**kwargs):
@@ -94,7 +94,7 @@ def quantization_config(spec):
         try:
             config = AutoQuantizationConfig.from_dict(dict(spec))
         except (ValueError, TypeError, KeyError) as exc:
-            raise AblateError(f"⟨--model.quantization⟩ {spec}: {' '.join(str(exc).split())[:200]}") from exc
+            raise AblateError(f"⟨--model.quantization⟩ {spec}: {reason_of(exc)}") from exc
     else:
         raise AblateError(f"⟨--model.quantization⟩ takes a preset name or a dict, not a {type(spec).__name__}")
     if is_bnb(config):
@@ -102,16 +102,25 @@ def quantization_config(spec):
     return config
 
 
+def quant_method(quantization) -> str:
+    """``bitsandbytes``, ``quanto``, ``gguf``, ...: the method of a quantization config (object or dict,
+    as a model config's ``quantization_config`` holds either); '' for none."""
+    method = (
+        quantization.get("quant_method")
+        if isinstance(quantization, dict)
+        else getattr(quantization, "quant_method", None)
+    )
+    return "" if method is None else str(getattr(method, "value", method))
+
+
 def dequantised_gguf(config) -> bool:
-    """A config that still names the ``gguf`` quantization of the file its float weights were read from
-    (the folder ``loading.hf`` converts a GGUF file into, like the demo's): nothing in it is quantized."""
-    marker = getattr(config, "quantization_config", None)
-    method = marker.get("quant_method") if isinstance(marker, dict) else getattr(marker, "quant_method", None)
-    return str(getattr(method, "value", method)) == "gguf"
+    """A model config that still names the ``gguf`` quantization of the file its float weights were read
+    from (the folder ``loading.hf`` converts a GGUF file into, like the demo's): nothing in it is quantized."""
+    return quant_method(getattr(config, "quantization_config", None)) == "gguf"
 
 
-def is_bnb(config) -> bool:
-    return config is not None and "bitsandbytes" in str(getattr(config, "quant_method", ""))
+def is_bnb(quantization) -> bool:
+    return "bitsandbytes" in quant_method(quantization)
 
 
 def is_quantized_weight(weight) -> bool:
