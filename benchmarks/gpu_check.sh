@@ -16,7 +16,7 @@
 # jsonargparse, omegaconf or datasets, and nothing can be fetched there): first, here,
 # `bash benchmarks/gpu_wheels.sh` puts the missing wheels in .whl/ (ignored by git); then, with the
 # device tool, run(command="GPU_CHECK_WORK=/tmp/gc bash benchmarks/gpu_check.sh $OUT", carry=[".whl"],
-# timeout_s=540). The wheels are installed into /tmp/site; ablate_lit runs from src/.
+# timeout_s=540). The wheels are installed into /tmp/site; ablate_lit runs from this checkout.
 set -uo pipefail
 cd "$(dirname "$0")/.."
 DRY=0
@@ -32,7 +32,7 @@ if [[ $DRY == 0 ]] && compgen -G ".whl/*.whl" >/dev/null; then
     || { echo "could not install the wheels in .whl/"; exit 3; }
   export PYTHONPATH="/tmp/site${PYTHONPATH:+:$PYTHONPATH}"
 fi
-export PYTHONPATH="$PWD/src${PYTHONPATH:+:$PYTHONPATH}" # this checkout's ablate_lit, installed or not
+export PYTHONPATH="$PWD${PYTHONPATH:+:$PYTHONPATH}" # this checkout's ablate_lit, installed or not
 ASSETS="$WORK/assets"
 STEPS=()
 FAILED=0

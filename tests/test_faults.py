@@ -73,7 +73,7 @@ def _run_limited(args, limit, value) -> subprocess.CompletedProcess:
     def apply():
         resource.setrlimit(limit, (value, resource.getrlimit(limit)[1]))
 
-    env = {**os.environ, "PYTHONPATH": str(Path(__file__).resolve().parents[1] / "src")}
+    env = {**os.environ, "PYTHONPATH": str(Path(__file__).resolve().parents[1])}
     command = [sys.executable, "-m", "ablate_lit", "test", *map(str, args)]
     return subprocess.run(command, preexec_fn=apply, capture_output=True, text=True, env=env, timeout=600)
 

@@ -11,7 +11,7 @@ from pathlib import Path
 
 import pytest
 
-PACKAGE = Path(__file__).resolve().parents[1] / "src" / "ablate_lit"
+PACKAGE = Path(__file__).resolve().parents[1] / "ablate_lit"
 
 RANKS = {
     "common": 0,  # errors, logging, atomic signals, sharding, typed labels: no knowledge of any stage
