@@ -7,7 +7,7 @@ from ablate_lit.data.masked import MaskedTextData
 from ablate_lit.data.task import TaskData
 from ablate_lit.data.text import TextData
 from ablate_lit.entry.api import run
-from ablate_lit.entry.export_command import Results, load
+from ablate_lit.entry.results import Results, load
 from ablate_lit.families.causal_lm import CausalLMAblation
 from ablate_lit.families.masked_lm import MaskedLMAblation
 from ablate_lit.families.vision import VisionAblation

@@ -27,11 +27,11 @@ from transformers import AutoConfig, AutoModelForCausalLM, AutoModelForMaskedLM
 
 from ablate_lit.ablation.fold import folded
 from ablate_lit.ablation.schedule import ablation_mask, neuron_order
-from ablate_lit.families.hooks import PreOutHooks
 from ablate_lit.families.loading.causal_lm import CAUSAL_LM_ARCHITECTURES
 from ablate_lit.families.loading.masked_lm import MASKED_LM_ARCHITECTURES
 from ablate_lit.families.loading.vision import TIMM_ARCHITECTURE
 from ablate_lit.families.locate.layout import locate
+from ablate_lit.sites.hooks import PreOutHooks
 from ablate_lit.stats import NeuronHistogram, NeuronMoments, TokenScores
 
 SHAPES = {

@@ -1,7 +1,7 @@
 """The single-unit map's cost: every head ablated alone by every method, with KL, timed against the
 plain way of getting the same numbers, in the same process on the same batches.
 
-  map         families.units.UnitMapStep: per batch one unablated forward (block outputs and logits
+  map         maps.step.UnitMapStep: per batch one unablated forward (block outputs and logits
               kept), then per (head, method) a forward in which the blocks before the head's layer
               answer from the kept outputs; KL against the kept logits
   plain       per (head, method) a full ablated forward and a separate unablated forward for KL (what
@@ -34,8 +34,8 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 from bench_run import SHAPES  # noqa: E402  (the same model shapes)
 
 from ablate_lit import CausalLMAblation  # noqa: E402
-from ablate_lit.families.units import UnitMapStep  # noqa: E402
-from ablate_lit.runner.unit_map import OneLayer  # noqa: E402
+from ablate_lit.ablation.values import OneLayer  # noqa: E402
+from ablate_lit.maps.step import UnitMapStep  # noqa: E402
 from ablate_lit.stats.token_metrics import TokenScores  # noqa: E402
 from ablate_lit.testing.tiny import train_tokenizer  # noqa: E402
 
@@ -71,7 +71,8 @@ def timed(fn) -> float:
 
 
 def run_map(mod, layer, values, batches, n_windows) -> tuple[float, list]:
-    step = UnitMapStep(mod, layer, entries(mod, layer, values), n_windows, kl=True)
+    mod.evaluate_with(TokenScores(n_windows), kl=True)
+    step = UnitMapStep(mod, layer, entries(mod, layer, values), kl=True)
 
     def go():
         with torch.no_grad():

@@ -3,6 +3,9 @@
 from __future__ import annotations
 
 import csv
+import os
+import subprocess
+import sys
 from collections import Counter
 from pathlib import Path
 
@@ -72,6 +75,38 @@ def cli(capsys, *argv):
         code = exc.code
     out, err = capsys.readouterr()
     return code, out, err
+
+
+def child_env(**extra) -> dict:
+    """The environment of a child process: this one's, with third-party warnings off, no tokenizer
+    threads and one OpenMP thread per process (two processes share the two cores of CI)."""
+    base = {"PYTHONWARNINGS": "ignore", "TOKENIZERS_PARALLELISM": "false", "OMP_NUM_THREADS": "1"}
+    return {**os.environ, **base, **{k: str(v) for k, v in extra.items()}}
+
+
+PATCHED_CLI = "import os, signal, sys, time\n{patch}\nfrom ablate_lit.entry.cli import main\nmain(sys.argv[1:])\n"
+"""The command line of a child process that first runs ``patch`` (a fault to inject)."""
+
+
+def launch(*argv, patch="", code=None, cwd=None, env=None, timeout=900, preexec_fn=None, wait=True):
+    """``python -m ablate_lit ARGV`` in a child process, the one way the tests start one: with ``patch``
+    (Python lines run first: a fault to inject) the CLI runs after it; with ``code`` that Python runs
+    instead (``-c``, ARGV as its arguments; a file's path runs the file). ``env`` defaults to
+    ``child_env()``. Returns the CompletedProcess, or with ``wait`` false the running Popen (stdout and
+    stderr piped, as text)."""
+    if code is not None:
+        command = [sys.executable, code] if Path(code).is_file() else [sys.executable, "-c", code]
+    elif patch:
+        command = [sys.executable, "-c", PATCHED_CLI.format(patch=patch)]
+    else:
+        command = [sys.executable, "-m", "ablate_lit"]
+    command += [str(a) for a in argv]
+    env = env if env is not None else child_env()
+    if not wait:
+        return subprocess.Popen(command, env=env, cwd=cwd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    return subprocess.run(
+        command, env=env, cwd=cwd, capture_output=True, text=True, timeout=timeout, preexec_fn=preexec_fn
+    )
 
 
 def tiny_args(model, corpus, root, *extra):

@@ -6,7 +6,7 @@ import pytest
 import torch
 from helpers import ARCHS, module, with_zero_inputs
 
-from ablate_lit.families.hooks import PreOutHooks
+from ablate_lit.sites.hooks import PreOutHooks
 
 IDS = torch.randint(4, 300, (3, 10), generator=torch.Generator().manual_seed(1))
 

@@ -48,6 +48,7 @@ def _in_memory_llama(tokenizer):
     return model
 
 
+@pytest.mark.slow
 def test_a_model_in_memory_on_a_list_of_strings_gives_the_cli_table_of_the_same_model_saved(
     capsys, assets, corpus, tmp_path
 ):
@@ -250,6 +251,7 @@ def test_a_hub_name_offline_is_a_causal_lm_out_of_reach_not_a_timm_model(tmp_pat
         ablate_lit.run("gpt2", ["text"], root=tmp_path, verbose=False, max_tokens=16)
 
 
+@pytest.mark.slow
 def test_a_masked_lm_object_and_a_datasets_dataset_give_the_cli_numbers(capsys, tiny_masked, corpus, tmp_path):
     import datasets
     from transformers import AutoModelForMaskedLM, AutoTokenizer

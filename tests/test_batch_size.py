@@ -39,6 +39,7 @@ def test_everything_fits_and_cpu_uses_the_default(tiny_models, corpus):
     assert find_batch_size(mod, dataset, "cpu") == min(CPU_DEFAULT, 4)
 
 
+@pytest.mark.slow
 def test_auto_batch_size_through_the_cli_gives_the_same_results(capsys, tiny_models, corpus, tmp_path):
     rows = {}
     for bs in ("4", "auto"):

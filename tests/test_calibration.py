@@ -8,8 +8,8 @@ import torch
 from helpers import EPS, data, module, reference_peak, trainer
 
 from ablate_lit.calibration.cache import CalibrationCache
-from ablate_lit.families.hooks import PreOutHooks
 from ablate_lit.runner.config import AblationConfig
+from ablate_lit.sites.hooks import PreOutHooks
 
 
 @pytest.fixture(scope="module")

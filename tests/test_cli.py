@@ -24,6 +24,7 @@ def test_every_shipped_config_parses(capsys, monkeypatch, assets, config):
     assert "ablation:" in out and "class_path: ablate_lit." in out
 
 
+@pytest.mark.slow
 def test_a_whole_run_writes_results_table_config_and_curves(capsys, tiny_models, corpus, tmp_path):
     code, out, err = run(capsys, *tiny_args(tiny_models["llama"], corpus, tmp_path))
     assert code == 0, err
@@ -68,6 +69,7 @@ def test_a_whole_run_writes_results_table_config_and_curves(capsys, tiny_models,
     assert (run_dir / "neurons" / "layer_average.png").stat().st_size > 1000
 
 
+@pytest.mark.slow
 def test_interrupted_run_resumes_to_the_same_results(capsys, tiny_models, corpus, tmp_path, monkeypatch):
     args = tiny_args(tiny_models["opt"], corpus, tmp_path / "a")
     assert run(capsys, *args)[0] == 0
@@ -203,6 +205,7 @@ def test_bad_input_gets_one_line_error(capsys, tiny_models, corpus, tmp_path, be
     assert re.search(pattern, lines[0]), lines[0]
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("config,methods", [("tiny-masked", 6), ("tiny-vision", 4)])
 def test_tiny_offline_configs_run_through_the_cli(capsys, monkeypatch, assets, tmp_path, config, methods):
     monkeypatch.setenv("ABLATE_LIT_ASSETS", str(assets))
@@ -255,6 +258,7 @@ def test_a_resample_source_of_another_family_is_refused(capsys, tiny_models, cor
     assert code == 2 and "resample source 'random_pixels' does not apply to causal_lm models" in err
 
 
+@pytest.mark.slow
 def test_fold_mode_gives_the_hook_results(capsys, tiny_models, corpus, tmp_path):
     rows = {
         mode: run_rows(

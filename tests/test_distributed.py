@@ -6,30 +6,17 @@ launched by the real CLI in a subprocess.
 
 from __future__ import annotations
 
-import os
-import subprocess
-import sys
-
 import pytest
 import torch
-from helpers import read_rows, run_rows, tiny_args
-
-
-def cli(*args) -> subprocess.CompletedProcess:
-    env = {**os.environ, "PYTHONWARNINGS": "ignore", "TOKENIZERS_PARALLELISM": "false", "OMP_NUM_THREADS": "1"}
-    return subprocess.run(
-        [sys.executable, "-m", "ablate_lit", "test", *map(str, args)],
-        env=env,
-        capture_output=True,
-        text=True,
-        timeout=900,
-    )
+from helpers import launch, read_rows, run_rows, tiny_args
 
 
 def _stats(cache, kind):
     return torch.load(next(cache.glob(f"{kind}-*.pt")), weights_only=False)
 
 
+@pytest.mark.slow
+@pytest.mark.distributed
 def test_two_processes_give_the_statistics_and_results_of_one(tiny_models, corpus, tmp_path):
     """DDP (replicated weights) and FSDP2 (weights sharded over the processes), against one process.
 
@@ -53,7 +40,7 @@ def test_two_processes_give_the_statistics_and_results_of_one(tiny_models, corpu
         extra = [*data, "--ablation.cache_dir", tmp_path / f"cache-{strategy}"]
         if strategy != "single":
             extra += ["--trainer.devices", 2, "--trainer.strategy", strategy]
-        proc = cli(*tiny_args(tiny_models["llama"], corpus, tmp_path / strategy), *extra)
+        proc = launch("test", *tiny_args(tiny_models["llama"], corpus, tmp_path / strategy), *extra)
         assert proc.returncode == 0, proc.stderr[-3000:]
         assert ("sharded: 2 blocks" in proc.stdout) == (strategy == "fsdp2"), proc.stdout[-2000:]
         runs[strategy] = tmp_path / strategy / "run"
@@ -93,6 +80,7 @@ def test_two_processes_give_the_statistics_and_results_of_one(tiny_models, corpu
             )
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("precision", ["bf16-mixed", "bf16-true"])
 def test_bf16_results_are_within_bf16_rounding_of_fp32(capsys, tiny_models, corpus, tmp_path, precision):
     """Every method, KL included; optimal's constants are fitted under each precision (fp32 master
@@ -136,6 +124,8 @@ def test_bf16_results_are_within_bf16_rounding_of_fp32(capsys, tiny_models, corp
             assert float(r["ce"]) <= mean[r["fraction"]] * 1.02  # fitted in bf16, it is no worse than the mean
 
 
+@pytest.mark.slow
+@pytest.mark.distributed
 @pytest.mark.parametrize(
     "what", [["--ablation.site", "mlp"], ["--ablation.unit", "head", "--ablation.selection", "global"]]
 )
@@ -164,7 +154,7 @@ def test_mlp_units_heads_new_methods_and_kl_under_two_processes_equal_one(tiny_m
         extra = [*data, "--ablation.cache_dir", tmp_path / f"cache-{strategy}"]
         if strategy == "ddp":
             extra += ["--trainer.devices", 2, "--trainer.strategy", "ddp"]
-        proc = cli(*tiny_args(tiny_models["llama"], corpus, tmp_path / strategy), *extra)
+        proc = launch("test", *tiny_args(tiny_models["llama"], corpus, tmp_path / strategy), *extra)
         assert proc.returncode == 0, proc.stderr[-3000:]
         runs[strategy] = read_rows(tmp_path / strategy / "run" / "results.csv")
     for a, b in zip(runs["single"], runs["ddp"], strict=True):
@@ -187,6 +177,8 @@ def test_mlp_units_heads_new_methods_and_kl_under_two_processes_equal_one(tiny_m
     torch.testing.assert_close(s1["mean"], s2["mean"], rtol=1e-5, atol=1e-7)
 
 
+@pytest.mark.slow
+@pytest.mark.distributed
 def test_optimal_under_two_processes_fits_one_set_of_constants_and_evaluates_it(tiny_models, corpus, tmp_path):
     """Under DDP the processes fit the constants together (gradients averaged, the batches of both
     processes form one step): the run records one set, and its rows are that set evaluated on every
@@ -211,9 +203,10 @@ def test_optimal_under_two_processes_fits_one_set_of_constants_and_evaluates_it(
         "--ablation.optimal_batch_size",
         4,
     ]
-    one = cli(*tiny_args(tiny_models["llama"], corpus, tmp_path / "one"), *settings)
+    one = launch("test", *tiny_args(tiny_models["llama"], corpus, tmp_path / "one"), *settings)
     assert one.returncode == 0, one.stderr[-3000:]
-    proc = cli(
+    proc = launch(
+        "test",
         *tiny_args(tiny_models["llama"], corpus, tmp_path),
         *settings,
         "--trainer.devices",

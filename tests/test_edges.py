@@ -12,7 +12,7 @@ from __future__ import annotations
 import pytest
 import torch
 import torch.nn.functional as F
-from helpers import one_line_error, patched, read_rows, run, tiny_args
+from helpers import launch, one_line_error, patched, read_rows, run, tiny_args
 
 from ablate_lit import AblateError, ImageData, MaskedLMAblation, MaskedTextData, VisionAblation
 from ablate_lit.ablation.schedule import ablation_mask, neuron_order
@@ -235,6 +235,7 @@ def test_models_without_hookable_attention_are_refused_saying_why(capsys, zoo, c
     assert code == 2 and pattern in one_line_error(err)
 
 
+@pytest.mark.slow
 def test_head_dim_can_be_stated_where_the_model_names_it_otherwise(capsys, zoo, image_folder, tmp_path):
     """--model.head_dim settles a width the model states under a name ablate_lit does not read."""
     data_args = ["--data.path", image_folder] + [x for k, v in IMAGES.items() for x in (f"--data.{k}", v)]
@@ -248,6 +249,7 @@ def test_head_dim_can_be_stated_where_the_model_names_it_otherwise(capsys, zoo, 
     assert "3 layers x 2 heads x 16 = 32 neurons" in out
 
 
+@pytest.mark.slow
 def test_a_long_step_says_where_it_is_and_the_eta_counts_evaluations_only(
     capsys, tiny_models, corpus, tmp_path, monkeypatch
 ):
@@ -271,14 +273,12 @@ def test_a_long_step_says_where_it_is_and_the_eta_counts_evaluations_only(
     assert 0 < spent < 5
 
 
+@pytest.mark.slow
 def test_a_folder_named_ablate_lit_beside_a_notebook_is_not_imported_instead(tmp_path):
-    """The src layout: started in the folder above a clone (an ``ablate_lit`` folder without
-    ``__init__.py``), Python still imports the installed package, not an empty namespace."""
-    import subprocess
-    import sys
-
+    """Started in the folder above a clone (an ``ablate_lit`` folder without ``__init__.py``), Python
+    still imports the installed package, not an empty namespace."""
     (tmp_path / "ablate_lit" / "tests").mkdir(parents=True)
     (tmp_path / "ablate_lit" / "README.md").write_text("a clone\n")
     probe = "import ablate_lit; print(ablate_lit.__file__, callable(ablate_lit.run))"
-    out = subprocess.run([sys.executable, "-c", probe], cwd=tmp_path, capture_output=True, text=True, timeout=300)
+    out = launch(code=probe, cwd=tmp_path, timeout=300)
     assert out.returncode == 0 and out.stdout.strip().endswith("__init__.py True"), out.stderr

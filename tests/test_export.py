@@ -20,6 +20,7 @@ def _row(rows, method, fraction, seed):
     return next(r for r in rows if r["method"] == method and r["fraction"] == fraction and str(r["seed"]) == str(seed))
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("arch", ["llama", "gpt2"])
 def test_exported_models_give_the_rows_ce(capsys, tiny_models, corpus, tmp_path, arch):
     code, _, err = run(capsys, *tiny_args(tiny_models[arch], corpus, tmp_path, "--ablation.methods", METHODS))
@@ -53,6 +54,7 @@ def test_exported_models_give_the_rows_ce(capsys, tiny_models, corpus, tmp_path,
     assert code != 0 and "mean 0.5 seed 0" in one_line_error(err)
 
 
+@pytest.mark.slow
 def test_results_export_from_python_and_refusals(capsys, tiny_models, corpus, tmp_path):
     settings = dict(max_tokens=120, calib_tokens=256, context_length=16, batch_size=4, n_resample=2, seeds=[0])
     results = run_api(
@@ -90,6 +92,7 @@ def test_results_export_from_python_and_refusals(capsys, tiny_models, corpus, tm
         in_memory.export("zero", 0.5, out=tmp_path / "mem-zero")
 
 
+@pytest.mark.slow
 def test_a_timm_vit_exports_as_a_timm_folder(capsys, tiny_vision, image_folder, tmp_path):
     import timm
 
@@ -112,6 +115,7 @@ def test_a_timm_vit_exports_as_a_timm_folder(capsys, tiny_vision, image_folder, 
     assert ce == pytest.approx(float(_row(results.rows(), "zero", "0.5", 0)["ce"]), rel=1e-5)
 
 
+@pytest.mark.slow
 def test_a_model_read_from_a_gguf_file_exports_as_a_plain_model(capsys, tiny_models, corpus, tmp_path):
     """A GGUF file is dequantised once into a folder whose config still names the ``gguf`` quantization
     (as ``families.loading.hf._convert_gguf`` writes it; the demo model is one); transformers refuses to

@@ -9,6 +9,7 @@ import torch
 from helpers import ARCHS, module
 
 from ablate_lit import AblateError
+from ablate_lit.common.families import FAMILIES, RESAMPLE_SOURCES
 
 ATTENTION = {
     "opt": "model.decoder.layers.{}.self_attn",
@@ -82,3 +83,29 @@ def test_an_encoder_is_refused_as_a_causal_lm_before_its_weights_are_read(tmp_pa
 def test_missing_model_folder(tmp_path):
     with pytest.raises(AblateError, match="model folder .* not found"):
         module(tmp_path / "nope")
+
+
+@pytest.mark.parametrize("name", sorted(FAMILIES))
+def test_every_family_names_classes_that_exist_and_know_their_family(name):
+    """A family's LightningModule and DataModules are ablate_lit's, the module knows its family, each
+    DataModule has the interface a run reads, and its auto class is transformers'."""
+    import transformers
+
+    import ablate_lit
+    from ablate_lit.data.protocol import AblationData
+
+    entry = FAMILIES[name]
+    module_cls = getattr(ablate_lit, entry.module)
+    assert module_cls.family == name and set(entry.resample_sources) <= set(RESAMPLE_SOURCES)
+    assert hasattr(transformers, entry.auto_class)
+    for data in entry.data:
+        data_cls = getattr(ablate_lit, data)
+        members = [m for m in vars(AblationData) if not m.startswith("_")]  # (batch_size is set per instance)
+        missing = [m for m in members if not hasattr(data_cls, m)]
+        assert not missing, f"{data} lacks {missing}"
+    other = next(f for f in FAMILIES.values() if f.name != name)
+    with pytest.raises(AblateError, match=f"evaluates on {' or '.join(entry.data)}"):
+        module_cls.connect_data(
+            module_cls.__new__(module_cls),
+            getattr(ablate_lit, other.data[0]).__new__(getattr(ablate_lit, other.data[0])),
+        )

@@ -3,15 +3,13 @@ of path: each ends in one line, and no finished result is lost without a word.""
 
 from __future__ import annotations
 
-import os
 import resource
 import shutil
 import subprocess
-import sys
 from pathlib import Path
 
 import pytest
-from helpers import cli, one_line_error, read_rows, run, tiny_args
+from helpers import child_env, cli, launch, one_line_error, read_rows, run, tiny_args
 
 SMALL = ["--ablation.methods", "[zero,mean]", "--ablation.seeds", "[0]", "--ablation.log_histograms", "false"]
 
@@ -73,11 +71,11 @@ def _run_limited(args, limit, value) -> subprocess.CompletedProcess:
     def apply():
         resource.setrlimit(limit, (value, resource.getrlimit(limit)[1]))
 
-    env = {**os.environ, "PYTHONPATH": str(Path(__file__).resolve().parents[1])}
-    command = [sys.executable, "-m", "ablate_lit", "test", *map(str, args)]
-    return subprocess.run(command, preexec_fn=apply, capture_output=True, text=True, env=env, timeout=600)
+    env = child_env(PYTHONPATH=Path(__file__).resolve().parents[1])
+    return launch("test", *args, env=env, preexec_fn=apply, timeout=600)
 
 
+@pytest.mark.slow
 def test_a_file_size_limit_while_saving_the_cache_is_one_line(tiny_models, corpus, tmp_path):
     """200 kB lets the run folder's small files through and stops the statistics cache (~270 kB)."""
     proc = _run_limited(tiny_args(tiny_models["llama"], corpus, tmp_path, *SMALL), resource.RLIMIT_FSIZE, 200_000)
@@ -87,6 +85,7 @@ def test_a_file_size_limit_while_saving_the_cache_is_one_line(tiny_models, corpu
     assert not list((tmp_path / ".calibration_cache").glob(".*.tmp*"))
 
 
+@pytest.mark.slow
 def test_an_address_space_limit_below_free_memory_is_read_by_the_memory_check(tiny_models, corpus, tmp_path):
     """Histograms of 10 GiB fit in this machine's free memory but not under an 8 GiB address space."""
     from ablate_lit.common.resources import cpu_limits

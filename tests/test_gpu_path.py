@@ -13,6 +13,7 @@ from ablate_lit.families.module import AblationModule
 from ablate_lit.stats import NeuronHistogram, NeuronMoments
 
 
+@pytest.mark.slow
 def test_a_whole_cli_run_moves_the_model_once(capsys, tiny_models, corpus, tmp_path, monkeypatch):
     """Lightning moves the module at the start of every trainer call and back to the CPU at the end;
     a run of 1 calibration, 2 resample sweeps and 7 evaluations must move it once."""
@@ -64,7 +65,7 @@ def test_a_scored_ablated_batch_adds_no_host_sync_to_the_models_own(tiny_models,
     assert int(mod.scores.total) == labels.ne(-100).sum()
 
 
-@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a GPU: torch.cuda.set_sync_debug_mode")
+@pytest.mark.gpu  # torch.cuda.set_sync_debug_mode
 def test_on_a_gpu_a_scored_ablated_batch_never_synchronises(tiny_models, corpus):
     mod = module(tiny_models["llama"]).cuda()
     d = data(corpus, mod)

@@ -3,13 +3,10 @@
 from __future__ import annotations
 
 import csv
-import os
 import shutil
-import subprocess
-import sys
 
 import pytest
-from helpers import read_rows, run, tiny_args
+from helpers import launch, read_rows, run, tiny_args
 
 from ablate_lit.store.rows import COLUMNS as COLUMNS_EXPECTED
 
@@ -55,28 +52,26 @@ os.replace = _patched
 }
 
 
-def launch(args, patch: str = "") -> subprocess.CompletedProcess:
-    script = f"import os, signal, sys\n{patch}\nfrom ablate_lit.entry.cli import main\nmain(sys.argv[1:])\n"
-    env = {**os.environ, "PYTHONWARNINGS": "ignore", "TOKENIZERS_PARALLELISM": "false"}
-    return subprocess.run(
-        [sys.executable, "-c", script, "test", *map(str, args)], env=env, capture_output=True, text=True, timeout=600
-    )
+def run_child(args, patch: str = ""):
+    """The CLI's test command in a child process (``helpers.launch``), after ``patch``."""
+    return launch("test", *args, patch=patch)
 
 
 @pytest.fixture(scope="module")
 def reference(tiny_models, corpus, tmp_path_factory):
     root = tmp_path_factory.mktemp("reference")
-    proc = launch(
+    proc = run_child(
         tiny_args(tiny_models["qwen2"], corpus, root, "--ablation.methods", "[zero,peak,resample:random_tokens]")
     )
     assert proc.returncode == 0, proc.stderr[-2000:]
     return read_rows(root / "run" / "results.csv")
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("moment", sorted(KILLS))
 def test_killed_run_resumes_to_the_same_results(tiny_models, corpus, tmp_path, reference, moment):
     args = tiny_args(tiny_models["qwen2"], corpus, tmp_path, "--ablation.methods", "[zero,peak,resample:random_tokens]")
-    killed = launch(args, KILLS[moment])
+    killed = run_child(args, KILLS[moment])
     assert killed.returncode == -9, killed.stderr[-2000:]
     results = tmp_path / "run" / "results.csv"
     if results.exists():  # whatever is there is whole: a header and complete rows only
@@ -84,13 +79,14 @@ def test_killed_run_resumes_to_the_same_results(tiny_models, corpus, tmp_path, r
             rows = list(csv.reader(fh))
         assert rows[0] == COLUMNS_EXPECTED and all(len(r) == len(COLUMNS_EXPECTED) for r in rows)
         assert len(rows) - 1 < len(reference)
-    resumed = launch(args)
+    resumed = run_child(args)
     assert resumed.returncode == 0, resumed.stderr[-2000:]
     assert read_rows(results) == reference
     assert not list((tmp_path / "run").glob(".*.tmp*")), "a killed write's temporary file is cleared on resume"
     assert not list((tmp_path / ".calibration_cache").glob(".*.tmp*")), "so is a killed cache save's"
 
 
+@pytest.mark.slow
 def test_corrupt_or_foreign_cache_is_rebuilt_not_used(tiny_models, corpus, tmp_path, reference):
     args = tiny_args(
         tiny_models["qwen2"],
@@ -101,7 +97,7 @@ def test_corrupt_or_foreign_cache_is_rebuilt_not_used(tiny_models, corpus, tmp_p
         "--ablation.cache_dir",
         tmp_path / "cache",
     )
-    assert launch(args).returncode == 0
+    assert run_child(args).returncode == 0
     caches = sorted((tmp_path / "cache").glob("*.pt"))
     stats = next(p for p in caches if p.name.startswith("stats-"))
     stats.write_bytes(b"not a torch file")  # corrupt
@@ -112,7 +108,7 @@ def test_corrupt_or_foreign_cache_is_rebuilt_not_used(tiny_models, corpus, tmp_p
     obj["key"] = "made-with-other-settings"
     torch.save(obj, other)  # foreign
     shutil.rmtree(tmp_path / "run")  # no results: every point is evaluated again, from the caches
-    proc = launch(args)
+    proc = run_child(args)
     assert proc.returncode == 0, proc.stderr[-2000:]
     assert "unreadable" in proc.stderr + proc.stdout and "other settings" in proc.stderr + proc.stdout
     assert read_rows(tmp_path / "run" / "results.csv") == reference

@@ -8,15 +8,12 @@ an independent Spearman correlation and top-k count.
 from __future__ import annotations
 
 import math
-import os
-import subprocess
-import sys
 
 import numpy as np
 import pytest
 import torch
 import torch.nn.functional as F
-from helpers import cli, one_line_error, patched, read_rows, run
+from helpers import cli, launch, one_line_error, patched, read_rows, run
 
 from ablate_lit import CausalLMAblation, TextData
 from ablate_lit.report.importance import agreement, importance, ranks, spearman, top_overlap
@@ -217,17 +214,17 @@ def test_agreement_statistics_equal_independent_ones():
     assert agree["spearman"]["low"] == pytest.approx(-1.0)  # every window shifts a unit alike: no spread
 
 
+@pytest.mark.slow
+@pytest.mark.distributed
 def test_two_processes_give_the_map_of_one(tiny_models, corpus, tmp_path):
     """DDP and FSDP2 on 2 CPU processes (unequal batch counts) against one process, CE and KL per unit."""
-    env = {**os.environ, "PYTHONWARNINGS": "ignore", "TOKENIZERS_PARALLELISM": "false", "OMP_NUM_THREADS": "1"}
     maps = {}
     for strategy in ("single", "ddp", "fsdp2"):
         extra = ["--ablation.methods", "[zero,mean]", "--ablation.unit", "head", "--data.max_tokens", 105]
         if strategy != "single":
             extra += ["--trainer.devices", 2, "--trainer.strategy", strategy]
         args = unit_args(tiny_models["llama"], corpus, tmp_path / strategy, *extra)
-        proc = subprocess.run([sys.executable, "-m", "ablate_lit", "test", *map(str, args)], env=env,
-                              capture_output=True, text=True, timeout=900)  # fmt: skip
+        proc = launch("test", *args)
         assert proc.returncode == 0, proc.stderr[-3000:]
         maps[strategy] = {(r["method"], r["target"]): r for r in read_rows(tmp_path / strategy / "map" / "results.csv")}
     for strategy in ("ddp", "fsdp2"):

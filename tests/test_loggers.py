@@ -41,6 +41,7 @@ def wandb_history(save_dir: Path) -> tuple[list[dict], dict]:
     return rows, config
 
 
+@pytest.mark.slow
 def test_wandb_mlflow_csv_and_tensorboard_hold_the_same_points(capsys, tiny_models, corpus, tmp_path, monkeypatch):
     from mlflow.tracking import MlflowClient
     from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
@@ -114,6 +115,7 @@ def test_wandb_mlflow_csv_and_tensorboard_hold_the_same_points(capsys, tiny_mode
         assert where in out
 
 
+@pytest.mark.slow
 def test_no_logger_writes_no_curves_and_run_takes_loggers(capsys, tiny_models, corpus, tmp_path):
     from lightning.pytorch.loggers import CSVLogger
 

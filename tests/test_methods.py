@@ -242,6 +242,7 @@ def _ce_by_hand(mod, windows, mask, values):
     return float(F.cross_entropy(logits[:, :-1].reshape(-1, logits.shape[-1]).float(), windows[:, 1:].reshape(-1)))
 
 
+@pytest.mark.slow
 def test_optimal_constants_beat_zero_mean_and_peak_on_their_training_windows_and_are_cached(
     capsys, tiny_models, corpus, tmp_path
 ):

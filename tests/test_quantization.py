@@ -54,6 +54,7 @@ def _means(mod, windows) -> torch.Tensor:
     return torch.stack([seen[i].double().mean(0) for i in range(len(mod.pre_outs))])
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("preset", PRESETS)
 def test_quantized_runs_equal_hand_hooks_and_stay_close_to_the_full_model(tiny_models, corpus, tmp_path, preset):
     pytest.importorskip("optimum.quanto" if preset.startswith("quanto") else "torchao")
@@ -84,6 +85,7 @@ def test_quantized_runs_equal_hand_hooks_and_stay_close_to_the_full_model(tiny_m
     assert q["zero", "0"]["model_id"] != f["zero", "0"]["model_id"]
 
 
+@pytest.mark.slow
 def test_a_device_map_with_disk_offload_gives_the_same_rows(capsys, tiny_models, corpus, tmp_path):
     pytest.importorskip("accelerate")
     where = (
@@ -114,6 +116,7 @@ def test_a_device_map_with_disk_offload_gives_the_same_rows(capsys, tiny_models,
     assert lm_ce(out, windows) == pytest.approx(float(row["ce"]), rel=1e-5)
 
 
+@pytest.mark.slow
 def test_refusals_are_one_line(capsys, tiny_models, tiny_vision, corpus, tmp_path):
     pytest.importorskip("optimum.quanto")
     args = tiny_args(tiny_models["llama"], corpus, tmp_path, "--model.quantization", "quanto-int8")

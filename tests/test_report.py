@@ -25,6 +25,7 @@ def two_runs(tiny_models, corpus, tmp_path_factory):
     return root
 
 
+@pytest.mark.slow
 def test_report_merges_runs_into_table_and_figures(capsys, two_runs, tmp_path):
     capsys.readouterr()
     main(["report", str(two_runs / "llama"), str(two_runs / "gpt2"), "--fractions", "0.5", "--out", str(tmp_path)])

@@ -77,6 +77,7 @@ def test_values_outside_the_window_are_counted_not_binned():
     assert int(h.counts[0, 0, 1:-1].sum()) == 11
 
 
+@pytest.mark.filterwarnings("ignore:The ``compute`` method of metric ResampleCache was called before")  # on purpose
 def test_resample_cache_assembles_rows():
     c = ResampleCache(2, 3, 4, 5)
     x = torch.randn(3, 4, 5)

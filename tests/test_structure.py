@@ -1,7 +1,6 @@
-"""The package's shape: the folders are the stages of a run, and imports only run down the stages.
-
-Every module of ``ablate_lit`` belongs to a stage package with a rank; a module may import modules of
-its own package (without a circle) or of a package of lower rank, never one above it or beside it.
+"""The package's shape: each folder is one role in a run, each role imports only the roles it builds
+on (no inversion: the data knows no metric, the model side no data, the report no method), nothing
+imports in a circle (modules, nor folders), and each concept is defined in one place.
 """
 
 from __future__ import annotations
@@ -13,18 +12,20 @@ import pytest
 
 PACKAGE = Path(__file__).resolve().parents[1] / "ablate_lit"
 
-RANKS = {
-    "common": 0,  # errors, logging, atomic signals, sharding, typed labels: no knowledge of any stage
-    "stats": 1,  # torchmetrics Metrics
-    "store": 1,  # run folders: rows, claims, atomic files
-    "data": 2,  # text windows, images, randomised inputs
-    "families": 3,  # loading, locating the neurons, hooks, one LightningModule per family
-    "ablation": 4,  # methods, neuron sets, fold mode, optimal constants
-    "calibration": 4,  # statistics callbacks, the statistics object, the on-disk caches
-    "report": 5,  # tables, figures, paired differences, Results
-    "runner": 6,  # the experiment: settings, scheduler, trainer, result writer
-    "entry": 7,  # the CLI, run(), the report and cache commands
-    "testing": 7,  # tiny models for tests and smoke configs
+ROLES = {  # folder -> the folders it may import (besides itself), and why
+    "common": set(),  # errors, logs, labels, the family registry, loggers, sharding: no knowledge of a stage
+    "stats": {"common"},  # torchmetrics Metrics: statistics of activations, scores of predictions
+    "store": {"common"},  # run folders: rows, claims, atomic files, cached objects
+    "data": {"common"},  # inputs: text windows, task sequences, images, randomised inputs (no model, no metric)
+    "sites": {"common"},  # the hook point of a layer and the hooks on it
+    "families": {"common", "sites", "stats"},  # the model side: loading, locating, one LightningModule per family
+    "calibration": {"common", "stats", "store", "data"},  # statistics sweeps and their on-disk caches
+    "ablation": {"common", "store", "data", "sites", "families"},  # methods, neuron sets, fold mode, fits
+    "maps": {"common", "sites", "ablation"},  # single-unit maps: points, masks, forward passes
+    "report": {"common", "stats", "store"},  # tables and figures read from stored rows
+    "runner": {"common", "stats", "store", "data", "sites", "families", "calibration", "ablation", "maps", "report"},
+    "entry": {"common", "stats", "store", "data", "sites", "families", "ablation", "report", "runner"},
+    "testing": {"common", "sites", "families"},  # tiny models for tests and smoke configs
 }
 
 
@@ -57,28 +58,34 @@ def imports_of(name: str, path: Path, known: set[str]) -> set[str]:
     return {m for m in found if m.startswith("ablate_lit") and m != name}
 
 
-def stage(name: str) -> str | None:
+def role(name: str) -> str | None:
     parts = name.split(".")
-    return parts[1] if len(parts) > 1 and parts[1] in RANKS else None
+    return parts[1] if len(parts) > 1 and parts[1] in ROLES else None
+
+
+def folder(name: str) -> str:
+    """The folder a module is in (``ablate_lit.families.loading`` for ``...families.loading.hf``)."""
+    path = modules()[name]
+    return name if path.name == "__init__.py" else name.rsplit(".", 1)[0]
 
 
 GRAPH = {name: imports_of(name, path, set(modules())) for name, path in modules().items()}
 
 
-def test_every_module_belongs_to_a_stage():
-    loose = [n for n in GRAPH if n not in ("ablate_lit", "ablate_lit.__main__") and stage(n) is None]
-    assert not loose, f"modules outside the stage packages: {loose}"
+def test_every_module_belongs_to_a_role():
+    loose = [n for n in GRAPH if n not in ("ablate_lit", "ablate_lit.__main__") and role(n) is None]
+    assert not loose, f"modules outside the role folders: {loose}"
 
 
-def upward(graph: dict[str, set[str]], name: str) -> list[str]:
-    """The imports of ``name`` that go to a stage of the same or a higher rank (or to the package top)."""
-    mine, bad = stage(name), []
+def inversions(graph: dict[str, set[str]], name: str) -> list[str]:
+    """The imports of ``name`` that go to a role its own does not build on (or to the package top)."""
+    mine, bad = role(name), []
     for target in sorted(graph[name]):
-        theirs = stage(target)
+        theirs = role(target)
         if theirs is None:
             bad.append(f"{target} (the package top: import the module itself)")
-        elif theirs != mine and RANKS[theirs] >= RANKS[mine]:
-            bad.append(f"{target} ({theirs}, rank {RANKS[theirs]} >= {mine}, rank {RANKS[mine]})")
+        elif theirs != mine and theirs not in ROLES[mine]:
+            bad.append(f"{target} ({theirs}: not a role {mine} builds on)")
     return bad
 
 
@@ -107,10 +114,10 @@ def circle(graph: dict[str, set[str]]) -> list[str] | None:
     return None
 
 
-@pytest.mark.parametrize("name", sorted(n for n in GRAPH if stage(n)))
-def test_imports_run_down_the_stages(name):
-    bad = upward(GRAPH, name)
-    assert not bad, f"{name} imports upward or sideways: {bad}"
+@pytest.mark.parametrize("name", sorted(n for n in GRAPH if role(n)))
+def test_imports_follow_the_roles(name):
+    bad = inversions(GRAPH, name)
+    assert not bad, f"{name} imports against the roles: {bad}"
 
 
 def test_no_import_circle():
@@ -118,39 +125,55 @@ def test_no_import_circle():
     assert found is None, "import circle: " + " -> ".join(found)
 
 
-def test_the_checks_catch_an_upward_import_and_a_circle():
-    """The two checks above can fail: on a made-up graph they find what is wrong with it."""
+def test_no_circle_between_folders():
+    """Folders (``families``, ``families.loading``, ``families.locate``, ...) import each other without a
+    circle: a type every folder needs lives below them (``sites``), not in one of them."""
+    folders: dict[str, set[str]] = {}
+    for name, targets in GRAPH.items():
+        if role(name):
+            folders.setdefault(folder(name), set()).update(folder(t) for t in targets if role(t))
+    graph = {f: targets - {f} for f, targets in folders.items()}
+    found = circle(graph)
+    assert found is None, "folder circle: " + " -> ".join(found)
+
+
+def test_the_checks_catch_an_inversion_and_a_circle():
+    """The checks above can fail: on a made-up graph they find what is wrong with it."""
     graph = {
-        "ablate_lit.stats.moments": {"ablate_lit.entry.cli"},  # upward
+        "ablate_lit.data.masked": {"ablate_lit.stats.token_metrics"},  # data does not build on metrics
         "ablate_lit.data.text": {"ablate_lit.data.sampler"},
-        "ablate_lit.data.sampler": {"ablate_lit.data.text"},  # a circle within one stage
-        "ablate_lit.calibration.cache": {"ablate_lit.ablation.methods"},  # sideways: same rank
+        "ablate_lit.data.sampler": {"ablate_lit.data.text"},  # a circle within one role
+        "ablate_lit.report.importance": {"ablate_lit.ablation.methods"},  # the report knows no method
         "ablate_lit.entry.cli": {"ablate_lit.runner.launch"},
     }
-    assert upward(graph, "ablate_lit.stats.moments") and upward(graph, "ablate_lit.calibration.cache")
-    assert not upward(graph, "ablate_lit.entry.cli") and not upward(graph, "ablate_lit.data.text")
+    assert inversions(graph, "ablate_lit.data.masked") and inversions(graph, "ablate_lit.report.importance")
+    assert not inversions(graph, "ablate_lit.entry.cli") and not inversions(graph, "ablate_lit.data.text")
     assert circle(graph) == ["ablate_lit.data.sampler", "ablate_lit.data.text", "ablate_lit.data.sampler"]
 
 
-LIMITS = {"module": 300, "class": 200, "function": 60}
-
-
-def test_modules_classes_and_functions_stay_small():
-    """No module over 300 lines, no class over 200, no function over 60: a unit that grows past them
-    has grown a second job."""
-    too_long = []
+def definitions() -> dict[str, list[str]]:
+    """Module-level public names (classes, functions, CONSTANTS) -> the modules defining them."""
+    found: dict[str, list[str]] = {}
     for name, path in modules().items():
-        source = path.read_text()
-        if len(source.splitlines()) > LIMITS["module"]:
-            too_long.append(f"module {name}: {len(source.splitlines())} lines")
-        for node in ast.walk(ast.parse(source)):
-            kind = (
-                "class"
-                if isinstance(node, ast.ClassDef)
-                else "function"
-                if isinstance(node, (ast.FunctionDef, ast.AsyncFunctionDef))
-                else None
-            )
-            if kind and node.end_lineno - node.lineno + 1 > LIMITS[kind]:
-                too_long.append(f"{kind} {name}.{node.name}: {node.end_lineno - node.lineno + 1} lines")
-    assert not too_long, too_long
+        for node in ast.parse(path.read_text()).body:
+            names = [node.name] if isinstance(node, (ast.ClassDef, ast.FunctionDef)) else []
+            if isinstance(node, (ast.Assign, ast.AnnAssign)):
+                targets = node.targets if isinstance(node, ast.Assign) else [node.target]
+                names = [t.id for t in targets if isinstance(t, ast.Name) and t.id.isupper()]
+            for n in names:
+                if not n.startswith("_") and n != "main":  # each command module has its main
+                    found.setdefault(n, []).append(name)
+    return found
+
+
+def test_each_concept_is_defined_in_one_place():
+    """A public class, function or constant is defined by one module: a second definition of the same
+    name is the same concept declared twice (two Results classes, two resampling counts, ...)."""
+    twice = {n: where for n, where in definitions().items() if len(where) > 1}
+    assert not twice, twice
+
+
+def test_every_module_says_what_it_holds():
+    """Each module opens with a docstring: the one concept it holds."""
+    silent = [n for n, p in modules().items() if not ast.get_docstring(ast.parse(p.read_text()))]
+    assert not silent, silent

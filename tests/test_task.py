@@ -10,6 +10,7 @@ import re
 import pytest
 import torch
 import torch.nn.functional as F
+from helpers import launch
 from transformers import AutoModelForCausalLM, AutoTokenizer
 
 import ablate_lit
@@ -151,6 +152,7 @@ def close(row: dict, expected: dict) -> None:
         assert float(row[key]) == pytest.approx(value, rel=2e-5, abs=2e-6), key
 
 
+@pytest.mark.slow
 def test_task_metrics_and_counterfactual_methods_equal_hand_hooks(llama, tmp_path):
     path, model, tok = llama
     rows = make_rows(tok)
@@ -186,6 +188,7 @@ def test_task_metrics_and_counterfactual_methods_equal_hand_hooks(llama, tmp_pat
     assert "answer accuracy (%)" in summary and "logit difference answer - distractor" in summary
 
 
+@pytest.mark.slow
 def test_one_token_answers_read_the_distractor_at_the_answer_position(llama, tmp_path):
     path, model, tok = llama
     single = [w for w in WORDS if _length(tok, " " + w) == 1]
@@ -204,7 +207,8 @@ def test_one_token_answers_read_the_distractor_at_the_answer_position(llama, tmp
     clean = [hand.row(r) for r in evaluated]
     close(got["0"], averaged(clean))
     ids, answer, start = hand.ids(evaluated[0]["prompt"], evaluated[0]["answer"])
-    logits = model(torch.tensor([ids])).logits[0, start]
+    with torch.no_grad():
+        logits = model(torch.tensor([ids])).logits[0, start]
     d = tok(evaluated[0]["distractor"], add_special_tokens=False)["input_ids"][0]
     assert clean[0]["logit_diff"] == pytest.approx(float(logits[answer[0]] - logits[d]), rel=1e-4)  # a logit difference
     close(got["100"], averaged([hand.row(r, lambda l, x: torch.zeros_like(x)) for r in evaluated]))
@@ -268,6 +272,7 @@ def test_task_objective_is_the_answer_ce_or_the_kl_at_the_answer_positions():
     assert float(out["kl"]) == pytest.approx(float(per_pos[0, 2:4].mean() + per_pos[1, 3]) / 2, rel=1e-6)
 
 
+@pytest.mark.slow
 def test_optimal_kl_per_neuron_and_per_position_equal_hand_hooks_with_the_fitted_constants(llama, tmp_path):
     path, model, tok = llama
     rows = make_rows(tok, n=22, seed=2, fixed=6)
@@ -303,6 +308,7 @@ def test_optimal_kl_per_neuron_and_per_position_equal_hand_hooks_with_the_fitted
         )  # fmt: skip
 
 
+@pytest.mark.slow
 def test_every_schedule_runs_on_task_data(llama, tmp_path):
     path, model, tok = llama
     rows = make_rows(tok, n=18, seed=3)
@@ -407,10 +413,9 @@ def test_each_context_counts_once_in_the_statistics():
     assert torch.equal(kept, expected) and int(kept.sum()) == 4 + 0 + 2 + 0
 
 
+@pytest.mark.slow
+@pytest.mark.distributed
 def test_two_processes_score_every_task_row_once_and_as_one_does(llama, tmp_path):
-    import os
-    import subprocess
-    import sys
 
     path, _, tok = llama
     task = write_jsonl(tmp_path / "ddp.jsonl", make_rows(tok, n=17, seed=5))  # 11 evaluated rows: 6 + 5
@@ -425,11 +430,7 @@ def test_two_processes_score_every_task_row_once_and_as_one_does(llama, tmp_path
         ]  # fmt: skip
         if strategy == "ddp":
             argv += ["--trainer.devices", 2, "--trainer.strategy", "ddp"]
-        env = {**os.environ, "PYTHONWARNINGS": "ignore", "TOKENIZERS_PARALLELISM": "false", "OMP_NUM_THREADS": "1"}
-        proc = subprocess.run(
-            [sys.executable, "-m", "ablate_lit", "test", *map(str, argv)], env=env, capture_output=True, text=True,
-            timeout=600,
-        )  # fmt: skip
+        proc = launch("test", *argv)
         assert proc.returncode == 0, proc.stderr[-3000:]
         rows[strategy] = sorted(read_rows(tmp_path / strategy / "run")[0], key=lambda r: (r["method"], r["fraction"]))
     assert len(rows["single"]) == len(rows["ddp"]) == 6

@@ -16,7 +16,7 @@ import time
 from pathlib import Path
 
 import pytest
-from helpers import one_line_error, read_rows, run, tiny_args
+from helpers import launch, one_line_error, read_rows, run, tiny_args
 
 from ablate_lit.entry.cli import main
 from ablate_lit.store.atomic import HOST, clear_stale
@@ -25,18 +25,9 @@ from ablate_lit.store.rows import COLUMNS
 SMALL = ["--ablation.methods", "[zero,mean]", "--ablation.seeds", "[0]", "--ablation.log_histograms", "false"]
 
 
-def _cli_env() -> dict:
-    return {**os.environ, "PYTHONWARNINGS": "ignore", "TOKENIZERS_PARALLELISM": "false", "OMP_NUM_THREADS": "1"}
-
-
 def start(args) -> subprocess.Popen:
-    return subprocess.Popen(
-        [sys.executable, "-m", "ablate_lit", "test", *map(str, args)],
-        env=_cli_env(),
-        stdout=subprocess.PIPE,
-        stderr=subprocess.PIPE,
-        text=True,
-    )
+    """The CLI's test command started in a child process (``helpers.launch``), not waited for."""
+    return launch("test", *args, wait=False)
 
 
 # -- identity -------------------------------------------------------------------------------------
@@ -86,6 +77,8 @@ def test_an_old_run_folder_without_identity_is_refused(capsys, tiny_models, corp
 
 
 # -- concurrent writers -----------------------------------------------------------------------------
+@pytest.mark.slow
+@pytest.mark.distributed
 def test_four_processes_on_one_run_folder_write_the_union_of_four_separate_runs(tiny_models, corpus, tmp_path):
     shares = [("zero", 0), ("mean", 0), ("zero", 1), ("peak", 1)]
     base = ["--ablation.log_histograms", "false", "--ablation.cache_dir", tmp_path / "cache"]
@@ -177,6 +170,7 @@ def test_report_skips_malformed_csv_lines_naming_file_and_line(capsys, tiny_mode
     assert "| baseline |" in out
 
 
+@pytest.mark.slow
 def test_report_keeps_apart_two_models_whose_folders_share_a_name(capsys, tiny_models, corpus, tmp_path):
     import shutil
 
@@ -191,6 +185,7 @@ def test_report_keeps_apart_two_models_whose_folders_share_a_name(capsys, tiny_m
 
 
 # -- signals --------------------------------------------------------------------------------------
+@pytest.mark.slow
 @pytest.mark.parametrize("sig", [signal.SIGTERM, signal.SIGINT])
 def test_a_signal_ends_the_run_non_zero_with_one_line_and_it_resumes(tiny_models, corpus, tmp_path, sig):
     args = tiny_args(tiny_models["qwen2"], corpus, tmp_path, "--ablation.methods", "[zero,peak,resample:random_tokens]")
@@ -590,19 +585,13 @@ def test_report_keeps_apart_runs_of_one_model_with_other_data(capsys, tiny_model
     assert "llama (run-a)" in header and "llama (run-b)" in header
 
 
+@pytest.mark.slow
 def test_a_signal_while_the_model_loads_is_one_line(tiny_models, corpus, tmp_path):
     patch = (
         "import functools\nimport ablate_lit.families.causal_lm as m\n_orig = m.CausalLMAblation.__init__\n"
         "@functools.wraps(_orig)\ndef _patched(self, *a, **k):\n    os.kill(os.getpid(), signal.SIGTERM)\n"
         "    time.sleep(5)\n    _orig(self, *a, **k)\nm.CausalLMAblation.__init__ = _patched\n"
     )
-    script = f"import os, signal, sys, time\n{patch}\nfrom ablate_lit.entry.cli import main\nmain(sys.argv[1:])\n"
-    proc = subprocess.run(
-        [sys.executable, "-c", script, "test", *map(str, tiny_args(tiny_models["llama"], corpus, tmp_path))],
-        env=_cli_env(),
-        capture_output=True,
-        text=True,
-        timeout=300,
-    )
+    proc = launch("test", *tiny_args(tiny_models["llama"], corpus, tmp_path), patch=patch, timeout=300)
     assert proc.returncode == 128 + signal.SIGTERM
     assert "stopped by SIGTERM: no evaluation had started" in one_line_error(proc.stderr)

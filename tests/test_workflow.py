@@ -2,25 +2,22 @@
 
 from __future__ import annotations
 
-import os
 import re
 import subprocess
-import sys
 from pathlib import Path
 
 import pytest
 import torch
+from helpers import child_env, launch
 
 ROOT = Path(__file__).resolve().parents[1]
 
 
 def _cli(*args, cwd=None, env=None) -> subprocess.CompletedProcess:
-    env = {**os.environ, "COLUMNS": "80", **(env or {})}
-    return subprocess.run(
-        [sys.executable, "-m", "ablate_lit", *args], capture_output=True, text=True, cwd=cwd, env=env, timeout=300
-    )
+    return launch(*args, cwd=cwd, env=child_env(COLUMNS=80, **(env or {})), timeout=300)
 
 
+@pytest.mark.slow
 def test_help_lists_the_subcommands_and_test_help_is_short_with_ablation_model_and_data_first():
     top = _cli("--help")
     assert top.returncode == 0 and top.stdout.startswith("usage: python -m ablate_lit {test,report,export,cache}")
@@ -46,6 +43,7 @@ def test_help_lists_the_subcommands_and_test_help_is_short_with_ablation_model_a
     assert _cli("report", "--help").stdout.startswith("usage: python -m ablate_lit report")
 
 
+@pytest.mark.slow
 def test_cache_lists_sizes_and_clears_only_caches(tmp_path):
     cache = tmp_path / "runs" / ".calibration_cache"
     cache.mkdir(parents=True)
@@ -110,6 +108,7 @@ def _readme_python() -> str:
     return block.group(1)
 
 
+@pytest.mark.slow
 def test_the_readme_notebook_example_runs_as_written(tmp_path):
     pytest.importorskip("gguf")
     import importlib.util
@@ -122,10 +121,7 @@ def test_the_readme_notebook_example_runs_as_written(tmp_path):
         code + "\nimport matplotlib\nprint('ROWS', len(results.table()))\n"
         "print('RUN', results.run_dir)\nfigure.savefig('figure.png')\n"
     )
-    env = {**os.environ, "MPLBACKEND": "Agg", "HF_HUB_OFFLINE": "1", "TOKENIZERS_PARALLELISM": "false"}
-    proc = subprocess.run(
-        [sys.executable, str(script)], capture_output=True, text=True, cwd=tmp_path, env=env, timeout=900
-    )
+    proc = launch(code=str(script), cwd=tmp_path, env=child_env(MPLBACKEND="Agg", HF_HUB_OFFLINE=1))
     assert proc.returncode == 0, proc.stderr[-3000:]
     rows = int(re.search(r"ROWS (\d+)", proc.stdout).group(1))
     assert rows == 3 * 3  # zero, mean, peak x 0%, 50%, 100% (one seed)
@@ -133,6 +129,7 @@ def test_the_readme_notebook_example_runs_as_written(tmp_path):
     assert "ablation/top1" not in proc.stdout
 
 
+@pytest.mark.slow
 def test_the_vit_config_offline_says_that_the_images_must_be_local_too():
     proc = _cli("test", "--config", str(ROOT / "configs" / "vit.yaml"), env={"HF_HUB_OFFLINE": "1"})
     assert proc.returncode == 2

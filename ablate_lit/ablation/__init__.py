@@ -1,1 +1,2 @@
-"""Ablation: hooks on the pre-out, replacement values per method, and the pruning schedule."""
+"""How units are replaced: the methods (one class each) and the context they read, their values on the
+device, the nested neuron sets and the schedule of points, fold mode, and optimal constants."""

@@ -1,21 +1,44 @@
-"""What a method reads: ``MethodContext``, filled in by the run (``run.experiment``).
+"""What a method reads: ``MethodContext``, built once per run by the runner (``runner.launch``).
 
-A method checks its settings against the context and turns it into a point's replacement values;
-it never reaches into the run that made the context. Statistics, resample caches and fitted
-constants are computed when a method first asks for them.
+A method checks its settings against the context and turns it, with a point's neuron set, into the
+point's replacement values. The context holds facts about the run (the model's shape, the binning,
+the data) and two collaborators, typed by the protocols below: the run's calibration (statistics
+and resample caches, computed when first asked for) and the optimal fitter. A method never reaches
+into the run that made the context.
 """
 
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Callable
+from typing import Protocol
 
 import torch
 
 from ablate_lit.common.labels import Point
 
 
-@dataclass
+class Calibrated(Protocol):
+    """The run's calibration (``calibration.cache.CalibrationCache``)."""
+
+    def statistics(self, which: str = "calibration"):
+        """Per-neuron statistics (``CalibrationStats``) of the calibration split, or of a task's
+        counterfactual calibration prompts (``which="counterfactual"``); computed once."""
+
+    def resample(self, source: str) -> torch.Tensor:
+        """A source's resample cache [n_layers, rows, pos, width]."""
+
+
+class Fits(Protocol):
+    """Optimal constants per point (``ablation.fitter.OptimalFitter``)."""
+
+    def fitted(self, point: Point, mask: torch.Tensor, stats, objective: str, per_position: bool) -> torch.Tensor:
+        """The constants [n_layers, width] (per position [n_layers, pos, width]) minimising ``objective``."""
+
+    def split(self) -> tuple[torch.Tensor, torch.Tensor]:
+        """The calibration rows fitted on and held out; refuses calibration data too small to split."""
+
+
+@dataclass(frozen=True)
 class MethodContext:
     eps: float
     """The calibration histogram's bin width."""
@@ -27,22 +50,15 @@ class MethodContext:
     family: str
     """causal_lm, masked_lm or vision."""
     resample_sources: tuple[str, ...]
-    """The resample sources this family has."""
+    """The resample sources this run's model and data have."""
     batch_major: bool
     """The hooked inputs are [batch, pos, width] (False for windowed attention)."""
     sharded: bool
     """The weights are sharded over the processes (FSDP2)."""
-    statistics: Callable[[], object]
-    """The calibration statistics (``CalibrationStats``), computed or loaded at the first call."""
-    statistics_of: Callable[[str], object]
-    """Statistics of other inputs: ``counterfactual`` (a task's counterfactual calibration prompts)."""
-    resample: Callable[[str], torch.Tensor]
-    """A source's resample cache [n_layers, rows, pos, width]."""
-    fitted: Callable[[Point, str, bool], torch.Tensor]
-    """A point's optimal constants for an objective (ce, kl): [n_layers, width], or per position
-    [n_layers, pos, width]."""
-    check_fit: Callable[[], object]
-    """Refuses calibration data too small for fitting (optimal)."""
+    calibration: Calibrated
+    """Statistics and resample caches."""
+    fits: Fits
+    """Optimal constants per point."""
     counterfactual: bool = False
     """The data is a task with counterfactual prompts."""
     fixed_template: bool = False
@@ -50,4 +66,5 @@ class MethodContext:
 
     @property
     def stats(self):
-        return self.statistics()
+        """The calibration statistics (computed or loaded at the first call)."""
+        return self.calibration.statistics()

@@ -10,14 +10,14 @@ from ablate_lit.ablation.optimal import fit_constants
 from ablate_lit.common.curves import series_of
 from ablate_lit.common.errors import AblateError
 from ablate_lit.common.labels import NO_TARGET, Point, percent
-from ablate_lit.common.logs import say
+from ablate_lit.common.logs import empty_pass, say
 from ablate_lit.data.sampler import make_loader
 from ablate_lit.store.objects import digest, load_object, save_object
 
 
 class OptimalFitter:
     """Fits (or loads) a point's optimal constants. ``cache`` gives the keys and folder of cached
-    objects (``calibration.cache.CalibrationCache``); ``curves()`` the run's loggers (``common.curves``)."""
+    objects (``calibration.cache.CalibrationCache``); ``curves`` are the run's loggers (``common.curves``)."""
 
     def __init__(self, trainer, module, data, cfg, cache, curves):
         self.trainer, self.module, self.data, self.cfg, self.cache = trainer, module, data, cfg, cache
@@ -35,7 +35,7 @@ class OptimalFitter:
         train = n - held
         if world > 1:
             train -= train % world
-        more = "⟨--data.calib_images⟩" if hasattr(self.data, "calib_images") else "⟨--data.calib_tokens⟩"
+        more = "⟨--data.calib_images⟩" if self.data.positions() is None else "⟨--data.calib_tokens⟩"  # images
         if train < world:
             raise AblateError(
                 f"optimal needs calibration inputs to train on and others to hold out ({world} of each at "
@@ -55,7 +55,8 @@ class OptimalFitter:
         any evaluation; inside ``kept_in_place`` it then stays. A fit can come first (statistics cached,
         no baseline to run), and its model must already be where and as it is evaluated."""
         if not self._placed:
-            self.trainer.validate(self.module, dataloaders=make_loader([], 1), verbose=False)
+            with empty_pass():
+                self.trainer.validate(self.module, dataloaders=make_loader([], 1), verbose=False)
             self._placed = True
 
     def _key(self, mask: torch.Tensor, objective: str, per_position: bool) -> str:
@@ -126,7 +127,7 @@ class OptimalFitter:
     def _fit(self, point: Point, mask, init, scale, train_rows, held_rows, objective: str) -> dict:
         cfg, trainer, data = self.cfg, self.trainer, self.data
         self._place()
-        writer = self.curves().series(series_of(point.method, point.seed)) if trainer.is_global_zero else None
+        writer = self.curves.series(series_of(point.method, point.seed)) if trainer.is_global_zero else None
         step = cfg.optimal_batch_size // trainer.world_size
         try:
             result = fit_constants(

@@ -7,8 +7,8 @@ from typing import Iterator, Sequence
 
 import torch
 
-from ablate_lit.families.base import PreOut
 from ablate_lit.families.loading.quantization import is_quantized_weight
+from ablate_lit.sites.pre_out import PreOut
 
 
 def why_not_foldable(pre_outs: Sequence[PreOut]) -> str | None:

@@ -1,8 +1,9 @@
 """Ablation methods: each is a small class that gives the replacement values of a point.
 
 A method turns what the run knows (a ``MethodContext``: its calibration statistics, resample
-caches, fitted constants) into replacement values: ``{"values": [n_layers, width]}`` (one constant
-per neuron) or ``{"resample": [n_layers, rows, pos, width]}`` (values per input row and position).
+caches, fitted constants) and a point's neuron set into replacement values: ``{"values": [n_layers,
+width]}`` (one constant per neuron) or ``{"resample": [n_layers, rows, pos, width]}`` (values per
+input row and position).
 Adding a method is one class here, registered in METHODS, and its test.
 """
 
@@ -14,9 +15,8 @@ import torch
 
 from ablate_lit.ablation.context import MethodContext
 from ablate_lit.common.errors import AblateError
-from ablate_lit.common.labels import Point
-
-RESAMPLE_SOURCES = ("random_chars", "random_tokens", "generated", "random_pixels", "data", "counterfactual")
+from ablate_lit.common.families import RESAMPLE_SOURCES
+from ablate_lit.common.labels import METHOD_ORDER, Label, Point
 
 
 class Method:
@@ -28,6 +28,8 @@ class Method:
     """One value per neuron (fold mode can write it into the out-projection); False for resampling."""
     per_point: ClassVar[bool] = False
     """Its values depend on the point's neuron set (fitted per point), not only on the calibration data."""
+    reads_statistics: ClassVar[bool] = True
+    """Its values are read off (or start from) the calibration statistics."""
 
     def __init__(self, arg: str = ""):
         self.arg = arg
@@ -39,14 +41,15 @@ class Method:
     def check(self, ctx: MethodContext) -> None:
         """Refuse settings this method cannot work with (one line), before anything runs."""
 
-    def replacement(self, ctx: MethodContext, point: Point) -> dict:
+    def replacement(self, ctx: MethodContext, point: Point, mask: torch.Tensor) -> dict:
+        """The values replacing the neurons of ``mask`` [n_layers, width] (True: ablated) at ``point``."""
         raise NotImplementedError
 
 
 class Zero(Method):
-    name, help = "zero", "0"
+    name, help, reads_statistics = "zero", "0", False
 
-    def replacement(self, ctx, point):
+    def replacement(self, ctx, point, mask):
         return {"values": torch.zeros(ctx.n_layers, ctx.width)}
 
 
@@ -66,15 +69,15 @@ class Mean(Method):
                 "⟨--data ablate_lit.TaskData⟩ rows with a counterfactual column"
             )
 
-    def replacement(self, ctx, point):
-        stats = ctx.statistics_of("counterfactual") if self.arg else ctx.stats
+    def replacement(self, ctx, point, mask):
+        stats = ctx.calibration.statistics("counterfactual") if self.arg else ctx.stats
         return {"values": stats["mean"].float()}
 
 
 class Median(Method):
     name, help = "median", "the centre of the eps-bin holding the median of the calibration activations"
 
-    def replacement(self, ctx, point):
+    def replacement(self, ctx, point, mask):
         return {"values": ctx.stats.median().float()}
 
 
@@ -114,7 +117,7 @@ class Peak(Method):
                 f"⟨ablation.eps⟩ {ctx.eps:g}"
             )
 
-    def replacement(self, ctx, point):
+    def replacement(self, ctx, point, mask):
         return {"values": ctx.stats.peak_at(self.multiple(ctx.eps)).float()}
 
 
@@ -122,12 +125,12 @@ class PeakRefined(Method):
     name = "peak_refined"
     help = "the mode of the histogram smoothed at the rate for modes, to sub-bin precision (less biased by the grid)"
 
-    def replacement(self, ctx, point):
+    def replacement(self, ctx, point, mask):
         return {"values": ctx.stats.peak_refined().float()}
 
 
 class Resample(Method):
-    name, constant = "resample", False
+    name, constant, reads_statistics = "resample", False, False
     help = (
         "the value at the same position on other inputs: random_chars, random_tokens, generated (text), "
         "random_pixels (images), data (calibration inputs), or counterfactual (each task row's counterfactual prompt)"
@@ -162,8 +165,8 @@ class Resample(Method):
                 "windows into the batch (windowed attention); use zero, mean or peak"
             )
 
-    def replacement(self, ctx, point):
-        return {"resample": ctx.resample(self.source)}
+    def replacement(self, ctx, point, mask):
+        return {"resample": ctx.calibration.resample(self.source)}
 
 
 class Optimal(Method):
@@ -198,28 +201,27 @@ class Optimal(Method):
                 "for a fixed-template task: evaluate ⟨--data ablate_lit.TaskData⟩ rows whose prompts share one "
                 "token length, or use optimal without +position"
             )
-        ctx.check_fit()  # refuses calibration data too small to hold some windows out
+        ctx.fits.split()  # refuses calibration data too small to hold some windows out
 
-    def replacement(self, ctx, point):
-        return {"values": ctx.fitted(point, self.objective, self.per_position).float()}
+    def replacement(self, ctx, point, mask):
+        return {"values": ctx.fits.fitted(point, mask, ctx.stats, self.objective, self.per_position).float()}
 
 
-METHODS: dict[str, type[Method]] = {m.name: m for m in (Zero, Mean, Median, Peak, PeakRefined, Optimal, Resample)}
+METHODS: dict[str, type[Method]] = {
+    m.name: m
+    for m in sorted(
+        (Zero, Mean, Median, Peak, PeakRefined, Optimal, Resample), key=lambda m: METHOD_ORDER.index(m.name)
+    )
+}
+"""Every method by name, in ``common.labels.METHOD_ORDER`` (a method must have its place there)."""
 PAPER = ("zero", "mean", "peak")
-
-
-def registry_rank(label: str) -> tuple[int, str]:
-    """Where a method label sorts: by its method's place in METHODS (zero, mean, ..., resample), then by
-    the label (``peak`` before ``peak:eps=0.05``; ``mean [heads]`` ranks as ``mean``)."""
-    name = str(label).partition(" [")[0].split(":")[0]
-    order = list(METHODS)
-    return (order.index(name) if name in order else len(order), str(label))
 
 
 def parse_method(text: str) -> Method:
     """``name`` or ``name:argument`` (``resample:<source>``, ``peak:eps=E``, ``mean:counterfactual``,
     ``optimal:kl+position``); a bare ``resample`` is refused."""
-    name, _, arg = str(text).strip().partition(":")
+    label = Label.parse(text)
+    name, arg = label.name, label.arg
     if name not in METHODS:
         raise AblateError(
             f"unknown ablation method '{text}'; use one of: {', '.join(METHODS)} (resample:<source>, peak:eps=E, "

@@ -24,6 +24,8 @@ import lightning as L
 import torch
 from torch import nn
 
+from ablate_lit.common.private import fresh_fit_loop, parse_to, restore_fit_loop
+
 
 class ConstantFit(L.LightningModule):
     """Trains the constants [n_layers, width] ``init + scale * shift``: ``shift`` is the parameter, in
@@ -48,7 +50,7 @@ class ConstantFit(L.LightningModule):
     # the constants stay float32 under a true half precision (they are the master copy; the hook casts
     # them to the activations' dtype)
     def to(self, *args, **kwargs):
-        device = torch._C._nn._parse_to(*args, **kwargs)[0]
+        device = parse_to(*args, **kwargs)[0]
         return super().to(device) if device is not None else self
 
     def half(self):
@@ -135,20 +137,15 @@ def fit_constants(
     where ``mask`` is False, the held-out best where it is True), ``history`` (held-out loss per epoch,
     0 = ``init``), ``init_loss``, ``best_loss``, ``epochs`` and ``fit_s``."""
     from lightning.pytorch.callbacks import EarlyStopping
-    from lightning.pytorch.loops.fit_loop import _FitLoop
-    from lightning.pytorch.loops.training_epoch_loop import _TrainingEpochLoop
 
     from ablate_lit.common.logs import lightning_info_silenced
 
     started, fit = time.perf_counter(), ConstantFit(target, init, scale, lr, writer, tag, objective)
     stopper = EarlyStopping(monitor="held_out", mode="min", patience=patience, min_delta=0.0, check_finite=True)
-    saved_loop, saved_sanity = trainer.fit_loop, trainer.num_sanity_val_steps
     frozen = [(p, p.requires_grad) for p in target.parameters()]
     for p, _ in frozen:
         p.requires_grad_(False)
-    trainer.fit_loop = _FitLoop(trainer, min_epochs=0, max_epochs=max_epochs)  # a fresh loop for every fit
-    trainer.fit_loop.epoch_loop = _TrainingEpochLoop(trainer, min_steps=None, max_steps=-1)
-    trainer.num_sanity_val_steps = 0
+    saved = fresh_fit_loop(trainer, max_epochs)  # a fresh loop for every fit
     trainer.callbacks.append(stopper)
     try:
         # "`Trainer.fit` stopped: ..." is not printed: the run says how the fit ended in its own words
@@ -157,10 +154,9 @@ def fit_constants(
             trainer.fit(fit, train_dataloaders=train_loader, val_dataloaders=held_out_loader)
     finally:
         trainer.callbacks.remove(stopper)
-        trainer.fit_loop, trainer.num_sanity_val_steps = saved_loop, saved_sanity
+        restore_fit_loop(trainer, saved)
         for p, flag in frozen:
             p.requires_grad_(flag)
-        target.hooks.remove()
         if writer is not None:
             writer.flush()
     best_loss, best = fit.best

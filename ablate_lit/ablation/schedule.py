@@ -126,3 +126,38 @@ def plan(methods: list[str], seeds: list[int], fractions: list[float]) -> list[P
         if 1.0 in fractions:
             points.append(Point(1.0, m, seeds[0], tuple((m, s) for s in seeds)))
     return points
+
+
+class NeuronSets:
+    """The nested neuron sets of a run: for each seed one order of the units (``neuron_order``), drawn
+    once, and the set at a fraction its first ``n_ablated`` units (``ablation_mask``). An order by a
+    calibration statistic reads ``calibration.statistics()`` (``ablation.context.Calibrated``)."""
+
+    def __init__(
+        self,
+        n_layers: int,
+        width: int,
+        layers: list[int],
+        unit_size: int,
+        selection: str,
+        order: str,
+        calibration=None,
+    ):
+        self.n_layers, self.width, self.layers, self.unit_size = n_layers, width, list(layers), unit_size
+        self.selection, self.order, self.calibration = selection, order, calibration
+        self._orders: dict[int, torch.Tensor] = {}
+
+    @property
+    def n_neurons(self) -> int:
+        """Neurons of the chosen layers: what fractions count."""
+        return len(self.layers) * self.width
+
+    def mask(self, seed: int, fraction: float) -> torch.Tensor:
+        """Boolean [n_layers, width]: the neurons ablated at ``fraction`` for ``seed`` (the same for every method)."""
+        if seed not in self._orders:
+            name, descending = parse_order(self.order)
+            scores = None if name is None else unit_scores(self.calibration.statistics(), self.order, self.unit_size)
+            self._orders[seed] = neuron_order(
+                seed, self.n_layers, self.width, self.selection, self.unit_size, self.layers, scores, descending
+            )
+        return ablation_mask(self._orders[seed], fraction, self.n_layers, self.width, self.unit_size, self.layers)

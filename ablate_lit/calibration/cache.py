@@ -33,6 +33,7 @@ class CalibrationCache:
     def __init__(self, trainer, module, data, cfg, cache_dir: Path):
         self.trainer, self.module, self.data, self.cfg = trainer, module, data, cfg
         self.cache_dir = Path(cache_dir)
+        self._statistics: dict[str, CalibrationStats] = {}
 
     def key(self, *extra) -> dict:
         """What a cached object depends on: the model, where it is hooked (attention or MLP units,
@@ -58,13 +59,21 @@ class CalibrationCache:
         finally:
             self.trainer.callbacks.remove(callback)
             self.trainer.callbacks.remove(beat)
-            self.module.hooks.remove()
         return callback.result
 
     # -- statistics ------------------------------------------------------------------------------
     def statistics(self, which: str = "calibration") -> CalibrationStats:
         """The statistics of the calibration split, or (``counterfactual``) of a task's counterfactual
-        calibration prompts (``mean:counterfactual``)."""
+        calibration prompts (``mean:counterfactual``): computed (or loaded) at the first call."""
+        if which not in self._statistics:
+            self._statistics[which] = self._compute(which)
+        return self._statistics[which]
+
+    def computed(self, which: str = "calibration") -> bool:
+        """Whether ``statistics(which)`` has been computed (or loaded) by this run."""
+        return which in self._statistics
+
+    def _compute(self, which: str) -> CalibrationStats:
         cfg = self.cfg
         inputs = self.data.fingerprint("calibration" if which == "calibration" else "counterfactual_calibration")
         key = digest(self.key("stats", inputs, cfg.eps, cfg.n_bins, cfg.bin_alignment))

@@ -18,6 +18,7 @@ from lightning.pytorch.loggers import CSVLogger, Logger, MLFlowLogger, TensorBoa
 
 from ablate_lit.common.errors import AblateError, reason_of
 from ablate_lit.common.logs import warn
+from ablate_lit.common.private import finish_wandb, mlflow_uri
 
 
 def series_of(method: str, seed: int) -> str:
@@ -133,7 +134,7 @@ class Curves:
             elif isinstance(logger, WandbLogger):
                 lines.append(f"curves:  W&B run {logger.experiment.id} ({logger.experiment.dir})")
             elif isinstance(logger, MLFlowLogger):
-                lines.append(f"curves:  MLflow run {logger.run_id} ({logger._tracking_uri})")
+                lines.append(f"curves:  MLflow run {logger.run_id} ({mlflow_uri(logger)})")
             elif isinstance(logger, CSVLogger):
                 lines.append(f"curves:  {Path(logger.log_dir) / 'metrics.csv'}")
             else:
@@ -150,8 +151,7 @@ class Curves:
                 continue
             try:  # one logger failing to close neither stops the others nor hides the run's own error
                 logger.finalize(status)
-                if isinstance(logger, WandbLogger) and logger._experiment is not None:
-                    logger._experiment.finish(exit_code=0 if status == "success" else 1)
-                    logger._experiment = None
+                if isinstance(logger, WandbLogger):
+                    finish_wandb(logger, 0 if status == "success" else 1)
             except Exception as exc:
                 warn(None, f"{type(logger).__name__} did not close cleanly ({reason_of(exc, 160)})")

@@ -17,17 +17,18 @@ import re
 from contextlib import contextmanager
 from typing import Iterator
 
+from ablate_lit.common.families import FAMILIES
+
 _raised: list["AblateError"] = []
 
 _STYLE = contextvars.ContextVar("ablate_lit_wording", default="cli")
 _MARK = re.compile(r"⟨([^⟩]*)⟩")
-_CLASSES = {"causal_lm": "CausalLMAblation", "masked_lm": "MaskedLMAblation", "vision": "VisionAblation"}
 _RUN_NAMES = {"model.name_or_path": "model", "data.path": "data", "model.name": "model_name"}
 
 
 def _cli(spec: str) -> str:
     if spec.startswith("family="):
-        return f"--model ablate_lit.{_CLASSES[spec.removeprefix('family=')]}"
+        return f"--model ablate_lit.{FAMILIES[spec.removeprefix('family=')].module}"
     return "run the same command again" if spec == "rerun" else spec
 
 

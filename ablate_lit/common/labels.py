@@ -11,6 +11,9 @@ from dataclasses import dataclass
 
 FRACTION_DIGITS = 6
 
+IGNORE_INDEX = -100
+"""The label of a position (or image) that is not scored: the data writes it, the metrics skip it."""
+
 
 def fraction_key(fraction: float) -> float:
     """A fraction as results store and compare it: rounded to 6 decimals (0.1*3 and 0.3 are one point)."""
@@ -73,7 +76,7 @@ class Point:
 @dataclass(frozen=True)
 class UnitGroup:
     """The units of one layer, each ablated alone by each method (``entries``): evaluated together,
-    batch by batch, from one unablated forward pass (``families.units``)."""
+    batch by batch, from one unablated forward pass (``maps.step``)."""
 
     layer: int
     entries: tuple[Point, ...]
@@ -97,10 +100,16 @@ class UnitGroup:
         return f"layer {self.layer}'s {len(self.entries)} single-unit evaluations"
 
 
+METHOD_ORDER = ("zero", "mean", "median", "peak", "peak_refined", "optimal", "resample")
+"""The methods in the order of the paper's tables (then those beyond it): every table, legend and list
+of methods follows it (``ablation.methods.METHODS`` is registered in it)."""
+
+
 @dataclass(frozen=True)
 class Label:
-    """A method and what it ablated where that is not the paper's (attention neurons of every layer,
-    drawn at random per layer): ``Label("mean", ("MLP",))`` is written ``mean [MLP]``."""
+    """A method label, parsed once: the method (``peak:eps=0.04``: its name and option) and what it
+    ablated where that is not the paper's (attention neurons of every layer, drawn at random per layer):
+    ``Label("mean", ("MLP",))`` is written ``mean [MLP]``."""
 
     method: str
     kinds: tuple[str, ...] = ()
@@ -109,13 +118,23 @@ class Label:
         return self.method + self.suffix
 
     @property
+    def name(self) -> str:
+        """The method's name: ``peak`` of ``peak:eps=0.04``."""
+        return self.method.partition(":")[0]
+
+    @property
+    def arg(self) -> str:
+        """What follows ``name:``: ``eps=0.04`` of ``peak:eps=0.04`` (empty if nothing)."""
+        return self.method.partition(":")[2]
+
+    @property
     def suffix(self) -> str:
         """What was ablated, as written after the method (`` [MLP]``; empty for the paper's units)."""
         return f" [{', '.join(self.kinds)}]" if self.kinds else ""
 
     @classmethod
     def parse(cls, text: str) -> Label:
-        method, sep, rest = str(text).partition(" [")
+        method, sep, rest = str(text).strip().partition(" [")
         kinds = tuple(k.strip() for k in rest.rstrip("]").split(",")) if sep else ()
         return cls(method, kinds)
 
@@ -138,3 +157,10 @@ class Label:
     def with_method(self, method: str) -> Label:
         """The same units ablated by another method (``peak [MLP]`` -> ``mean [MLP]``)."""
         return Label(method, self.kinds)
+
+
+def method_rank(text: str) -> tuple[int, str]:
+    """Where a method label sorts: by its method's place in METHOD_ORDER (zero, mean, ..., resample),
+    then by the label (``peak`` before ``peak:eps=0.05``; ``mean [heads]`` ranks as ``mean``)."""
+    name = Label.parse(text).name
+    return (METHOD_ORDER.index(name) if name in METHOD_ORDER else len(METHOD_ORDER), str(text))

@@ -106,6 +106,15 @@ def lightning_info_silenced(silenced: bool = True) -> Iterator[None]:
             lg.setLevel(level)
 
 
+@contextmanager
+def empty_pass() -> Iterator[None]:
+    """Inside this block a ``trainer.validate`` over an empty loader (run on purpose: Lightning starts its
+    processes and places the model at its first call) does not warn that the loader is empty."""
+    with warnings.catch_warnings():
+        warnings.filterwarnings("ignore", message="Total length of `DataLoader` across ranks is zero")
+        yield
+
+
 class _NoAdverts(logging.Filter):
     def filter(self, record: logging.LogRecord) -> bool:
         return not str(record.msg).startswith("💡 Tip")

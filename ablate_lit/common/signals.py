@@ -38,7 +38,7 @@ def _raise(signum, frame):
     raise Interrupted(signum)
 
 
-def check() -> None:
+def raise_if_signalled() -> None:
     """Raise ``Interrupted`` if a signal arrived whose exception was swallowed."""
     if _received:
         raise Interrupted(_received[0])
@@ -59,7 +59,7 @@ def stopped_by_signals(progress: Callable[[], str]) -> Iterator[None]:
         signal.signal(s, _raise)
     try:
         yield
-        check()
+        raise_if_signalled()
     except Interrupted as exc:
         raise AblateError(f"stopped by {exc}: {progress()}; ⟨rerun⟩ to resume", exit_code=128 + exc.signum) from None
     finally:

@@ -152,6 +152,18 @@ class ImageData(L.LightningDataModule):
     def eval_dataset(self) -> ImageDataset:
         return self.eval_set
 
+    def random_inputs(self, source: str, n: int, seed: int, generator=None) -> ImageDataset:
+        """resample:data's ``n`` calibration images; random pixels go through the model's own preprocessing,
+        so the model makes them (``VisionAblation.random_inputs``)."""
+        if source != "data":
+            raise ValueError(f"ImageData gives resample:data's inputs, not {source}'s")
+        return self.calibration_sample(n, seed)
+
+    task = None
+    """Images are not a task: every image's class is scored."""
+    has_counterfactual = False
+    fixed_template = False
+
     def test_dataloader(self) -> DataLoader:
         return cached_loader(self, lambda: self._loader(self.eval_set))
 

@@ -8,9 +8,9 @@ import torch
 from torch.utils.data import Dataset
 
 from ablate_lit.common.errors import check
+from ablate_lit.common.labels import IGNORE_INDEX
 from ablate_lit.data.sampler import cached_loader, make_loader
 from ablate_lit.data.text import TextData
-from ablate_lit.stats.token_metrics import IGNORE_INDEX
 
 
 def mask_windows(

@@ -2,7 +2,8 @@
 
 Every source yields ``[n, length]`` token ids laid out like the evaluation windows (the same
 special tokens first and last), so the cache covers every evaluated position. Rows are drawn from
-seeded generators, hence identical on every process.
+seeded generators, hence identical on every process. ``text_inputs`` gives a text DataModule's
+inputs of any source (``TextData.random_inputs``).
 """
 
 from __future__ import annotations
@@ -14,6 +15,7 @@ import torch
 
 from ablate_lit.common.errors import AblateError
 from ablate_lit.common.progress import Heartbeat
+from ablate_lit.data.windows import WindowDataset
 
 _CHARS = string.ascii_letters + string.digits + string.punctuation + " " * 10 + "\n"
 
@@ -164,19 +166,23 @@ class _GenerationHeartbeat(Heartbeat):
         return torch.zeros(input_ids.shape[0], dtype=torch.bool, device=input_ids.device)
 
 
-class RandomPixels(torch.utils.data.Dataset):
-    """Images of uniformly random RGB pixels, passed through the model's own preprocessing."""
-
-    def __init__(self, n: int, size: tuple[int, int], preprocess, seed: int):
-        gen = torch.Generator().manual_seed(seed)
-        self.pixels = torch.randint(0, 256, (n, size[0], size[1], 3), dtype=torch.uint8, generator=gen)
-        self.preprocess = preprocess
-
-    def __len__(self) -> int:
-        return self.pixels.shape[0]
-
-    def __getitem__(self, i: int) -> dict:
-        from PIL import Image
-
-        image = Image.fromarray(self.pixels[i].numpy(), mode="RGB")
-        return {"pixel_values": self.preprocess(image), "label": -100, "index": i}
+def text_inputs(data, source: str, n: int, seed: int, generator=None) -> torch.utils.data.Dataset:
+    """``n`` inputs of ``source`` laid out like ``data``'s windows (a connected text DataModule), indexed
+    0..n-1: random_tokens, random_chars, generated (text written by ``generator()``: (model, tokenizer),
+    or None for the built-in English sample), data (calibration windows) or, for a task, counterfactual
+    (each evaluated sequence's counterfactual)."""
+    if source == "data":
+        return data.calibration_sample(n, seed)
+    if source == "counterfactual":
+        return data.counterfactual_inputs()  # a task's: row by row, the evaluated sequences' own
+    args = (data.tokenizer, n, data.context_length, data.prefix, data.suffix, seed)
+    if source == "random_tokens":
+        return WindowDataset(random_tokens(*args))
+    if source == "random_chars":
+        return WindowDataset(random_chars(*args))
+    if source != "generated":
+        raise ValueError(source)
+    writer = generator() if generator is not None else None
+    if writer is None:
+        return WindowDataset(builtin_sample(*args))
+    return WindowDataset(generated(*args, generator=writer[0], generator_tokenizer=writer[1]))

@@ -11,10 +11,11 @@ import torch
 
 from ablate_lit.common.errors import AblateError, check, check_batch_size, check_seed
 from ablate_lit.data.task_inputs import TaskInputs
-from ablate_lit.data.task_rows import encode_all, problem, read_rows
+from ablate_lit.data.task_rows import encode_all, problem, read_task_rows
 from ablate_lit.data.task_sequences import TaskSequences, first_contexts, sequences
 from ablate_lit.data.tasks import TASKS, generate
-from ablate_lit.data.text import TextData, WindowDataset, bos_prefix
+from ablate_lit.data.text import TextData
+from ablate_lit.data.windows import WindowDataset, bos_prefix
 
 
 class TaskData(TaskInputs, L.LightningDataModule):
@@ -134,7 +135,7 @@ class TaskData(TaskInputs, L.LightningDataModule):
         if isinstance(self.path, str) and self.path in TASKS and not Path(self.path).exists():
             rows = generate(self.path, self.tokenizer, self.task_size, self.seed, problem(self.tokenizer))
             return rows, f"the shipped task '{self.path}'"
-        return read_rows(self.path, self.columns, self.name, self.split)
+        return read_task_rows(self.path, self.columns, self.name, self.split)
 
     def setup(self, stage: str | None = None) -> None:
         if self.split_of:

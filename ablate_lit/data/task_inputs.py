@@ -1,4 +1,4 @@
-"""What a run reads from a task's splits (``data.task.TaskData``): its scores, the evaluated
+"""What a run reads from a task's splits (``data.task.TaskData``): its shape, the evaluated
 sequences, the calibration split's, and the counterfactual ones."""
 
 from __future__ import annotations
@@ -7,6 +7,9 @@ import torch
 from torch.utils.data import DataLoader, Dataset
 
 from ablate_lit.common.errors import AblateError, check
+from ablate_lit.common.labels import IGNORE_INDEX
+from ablate_lit.data.protocol import TaskShape
+from ablate_lit.data.random_inputs import text_inputs
 from ablate_lit.data.sampler import cached_loader, make_loader
 from ablate_lit.data.task_sequences import TaskSequences
 
@@ -16,12 +19,12 @@ class TaskInputs:
 
     split_of: dict[str, TaskSequences]
 
-    def make_scores(self):
-        from ablate_lit.stats.task_metrics import TaskScores
-
+    @property
+    def task(self) -> TaskShape:
+        """The task's name and size (its scores are ``stats.task_metrics.TaskScores``)."""
         evaluated = self.split_of["evaluation"]
-        longest = int((evaluated.tensors["labels"] != -100).sum(1).max())  # most answer tokens of a sequence
-        return TaskScores(self.n_rows, len(evaluated), longest)
+        longest = int((evaluated.tensors["labels"] != IGNORE_INDEX).sum(1).max())  # most answer tokens of a sequence
+        return TaskShape(self.task_name, self.n_rows, len(evaluated), longest)
 
     def sample_rows(self, n: int, seed: int, available: int) -> torch.Tensor:
         check(  # resample:data's rows
@@ -54,6 +57,10 @@ class TaskInputs:
 
     def eval_dataset(self) -> Dataset:
         return self.split_of["evaluation"]
+
+    def random_inputs(self, source: str, n: int, seed: int, generator=None) -> Dataset:
+        """``n`` randomised inputs of ``source`` laid out like the evaluated sequences (``data.random_inputs``)."""
+        return text_inputs(self, source, n, seed, generator)
 
     def test_dataloader(self) -> DataLoader:
         return cached_loader(self, lambda: make_loader(self.split_of["evaluation"], self.batch_size, self.num_workers))

@@ -105,7 +105,7 @@ def problem(tokenizer):
     return why
 
 
-def read_rows(path, columns: dict[str, str], name: str | None, split: str) -> tuple[list[dict], str]:
+def read_task_rows(path, columns: dict[str, str], name: str | None, split: str) -> tuple[list[dict], str]:
     """(rows with the keys prompt, answer, distractor, counterfactual; a name of the source for
     errors). ``columns`` maps those keys to the source's column names. ``path``: a .jsonl .json .csv
     .parquet file, a hub data set, a list of dicts, or a ``datasets.Dataset``."""

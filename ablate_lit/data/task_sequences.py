@@ -8,8 +8,8 @@ import hashlib
 import torch
 from torch.utils.data import Dataset
 
+from ablate_lit.common.labels import IGNORE_INDEX
 from ablate_lit.data.task_rows import EncodedRow
-from ablate_lit.stats.token_metrics import IGNORE_INDEX
 
 
 class TaskSequences(Dataset):

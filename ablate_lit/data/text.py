@@ -10,27 +10,9 @@ import torch
 from torch.utils.data import DataLoader, Dataset
 
 from ablate_lit.common.errors import check, check_batch_size, check_seed
+from ablate_lit.data.random_inputs import text_inputs
 from ablate_lit.data.sampler import cached_loader, make_loader
-from ablate_lit.data.windows import given_windows, token_stream
-
-
-def bos_prefix(tokenizer, prepend_bos: bool) -> list[int]:
-    """The tokens opening every input: the tokenizer's BOS token (EOS if it has none) when ``prepend_bos``."""
-    bos = tokenizer.bos_token_id if tokenizer.bos_token_id is not None else tokenizer.eos_token_id
-    return [bos] if prepend_bos and bos is not None else []
-
-
-class WindowDataset(Dataset):
-    """Fixed-length token windows; each item carries its index (resampling and DDP bookkeeping)."""
-
-    def __init__(self, windows: torch.Tensor):
-        self.windows = windows
-
-    def __len__(self) -> int:
-        return self.windows.shape[0]
-
-    def __getitem__(self, i: int) -> dict:
-        return {"input_ids": self.windows[i], "index": i}
+from ablate_lit.data.windows import WindowDataset, bos_prefix, given_windows, token_stream
 
 
 class TextData(L.LightningDataModule):
@@ -184,6 +166,15 @@ class TextData(L.LightningDataModule):
 
     def eval_dataset(self) -> Dataset:
         return WindowDataset(self.eval_windows)
+
+    task = None
+    """Plain text is not a task: every token is scored."""
+    has_counterfactual = False
+    fixed_template = False
+
+    def random_inputs(self, source: str, n: int, seed: int, generator=None) -> Dataset:
+        """``n`` randomised inputs of ``source`` laid out like the evaluation windows (``data.random_inputs``)."""
+        return text_inputs(self, source, n, seed, generator)
 
     def test_dataloader(self) -> DataLoader:
         return cached_loader(self, lambda: self._loader(self.eval_windows))

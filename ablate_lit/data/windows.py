@@ -4,9 +4,29 @@ or the windows a DataLoader gives (used as they are), each checked as it is read
 from __future__ import annotations
 
 import torch
+from torch.utils.data import Dataset
 
 from ablate_lit.common.errors import AblateError
 from ablate_lit.data.sources import iter_documents
+
+
+def bos_prefix(tokenizer, prepend_bos: bool) -> list[int]:
+    """The tokens opening every input: the tokenizer's BOS token (EOS if it has none) when ``prepend_bos``."""
+    bos = tokenizer.bos_token_id if tokenizer.bos_token_id is not None else tokenizer.eos_token_id
+    return [bos] if prepend_bos and bos is not None else []
+
+
+class WindowDataset(Dataset):
+    """Fixed-length token windows; each item carries its index (resampling and DDP bookkeeping)."""
+
+    def __init__(self, windows: torch.Tensor):
+        self.windows = windows
+
+    def __len__(self) -> int:
+        return self.windows.shape[0]
+
+    def __getitem__(self, i: int) -> dict:
+        return {"input_ids": self.windows[i], "index": i}
 
 
 def given_windows(data, n_windows: int) -> torch.Tensor:

@@ -14,13 +14,14 @@ import sys
 from pathlib import Path
 
 from ablate_lit.common.errors import AblateError, wording
+from ablate_lit.common.families import FAMILIES
 from ablate_lit.common.logs import lightning_info_silenced, quiet_loading, verbosity
 from ablate_lit.data.images import ImageData
 from ablate_lit.data.masked import MaskedTextData
 from ablate_lit.data.task import TaskData
 from ablate_lit.data.text import TextData
-from ablate_lit.entry.export_command import Results
 from ablate_lit.entry.inputs import build_datamodule, build_module, datamodule_settings, family_of
+from ablate_lit.entry.results import Results
 from ablate_lit.entry.settings import check_all, keys_of
 from ablate_lit.families.causal_lm import CausalLMAblation
 from ablate_lit.families.masked_lm import MaskedLMAblation
@@ -29,8 +30,17 @@ from ablate_lit.runner.config import AblationConfig
 from ablate_lit.runner.launch import check_destination, run_experiment
 from ablate_lit.runner.trainer import AblationTrainer, check_devices
 
-MODULES = {"causal_lm": CausalLMAblation, "masked_lm": MaskedLMAblation, "vision": VisionAblation}
-DATA = {"causal_lm": TextData, "masked_lm": MaskedTextData, "vision": ImageData}
+CLASSES = {
+    c.__name__: c
+    for c in (CausalLMAblation, MaskedLMAblation, VisionAblation, TextData, TaskData, MaskedTextData, ImageData)
+}
+"""ablate_lit's LightningModules and DataModules by name (``common.families`` names those of each family)."""
+
+
+def classes_of(family: str, task: bool = False) -> tuple[type, type]:
+    """(LightningModule, DataModule) of ``family``: its default data, or its task data with ``task``."""
+    entry = FAMILIES[family]
+    return CLASSES[entry.module], CLASSES[entry.task_data if task else entry.data[0]]
 
 
 def run(
@@ -83,7 +93,7 @@ class _Settings:
     types each owner declares (``entry.settings``)."""
 
     def __init__(self, family: str, in_memory: bool, settings: dict, task: bool = False):
-        module_cls, data_cls = MODULES[family], TaskData if task else DATA[family]
+        module_cls, data_cls = classes_of(family, task)
         self.model_owner = module_cls.from_model if in_memory else module_cls
         self.model_keys = (
             keys_of(module_cls.from_model, {"model", "tokenizer", "preprocess", "name"}) | {"model_name"}
@@ -154,8 +164,9 @@ def _run(model, data, tokenizer, preprocess, family, name, root, trainer, verbos
     check_destination(name, root, checked.ablation.cache_dir)
     _check_trainer(trainer, in_memory)
     with lightning_info_silenced(not verbose), verbosity(verbose):  # "GPU available: ..." at every Trainer
-        module = build_module(MODULES[family], model, family, tokenizer, preprocess, checked.model)
-        datamodule = build_datamodule(TaskData if task else DATA[family], data, family, checked.data, module)
+        module_cls, data_cls = classes_of(family, task)
+        module = build_module(module_cls, model, family, tokenizer, preprocess, checked.model)
+        datamodule = build_datamodule(data_cls, data, family, checked.data, module)
         trainer = _trainer(trainer, verbose, root)
         by_name = isinstance(data, (str, Path)) and not in_memory
         config_yaml = _config_yaml(module, datamodule, data, family, checked, trainer, settings, by_name)

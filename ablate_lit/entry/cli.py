@@ -37,6 +37,7 @@ subcommands:
 def main(args=None) -> None:
     """``test`` (LightningCLI), ``report`` (tables and figures from finished runs) or ``cache``."""
     os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+    os.environ.setdefault("JSONARGPARSE_DEPRECATION_WARNINGS", "off")  # Lightning's own use of jsonargparse
     quiet_loading()
     clear_raised()
     argv = sys.argv[1:] if args is None else list(args)

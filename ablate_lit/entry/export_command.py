@@ -1,5 +1,5 @@
-"""``python -m ablate_lit export RUN --method mean --fraction 0.5 --seed 0 --out DIR`` and
-``Results.export(...)``: one point of a finished run saved as a model (``runner.export``).
+"""``python -m ablate_lit export RUN --method mean --fraction 0.5 --seed 0 --out DIR`` (and
+``Results.export(...)``): one point of a finished run saved as a model (``runner.export``).
 
 The run is rebuilt from its ``config.yaml`` (a CLI run's, or that of a ``run()`` given a model and
 data by name) in one process, without loggers or a device map; its identity must equal the run's.
@@ -13,7 +13,7 @@ from pathlib import Path
 import yaml
 
 from ablate_lit.common.errors import AblateError
-from ablate_lit.report.results import Results as _Results
+from ablate_lit.store.folder import check_run_folder
 
 
 def rebuild(run_dir: Path):
@@ -46,24 +46,9 @@ def export(run_dir, method: str, fraction: float, seed: int, out) -> Path:
         raise AblateError(
             f"⟨--out⟩ '{out}' exists and is not an empty folder; pass a new folder for the exported model"
         )
-    _Results(run_dir)  # a folder with results, or a one-line error
+    check_run_folder(run_dir)  # a folder with results, or a one-line error
     trainer, module, data, cfg = rebuild(run_dir)
     return export_point(trainer, module, data, cfg, run_dir, (method, fraction, seed), Path(out))
-
-
-class Results(_Results):
-    __doc__ = (_Results.__doc__ or "") + "\n\n    ``export(...)`` saves one point as a model."
-
-    def export(self, method: str, fraction: float, seed: int = 0, out: str | Path = "ablated") -> Path:
-        """Save the model of one point (``method`` at ``fraction``, neuron set of ``seed``) in ``out``:
-        its constants folded into the out-projections, loadable with plain ``from_pretrained`` (or timm),
-        with its tokenizer or preprocessing and ``ablation.json``. Returns ``out``."""
-        return export(self.run_dir, method, float(fraction), int(seed), out)
-
-
-def load(run_dir: str | Path) -> Results:
-    """Reopen a finished (or partly finished) run folder."""
-    return Results(run_dir)
 
 
 def main(argv: list[str]) -> None:

@@ -7,8 +7,7 @@ import json
 from pathlib import Path
 
 from ablate_lit.common.errors import AblateError
-
-FAMILIES = ("causal_lm", "masked_lm", "vision")
+from ablate_lit.common.families import FAMILIES
 
 
 def family_of(model, family: str | None) -> str:
@@ -20,11 +19,8 @@ def family_of(model, family: str | None) -> str:
     names = _named_architectures(str(model)) if isinstance(model, (str, Path)) else _object_architectures(model)
     if names in FAMILIES:
         return names
-    if "MaskedLM" in names:
-        return "masked_lm"
-    if "ImageClassification" in names:
-        return "vision"
-    return "causal_lm"
+    heads = {f.name: f.auto_class.removeprefix("AutoModelFor") for f in FAMILIES.values()}  # MaskedLM, ...
+    return next((name for name, head in heads.items() if name != "causal_lm" and head in names), "causal_lm")
 
 
 def _named_architectures(text: str) -> str:

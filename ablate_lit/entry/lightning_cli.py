@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import importlib.util
 import re
+import warnings
 from pathlib import Path
 
 import lightning as L
@@ -13,6 +14,8 @@ from lightning.pytorch.cli import LightningCLI
 from omegaconf import OmegaConf
 
 from ablate_lit.common.errors import AblateError
+from ablate_lit.common.families import FAMILIES
+from ablate_lit.common.private import cli_parser
 from ablate_lit.families.module import AblationModule
 from ablate_lit.runner.config import AblationConfig
 
@@ -31,20 +34,22 @@ if not OmegaConf.has_resolver("pkg"):
     _register("pkg", package_folder)
 
 
+def _families_help() -> str:
+    """--model's help: each family's LightningModule and what it scores (``common.families``)."""
+    listed = "; ".join(f"ablate_lit.{f.module} ({f.scored})" for f in FAMILIES.values())
+    return f"--model {listed}; then --model.name_or_path and the rest ('--model.help CLASS' lists a class's options)"
+
+
+def _data_help() -> str:
+    """--data's help: each family's DataModules."""
+    listed = "; ".join(f"{', '.join('ablate_lit.' + d for d in f.data)} ({f.name})" for f in FAMILIES.values())
+    return f"--data {listed}; then --data.path and the rest ('--data.help CLASS' lists a class's options)"
+
+
 GROUPS = {  # option group -> (title, description) in test --help
     "ablation": ("what to ablate and how", "methods, fractions, seeds, units, calibration statistics"),
-    "model": (
-        "the model",
-        "--model ablate_lit.CausalLMAblation (OPT, Llama, Mistral, GPT-2, ...), MaskedLMAblation "
-        "(BERT, RoBERTa, ...) or VisionAblation (timm and Hugging Face ViTs), then --model.name_or_path and the "
-        "rest; '--model.help CausalLMAblation' lists a family's options",
-    ),
-    "data": (
-        "the data",
-        "--data ablate_lit.TextData (causal LMs), TaskData (a task of prompts and answers, causal LMs), "
-        "MaskedTextData (masked LMs) or ImageData (vision), "
-        "then --data.path and the rest; '--data.help TextData' lists its options",
-    ),
+    "model": ("the model", _families_help()),
+    "data": ("the data", _data_help()),
     "trainer": ("where and how the model runs", "the Lightning Trainer settings that matter for evaluation"),
 }
 
@@ -112,7 +117,7 @@ class AblateCLI(LightningCLI):
 
         init = self.config_init[self.subcommand]
         raw = self.config[self.subcommand]
-        yaml = self._parser(self.subcommand).dump(raw, skip_none=False, skip_validation=True)
+        yaml = cli_parser(self, self.subcommand).dump(raw, skip_none=False, skip_validation=True)
         self.run_dir = run_experiment(
             self.trainer, model, datamodule, init["ablation"], init["name"], init["root"], yaml
         )
@@ -128,22 +133,24 @@ def build_cli(args=None, run: bool = True) -> AblateCLI:
         pass
     from ablate_lit.runner.trainer import AblationTrainer
 
-    return AblateCLI(
-        AblationModule,
-        L.LightningDataModule,
-        trainer_class=AblationTrainer,
-        subclass_mode_model=True,
-        subclass_mode_data=True,
-        save_config_callback=None,
-        auto_configure_optimizers=False,
-        parser_kwargs={
-            "parser_mode": "omegaconf",
-            "exit_on_error": False,
-            "formatter_class": HelpFormatter,  # (main)
-            "test": {"usage": TEST_USAGE, "formatter_class": HelpFormatter},
-        },
-        trainer_defaults={"default_root_dir": "lightning_logs"},
-        seed_everything_default=0,
-        args=args,
-        run=run,
-    )
+    with warnings.catch_warnings():  # args are passed on purpose: Lightning warns when sys.argv holds more
+        warnings.filterwarnings("ignore", message="LightningCLI's args parameter is intended")
+        return AblateCLI(
+            AblationModule,
+            L.LightningDataModule,
+            trainer_class=AblationTrainer,
+            subclass_mode_model=True,
+            subclass_mode_data=True,
+            save_config_callback=None,
+            auto_configure_optimizers=False,
+            parser_kwargs={
+                "parser_mode": "omegaconf",
+                "exit_on_error": False,
+                "formatter_class": HelpFormatter,  # (main)
+                "test": {"usage": TEST_USAGE, "formatter_class": HelpFormatter},
+            },
+            trainer_defaults={"default_root_dir": "lightning_logs"},
+            seed_everything_default=0,
+            args=args,
+            run=run,
+        )

@@ -6,6 +6,8 @@ from __future__ import annotations
 
 import re
 
+from ablate_lit.common.families import class_paths
+
 HELP = "see python -m ablate_lit test --help"
 _KINDS = {
     "int": "an integer",
@@ -15,8 +17,6 @@ _KINDS = {
     "list": "a list in brackets, e.g. [zero,mean] or [0,1,2]",
     "dict": "a mapping",
 }
-FAMILIES = "ablate_lit.CausalLMAblation, ablate_lit.MaskedLMAblation or ablate_lit.VisionAblation"
-DATA = "ablate_lit.TextData, ablate_lit.TaskData, ablate_lit.MaskedTextData or ablate_lit.ImageData"
 
 
 def condense(message: str) -> str:
@@ -32,7 +32,7 @@ def condense(message: str) -> str:
     if m := re.search(r"Unrecognized arguments: (.*)", text, re.IGNORECASE):
         return f"unknown option(s) {m[1].strip()}; {HELP}"
     if m := re.search(r"has no attribute '(\w+)'|No module named '([\w.]+)'", text):
-        which = FAMILIES if keys[:1] == ["model"] else DATA if keys[:1] == ["data"] else "a class of ablate_lit"
+        which = class_paths(keys[0]) if keys[:1] in (["model"], ["data"]) else "a class of ablate_lit"
         return f"{option}: unknown class '{m[1] or m[2]}'; use {which}"
     if m := re.search(r"Problems parsing config:? *(.*)", text, re.DOTALL):
         detail = " ".join(m[1].split())[:160]

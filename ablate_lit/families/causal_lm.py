@@ -5,18 +5,16 @@ from __future__ import annotations
 import torch
 
 from ablate_lit.common.errors import AblateError
+from ablate_lit.common.labels import IGNORE_INDEX
 from ablate_lit.families.loading.causal_lm import CAUSAL_LM_ARCHITECTURES, load_causal_lm
 from ablate_lit.families.loading.hf import check_generator, heads_config
 from ablate_lit.families.loading.quantization import placement_of
 from ablate_lit.families.text import TextAblationModule
-from ablate_lit.stats.token_metrics import IGNORE_INDEX
 
 
 class CausalLMAblation(TextAblationModule):
     """Scores next-token prediction (Top1, CE) of a causal LM whose attention pre-outs are ablated."""
 
-    family = "causal_lm"
-    data_types = ("TextData", "TaskData")
     forward_kwargs = {"use_cache": False}
     architectures = CAUSAL_LM_ARCHITECTURES
 

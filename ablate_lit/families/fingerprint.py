@@ -7,6 +7,8 @@ import json
 
 import torch
 
+from ablate_lit.common.private import accelerate_hook
+
 
 def weights_fingerprint(model, projections: list) -> str:
     """Identifies ``model``'s weights cheaply: its class, config, dtype, and the sums of 16 evenly
@@ -35,7 +37,7 @@ def weights_fingerprint(model, projections: list) -> str:
 def _offloaded(model, name: str):
     """The value of parameter ``name`` that a device map offloaded (to the CPU or disk), or None."""
     owner, _, key = name.rpartition(".")
-    hook = getattr(model.get_submodule(owner), "_hf_hook", None)
+    hook = accelerate_hook(model.get_submodule(owner))
     weights = getattr(hook, "weights_map", None)
     try:
         return None if weights is None else weights[key]

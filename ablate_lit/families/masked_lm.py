@@ -11,8 +11,6 @@ from ablate_lit.families.text import TextAblationModule
 class MaskedLMAblation(TextAblationModule):
     """Scores the masked-out tokens (Top1, CE) of a masked LM whose attention pre-outs are ablated."""
 
-    family = "masked_lm"
-    data_types = ("MaskedTextData",)
     architectures = MASKED_LM_ARCHITECTURES
 
     def __init__(

@@ -2,20 +2,34 @@
 
 from __future__ import annotations
 
+from contextlib import contextmanager
+from typing import Iterator
+
 import lightning as L
 import torch
 from torch.utils.data import Dataset
 
+from ablate_lit.common.families import FAMILIES, family_of_module
 from ablate_lit.common.logs import say, warn
+from ablate_lit.common.private import device_mesh
 from ablate_lit.common.sharding import is_sharded, pad_forwards, shard
-from ablate_lit.families.base import Architecture
 from ablate_lit.families.fingerprint import weights_fingerprint
-from ablate_lit.families.hooks import PreOutHooks, StopForward
 from ablate_lit.families.locate.describe import check_unchecked, describe
 from ablate_lit.families.locate.layout import attention_modules, locate
 from ablate_lit.families.locate.trace import trace
 from ablate_lit.families.placement import KeptInPlace
+from ablate_lit.sites.hooks import PreOutHooks, StopForward
+from ablate_lit.sites.pre_out import Architecture
 from ablate_lit.stats.token_metrics import TokenScores
+
+
+class FamilyName:
+    """``cls.family`` and ``self.family``: the family whose registry entry names the class, or the
+    nearest of its base classes (a user's subclass of CausalLMAblation is a causal LM)."""
+
+    def __get__(self, obj, owner) -> str:
+        found = next((f for c in owner.__mro__ if (f := family_of_module(c.__name__))), None)
+        return found.name if found else "base"
 
 
 class AblationModule(KeptInPlace, L.LightningModule):
@@ -27,16 +41,39 @@ class AblationModule(KeptInPlace, L.LightningModule):
     (the randomised inputs for resampling).
     """
 
-    family = "base"
-    resample_sources: tuple[str, ...] = ()
-    data_types: tuple[str, ...] = ()
-    """Names of the DataModule classes this family evaluates on."""
+    family = FamilyName()
+    """causal_lm, masked_lm or vision: the entry of ``common.families.FAMILIES`` that names this class
+    (or the nearest base class it names)."""
+
+    @property
+    def resample_sources(self) -> tuple[str, ...]:
+        """The inputs ``resample:<source>`` can draw for this family."""
+        return FAMILIES[self.family].resample_sources
 
     def __init__(self):
         super().__init__()
         self.scores = TokenScores()
+        self.kl = False
+        self.unit_step = None
         self.hooks: PreOutHooks
         self._most_batches = 0  # largest batch count of any process in the running epoch (sharded runs)
+
+    def evaluate_with(self, scores, kl: bool) -> None:
+        """How a test epoch scores this model: ``scores``, a metric of the ``stats.Scores`` kind (token
+        scores, or a task's), and whether KL(unablated || ablated) is measured: with ablation hooks
+        attached each batch then runs once more with them paused (the unablated reference), unless the
+        scores keep it; without (the baseline) KL is 0 by definition."""
+        self.scores, self.kl = scores, kl
+
+    @contextmanager
+    def scoring_units(self, step) -> Iterator[None]:
+        """Inside this block a test epoch scores ``step`` (a ``maps.step.UnitMapStep``: one layer's
+        single-unit evaluations) instead of this model's own scores."""
+        self.unit_step = step
+        try:
+            yield
+        finally:
+            self.unit_step = None
 
     @classmethod
     def _wrapping(cls, model, name: str, **hparams):
@@ -119,10 +156,11 @@ class AblationModule(KeptInPlace, L.LightningModule):
         """Check that ``data`` is this family's kind of DataModule and connect it to the model."""
         from ablate_lit.common.errors import AblateError
 
-        if type(data).__name__ not in self.data_types:
+        kinds = FAMILIES[self.family].data
+        if type(data).__name__ not in kinds:
             raise AblateError(
-                f"{type(self).__name__} evaluates on {' or '.join(self.data_types)}, not {type(data).__name__}; "
-                f"set --data ablate_lit.{self.data_types[0]}"
+                f"{type(self).__name__} evaluates on {' or '.join(kinds)}, not {type(data).__name__}; "
+                f"set --data ablate_lit.{kinds[0]}"
             )
         data.connect(*self.data_connection())
 
@@ -138,9 +176,9 @@ class AblationModule(KeptInPlace, L.LightningModule):
 
     def configure_model(self) -> None:
         """Under ``--trainer.strategy fsdp2`` (a device mesh is set): shard each block, then the rest."""
-        if self._device_mesh is not None:
+        if device_mesh(self) is not None:
             blocks = list({id(p.block): p.block for p in self.pre_outs}.values())  # a shared block once
-            if shard(self.model, blocks, self._device_mesh):
+            if shard(self.model, blocks, device_mesh(self)):
                 say(
                     self.trainer,
                     f"sharded: {len(blocks)} blocks and the rest of the model split over "
@@ -183,13 +221,6 @@ class AblationModule(KeptInPlace, L.LightningModule):
         self.scores.reset()
         if self.unit_step is not None:
             self.unit_step.reset()
-
-    unit_step = None
-    """A ``families.units.UnitMapStep`` while one layer's single-unit map is evaluated (else None)."""
-
-    kl: bool = False
-    """Also score KL(unablated || ablated): with ablation hooks attached, each batch runs once more with
-    them paused (the unablated reference); without (the baseline), KL is 0 by definition."""
 
     def test_step(self, batch, batch_idx):
         self._set_index(batch)

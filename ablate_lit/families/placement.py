@@ -8,6 +8,7 @@ from typing import Iterator
 
 import torch
 
+from ablate_lit.common.private import children_and_buffers, parse_to
 from ablate_lit.families.loading.quantization import is_bnb
 
 
@@ -40,7 +41,7 @@ class KeptInPlace:
         )
 
     def to(self, *args, **kwargs):
-        device, dtype = torch._C._nn._parse_to(*args, **kwargs)[:2]
+        device, dtype = parse_to(*args, **kwargs)[:2]
         if getattr(self, "_kept", False):
             target = (None if device is None else torch.device(device), dtype)
             if target in self._placed:
@@ -52,14 +53,15 @@ class KeptInPlace:
             self.home = torch.device(device)
             for _, hooks in self._by_site.values():
                 hooks.home = self.home
-        order = list(self._modules)
-        model = self._modules.pop("model")
+        children = children_and_buffers(self)[0]
+        order = list(children)
+        model = children.pop("model")
         try:
             return super().to(*args, **kwargs)
         finally:
-            self._modules["model"] = model
+            children["model"] = model
             for name in order:  # the original order (state_dict, named_modules)
-                self._modules[name] = self._modules.pop(name)
+                children[name] = children.pop(name)
 
     def cpu(self):
         if getattr(self, "_kept", False):

@@ -19,7 +19,7 @@ from pathlib import Path
 import torch
 
 from ablate_lit.common.errors import AblateError
-from ablate_lit.families.loading.hf import AUTO_CLASSES
+from ablate_lit.common.families import FAMILIES
 from ablate_lit.families.loading.quantization import dequantised_gguf
 
 BIAS_FLAGS = {"attn": ("attention_bias", "bias", "use_bias", "qkv_bias"), "mlp": ("mlp_bias", "bias", "use_bias")}
@@ -56,7 +56,7 @@ def save_ablated(module, out: Path, new_bias: list[int], site: str) -> dict:
         transformers.AutoImageProcessor.from_pretrained(module.hparams.name_or_path).save_pretrained(out)
     else:
         module.tokenizer.save_pretrained(out)
-    return {"format": f"Hugging Face (transformers.{AUTO_CLASSES[module.family][0]}.from_pretrained)"}
+    return {"format": f"Hugging Face (transformers.{FAMILIES[module.family].auto_class}.from_pretrained)"}
 
 
 @contextmanager
@@ -81,7 +81,7 @@ def _skeleton(family: str, config):
     import transformers
 
     with torch.device("meta"):
-        return getattr(transformers, AUTO_CLASSES[family][0]).from_config(config)
+        return getattr(transformers, FAMILIES[family].auto_class).from_config(config)
 
 
 def _give_biases(module, site: str) -> None:

@@ -7,8 +7,6 @@ from __future__ import annotations
 import torch
 
 from ablate_lit.common.errors import AblateError
-from ablate_lit.data import random_inputs as rnd
-from ablate_lit.data.text import WindowDataset
 from ablate_lit.families.loading.causal_lm import load_causal_lm
 from ablate_lit.families.loading.hf import PROBE, check_family, check_generator, heads_config
 from ablate_lit.families.module import AblationModule
@@ -17,7 +15,6 @@ from ablate_lit.families.module import AblationModule
 class TextAblationModule(AblationModule):
     """Shared by the text families: token windows, and the three text resample sources."""
 
-    resample_sources = ("random_chars", "random_tokens", "generated", "data")
     architectures: dict = {}
     """model_type -> tested layout (the family's registry)."""
 
@@ -110,23 +107,13 @@ class TextAblationModule(AblationModule):
         means the built-in English sample."""
         return None
 
-    def random_inputs(self, source: str, n: int, seed: int, data):
-        args = (self.tokenizer, n, data.context_length, data.prefix, data.suffix, seed)
-        if source == "data":
-            return data.calibration_sample(n, seed)
-        if source == "counterfactual":
-            return data.counterfactual_inputs()  # a task's: row by row, the evaluated sequences' own
-        if source == "random_tokens":
-            return WindowDataset(rnd.random_tokens(*args))
-        if source == "random_chars":
-            return WindowDataset(rnd.random_chars(*args))
-        if source != "generated":
-            raise ValueError(source)
+    def generator(self):
+        """(model, tokenizer) writing the text for resample:generated: ``--model.generator`` (loaded now,
+        on this module's device), else ``default_generator()``."""
         if self.hparams.get("generator"):
             model, tokenizer, _ = load_causal_lm(self.hparams.generator)
-            generator = (model.to(self.device), tokenizer)
-        else:
-            generator = self.default_generator()
-        if generator is None:
-            return WindowDataset(rnd.builtin_sample(*args))
-        return WindowDataset(rnd.generated(*args, generator=generator[0], generator_tokenizer=generator[1]))
+            return model.to(self.device), tokenizer
+        return self.default_generator()
+
+    def random_inputs(self, source: str, n: int, seed: int, data):
+        return data.random_inputs(source, n, seed, self.generator)

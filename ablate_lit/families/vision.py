@@ -5,7 +5,6 @@ from __future__ import annotations
 import torch
 
 from ablate_lit.common.errors import AblateError
-from ablate_lit.data.random_inputs import RandomPixels
 from ablate_lit.families.loading.hf import check_family, heads_config
 from ablate_lit.families.loading.quantization import placement_of
 from ablate_lit.families.loading.vision import HF_VISION_ARCHITECTURES, TIMM_ARCHITECTURE, load_vision
@@ -14,10 +13,6 @@ from ablate_lit.families.module import AblationModule
 
 class VisionAblation(AblationModule):
     """Scores the class predictions (Top1, CE against the labels) of a ViT whose attention pre-outs are ablated."""
-
-    family = "vision"
-    resample_sources = ("random_pixels", "data")
-    data_types = ("ImageData",)
 
     def __init__(
         self,
@@ -133,11 +128,9 @@ class VisionAblation(AblationModule):
         return logits, batch["label"]
 
     def random_inputs(self, source: str, n: int, seed: int, data):
-        if source == "data":
-            return data.calibration_sample(n, seed)
-        if source != "random_pixels":
-            raise ValueError(source)
-        return RandomPixels(n, self.input_size, self.preprocess, seed)
+        if source == "random_pixels":
+            return RandomPixels(n, self.input_size, self.preprocess, seed)
+        return data.random_inputs(source, n, seed)
 
 
 def _timm_in_memory(model, preprocess, name: str | None):
@@ -170,3 +163,21 @@ def _hf_in_memory(model, config, preprocess, name: str | None, family: str):
     label = name or str(getattr(config, "name_or_path", "") or "").rstrip("/") or config.model_type
     known = HF_VISION_ARCHITECTURES.get(config.model_type)
     return preprocess, config.num_labels, known, heads_config(config, "vision"), label
+
+
+class RandomPixels(torch.utils.data.Dataset):
+    """Images of uniformly random RGB pixels, passed through the model's own preprocessing."""
+
+    def __init__(self, n: int, size: tuple[int, int], preprocess, seed: int):
+        gen = torch.Generator().manual_seed(seed)
+        self.pixels = torch.randint(0, 256, (n, size[0], size[1], 3), dtype=torch.uint8, generator=gen)
+        self.preprocess = preprocess
+
+    def __len__(self) -> int:
+        return self.pixels.shape[0]
+
+    def __getitem__(self, i: int) -> dict:
+        from PIL import Image
+
+        image = Image.fromarray(self.pixels[i].numpy(), mode="RGB")
+        return {"pixel_values": self.preprocess(image), "label": -100, "index": i}

@@ -15,10 +15,8 @@ from pathlib import Path
 
 import numpy as np
 
-from ablate_lit.ablation.methods import registry_rank
-from ablate_lit.common.labels import NO_TARGET, parse_target
-
-N_BOOT = 2000
+from ablate_lit.common.labels import NO_TARGET, method_rank, parse_target
+from ablate_lit.report.paired import N_BOOT
 
 
 def unit_rows(rows: list[dict]) -> tuple[dict | None, list[dict]]:
@@ -28,7 +26,7 @@ def unit_rows(rows: list[dict]) -> tuple[dict | None, list[dict]]:
 
     def key(r):  # the registry's method order (zero, mean, ..., resample), then layer and head
         layer, head = parse_target(r["target"])
-        return (*registry_rank(r["method"]), layer, -1 if head is None else head)
+        return (*method_rank(r["method"]), layer, -1 if head is None else head)
 
     return base, sorted(units, key=key)
 

@@ -111,6 +111,7 @@ def _plot_neuron(ax, stats, layer, n, title=None, log=False):
     ax.set_xlim(lo - pad, hi + pad)
     ax.set_title(title or f"layer {layer} neuron {n}", fontsize=9)
     ax.set_xlabel("activation (pre-out value)", fontsize=8)
+    log = log and bool((c > 0).any())  # (a window of empty bins has nothing to draw on a log scale)
     ax.set_ylabel(f"calibration values per {stats['eps']:g}-wide bin" + (" (log)" if log else ""), fontsize=8)
     if log:  # a tall mode beside a long, thin second mode: both visible
         ax.set_yscale("log")

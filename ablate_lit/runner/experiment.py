@@ -1,136 +1,68 @@
 """One experiment: the schedule's points, each ablating its neuron set with its method's values.
 
-``Experiment`` ties the parts together: the calibration cache (``calibration.cache``), the optimal
-fitter (``ablation.fitter``), the neuron sets (``ablation.schedule``), the methods, which read a
-``MethodContext``, and the scheduler (``runner.scheduler``), which decides point by point what this
-process evaluates.
+``Experiment`` is handed its parts by ``runner.launch``: the neuron sets (``ablation.schedule``) or
+the single-unit map (``maps.units``), the replacement values (``ablation.values``), and the
+scheduler (``runner.scheduler``), which decides point by point what this process evaluates. Each
+evaluated point is one ``trainer.test`` over the evaluation data, its rows written by the
+``ResultWriter`` callback.
 """
 
 from __future__ import annotations
 
-from pathlib import Path
-
 import torch
-import torch.distributed as dist
 
-from ablate_lit.ablation.context import MethodContext
-from ablate_lit.ablation.fitter import OptimalFitter
 from ablate_lit.ablation.fold import folded
-from ablate_lit.ablation.methods import parse_method
-from ablate_lit.ablation.schedule import ablation_mask, neuron_order, parse_order, plan, unit_scores
-from ablate_lit.calibration.cache import CalibrationCache
+from ablate_lit.ablation.schedule import NeuronSets, plan
+from ablate_lit.ablation.values import Replacements
 from ablate_lit.calibration.heartbeat import SweepHeartbeat
-from ablate_lit.calibration.statistics import CalibrationStats
-from ablate_lit.common.curves import Curves
 from ablate_lit.common.labels import NO_TARGET, Point, UnitGroup, percent
 from ablate_lit.common.logs import say
-from ablate_lit.common.progress import Heartbeat, aside, clock
-from ablate_lit.common.sharding import is_sharded
-from ablate_lit.data.sampler import make_loader
-from ablate_lit.report.neurons import neuron_views
-from ablate_lit.runner.config import AblationConfig, resolve_for
+from ablate_lit.common.progress import aside, clock
+from ablate_lit.maps.units import UnitMap
 from ablate_lit.runner.scheduler import Scheduler
-from ablate_lit.runner.unit_map import UnitMap
 from ablate_lit.runner.writer import ResultWriter
 
 
 class Experiment:
-    def __init__(self, trainer, module, data, cfg: AblationConfig, run_dir: Path, cache_dir: Path):
-        self.trainer, self.module, self.data, self.cfg = trainer, module, data, cfg
-        self.layers = resolve_for(cfg, module, trainer)
-        """The layers whose units are ablated (execution order)."""
-        self.run_dir = Path(run_dir)
-        self.cache = CalibrationCache(trainer, module, data, cfg, cache_dir)
-        self.curves = Curves([])
-        """The run's loggers (the result writer's, from ``run``)."""
-        self.fitter = OptimalFitter(trainer, module, data, cfg, self.cache, lambda: self.curves)
-        self.methods = {m.label: m for m in map(parse_method, cfg.methods)}
-        self.unit_size = module.pre_outs[0].head_dim if cfg.unit == "head" else 1
-        self.context = self._context()
-        self._stats: CalibrationStats | None = None
-        self._other_stats: dict[str, CalibrationStats] = {}
-        self._orders: dict = {}
-        self._current: tuple[object, dict] = (None, {})
+    """The points of a run over ``trainer``, ``module`` (scoring set by ``evaluate_with``) and ``data``:
+    nested neuron sets of ``sets``, or the single-unit map ``units``; every method's values from
+    ``values``; constants written into the weights instead of hooked when ``fold``."""
+
+    def __init__(
+        self,
+        trainer,
+        module,
+        data,
+        values: Replacements,
+        sets: NeuronSets,
+        units: UnitMap | None = None,
+        fold: bool = False,
+    ):
+        self.trainer, self.module, self.data = trainer, module, data
+        self.values, self.sets, self.units, self.fold = values, sets, units, fold
         self.scheduler: Scheduler | None = None
-        self.units = UnitMap(self)
         self._said: set[str] = set()
-        for method in self.methods.values():
-            method.check(self.context)
 
-    def _context(self) -> MethodContext:
-        module, cfg = self.module, self.cfg
-        counterfactual = bool(getattr(self.data, "has_counterfactual", False))
-        return MethodContext(
-            eps=cfg.eps,
-            bin_alignment=cfg.bin_alignment,
-            n_layers=module.hooks.n_layers,
-            width=module.hooks.width,
-            family=module.family,
-            resample_sources=module.resample_sources + (("counterfactual",) if counterfactual else ()),
-            batch_major=all(p.batch_major for p in module.pre_outs),
-            sharded=is_sharded(self.trainer.strategy),
-            statistics=lambda: self.stats,
-            statistics_of=self._statistics_of,
-            resample=self.cache.resample,
-            fitted=lambda point, objective, per_position: self.fitter.fitted(
-                point, self.mask(point), self.stats, objective, per_position
-            ),
-            check_fit=self.fitter.split,
-            counterfactual=counterfactual,
-            fixed_template=bool(getattr(self.data, "fixed_template", False)),
-        )
+    def points(self, methods: list[str], seeds: list[int], fractions: list[float]) -> list:
+        """Every point of the schedule, in the order they are evaluated."""
+        return self.units.plan() if self.units is not None else plan(methods, seeds, fractions)
 
-    def _statistics_of(self, which: str) -> CalibrationStats:
-        if which not in self._other_stats:
-            self._other_stats[which] = self.cache.statistics(which)
-        return self._other_stats[which]
-
-    # -- what a point needs --------------------------------------------------------------------------
-    @property
-    def stats(self) -> CalibrationStats:
-        """The calibration statistics, computed (or loaded) when a point first needs them."""
-        if self._stats is None:
-            self._stats = self.cache.statistics()
-            if self.cfg.log_histograms and self.trainer.is_global_zero:
-                with Heartbeat(self.trainer, "writing neurons.csv, the neuron figures and histograms"):
-                    neuron_views(self._stats, self.run_dir, self.curves.series("calibration"))
-        return self._stats
-
-    def on_device(self, point: Point) -> dict:
-        """The point's replacement values on the model's device. They move there once per method
-        (once per point for a method fitted per point): the schedule runs the points of one method
-        together, and only the current values stay on the device (a resample cache can take GiBs)."""
-        method = self.methods[point.method]
-        key = (method.label, point.seed, point.fraction, point.target) if method.per_point else method.label
-        if self._current[0] != key:
-            self._current = (None, {})  # the previous method's values leave the device first
-            values = method.replacement(self.context, point)
-            self._current = (key, {k: v.to(self.module.device) for k, v in values.items()})
-        return self._current[1]
+    def reads_statistics(self, points: list) -> bool:
+        """Whether evaluating ``points`` needs the calibration statistics: a nested set other than the
+        baseline (the sets and most methods read them), or a single unit whose method reads them."""
+        if self.units is None:
+            return any(p.method != "baseline" for p in points)
+        methods = self.values.methods
+        return any(methods[e.method].reads_statistics for g in points if isinstance(g, UnitGroup) for e in g.entries)
 
     def mask(self, point: Point) -> torch.Tensor:
         """Boolean [n_layers, width]: the neurons ablated at ``point`` (the same for every method)."""
         if point.target != NO_TARGET:
             return self.units.mask(point)
-        cfg, hooks = self.cfg, self.module.hooks
-        if point.seed not in self._orders:
-            scores = unit_scores(self.stats, cfg.order, self.unit_size)
-            self._orders[point.seed] = neuron_order(
-                point.seed,
-                hooks.n_layers,
-                hooks.width,
-                cfg.selection,
-                self.unit_size,
-                self.layers,
-                scores,
-                parse_order(cfg.order)[1],
-            )
-        return ablation_mask(
-            self._orders[point.seed], point.fraction, hooks.n_layers, hooks.width, self.unit_size, self.layers
-        )
+        return self.sets.mask(point.seed, point.fraction)
 
     def _ablated(self, mask: torch.Tensor, replacement: dict):
-        if self.cfg.mode == "fold" and "values" in replacement and replacement["values"].dim() == 2:
+        if self.fold and "values" in replacement and replacement["values"].dim() == 2:
             # one constant per unit; resampling and per-position constants are always hooked
             return folded(self.module.pre_outs, mask, replacement["values"])
         return self.module.hooks.ablating(mask, device=self.module.device, **replacement)
@@ -139,26 +71,33 @@ class Experiment:
     def _evaluate(self, point: Point, writer: ResultWriter) -> None:
         self.beat.what = f"evaluating {point.describe()}"
         if isinstance(point, UnitGroup):
-            self.units.evaluate(point, writer)
+            self._evaluate_units(point, writer)
             return
         trainer, module = self.trainer, self.module
-        n_neurons = len(self.layers) * module.hooks.width
         if point.method == "baseline":
-            writer.begin(point, 0, n_neurons)
+            writer.begin(point, 0, self.sets.n_neurons, module.scores)
             trainer.test(module, dataloaders=self.data.test_dataloader(), verbose=False)
             return
-        with aside():  # calibration, a resample sweep or a fit may run here: one-off work, not in the ETA's rate
-            replacement = self.on_device(point)
         mask = self.mask(point)
-        writer.begin(point, int(mask.sum()), n_neurons)
+        with aside():  # a resample sweep or a fit may run here: one-off work, not in the ETA's rate
+            replacement = self.values.of(point, mask, module.device)
+        writer.begin(point, int(mask.sum()), self.sets.n_neurons, module.scores)
         with self._ablated(mask, replacement):
             trainer.test(module, dataloaders=self.data.test_dataloader(), verbose=False)
 
-    def _join_processes(self) -> None:
-        """Under several processes, start them all now (Lightning starts them at its first call; an
-        empty validation pass is that call), so that process 0's decisions can be broadcast."""
-        if self.trainer.world_size > 1 and not (dist.is_available() and dist.is_initialized()):
-            self.trainer.validate(self.module, dataloaders=make_loader([], 1), verbose=False)
+    def _evaluate_units(self, group: UnitGroup, writer: ResultWriter) -> None:
+        """The group's entries still without a row, in one ``trainer.test`` over the evaluation data."""
+        have = writer.store.keys(writer.store.read())
+        todo = UnitGroup(group.layer, tuple(e for e in group.entries if e.keys()[0] not in have))
+        step = self.units.step(self.module, todo, self.values, self.module.kl)
+        writer.begin_group(todo, [int(m.sum()) for m, _ in step.entries], self.sets.n_neurons, step.scores)
+        with self.module.scoring_units(step):
+            self.trainer.test(self.module, dataloaders=self.data.test_dataloader(), verbose=False)
+        if not step.prefix and step.blocks:
+            self._say_once(
+                "single-unit map: this model's blocks could not answer from kept outputs; every "
+                "evaluation runs the whole model"
+            )
 
     def _progress(self, writer: ResultWriter):
         def line(point: Point, eta: float) -> str:
@@ -176,7 +115,7 @@ class Experiment:
 
         return line
 
-    def say_once(self, message: str) -> None:
+    def _say_once(self, message: str) -> None:
         if message not in self._said:
             self._said.add(message)
             say(self.trainer, message)
@@ -190,15 +129,15 @@ class Experiment:
     def total(self) -> int:
         return self.scheduler.total if self.scheduler else 0
 
-    def run(self, writer: ResultWriter) -> None:
-        """Evaluate every point of the schedule that has no row yet. Points another process is
-        evaluating are left to it and waited for; a point whose evaluation exists gets its rows copied."""
-        self._join_processes()
-        self.curves = writer.curves
+    def start(self, points: list, writer: ResultWriter) -> list:
+        """The points of ``points`` that have no row yet (every process started: ``Scheduler.join``)."""
         self.scheduler = Scheduler(self.trainer, writer, lambda p: self._evaluate(p, writer), self._progress(writer))
-        cfg = self.cfg
-        points = self.units.plan() if cfg.schedule == "each" else plan(cfg.methods, cfg.seeds, cfg.fractions)
-        todo = self.scheduler.pending(points)
+        self.scheduler.join(self.module)
+        return self.scheduler.pending(points)
+
+    def run(self, todo: list, writer: ResultWriter) -> None:
+        """Evaluate every point of ``todo`` (from ``start``). Points another process is evaluating are
+        left to it and waited for; a point whose evaluation exists gets its rows copied."""
         say(
             self.trainer,
             f"schedule: {self.scheduler.total} evaluations ({self.scheduler.done} already in "
@@ -211,5 +150,4 @@ class Experiment:
         finally:
             self.trainer.callbacks.remove(writer)
             self.trainer.callbacks.remove(self.beat)
-            self.module.hooks.remove()
             writer.close()

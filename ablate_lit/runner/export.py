@@ -21,9 +21,9 @@ from ablate_lit.common.errors import AblateError
 from ablate_lit.common.labels import Point
 from ablate_lit.common.logs import say
 from ablate_lit.families.saving import NO_HEAD_PRUNING, save_ablated
-from ablate_lit.runner.config import AblationConfig
-from ablate_lit.runner.experiment import Experiment
+from ablate_lit.runner.config import AblationConfig, resolve_for
 from ablate_lit.runner.launch import prepare, run_identity
+from ablate_lit.runner.parts import build_parts
 from ablate_lit.store.atomic import write_text
 from ablate_lit.store.folder import read_rows, run_id_of
 
@@ -66,15 +66,15 @@ def export_point(trainer, module, data, cfg: AblationConfig, run_dir: Path, poin
                 "with (another model folder or data file under the same name?); export where the run ran"
             )
         cache_dir = Path(cfg.cache_dir) if cfg.cache_dir else run_dir.parent / ".calibration_cache"
-        experiment = Experiment(trainer, module, data, cfg, run_dir.parent, cache_dir)
-        experiment.run_dir = run_dir
+        parts = build_parts(trainer, module, data, cfg, resolve_for(cfg, module, trainer), cache_dir)
         label = parsed.label
         at = Point(fraction, label, seed, ((label, seed),))
-        mask = (
-            experiment.mask(at) if fraction > 0 else torch.zeros(module.hooks.n_layers, module.hooks.width, dtype=bool)
-        )
-        values = experiment.on_device(at)["values"] if fraction > 0 else torch.zeros(mask.shape)
-    module.hooks.remove()
+        if fraction > 0:
+            mask = parts.sets.mask(seed, fraction)
+            values = parts.values.of(at, mask, module.device)["values"]
+        else:
+            mask = torch.zeros(module.hooks.n_layers, module.hooks.width, dtype=bool)
+            values = torch.zeros(mask.shape)
     new_bias = fold_into(module.pre_outs, mask, values)
     partial = out.with_name(f".{out.name}.partial-{os.getpid()}")  # renamed to ``out`` once complete
     try:

@@ -12,15 +12,20 @@ from ablate_lit.ablation.fold import why_not_foldable
 from ablate_lit.common.curves import Curves
 from ablate_lit.common.errors import AblateError
 from ablate_lit.common.logs import say
+from ablate_lit.common.private import start_method, tensor_parallel_size
+from ablate_lit.common.progress import Heartbeat
 from ablate_lit.common.sharding import is_sharded
 from ablate_lit.common.signals import stopped_by_signals
 from ablate_lit.families.loading.quantization import check_placement
 from ablate_lit.report.importance import write_importance
+from ablate_lit.report.neurons import neuron_views
 from ablate_lit.report.summary import summary_table, write_summary
 from ablate_lit.runner.batch_size import find_batch_size
-from ablate_lit.runner.config import AblationConfig
+from ablate_lit.runner.config import AblationConfig, resolve_for
 from ablate_lit.runner.experiment import Experiment
+from ablate_lit.runner.parts import Parts, build_parts
 from ablate_lit.runner.writer import ResultWriter
+from ablate_lit.stats.task_metrics import TaskScores
 from ablate_lit.stats.token_metrics import TokenScores
 from ablate_lit.store.atomic import clear_stale, write_text
 from ablate_lit.store.folder import ResultStore, digest, run_id_of
@@ -54,7 +59,7 @@ def run_identity(trainer, module, data, cfg: AblationConfig) -> dict:
             "batch_size": cfg.optimal_batch_size,
         },
         **what_is_ablated(module, cfg),
-        **({"task": data.task_name} if hasattr(data, "make_scores") else {}),
+        **({"task": data.task.name} if data.task is not None else {}),
     }
 
 
@@ -102,7 +107,7 @@ def run_experiment(trainer, module, data, cfg: AblationConfig, name: str | None,
 
 def check_strategy(trainer, module, data, cfg: AblationConfig) -> None:
     """Settings that cannot work together, refused before anything runs."""
-    if getattr(trainer.strategy, "_start_method", "popen") != "popen":
+    if start_method(trainer.strategy) != "popen":
         raise AblateError("spawned processes cannot hand calibration statistics back; use ⟨--trainer.strategy ddp⟩")
     sharded = is_sharded(trainer.strategy)
     check_placement(trainer, module, sharded)
@@ -121,9 +126,7 @@ def check_strategy(trainer, module, data, cfg: AblationConfig) -> None:
             "⟨--ablation.mode⟩ fold edits whole weight matrices, which a sharding strategy splits; "
             "use ⟨--ablation.mode⟩ hook"
         )
-    tensor_parallel = getattr(
-        trainer.strategy, "_tensor_parallel_size", 1
-    )  # ModelParallelStrategy: "auto" = all processes
+    tensor_parallel = tensor_parallel_size(trainer.strategy)  # ModelParallelStrategy: "auto" = all processes
     if (trainer.world_size if tensor_parallel == "auto" else tensor_parallel) > 1:
         raise AblateError(
             "tensor parallelism would split the attention heads across processes; "
@@ -142,9 +145,9 @@ def prepare(trainer, module, data, cfg: AblationConfig) -> None:
     module.fingerprint()  # before any strategy wraps or shards the weights
     module.connect_data(data)
     data.setup("test")
-    task = getattr(data, "make_scores", None)  # task data scores its answers (data.task)
-    module.scores = task() if task else TokenScores(len(data.eval_dataset()))  # per window too (paired differences)
-    module.kl = cfg.kl or (task is not None and cfg.mode == "hook")  # a task's rows always hold KL (not in fold)
+    task = data.task  # a task scores its answers; other data every token (or image), per window too
+    scores = TaskScores(task.n_rows, task.n_sequences, task.longest) if task else TokenScores(len(data.eval_dataset()))
+    module.evaluate_with(scores, cfg.kl or (task is not None and cfg.mode == "hook"))  # a task's rows: KL (not fold)
     if data.batch_size == "auto":
         module.to(trainer.strategy.root_device)
         data.batch_size = find_batch_size(module, data.eval_dataset(), trainer.strategy.root_device.type)
@@ -161,14 +164,15 @@ def _run(trainer, module, data, cfg: AblationConfig, name: str | None, root: str
                 f"{world} processes need at least {world} calibration and {world} evaluation windows/images "
                 f"and ⟨--ablation.n_resample⟩ >= {world} (have {n_calib}, {n_eval} and {cfg.n_resample})"
             )
+    layers = resolve_for(cfg, module, trainer)
     cache_dir = Path(cfg.cache_dir) if cfg.cache_dir else Path(root) / ".calibration_cache"
-    experiment = Experiment(trainer, module, data, cfg, Path(root), cache_dir)
-    experiment.cache.check_statistics_fit(trainer.strategy.root_device)  # before a run folder is made
     identity = run_identity(trainer, module, data, cfg)
     label = module.model_label
     run_dir = Path(root) / (name or f"{label}-{run_id_of(identity)[:8]}")
+    curves = Curves.of(trainer, run_dir)  # (no logger is contacted before ``curves.start``)
+    parts = build_parts(trainer, module, data, cfg, layers, cache_dir, curves)  # every method checked
+    parts.calibration.check_statistics_fit(trainer.strategy.root_device)  # before a run folder is made
     store = ResultStore(run_dir, identity)
-    experiment.run_dir = run_dir
     store.open()
     if trainer.is_global_zero:
         store.clear_stale()
@@ -190,20 +194,27 @@ def _run(trainer, module, data, cfg: AblationConfig, name: str | None, root: str
         "run_id": store.run_id,
         "setup_id": digest({k: v for k, v in identity.items() if k not in WHAT}),
     }
-    _evaluate_all(trainer, experiment, store, fixed, cfg)
+    experiment = Experiment(trainer, module, data, parts.values, parts.sets, parts.units, fold=cfg.mode == "fold")
+    _evaluate_all(trainer, experiment, parts, store, fixed, cfg, curves)
     return run_dir
 
 
-def _evaluate_all(trainer, experiment: Experiment, store: ResultStore, fixed: dict, cfg: AblationConfig) -> None:
-    """Every point, then the summary table; the curves go to the trainer's loggers (``common.curves``),
-    finalized as failed if the run stops early."""
-    curves = Curves.of(trainer, store.run_dir)
+def _evaluate_all(
+    trainer, experiment: Experiment, parts: Parts, store: ResultStore, fixed: dict, cfg: AblationConfig, curves: Curves
+) -> None:
+    """The calibration statistics (where a point needs them) and their neuron figures, every point, then
+    the summary table; the curves go to the trainer's loggers (``common.curves``), finalized as failed
+    if the run stops early."""
     settings = {"methods": ",".join(cfg.methods), "seeds": ",".join(map(str, cfg.seeds)), "run": str(store.run_dir)}
     status = "failed"
     try:
         curves.start({**fixed, **settings})
+        writer = ResultWriter(store, fixed, curves)
         with stopped_by_signals(lambda: f"{experiment.done} of {experiment.total} evaluations done (in {store.csv})"):
-            experiment.run(ResultWriter(store, fixed, curves))
+            todo = experiment.start(experiment.points(cfg.methods, cfg.seeds, cfg.fractions), writer)
+            if experiment.reads_statistics(todo):
+                _calibrate(trainer, parts.calibration, store.run_dir, curves, cfg.log_histograms)
+            experiment.run(todo, writer)
         if trainer.is_global_zero:
             rows = store.write_csv()
             table = _unit_map_summary(store, fixed["model"], curves) if cfg.schedule == "each" else None
@@ -214,6 +225,15 @@ def _evaluate_all(trainer, experiment: Experiment, store: ResultStore, fixed: di
         status = "success"
     finally:
         curves.close(status)
+
+
+def _calibrate(trainer, calibration, run_dir: Path, curves: Curves, figures: bool) -> None:
+    """The calibration statistics (computed once, or loaded), then neurons.csv and the neuron figures
+    and histograms (``report.neurons``), when ``figures``."""
+    stats = calibration.statistics()
+    if figures and trainer.is_global_zero:
+        with Heartbeat(trainer, "writing neurons.csv, the neuron figures and histograms"):
+            neuron_views(stats, run_dir, curves.series("calibration"))
 
 
 def _unit_map_summary(store: ResultStore, model: str, curves: Curves) -> str:

@@ -12,10 +12,13 @@ import time
 from dataclasses import dataclass
 from typing import Callable
 
+import torch.distributed as dist
+
 from ablate_lit.common import signals
 from ablate_lit.common.labels import Point
-from ablate_lit.common.logs import say
+from ablate_lit.common.logs import empty_pass, say
 from ablate_lit.common.progress import set_aside_s
+from ablate_lit.data.sampler import make_loader
 
 POLL_S = 2.0
 """Seconds between looks at points another process is evaluating."""
@@ -74,6 +77,13 @@ class Scheduler:
         decision = decide(self.store, point) if self.trainer.is_global_zero else None
         return self.trainer.strategy.broadcast(decision, src=0)
 
+    def join(self, module) -> None:
+        """Under several processes, start them all now (Lightning starts them at its first call; an
+        empty validation pass of ``module`` is that call), so that process 0's decisions can be broadcast."""
+        if self.trainer.world_size > 1 and not (dist.is_available() and dist.is_initialized()):
+            with empty_pass():
+                self.trainer.validate(module, dataloaders=make_loader([], 1), verbose=False)
+
     def pending(self, points: list[Point]) -> list[Point]:
         self.points = points
         have = self.store.keys(self.store.read())
@@ -114,7 +124,7 @@ class Scheduler:
                 self._evaluate(point)
                 evaluated += cost(point)
             self.done += 1
-            signals.check()  # a signal whose exception a destructor swallowed still stops the run here
+            signals.raise_if_signalled()  # a signal whose exception a destructor swallowed still stops the run here
             if decision.action is Action.EVALUATE:
                 # the time of evaluations only: calibration and resample caches are one-off (progress.aside)
                 spent = time.perf_counter() - set_aside_s() - started

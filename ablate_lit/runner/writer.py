@@ -40,20 +40,22 @@ class ResultWriter(L.Callback):
         self.last: dict = {}
         self.group: UnitGroup | None = None
         self._unit_sizes: list[int] = []
+        self._scores: list = []
 
-    def begin(self, point: Point, n_ablated: int, n_neurons: int) -> None:
-        """Called just before the point's ``trainer.test``: ``time_s`` covers the whole call (setup included)."""
-        self.point, self.n_ablated, self.n_neurons = point, n_ablated, n_neurons
+    def begin(self, point: Point, n_ablated: int, n_neurons: int, scores) -> None:
+        """Called just before the point's ``trainer.test``, whose epoch fills ``scores`` (the module's
+        metric): ``time_s`` covers the whole call (setup included)."""
+        self.point, self.n_ablated, self.n_neurons, self._scores = point, n_ablated, n_neurons, [scores]
         self._t0 = self._refreshed = time.perf_counter()
 
-    def begin_group(self, group: UnitGroup, unit_sizes: list[int], n_neurons: int) -> None:
-        """Called before a layer's single-unit evaluations: ``group.entries`` get one row each, from the
-        module's ``unit_step.scores`` (``unit_sizes``: the neurons each ablates)."""
-        self.begin(group, 0, n_neurons)
-        self.group, self._unit_sizes = group, unit_sizes
+    def begin_group(self, group: UnitGroup, unit_sizes: list[int], n_neurons: int, scores: list) -> None:
+        """Called before a layer's single-unit evaluations: ``group.entries`` get one row each, from
+        ``scores`` (one metric per entry; ``unit_sizes``: the neurons each ablates)."""
+        self.begin(group, 0, n_neurons, None)
+        self.group, self._unit_sizes, self._scores = group, unit_sizes, list(scores)
 
     def on_test_batch_end(self, trainer, pl_module, outputs, batch, batch_idx, dataloader_idx=0) -> None:
-        signals.check()  # a signal whose exception a destructor swallowed (ablate_lit.common.signals)
+        signals.raise_if_signalled()  # a signal whose exception a destructor swallowed (ablate_lit.common.signals)
         if (
             trainer.is_global_zero
             and self.point is not None
@@ -87,7 +89,7 @@ class ResultWriter(L.Callback):
         if self.group is not None:
             self._write_group(trainer, pl_module)
             return
-        computed = pl_module.scores.compute()  # synchronised over processes
+        computed = self._scores[0].compute()  # synchronised over processes
         windows = {k: v.tolist() for k, v in computed.pop("windows").items()}
         scores = {k: v.item() for k, v in computed.items()}
         self.last = scores
@@ -115,7 +117,7 @@ class ResultWriter(L.Callback):
 
     def _write_group(self, trainer, pl_module) -> None:
         results = []
-        for scores in pl_module.unit_step.scores:  # every process computes: the states are synchronised
+        for scores in self._scores:  # every process computes: the states are synchronised
             computed = scores.compute()
             windows = {k: v.tolist() for k, v in computed.pop("windows").items()}
             results.append(({k: v.item() for k, v in computed.items()}, windows))

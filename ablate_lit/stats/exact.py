@@ -5,6 +5,8 @@ from __future__ import annotations
 import torch
 from torchmetrics import Metric
 
+from ablate_lit.common.private import metric_defaults
+
 CHUNK_VALUES = 1 << 21
 """Values per temporary in a statistics update (2M: 16 MiB as float64), so a batch of 4096 tokens x
 4096 neurons costs a few chunks of bounded memory instead of 330+ MiB of copies at once."""
@@ -24,10 +26,11 @@ class ExactMetric(Metric):
     units). Here the cast is kept away from the states and their defaults; only the device moves.
     """
 
-    def _apply(self, fn, exclude_state=()):
-        this = super()._apply(fn, exclude_state=tuple(self._defaults))
+    def _apply(self, fn, exclude_state=()):  # (nn.Module's and torchmetrics' own override point)
+        defaults = metric_defaults(self)
+        this = super()._apply(fn, exclude_state=tuple(defaults))
         device = this.device
-        for key, default in this._defaults.items():
-            this._defaults[key] = default.to(device)
+        for key, default in metric_defaults(this).items():
+            metric_defaults(this)[key] = default.to(device)
             setattr(this, key, getattr(this, key).to(device))
         return this

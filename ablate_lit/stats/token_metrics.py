@@ -5,9 +5,10 @@ from __future__ import annotations
 import torch
 import torch.nn.functional as F
 
+from ablate_lit.common.labels import IGNORE_INDEX
 from ablate_lit.stats.exact import ExactMetric
 
-IGNORE_INDEX = -100
+__all__ = ["IGNORE_INDEX", "KL_CHUNK", "TokenScores", "kl_of_log_probs"]
 
 
 KL_CHUNK = 4096

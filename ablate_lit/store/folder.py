@@ -258,6 +258,14 @@ def _short(value) -> str:
     return text if len(text) <= 40 else text[:37] + "..."
 
 
+def check_run_folder(run_dir) -> Path:
+    """``run_dir`` as a Path, refused in one line unless it holds results (rows or a results.csv)."""
+    path = Path(run_dir)
+    if not (path / "points").is_dir() and not (path / "results.csv").is_file():
+        raise AblateError(f"'{run_dir}' holds no results; pass a run folder such as lightning_logs/<run>")
+    return path
+
+
 def read_rows(run_dir: Path, windows: bool = False) -> tuple[list[dict], list[str]]:
     """(valid rows, problems) of a run folder: from points/ where it exists (with ``windows``, each row
     carries its per-window totals under ``_windows``), else from results.csv (a folder copied

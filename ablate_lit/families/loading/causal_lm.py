@@ -4,8 +4,8 @@ Architectures without an entry here are located by structure (``families.locate.
 
 from __future__ import annotations
 
-from ablate_lit.families.base import Architecture
 from ablate_lit.families.loading.hf import load_hf, load_tokenizer
+from ablate_lit.sites.pre_out import Architecture
 
 _LLAMA_LIKE = Architecture(layers="model.layers", out_proj="self_attn.o_proj")
 

@@ -15,24 +15,16 @@ from pathlib import Path
 import torch
 
 from ablate_lit.common.errors import AblateError, reason_of
+from ablate_lit.common.families import FAMILIES
 from ablate_lit.common.logs import say
 from ablate_lit.common.paths import looks_like_path
+from ablate_lit.common.private import auto_class_takes
 from ablate_lit.common.progress import Heartbeat
-from ablate_lit.families.base import Architecture, resolve_dtype
 from ablate_lit.families.loading.quantization import dequantised_gguf, loading_kwargs
 from ablate_lit.families.locate.layout import locate
+from ablate_lit.sites.pre_out import Architecture
 
 log = logging.getLogger(__name__)
-
-# family -> (transformers auto class, the LightningModule that evaluates it)
-AUTO_CLASSES = {
-    "causal_lm": ("AutoModelForCausalLM", "CausalLMAblation"),
-    "masked_lm": ("AutoModelForMaskedLM", "MaskedLMAblation"),
-    "vision": ("AutoModelForImageClassification", "VisionAblation"),
-}
-
-
-_FAMILY_OF = {cls: family for family, (_, cls) in AUTO_CLASSES.items()}
 
 
 def hub_error(name: str, exc: Exception, what: str, flag: str) -> AblateError:
@@ -65,34 +57,22 @@ def check_family(config, family: str) -> None:
 
 def family_problem(config, family: str) -> str | None:
     """Why a model of ``config``'s type cannot be evaluated by ``family`` (naming the family that fits), or None."""
-    import transformers
 
-    auto, _ = AUTO_CLASSES[family]
-    mapping = getattr(transformers, auto)._model_mapping
-    if (
-        family == "causal_lm"
-        and type(config) in transformers.AutoModelForMaskedLM._model_mapping
-        and not config.is_decoder
-    ):
+    auto = FAMILIES[family].auto_class
+    if family == "causal_lm" and auto_class_takes("AutoModelForMaskedLM", config) and not config.is_decoder:
         return (
             f"'{config.model_type}' is a bidirectional encoder (transformers gives it a masked-LM head); "
             "use ⟨family=masked_lm⟩"
         )
-    if type(config) in mapping:
+    if auto_class_takes(auto, config):
         return None
     fits = [
-        module
-        for other, (cls, module) in AUTO_CLASSES.items()
-        if other != family and type(config) in getattr(transformers, cls)._model_mapping
+        other.name for other in FAMILIES.values() if other.name != family and auto_class_takes(other.auto_class, config)
     ]
-    if "MaskedLMAblation" in fits and not getattr(config, "is_decoder", False):
-        fits.remove("MaskedLMAblation")  # an encoder: its causal-LM head is a decoder mode it is not trained for
-        fits.insert(0, "MaskedLMAblation")
-    hint = (
-        f"use ⟨family={_FAMILY_OF[fits[0]]}⟩"
-        if fits
-        else "ablate_lit evaluates causal LMs, masked LMs and image classifiers"
-    )
+    if "masked_lm" in fits and not getattr(config, "is_decoder", False):
+        fits.remove("masked_lm")  # an encoder: its causal-LM head is a decoder mode it is not trained for
+        fits.insert(0, "masked_lm")
+    hint = f"use ⟨family={fits[0]}⟩" if fits else "ablate_lit evaluates causal LMs, masked LMs and image classifiers"
     return f"'{config.model_type}' models have no {family.replace('_', ' ')} head in transformers ({auto}); {hint}"
 
 
@@ -102,7 +82,7 @@ def check_layout(config, family: str, known: Architecture | None, blocks: str | 
 
     try:
         with torch.device("meta"):
-            skeleton = getattr(transformers, AUTO_CLASSES[family][0]).from_config(config)
+            skeleton = getattr(transformers, FAMILIES[family].auto_class).from_config(config)
     except Exception as exc:  # some models cannot be built empty; the real load checks them
         log.debug("no meta skeleton for %s: %s", config.model_type, exc)
         return
@@ -193,7 +173,7 @@ def load_hf(
         kwargs["attn_implementation"] = attn_implementation
     try:
         with Heartbeat(None, f"loading {Path(str(name_or_path)).name or name_or_path}"):
-            model = getattr(transformers, AUTO_CLASSES[family][0]).from_pretrained(path, config=config, **kwargs)
+            model = getattr(transformers, FAMILIES[family].auto_class).from_pretrained(path, config=config, **kwargs)
     except AblateError:
         raise
     except Exception as exc:  # OSError, ValueError, safetensors' own error for a truncated file, ...
@@ -250,3 +230,18 @@ def load_tokenizer(path: str, revision: str | None = None, given: bool = False):
             f"the tokenizer in {where} is empty (it turns English text into {len(ids)} known tokens); {fix}"
         )
     return tokenizer
+
+
+def resolve_dtype(name: str) -> torch.dtype | str:
+    table = {
+        "auto": "auto",
+        "float32": torch.float32,
+        "fp32": torch.float32,
+        "bfloat16": torch.bfloat16,
+        "bf16": torch.bfloat16,
+        "float16": torch.float16,
+        "fp16": torch.float16,
+    }
+    if name not in table:
+        raise AblateError(f"unknown dtype '{name}'; use one of {', '.join(table)}")
+    return table[name]

@@ -5,8 +5,8 @@ located by structure (``families.locate.layout``)."""
 
 from __future__ import annotations
 
-from ablate_lit.families.base import Architecture
 from ablate_lit.families.loading.hf import load_hf, load_tokenizer
+from ablate_lit.sites.pre_out import Architecture
 
 _BERT_OUT = ("attention.output.dense", "attention.o_proj")  # transformers 4.x / later layouts
 

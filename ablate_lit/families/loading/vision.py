@@ -12,8 +12,8 @@ from pathlib import Path
 
 from ablate_lit.common.errors import AblateError
 from ablate_lit.common.paths import looks_like_path
-from ablate_lit.families.base import Architecture, resolve_dtype
-from ablate_lit.families.loading.hf import heads_config, hub_error, load_hf
+from ablate_lit.families.loading.hf import heads_config, hub_error, load_hf, resolve_dtype
+from ablate_lit.sites.pre_out import Architecture
 
 # timm: every ViT-style block has attn.proj; the head layout is read from the attention module.
 TIMM_ARCHITECTURE = Architecture(layers="blocks", out_proj="attn.proj")

@@ -6,7 +6,7 @@ from __future__ import annotations
 import re
 
 from ablate_lit.common.errors import AblateError, render
-from ablate_lit.families.base import PreOut
+from ablate_lit.sites.pre_out import PreOut
 
 
 def _pattern(name: str) -> str:

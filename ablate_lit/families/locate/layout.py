@@ -24,7 +24,7 @@ import re
 from torch import nn
 
 from ablate_lit.common.errors import AblateError
-from ablate_lit.families.base import Architecture, PreOut, get_submodule, input_width, is_projection
+from ablate_lit.sites.pre_out import Architecture, PreOut, get_submodule, input_width, is_projection
 
 ATTENTION = re.compile(r"attention|attn", re.IGNORECASE)
 RECURRENT = re.compile(r"rwkv|mamba|ssm|timemix|retention|hyena|xlstm|recurren|rglru", re.IGNORECASE)

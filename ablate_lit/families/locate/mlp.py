@@ -19,8 +19,8 @@ import re
 from torch import nn
 
 from ablate_lit.common.errors import AblateError
-from ablate_lit.families.base import PreOut, input_width, is_projection
 from ablate_lit.families.locate.layout import attention_modules
+from ablate_lit.sites.pre_out import PreOut, input_width, is_projection
 
 MLP_OUT_NAMES = (
     "down_proj",

@@ -37,9 +37,9 @@ from torch import nn
 from torch.overrides import TorchFunctionMode
 
 from ablate_lit.common.errors import AblateError
-from ablate_lit.families.base import PreOut
 from ablate_lit.families.locate.layout import OPTIONS, is_activation, is_attention, is_norm
 from ablate_lit.families.locate.unchanged import Unchanged
+from ablate_lit.sites.pre_out import PreOut
 
 
 def _tensors(value) -> list[torch.Tensor]:

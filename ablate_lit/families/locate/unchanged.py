@@ -14,6 +14,8 @@ import copy
 import torch
 from torch import nn
 
+from ablate_lit.common.private import children_and_buffers
+
 
 def _differs(old, new) -> bool:
     if old is new:
@@ -36,7 +38,7 @@ class Unchanged:
     def __enter__(self) -> "Unchanged":
         self.names = {id(m): n or type(self.model).__name__ for n, m in self.model.named_modules()}
         self.modules = [
-            (m, dict(m._modules), dict(m._buffers), {k: v for k, v in vars(m).items() if not k.startswith("_")})
+            (m, *map(dict, children_and_buffers(m)), {k: v for k, v in vars(m).items() if not k.startswith("_")})
             for m in self.model.modules()
         ]
         self.buffers = [(b, b.detach().clone()) for b in self.model.buffers()]
@@ -52,14 +54,15 @@ class Unchanged:
     def __exit__(self, *exc) -> None:
         for module, children, buffers, attributes in self.modules:
             where = self.names[id(module)]
-            swapped = [k for k, v in children.items() if module._modules.get(k) is not v]
+            own_children, own_buffers = children_and_buffers(module)
+            swapped = [k for k, v in children.items() if own_children.get(k) is not v]
             now = {k: v for k, v in vars(module).items() if not k.startswith("_")}
             moved = [k for k in set(attributes) | set(now) if _differs(attributes.get(k), now.get(k))]
             self.changed += [f"{where}.{k} (module replaced)" for k in swapped] + [f"{where}.{k}" for k in moved]
-            module._modules.clear()
-            module._modules.update(children)
-            module._buffers.clear()
-            module._buffers.update(buffers)
+            own_children.clear()
+            own_children.update(children)
+            own_buffers.clear()
+            own_buffers.update(buffers)
             for k in set(now) - set(attributes):
                 delattr(module, k)
             vars(module).update(attributes)

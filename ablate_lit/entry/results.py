@@ -1,29 +1,29 @@
 """``Results``: one run folder's results from Python (``ablate_lit.run`` returns it, ``ablate_lit.load``
-reopens any run folder)."""
+reopens any run folder): its rows as a table, the paper's summary, figures, the single-unit map, the
+neuron statistics, and ``export`` of one point as a model (``entry.export_command``)."""
 
 from __future__ import annotations
 
 from pathlib import Path
 
-from ablate_lit.ablation.methods import registry_rank
 from ablate_lit.common.errors import AblateError
+from ablate_lit.common.labels import method_rank
 from ablate_lit.report.figures import model_figure
 from ablate_lit.report.importance import agreement, agreement_table, importance, top_units_table, unit_rows
 from ablate_lit.report.importance_figures import importance_figure
 from ablate_lit.report.summary import summary_table
 from ablate_lit.report.tables import method_label
-from ablate_lit.store.folder import read_rows
+from ablate_lit.store.folder import check_run_folder, read_rows
 
 
 class Results:
     """A run folder's results: ``table()`` (a pandas DataFrame, one row per method, seed and fraction),
     ``summary()`` (Table 2 layout, Markdown), ``figure()`` (Top1 and CE against % ablated, a matplotlib
-    Figure), ``statistics`` (per-neuron calibration statistics, a DataFrame) and ``run_dir``."""
+    Figure), ``statistics`` (per-neuron calibration statistics, a DataFrame), ``run_dir``, and
+    ``export(...)``, which saves one point as a model."""
 
     def __init__(self, run_dir: str | Path):
-        self.run_dir = Path(run_dir)
-        if not (self.run_dir / "points").is_dir() and not (self.run_dir / "results.csv").is_file():
-            raise AblateError(f"'{run_dir}' holds no results; pass a run folder such as lightning_logs/<run>")
+        self.run_dir = check_run_folder(run_dir)
 
     def rows(self) -> list[dict]:
         """The run's valid result rows, as stored (strings); malformed rows are left out."""
@@ -67,7 +67,7 @@ class Results:
         if any(r.get("target", "-") not in ("-", "") for r in rows):
             records, boot = importance(self._unit_rows())
             return top_units_table(records) + "\n" + agreement_table(agreement(records, boot))
-        methods = sorted(dict.fromkeys(r["method"] for r in rows), key=registry_rank)  # zero, mean, ..., resample
+        methods = sorted(dict.fromkeys(r["method"] for r in rows), key=method_rank)  # zero, mean, ..., resample
         if fractions is None:
             fractions = sorted({float(r["fraction"]) for r in rows})
         elif isinstance(fractions, (int, float)) and not isinstance(fractions, bool):
@@ -128,6 +128,14 @@ class Results:
                 "needed calibration); rerun with log_histograms=True"
             )
         return pd.read_csv(path)
+
+    def export(self, method: str, fraction: float, seed: int = 0, out: str | Path = "ablated") -> Path:
+        """Save the model of one point (``method`` at ``fraction``, neuron set of ``seed``) in ``out``:
+        its constants folded into the out-projections, loadable with plain ``from_pretrained`` (or timm),
+        with its tokenizer or preprocessing and ``ablation.json``. Returns ``out``."""
+        from ablate_lit.entry.export_command import export
+
+        return export(self.run_dir, method, float(fraction), int(seed), out)
 
     def __repr__(self) -> str:
         return f"Results('{self.run_dir}': {len(self.rows())} rows)"

@@ -8,7 +8,7 @@ from typing import Callable, Iterator, Sequence
 import torch
 from torch import nn
 
-from ablate_lit.families.base import PreOut
+from ablate_lit.sites.pre_out import PreOut
 
 
 class PreOutHooks:

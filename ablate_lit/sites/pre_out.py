@@ -1,4 +1,5 @@
-"""The hook point of one layer, and small helpers shared by the families.
+"""The hook point of one layer (``PreOut``), the tested path to it (``Architecture``), and helpers
+that read a module's structure.
 
 The *pre-out* of a layer is the input of its attention output projection (TransformerLens
 ``hook_z`` flattened): ``[batch, pos, n_heads * d_head]``. Ablation hooks sit on that input.
@@ -12,8 +13,6 @@ from dataclasses import dataclass
 
 import torch
 from torch import nn
-
-from ablate_lit.common.errors import AblateError
 
 
 @dataclass(frozen=True)
@@ -95,18 +94,3 @@ def input_width(module: nn.Module) -> int | None:
     if isinstance(weight, torch.Tensor) and weight.dim() == 1:
         return weight.shape[0]
     return None
-
-
-def resolve_dtype(name: str) -> torch.dtype | str:
-    table = {
-        "auto": "auto",
-        "float32": torch.float32,
-        "fp32": torch.float32,
-        "bfloat16": torch.bfloat16,
-        "bf16": torch.bfloat16,
-        "float16": torch.float16,
-        "fp16": torch.float16,
-    }
-    if name not in table:
-        raise AblateError(f"unknown dtype '{name}'; use one of {', '.join(table)}")
-    return table[name]

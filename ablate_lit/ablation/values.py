@@ -1,0 +1,60 @@
+"""A point's replacement values, on the device where the model runs.
+
+A method's values depend only on the calibration data (or, for a method fitted per point, on the
+point's neuron set), so they are computed once per method and moved to the device once: the
+schedule runs the points of one method together, and only the current method's values stay on the
+device (a resample cache can take GiBs). A single-unit map keeps only its layer's slice of them.
+"""
+
+from __future__ import annotations
+
+import torch
+
+from ablate_lit.ablation.context import MethodContext
+from ablate_lit.ablation.methods import Method
+from ablate_lit.common.labels import Point
+
+
+class OneLayer:
+    """A [n_layers, ...] table of which only ``layer``'s slice is kept, on the device: all that an
+    ablation of units of that one layer reads (a resample cache is large; its other layers stay out)."""
+
+    def __init__(self, table: torch.Tensor, layer: int, device):
+        self.layer, self.values = layer, table[layer].to(device)
+
+    def __getitem__(self, layer: int) -> torch.Tensor:
+        if layer != self.layer:
+            raise IndexError(f"only layer {self.layer} is kept, not {layer}")
+        return self.values
+
+
+class Replacements:
+    """The replacement values of each point: ``of(point, mask, device)`` for every layer,
+    ``of_layer(...)`` for one layer's units (the single-unit map)."""
+
+    def __init__(self, methods: dict[str, Method], context: MethodContext):
+        self.methods, self.context = methods, context
+        self._current: tuple[object, dict] = (None, {})
+
+    def _key(self, point: Point):
+        method = self.methods[point.method]
+        return (method.label, point.seed, point.fraction, point.target) if method.per_point else method.label
+
+    def of(self, point: Point, mask: torch.Tensor, device) -> dict:
+        """``point``'s values on ``device``: moved there once per method (once per point for a method
+        fitted per point)."""
+        key = self._key(point)
+        if self._current[0] != key:
+            self._current = (None, {})  # the previous method's values leave the device first
+            values = self.methods[point.method].replacement(self.context, point, mask)
+            self._current = (key, {k: v.to(device) for k, v in values.items()})
+        return self._current[1]
+
+    def of_layer(self, point: Point, mask: torch.Tensor, layer: int, device, kept: dict) -> dict:
+        """``point``'s values for units of ``layer`` only, kept in ``kept`` (one dict per layer's group):
+        once per method, or per unit for a method fitted per point."""
+        key = self._key(point)
+        if key not in kept:
+            values = self.methods[point.method].replacement(self.context, point, mask)
+            kept[key] = {k: OneLayer(v, layer, device) if k == "resample" else v.to(device) for k, v in values.items()}
+        return kept[key]

@@ -1,0 +1,81 @@
+"""The parts of one experiment, built once from the settings and handed to whoever uses them.
+
+``build_parts`` makes the run's calibration (statistics and resample caches, ``calibration.cache``),
+the optimal fitter (``ablation.fitter``), the context every method reads (``ablation.context``),
+the methods themselves (checked against it: a refusal comes before anything runs), the neuron sets
+(``ablation.schedule``) or the single-unit map (``maps.units``), and the replacement values
+(``ablation.values``). ``runner.launch`` runs them as an ``Experiment``; ``runner.export`` reads one
+point's neuron set and values from them.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+
+from ablate_lit.ablation.context import MethodContext
+from ablate_lit.ablation.fitter import OptimalFitter
+from ablate_lit.ablation.methods import Method, parse_method
+from ablate_lit.ablation.schedule import NeuronSets
+from ablate_lit.ablation.values import Replacements
+from ablate_lit.calibration.cache import CalibrationCache
+from ablate_lit.common.curves import Curves
+from ablate_lit.common.families import COUNTERFACTUAL
+from ablate_lit.common.sharding import is_sharded
+from ablate_lit.maps.units import UnitMap
+from ablate_lit.runner.config import AblationConfig
+
+
+@dataclass
+class Parts:
+    calibration: CalibrationCache
+    """Statistics and resample caches, computed once (or loaded from the cache folder)."""
+    methods: dict[str, Method]
+    """The run's methods by label, checked against ``context``."""
+    context: MethodContext
+    sets: NeuronSets
+    """The nested neuron sets (and the neurons fractions count)."""
+    values: Replacements
+    units: UnitMap | None
+    """The single-unit map (``--ablation.schedule each``), else None."""
+
+
+def method_context(trainer, module, data, cfg: AblationConfig, calibration, fitter) -> MethodContext:
+    """What every method of this run reads."""
+    counterfactual = data.has_counterfactual
+    return MethodContext(
+        eps=cfg.eps,
+        bin_alignment=cfg.bin_alignment,
+        n_layers=module.hooks.n_layers,
+        width=module.hooks.width,
+        family=module.family,
+        resample_sources=module.resample_sources + ((COUNTERFACTUAL,) if counterfactual else ()),
+        batch_major=all(p.batch_major for p in module.pre_outs),
+        sharded=is_sharded(trainer.strategy),
+        calibration=calibration,
+        fits=fitter,
+        counterfactual=counterfactual,
+        fixed_template=data.fixed_template,
+    )
+
+
+def build_parts(
+    trainer, module, data, cfg: AblationConfig, layers: list[int], cache_dir: Path, curves: Curves | None = None
+) -> Parts:
+    """The parts of an experiment over ``layers`` (``runner.config.resolve_for``); optimal's fits log to
+    ``curves``. Every method is checked here, before anything is computed."""
+    calibration = CalibrationCache(trainer, module, data, cfg, cache_dir)
+    fitter = OptimalFitter(trainer, module, data, cfg, calibration, curves or Curves([]))
+    context = method_context(trainer, module, data, cfg, calibration, fitter)
+    methods = {m.label: m for m in map(parse_method, cfg.methods)}
+    for method in methods.values():
+        method.check(context)
+    hooks, head_dim = module.hooks, module.pre_outs[0].head_dim
+    unit_size = head_dim if cfg.unit == "head" else 1
+    sets = NeuronSets(hooks.n_layers, hooks.width, layers, unit_size, cfg.selection, cfg.order, calibration)
+    units = (
+        UnitMap(hooks.n_layers, hooks.width, head_dim, layers, cfg.unit, cfg.methods)
+        if cfg.schedule == "each"
+        else None
+    )
+    return Parts(calibration, methods, context, sets, Replacements(methods, context), units)
