@@ -130,7 +130,7 @@ class CalibrationCache:
         calibration inputs for ``data``)."""
         cfg, data, module = self.cfg, self.data, self.module
         inputs_from = {"data": "calibration", "counterfactual": "counterfactual"}.get(source)
-        inputs_from = data.fingerprint(inputs_from) if inputs_from else module.hparams.get("generator")
+        inputs_from = data.fingerprint(inputs_from) if inputs_from else module.settings.source.generator
         n_rows = len(data.counterfactual_inputs()) if source == "counterfactual" else cfg.n_resample
         key = digest(self.key("resample", source, n_rows, cfg.resample_seed, inputs_from))
         path = self.cache_dir / f"resample-{source}-{key}.pt"

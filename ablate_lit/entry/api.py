@@ -185,7 +185,7 @@ def _config_yaml(module, datamodule, data, family, checked: _Settings, trainer, 
         data_args = datamodule_settings(type(datamodule), data, family, checked.data, module)
         config = {
             "ablation": dataclasses.asdict(checked.ablation),
-            "model": {"class_path": f"ablate_lit.{type(module).__name__}", "init_args": dict(module.hparams)},
+            "model": {"class_path": f"ablate_lit.{type(module).__name__}", "init_args": dict(module.setting_values)},
             "data": {
                 "class_path": f"ablate_lit.{type(datamodule).__name__}",
                 "init_args": {"path": str(data), **data_args},

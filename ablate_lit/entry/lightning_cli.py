@@ -46,7 +46,7 @@ def _data_help() -> str:
     return f"--data {listed}; then --data.path and the rest ('--data.help CLASS' lists a class's options)"
 
 
-GROUPS = {  # option group -> (title, description) in test --help
+HELP_GROUPS = {  # option group -> (title, description) in test --help
     "ablation": ("what to ablate and how", "methods, fractions, seeds, units, calibration statistics"),
     "model": ("the model", _families_help()),
     "data": ("the data", _data_help()),
@@ -85,7 +85,7 @@ class AblateCLI(LightningCLI):
         parser.add_argument("--root", type=str, default="lightning_logs", help="folder holding the run folders")
         parser.add_lightning_class_args(self.trainer_class, "trainer")
         parser.set_defaults({"trainer." + k: v for k, v in self.trainer_defaults.items() if k != "callbacks"})
-        for key, (title, text) in GROUPS.items():
+        for key, (title, text) in HELP_GROUPS.items():
             if key in parser.groups:
                 parser.groups[key].title, parser.groups[key].description = title, text
 

@@ -14,6 +14,7 @@ from ablate_lit.common.logs import say, warn
 from ablate_lit.common.private import device_mesh
 from ablate_lit.common.sharding import is_sharded, pad_forwards, shard
 from ablate_lit.families.fingerprint import weights_fingerprint
+from ablate_lit.families.loading.settings import ModelSettings
 from ablate_lit.families.locate.describe import check_unchecked, describe
 from ablate_lit.families.locate.layout import attention_modules, locate
 from ablate_lit.families.locate.trace import trace
@@ -75,13 +76,25 @@ class AblationModule(KeptInPlace, L.LightningModule):
         finally:
             self.unit_step = None
 
+    settings: ModelSettings = ModelSettings()
+    """Where the model came from, how its layout is found, how it is placed (``families.loading.settings``)."""
+
+    def take_settings(self, values: dict) -> ModelSettings:
+        """Keep the model settings ``values`` (from ``families.loading.settings.given``): grouped as
+        ``settings``, and as given in ``setting_values`` (a run's config.yaml holds them)."""
+        self.setting_values = dict(values)
+        self.settings = ModelSettings.of(**values)
+        return self.settings
+
     @classmethod
-    def _wrapping(cls, model, name: str, **hparams):
-        """An instance around ``model`` (already in memory: nothing is loaded), in eval mode, whose
-        hyperparameters say what it is (``name`` stands for ``name_or_path`` in run folders and tables)."""
+    def _wrapping(cls, model, name: str, values: dict):
+        """An instance around ``model`` (already in memory: nothing is loaded), in eval mode, with the
+        settings ``values`` of a ``from_model`` call; ``name`` stands for ``name_or_path`` in run folders
+        and tables, and the dtype is the model's."""
         self = cls.__new__(cls)
         AblationModule.__init__(self)
-        self.save_hyperparameters({"name_or_path": name, **hparams})
+        dtype = str(next(model.parameters()).dtype).removeprefix("torch.")
+        self.take_settings({"name_or_path": name, "dtype": dtype, **values})
         self.model = model.eval()
         return self
 
@@ -99,11 +112,13 @@ class AblationModule(KeptInPlace, L.LightningModule):
     def check_example(self, output: torch.Tensor) -> None:
         """Family-specific checks of ``example_forward``'s output (e.g. that a causal LM is causal)."""
 
-    def locate_pre_outs(self, config, known: Architecture | None, blocks: str | None, out_proj: str | None) -> None:
-        """Find every layer's pre-out (``families.locate.layout``) and check it on one forward pass
-        (``families.locate.trace``)."""
-        head_dim = self.hparams.get("head_dim")
-        pre_outs, self.layout_source = locate(self.model, config, known, blocks, out_proj, head_dim)
+    def locate_pre_outs(self, config, known: Architecture | None) -> None:
+        """Find every layer's pre-out (``families.locate.layout``, as ``settings.layout`` says) and check it
+        on one forward pass (``families.locate.trace``)."""
+        layout = self.settings.layout
+        pre_outs, self.layout_source = locate(
+            self.model, config, known, layout.blocks, layout.out_proj, layout.head_dim
+        )
         forward = lambda: self.example_forward(2)  # noqa: E731
         self.pre_outs, output, changed = trace(self.model, pre_outs, forward, 2, self.check_hint)
         if changed:
@@ -112,7 +127,7 @@ class AblationModule(KeptInPlace, L.LightningModule):
                 f"the check forward pass changed the model ({', '.join(changed[:3])}"
                 f"{', ...' if len(changed) > 3 else ''}); restored: the run scores the model as it was loaded",
             )
-        check_unchecked(self.pre_outs, self.hparams.get("allow_unchecked", False))
+        check_unchecked(self.pre_outs, layout.allow_unchecked)
         self.check_example(output)
         self.hooks = PreOutHooks(self.pre_outs, self.model)
         self.site, self._config = "attn", config
@@ -133,7 +148,7 @@ class AblationModule(KeptInPlace, L.LightningModule):
             from ablate_lit.families.locate.mlp import locate_mlp
 
             attention = self._by_site["attn"][0]
-            found = locate_mlp(self.model, self._config, attention, self.hparams.get("mlp_proj"))
+            found = locate_mlp(self.model, self._config, attention, self.settings.layout.mlp_proj)
             pre_outs, _, _ = trace(self.model, found, lambda: self.example_forward(2), 2, self.check_hint)
             self._by_site[site] = (pre_outs, PreOutHooks(pre_outs, self.model))
             self._by_site[site][1].home = getattr(self, "home", None)
@@ -166,7 +181,7 @@ class AblationModule(KeptInPlace, L.LightningModule):
 
     @property
     def model_label(self) -> str:
-        return str(self.hparams.name_or_path).rstrip("/").split("/")[-1]
+        return str(self.settings.source.name_or_path).rstrip("/").split("/")[-1]
 
     def forward(self, batch):
         return self.logits_and_labels(batch)

@@ -36,7 +36,7 @@ class KeptInPlace:
         the metrics and replacement values, and the hooks move values between the model's devices."""
         self.self_placed = (
             getattr(self.model, "hf_device_map", None) is not None
-            or self.hparams.get("device_map") is not None
+            or self.settings.placement.device_map is not None
             or is_bnb(getattr(getattr(self.model, "config", None), "quantization_config", None))
         )
 

@@ -53,7 +53,7 @@ def save_ablated(module, out: Path, new_bias: list[int], site: str) -> dict:
     if module.family == "vision":
         import transformers
 
-        transformers.AutoImageProcessor.from_pretrained(module.hparams.name_or_path).save_pretrained(out)
+        transformers.AutoImageProcessor.from_pretrained(module.settings.source.name_or_path).save_pretrained(out)
     else:
         module.tokenizer.save_pretrained(out)
     return {"format": f"Hugging Face (transformers.{FAMILIES[module.family].auto_class}.from_pretrained)"}

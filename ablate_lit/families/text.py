@@ -9,6 +9,7 @@ import torch
 from ablate_lit.common.errors import AblateError
 from ablate_lit.families.loading.causal_lm import load_causal_lm
 from ablate_lit.families.loading.hf import PROBE, check_family, check_generator, heads_config
+from ablate_lit.families.loading.settings import LAYOUT, Source, given, takes
 from ablate_lit.families.module import AblationModule
 
 
@@ -19,22 +20,12 @@ class TextAblationModule(AblationModule):
     """model_type -> tested layout (the family's registry)."""
 
     @classmethod
-    def from_model(
-        cls,
-        model,
-        tokenizer,
-        name: str | None = None,
-        generator: str | None = None,
-        blocks: str | None = None,
-        out_proj: str | None = None,
-        mlp_proj: str | None = None,
-        head_dim: int | None = None,
-        allow_unchecked: bool = False,
-        check_length: int | None = None,
-    ):
+    @takes("generator", *LAYOUT)
+    def from_model(cls, model, tokenizer, name: str | None = None, **settings):
         """Wrap a Hugging Face model and tokenizer already in memory (fine-tuned, edited, never saved):
         the same checks as a loaded one (its family, where its neurons are, one forward pass). ``name``
         names it in run folders and tables (default: its config's ``name_or_path``, else its type)."""
+        values = given(TextAblationModule.from_model.__func__, settings)
         config = getattr(model, "config", None)
         if config is None or not hasattr(config, "model_type"):
             raise AblateError(
@@ -43,26 +34,12 @@ class TextAblationModule(AblationModule):
         if tokenizer is None or not callable(tokenizer):
             raise AblateError(f"{cls.__name__}.from_model needs the model's tokenizer (tokenizer=...)")
         check_family(config, cls.family)
-        if generator:
-            check_generator(generator)
+        if values["generator"]:
+            check_generator(values["generator"])
         label = name or str(getattr(config, "name_or_path", "") or "").rstrip("/") or config.model_type
-        self = cls._wrapping(
-            model,
-            label,
-            dtype=str(next(model.parameters()).dtype).removeprefix("torch."),
-            generator=generator,
-            blocks=blocks,
-            out_proj=out_proj,
-            mlp_proj=mlp_proj,
-            head_dim=head_dim,
-            allow_unchecked=allow_unchecked,
-            check_length=check_length,
-            gguf_file=None,
-        )
+        self = cls._wrapping(model, label, values)
         self.tokenizer = tokenizer
-        self.locate_pre_outs(
-            heads_config(config, cls.family), cls.architectures.get(config.model_type), blocks, out_proj
-        )
+        self.locate_pre_outs(heads_config(config, cls.family), cls.architectures.get(config.model_type))
         return self
 
     def data_connection(self) -> tuple:
@@ -88,7 +65,7 @@ class TextAblationModule(AblationModule):
     def example_forward(self, n: int) -> torch.Tensor:
         """Logits on ``n`` copies of ``check_length`` (default 8) ordinary tokens; the copies differ only in
         their last token."""
-        length = self.hparams.get("check_length") or 8
+        length = self.settings.layout.check_length or 8
         probe = self.tokenizer(PROBE * (2 + length // 4), add_special_tokens=False)["input_ids"]
         ids = torch.tensor(probe[:length]).repeat(n, 1)
         ids[1:, -1] = probe[length]
@@ -110,8 +87,8 @@ class TextAblationModule(AblationModule):
     def generator(self):
         """(model, tokenizer) writing the text for resample:generated: ``--model.generator`` (loaded now,
         on this module's device), else ``default_generator()``."""
-        if self.hparams.get("generator"):
-            model, tokenizer, _ = load_causal_lm(self.hparams.generator)
+        if self.settings.source.generator:
+            model, tokenizer, _ = load_causal_lm(Source(name_or_path=self.settings.source.generator))
             return model.to(self.device), tokenizer
         return self.default_generator()
 

@@ -6,7 +6,7 @@ import torch
 
 from ablate_lit.common.errors import AblateError
 from ablate_lit.families.loading.hf import check_family, heads_config
-from ablate_lit.families.loading.quantization import placement_of
+from ablate_lit.families.loading.settings import LAYOUT, PLACEMENT, given, takes
 from ablate_lit.families.loading.vision import HF_VISION_ARCHITECTURES, TIMM_ARCHITECTURE, load_vision
 from ablate_lit.families.module import AblationModule
 
@@ -14,67 +14,26 @@ from ablate_lit.families.module import AblationModule
 class VisionAblation(AblationModule):
     """Scores the class predictions (Top1, CE against the labels) of a ViT whose attention pre-outs are ablated."""
 
-    def __init__(
-        self,
-        name_or_path: str,
-        dtype: str = "float32",
-        revision: str | None = None,
-        blocks: str | None = None,
-        out_proj: str | None = None,
-        mlp_proj: str | None = None,
-        head_dim: int | None = None,
-        allow_unchecked: bool = False,
-        quantization: str | dict | None = None,
-        device_map: str | dict | None = None,
-        offload_folder: str | None = None,
-    ):
-        """
-        Args:
-            name_or_path: timm model name (vit_base_patch16_224.augreg2_in21k_ft_in1k), Hugging Face id
-                (google/vit-base-patch16-224), or a local folder (timm save_for_hf or HF save_pretrained).
-            dtype: weights' dtype: float32, bfloat16, float16.
-            revision: hub revision (Hugging Face models).
-            blocks: path of the list of transformer blocks (e.g. blocks), for a model whose layout is not found.
-            out_proj: path inside a block of the attention output projection (e.g. attn.proj).
-            mlp_proj: path inside a block of the MLP output projection (e.g. mlp.fc2), for --ablation.site mlp.
-            head_dim: width of one head's output, for a model that states it under another name (timm LeViT's val_dim).
-            allow_unchecked: ablate the out-projection's input even where a check pass could not show it equal
-                to the attention heads' output (the run says which layers and why).
-            quantization: (Hugging Face models) load the weights quantized: quanto-int8, quanto-int4, torchao-int8
-                (CPU or GPU), bnb-8bit, bnb-4bit (bitsandbytes, CUDA), or a Hugging Face quantization config as a dict.
-            device_map: place the model across devices (auto, balanced, or {module: device|cpu|disk}) for one
-                larger than a device; one process only.
-            offload_folder: where a device map's disk entries are kept.
-        """
+    @takes("name_or_path", "dtype", "revision", *(n for n in LAYOUT if n != "check_length"), *PLACEMENT)
+    def __init__(self, name_or_path: str, **settings):
+        """An image classifier read from a timm model name, a Hugging Face id, or a local folder (timm
+        save_for_hf or Hugging Face save_pretrained)."""
         super().__init__()
-        self.save_hyperparameters()
+        settings = self.take_settings(given(VisionAblation.__init__, settings, name_or_path=name_or_path))
         (self.model, self.preprocess, self.n_classes, known, self.config, self.backend) = load_vision(
-            name_or_path,
-            dtype,
-            revision,
-            blocks,
-            out_proj,
-            **placement_of(self.hparams),
+            settings.source, settings.layout, settings.placement
         )
         self.placed_by_itself()
         self.input_size = self._input_size()
-        self.locate_pre_outs(self.config, known, blocks, out_proj)
+        self.locate_pre_outs(self.config, known)
 
     @classmethod
-    def from_model(
-        cls,
-        model,
-        preprocess=None,
-        name: str | None = None,
-        blocks: str | None = None,
-        out_proj: str | None = None,
-        mlp_proj: str | None = None,
-        head_dim: int | None = None,
-        allow_unchecked: bool = False,
-    ):
+    @takes(*(n for n in LAYOUT if n != "check_length"))
+    def from_model(cls, model, preprocess=None, name: str | None = None, **settings):
         """Wrap an image classifier already in memory: a timm model (``preprocess`` defaults to its
         own evaluation transform) or a Hugging Face one (``preprocess``: its image processor, or any
         function from a PIL image to a [3, H, W] tensor)."""
+        values = given(VisionAblation.from_model.__func__, settings)
         config = getattr(model, "config", None)
         timm_model = hasattr(model, "pretrained_cfg") or config is None
         if timm_model:
@@ -87,20 +46,11 @@ class VisionAblation(AblationModule):
             def preprocess(image):
                 return processor(images=image, return_tensors="pt")["pixel_values"][0]
 
-        self = cls._wrapping(
-            model,
-            label,
-            dtype=str(next(model.parameters()).dtype).removeprefix("torch."),
-            blocks=blocks,
-            out_proj=out_proj,
-            mlp_proj=mlp_proj,
-            head_dim=head_dim,
-            allow_unchecked=allow_unchecked,
-        )
+        self = cls._wrapping(model, label, values)
         self.preprocess, self.n_classes, self.config = preprocess, n_classes, heads
         self.backend = "timm" if timm_model else "hf"
         self.input_size = self._input_size()
-        self.locate_pre_outs(self.config, known, blocks, out_proj)
+        self.locate_pre_outs(self.config, known)
         return self
 
     def data_connection(self) -> tuple:

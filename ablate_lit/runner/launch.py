@@ -49,7 +49,7 @@ def run_identity(trainer, module, data, cfg: AblationConfig) -> dict:
         "selection": cfg.selection,
         "n_resample": cfg.n_resample,
         "resample_seed": cfg.resample_seed,
-        "generator": module.hparams.get("generator"),
+        "generator": module.settings.source.generator,
         "kl": cfg.kl,
         "optimal": {
             "lr": cfg.optimal_lr,

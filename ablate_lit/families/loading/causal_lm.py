@@ -4,7 +4,8 @@ Architectures without an entry here are located by structure (``families.locate.
 
 from __future__ import annotations
 
-from ablate_lit.families.loading.hf import load_hf, load_tokenizer
+from ablate_lit.families.loading.hf import load_hf, load_text_tokenizer
+from ablate_lit.families.loading.settings import Layout, Placement, Source
 from ablate_lit.sites.pre_out import Architecture
 
 _LLAMA_LIKE = Architecture(layers="model.layers", out_proj="self_attn.o_proj")
@@ -22,28 +23,9 @@ CAUSAL_LM_ARCHITECTURES: dict[str, Architecture] = {
 }
 
 
-def load_causal_lm(
-    name_or_path: str,
-    gguf_file: str | None = None,
-    dtype: str = "float32",
-    revision: str | None = None,
-    attn_implementation: str | None = None,
-    blocks: str | None = None,
-    out_proj: str | None = None,
-    tokenizer: str | None = None,
-    **placement,
-):
+def load_causal_lm(source: Source, layout: Layout | None = None, placement: Placement | None = None):
     """(model, tokenizer, tested architecture or None) from a hub name, a local folder, or a GGUF file in a folder."""
     model, path, known = load_hf(
-        name_or_path,
-        "causal_lm",
-        CAUSAL_LM_ARCHITECTURES,
-        gguf_file,
-        dtype,
-        revision,
-        attn_implementation,
-        blocks,
-        out_proj,
-        **placement,
+        source, "causal_lm", CAUSAL_LM_ARCHITECTURES, layout or Layout(), placement or Placement()
     )
-    return model, load_tokenizer(tokenizer or path, None if tokenizer else revision, given=bool(tokenizer)), known
+    return model, load_text_tokenizer(source, path), known

@@ -21,6 +21,7 @@ from ablate_lit.common.paths import looks_like_path
 from ablate_lit.common.private import auto_class_takes
 from ablate_lit.common.progress import Heartbeat
 from ablate_lit.families.loading.quantization import dequantised_gguf, loading_kwargs
+from ablate_lit.families.loading.settings import Layout, Placement, Source
 from ablate_lit.families.locate.layout import locate
 from ablate_lit.sites.pre_out import Architecture
 
@@ -129,28 +130,17 @@ def _convert_gguf(folder: str, gguf_file: str, check) -> str:
     return str(target)
 
 
-def load_hf(
-    name_or_path: str,
-    family: str,
-    registry: dict[str, Architecture],
-    gguf_file: str | None = None,
-    dtype: str = "float32",
-    revision: str | None = None,
-    attn_implementation: str | None = None,
-    blocks: str | None = None,
-    out_proj: str | None = None,
-    quantization=None,
-    device_map=None,
-    offload_folder: str | None = None,
-):
+def load_hf(source: Source, family: str, registry: dict[str, Architecture], layout: Layout, placement: Placement):
     """(model, the folder or hub id it came from, tested architecture or None) from a hub name, a local
-    folder or a GGUF file, quantized and placed as ``loading.quantization`` says. The family and the
-    layout are checked on the config and an empty skeleton before any weight is read."""
+    folder or a GGUF file (``source``), quantized and placed as ``placement`` says (``loading.quantization``).
+    The family and the ``layout`` are checked on the config and an empty skeleton before any weight is read."""
     import transformers
+
+    name_or_path, gguf_file, revision = source.name_or_path, source.gguf_file, source.revision
 
     def check(config) -> None:
         check_family(config, family)
-        check_layout(config, family, registry.get(config.model_type), blocks, out_proj)
+        check_layout(config, family, registry.get(config.model_type), layout.blocks, layout.out_proj)
 
     path = os.path.expanduser(name_or_path)
     if looks_like_path(name_or_path) and not os.path.exists(path):
@@ -165,18 +155,19 @@ def load_hf(
     except (OSError, ValueError) as exc:
         raise hub_error(name_or_path, exc, "model", "⟨--model.name_or_path⟩") from exc
     check(config)
-    if quantization is not None and dequantised_gguf(config):
+    if placement.quantization is not None and dequantised_gguf(config):
         del config.quantization_config  # float weights read from a GGUF file: quantize those as they are
-    kwargs = {"dtype": resolve_dtype(dtype), "revision": revision}
-    kwargs.update(loading_kwargs(quantization, device_map, offload_folder))
-    if attn_implementation:
-        kwargs["attn_implementation"] = attn_implementation
+    kwargs = {"dtype": resolve_dtype(source.dtype), "revision": revision}
+    kwargs.update(loading_kwargs(placement))
+    if source.attn_implementation:
+        kwargs["attn_implementation"] = source.attn_implementation
     try:
         with Heartbeat(None, f"loading {Path(str(name_or_path)).name or name_or_path}"):
             model = getattr(transformers, FAMILIES[family].auto_class).from_pretrained(path, config=config, **kwargs)
     except AblateError:
         raise
     except Exception as exc:  # OSError, ValueError, safetensors' own error for a truncated file, ...
+        quantization, device_map = placement.quantization, placement.device_map
         if (quantization is not None or device_map is not None) and not isinstance(exc, OSError):
             raise AblateError(
                 f"could not load '{name_or_path}' with ⟨--model.quantization⟩ {quantization} / ⟨--model.device_map⟩ "
@@ -206,6 +197,14 @@ def check_generator(name: str) -> None:
 
 
 PROBE = "The quick brown fox jumps over the lazy dog, and 42 others watched."
+
+
+def load_text_tokenizer(source: Source, path: str):
+    """The tokenizer of a text model loaded from ``path`` (``load_hf``): ``source.tokenizer`` where one is
+    named, else the model's own (at the model's revision)."""
+    if source.tokenizer:
+        return load_tokenizer(source.tokenizer, None, given=True)
+    return load_tokenizer(path, source.revision)
 
 
 def load_tokenizer(path: str, revision: str | None = None, given: bool = False):

@@ -5,7 +5,8 @@ located by structure (``families.locate.layout``)."""
 
 from __future__ import annotations
 
-from ablate_lit.families.loading.hf import load_hf, load_tokenizer
+from ablate_lit.families.loading.hf import load_hf, load_text_tokenizer
+from ablate_lit.families.loading.settings import Layout, Placement, Source
 from ablate_lit.sites.pre_out import Architecture
 
 _BERT_OUT = ("attention.output.dense", "attention.o_proj")  # transformers 4.x / later layouts
@@ -17,26 +18,7 @@ MASKED_LM_ARCHITECTURES: dict[str, Architecture] = {
 }
 
 
-def load_masked_lm(
-    name_or_path: str,
-    dtype: str = "float32",
-    revision: str | None = None,
-    attn_implementation: str | None = None,
-    blocks: str | None = None,
-    out_proj: str | None = None,
-    tokenizer: str | None = None,
-    **placement,
-):
-    model, path, known = load_hf(
-        name_or_path,
-        "masked_lm",
-        MASKED_LM_ARCHITECTURES,
-        None,
-        dtype,
-        revision,
-        attn_implementation,
-        blocks,
-        out_proj,
-        **placement,
-    )
-    return model, load_tokenizer(tokenizer or path, None if tokenizer else revision, given=bool(tokenizer)), known
+def load_masked_lm(source: Source, layout: Layout, placement: Placement):
+    """(model, tokenizer, tested architecture or None) from a hub name or a local folder."""
+    model, path, known = load_hf(source, "masked_lm", MASKED_LM_ARCHITECTURES, layout, placement)
+    return model, load_text_tokenizer(source, path), known

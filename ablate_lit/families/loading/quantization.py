@@ -128,16 +128,12 @@ def is_quantized_weight(weight) -> bool:
     return type(weight) not in (torch.Tensor, torch.nn.Parameter) or not weight.dtype.is_floating_point
 
 
-def placement_of(hparams) -> dict:
-    """A family's quantization and placement settings, as ``load_hf`` takes them."""
-    return {k: hparams.get(k) for k in ("quantization", "device_map", "offload_folder")}
-
-
-def loading_kwargs(quantization, device_map, offload_folder) -> dict:
-    """The extra ``from_pretrained`` arguments for a quantization and a device map. A bitsandbytes
+def loading_kwargs(placement) -> dict:
+    """The extra ``from_pretrained`` arguments for ``placement``'s quantization and device map. A bitsandbytes
     model cannot move after loading, so it is placed on this process's GPU unless a map says otherwise."""
     import os
 
+    quantization, device_map, offload_folder = placement.quantization, placement.device_map, placement.offload_folder
     kwargs = {}
     config = quantization_config(quantization)
     if config is not None:
@@ -155,7 +151,8 @@ def loading_kwargs(quantization, device_map, offload_folder) -> dict:
 
 def check_placement(trainer, module, sharded: bool) -> None:
     """Refuse what cannot work with a quantized model or one that placed itself (a device map, bitsandbytes)."""
-    mapped, quantized = module.hparams.get("device_map") is not None, module.hparams.get("quantization") is not None
+    placement = module.settings.placement
+    mapped, quantized = placement.device_map is not None, placement.quantization is not None
     if not (mapped or quantized):
         return
     where = "its ⟨--model.device_map⟩" if mapped else "⟨--model.quantization⟩"

@@ -13,6 +13,7 @@ from pathlib import Path
 from ablate_lit.common.errors import AblateError
 from ablate_lit.common.paths import looks_like_path
 from ablate_lit.families.loading.hf import heads_config, hub_error, load_hf, resolve_dtype
+from ablate_lit.families.loading.settings import Layout, Placement, Source
 from ablate_lit.sites.pre_out import Architecture
 
 # timm: every ViT-style block has attn.proj; the head layout is read from the attention module.
@@ -52,25 +53,19 @@ OFFLINE_DATA = (
 )
 
 
-def load_vision(
-    name_or_path: str,
-    dtype: str = "float32",
-    revision: str | None = None,
-    blocks: str | None = None,
-    out_proj: str | None = None,
-    **placement,
-):
+def load_vision(source: Source, layout: Layout, placement: Placement):
     """(model, preprocess, n_classes, tested architecture or None, config for the head layout, backend)."""
+    name_or_path, dtype = source.name_or_path, source.dtype
     backend = _backend(name_or_path)
     try:
         if backend == "timm":
-            if any(v is not None for v in placement.values()):
+            if placement.quantization is not None or placement.device_map is not None:
                 raise AblateError(
                     "⟨--model.quantization⟩ and ⟨--model.device_map⟩ load Hugging Face models; a timm model "
                     "loads whole on one device (save it as a Hugging Face ViT to quantize it)"
                 )
             return _load_timm(name_or_path, dtype)
-        return _load_hf(name_or_path, dtype, revision, blocks, out_proj, **placement)
+        return _load_hf(source, layout, placement)
     except AblateError as exc:
         if "without internet" in str(exc):  # a hub name out of reach: the data set will be too
             exc.args = (str(exc) + OFFLINE_DATA,)
@@ -108,16 +103,14 @@ def _load_timm(name_or_path: str, dtype: str):
     return model, preprocess, model.num_classes, TIMM_ARCHITECTURE, None, "timm"
 
 
-def _load_hf(name_or_path: str, dtype: str, revision, blocks, out_proj, **placement):
+def _load_hf(source: Source, layout: Layout, placement: Placement):
     import transformers
 
-    model, path, known = load_hf(
-        name_or_path, "vision", HF_VISION_ARCHITECTURES, None, dtype, revision, None, blocks, out_proj, **placement
-    )
+    model, path, known = load_hf(source, "vision", HF_VISION_ARCHITECTURES, layout, placement)
     try:
-        processor = transformers.AutoImageProcessor.from_pretrained(path, revision=revision)
+        processor = transformers.AutoImageProcessor.from_pretrained(path, revision=source.revision)
     except (OSError, ValueError) as exc:
-        raise hub_error(name_or_path, exc, "image processor of", "⟨--model.name_or_path⟩") from exc
+        raise hub_error(source.name_or_path, exc, "image processor of", "⟨--model.name_or_path⟩") from exc
 
     def preprocess(image):
         return processor(images=image, return_tensors="pt")["pixel_values"][0]
