@@ -89,9 +89,9 @@ class Peak(Method):
         super().__init__(arg)
         self.eps = None
         if arg:
-            key, _, value = arg.partition("=")
+            value = Label(f"{self.name}:{arg}").option("eps")
             try:
-                self.eps = float(value) if key == "eps" else None
+                self.eps = float(value) if value is not None else None
             except ValueError:
                 self.eps = None
             if self.eps is None or not self.eps > 0:

@@ -127,6 +127,11 @@ class Label:
         """What follows ``name:``: ``eps=0.04`` of ``peak:eps=0.04`` (empty if nothing)."""
         return self.method.partition(":")[2]
 
+    def option(self, key: str) -> str | None:
+        """The value of the method's ``key=value`` option: ``0.04`` for ``eps`` of ``peak:eps=0.04``."""
+        name, sep, value = self.arg.partition("=")
+        return value if sep and name == key else None
+
     @property
     def suffix(self) -> str:
         """What was ablated, as written after the method (`` [MLP]``; empty for the paper's units)."""
@@ -137,22 +142,6 @@ class Label:
         method, sep, rest = str(text).strip().partition(" [")
         kinds = tuple(k.strip() for k in rest.rstrip("]").split(",")) if sep else ()
         return cls(method, kinds)
-
-    @classmethod
-    def of_row(cls, row: dict) -> Label:
-        """The label of a result row, from its ``site``, ``unit``, ``layers``, ``order`` and ``selection``."""
-        kinds = []
-        if row.get("site") == "mlp":
-            kinds.append("MLP")
-        if row.get("unit") == "head":
-            kinds.append("heads")
-        if row.get("layers") not in (None, "", "-", "all"):
-            kinds.append(f"layers {row['layers']}")
-        if row.get("order") not in (None, "", "-", "random"):
-            kinds.append(f"by {row['order']}")
-        if row.get("selection") == "global":
-            kinds.append("global")
-        return cls(row["method"], tuple(kinds))
 
     def with_method(self, method: str) -> Label:
         """The same units ablated by another method (``peak [MLP]`` -> ``mean [MLP]``)."""

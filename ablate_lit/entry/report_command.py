@@ -12,6 +12,7 @@ from ablate_lit.report.importance import write_importance
 from ablate_lit.report.paired import default_pairs, paired_figures, paired_table
 from ablate_lit.report.tables import load_runs, table
 from ablate_lit.store.atomic import check_folder, write_csv, write_text
+from ablate_lit.store.rows import ResultRow
 
 
 def main(argv: list[str]) -> None:
@@ -37,20 +38,20 @@ def main(argv: list[str]) -> None:
         if not 0 < f <= 1:
             raise AblateError(f"--fractions holds {f}; table fractions must be in (0, 1]")
     rows = load_runs(args.runs)
-    units = [r for r in rows if r.get("target", "-") not in ("-", "")]
-    rows = [r for r in rows if r.get("target", "-") in ("-", "")]  # the nested schedule's rows (and baselines)
-    methods = list(dict.fromkeys(r["method"] for r in rows))
+    units = [r for r in rows if r.is_unit]
+    rows = [r for r in rows if not r.is_unit]  # the nested schedule's rows (and baselines)
+    methods = list(dict.fromkeys(r.method for r in rows))
     pairs = default_pairs(methods) if args.pairs is None else [_pair(p, methods) for p in args.pairs]
     out = check_folder(args.out or Path(args.runs[0]).parent / "report", "--out", create=True)  # all checked
     if units:
         _unit_maps(rows, units, out)
-    if not any(r["evaluated_as"] != "baseline" for r in rows):
+    if not any(r.evaluated_as != "baseline" for r in rows):
         return  # single-unit runs only
     markdown, records = table(rows, args.fractions)
     write_text(out / "table.md", markdown)
     write_csv(out / "table.csv", records, list(records[0]))
     pngs = figures(rows, out) + eps_figures(rows, out)
-    if pairs and any(r.get("_windows") for r in rows):
+    if pairs and any(r.windows for r in rows):
         paired_md, paired_records = paired_table(rows, pairs, args.fractions)
         write_text(out / "paired.md", paired_md)
         write_csv(out / "paired.csv", paired_records, list(paired_records[0]) if paired_records else ["a"])
@@ -71,12 +72,12 @@ def _pair(text: str, methods: list[str]) -> tuple[str, str]:
     return a.strip(), b.strip()
 
 
-def _unit_maps(rows: list[dict], units: list[dict], out: Path) -> None:
+def _unit_maps(rows: list[ResultRow], units: list[ResultRow], out: Path) -> None:
     """Per model with single-unit rows: importance.csv, agreement.csv and the heatmaps in ``out``
     (prefixed by the model where there are several), and the tables on standard output."""
-    models = list(dict.fromkeys(r["model"] for r in units))
+    models = list(dict.fromkeys(r.model for r in units))
     for model in models:
-        mine = [r for r in rows + units if r["model"] == model]
+        mine = [r for r in rows + units if r.model == model]
         folder = out if len(models) == 1 else out / model
         markdown, written = write_importance(mine, folder, model)
         print(f"## {model}: single-unit importance\n\n{markdown}")

@@ -14,6 +14,7 @@ from ablate_lit.report.importance_figures import importance_figure
 from ablate_lit.report.summary import summary_table
 from ablate_lit.report.tables import method_label
 from ablate_lit.store.folder import check_run_folder, read_rows
+from ablate_lit.store.rows import ResultRow, column_kinds
 
 
 class Results:
@@ -27,7 +28,10 @@ class Results:
 
     def rows(self) -> list[dict]:
         """The run's valid result rows, as stored (strings); malformed rows are left out."""
-        return read_rows(self.run_dir)[0]
+        return [dict(r.record) for r in self._rows()]
+
+    def _rows(self, windows: bool = False) -> list[ResultRow]:
+        return read_rows(self.run_dir, windows=windows)[0]
 
     def table(self):
         """One row per (method, seed, fraction): top1 (a fraction in [0, 1]), ce (nats per scored token
@@ -37,39 +41,23 @@ class Results:
         df = pd.DataFrame(self.rows())
         if df.empty:
             return df
-        for col in df.columns:
-            if col in (
-                "method",
-                "model",
-                "evaluated_as",
-                "precision",
-                "mode",
-                "site",
-                "unit",
-                "layers",
-                "order",
-                "selection",
-                "bin_alignment",
-            ) or col.endswith("_id"):
-                continue
-            converted = pd.to_numeric(df[col].replace("-", float("nan")), errors="coerce")
-            if converted.notna().sum() == df[col].ne("-").sum():
-                df[col] = converted
-        for col in ("fraction", "top1", "ce", "ppl", "kl", "eps"):  # floats even when every value is whole
-            if col in df and df[col].dtype.kind in "iu":
-                df[col] = df[col].astype(float)
+        for col, kind in column_kinds().items():  # numbers as numbers (a missing value, written -, is NaN)
+            if col in df and kind in (int, float):
+                df[col] = pd.to_numeric(df[col].replace("-", float("nan")), errors="coerce")
+                if kind is float:  # floats even when every value is whole
+                    df[col] = df[col].astype(float)
         return df.sort_values(["method", "seed", "fraction"], kind="stable").reset_index(drop=True)
 
     def summary(self, fractions: list[float] | None = None) -> str:
         """Baseline, then mean ± std over seeds per method and fraction (Top1 in %, CE), in Markdown; for
         a single-unit run, each method's most important units and the method-agreement table."""
-        rows = self.rows()
-        if any(r.get("target", "-") not in ("-", "") for r in rows):
+        rows = self._rows()
+        if any(r.is_unit for r in rows):
             records, boot = importance(self._unit_rows())
             return top_units_table(records) + "\n" + agreement_table(agreement(records, boot))
-        methods = sorted(dict.fromkeys(r["method"] for r in rows), key=method_rank)  # zero, mean, ..., resample
+        methods = sorted(dict.fromkeys(r.method for r in rows), key=method_rank)  # zero, mean, ..., resample
         if fractions is None:
-            fractions = sorted({float(r["fraction"]) for r in rows})
+            fractions = sorted({r.fraction for r in rows})
         elif isinstance(fractions, (int, float)) and not isinstance(fractions, bool):
             fractions = [fractions]
         if not isinstance(fractions, (list, tuple)) or not all(
@@ -99,10 +87,10 @@ class Results:
         """The map as a matplotlib Figure: per method a layer x head heatmap of d_ce on one shared scale
         (or a bar per layer for whole-layer units)."""
         rows = self._unit_rows()
-        return importance_figure(importance(rows)[0], rows[0]["model"])
+        return importance_figure(importance(rows)[0], rows[0].model)
 
-    def _unit_rows(self) -> list[dict]:
-        rows = read_rows(self.run_dir, windows=True)[0]
+    def _unit_rows(self) -> list[ResultRow]:
+        rows = self._rows(windows=True)
         base, units = unit_rows(rows)
         if base is None or not units:
             raise AblateError(f"'{self.run_dir}' holds no single-unit rows; run with schedule='each'")
@@ -111,10 +99,10 @@ class Results:
     def figure(self):
         """Top1 (%) and CE against the percentage ablated: a line per method, ± one std over seeds,
         the unablated model dashed, seeds and scored tokens in the title."""
-        rows = [{**r, "method": method_label(r)} for r in self.rows()]
+        rows = [r.replace(method=method_label(r)) for r in self._rows()]
         if not rows:
             raise AblateError(f"'{self.run_dir}' holds no results yet")
-        return model_figure(rows, rows[0]["model"])
+        return model_figure(rows, rows[0].model)
 
     @property
     def statistics(self):

@@ -8,11 +8,12 @@ from pathlib import Path
 
 from ablate_lit.common.labels import Label, pct
 from ablate_lit.report.summary import aggregate, is_task, mean_std, metrics
+from ablate_lit.store.rows import as_rows
 
 STYLES = ["-", "--", ":", "-."]
 
 
-def figures(rows: list[dict], out: Path) -> list[Path]:
+def figures(rows, out: Path) -> list[Path]:
     """One PNG per model (``model_figure``)."""
     import matplotlib
 
@@ -20,7 +21,7 @@ def figures(rows: list[dict], out: Path) -> list[Path]:
     import matplotlib.pyplot as plt
 
     written = []
-    for model in dict.fromkeys(r["model"] for r in rows):
+    for model in dict.fromkeys(r.model for r in as_rows(rows)):
         fig = model_figure(rows, model)
         path = out / f"{model}.png"
         fig.savefig(path, dpi=110)
@@ -36,15 +37,16 @@ YLABELS = {
 }
 
 
-def model_figure(rows: list[dict], model: str):
+def model_figure(rows, model: str):
     """A matplotlib Figure: Top1 and CE of ``model`` (and KL, where measured) against % ablated, a line
     per method (colour: the method; line style: what was ablated), a band of +- one std over seeds,
     the unablated model as a dashed line, and the seeds and scored tokens behind every point in the title."""
     import matplotlib.pyplot as plt
 
+    rows = as_rows(rows)
     agg = aggregate(rows)
-    mine = [r for r in rows if r["model"] == model]
-    methods = list(dict.fromkeys(r["method"] for r in mine))
+    mine = [r for r in rows if r.model == model]
+    methods = list(dict.fromkeys(r.method for r in mine))
     labels = {m: Label.parse(m) for m in methods}
     bases = list(dict.fromkeys(label.method for label in labels.values()))
     kinds = list(dict.fromkeys(label.suffix for label in labels.values()))
@@ -67,8 +69,8 @@ def model_figure(rows: list[dict], model: str):
         ax.set_ylabel(ylabels[metric], fontsize=9 if task else None)
         ax.grid(alpha=0.3)
     axes[0].legend(fontsize=7, ncol=2 if len(methods) > 6 else 1)
-    seeds = max(len({r["seed"] for r in mine if r["method"] == m}) for m in methods)
-    tokens = sorted({int(r["n_tokens"]) for r in mine})
+    seeds = max(len({r.seed for r in mine if r.method == m}) for m in methods)
+    tokens = sorted({r.n_tokens for r in mine})
     fig.suptitle(
         f"{model}: {seeds} seed(s), {'/'.join(map(str, tokens))} "
         f"{'answers' if task else 'scored tokens (or images)'} per point, "
@@ -98,7 +100,7 @@ def _method_line(ax, agg: dict, model: str, method: str, base, metric: str, scal
     ax.fill_between(xs, low, high, color=style["color"], alpha=0.15)
 
 
-def eps_figures(rows: list[dict], out: Path) -> list[Path]:
+def eps_figures(rows, out: Path) -> list[Path]:
     """For runs with peaks at several bin widths (peak, peak:eps=E): CE of the peak method against eps,
     one line per fraction (the grid bias the paper's definition carries)."""
     import matplotlib
@@ -106,14 +108,15 @@ def eps_figures(rows: list[dict], out: Path) -> list[Path]:
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
+    rows = as_rows(rows)
     agg = aggregate(rows)
     written = []
-    for model in dict.fromkeys(r["model"] for r in rows):
+    for model in dict.fromkeys(r.model for r in rows):
         widths = {}
         for r in rows:
-            method = Label.parse(r["method"]).method
-            if r["model"] == model and method.startswith("peak") and method != "peak_refined":
-                widths[r["method"]] = float(method.partition("eps=")[2]) if "eps=" in method else float(r["eps"])
+            label = Label.parse(r.method)
+            if r.model == model and label.name == "peak":
+                widths[r.method] = float(label.option("eps") or r.eps)
         if len(set(widths.values())) < 2:
             continue
         fig, ax = plt.subplots(figsize=(6.5, 4))
@@ -126,8 +129,8 @@ def eps_figures(rows: list[dict], out: Path) -> list[Path]:
         ax.set_xscale("log")
         ax.set_xlabel("histogram bin width eps (log scale)")
         ax.set_ylabel("CE with peak ablation (nats per token)")
-        mine = [r for r in rows if r["model"] == model and r["method"] in widths]
-        seeds, tokens = len({r["seed"] for r in mine}), "/".join(map(str, sorted({int(r["n_tokens"]) for r in mine})))
+        mine = [r for r in rows if r.model == model and r.method in widths]
+        seeds, tokens = len({r.seed for r in mine}), "/".join(map(str, sorted({r.n_tokens for r in mine})))
         ax.set_title(
             f"{model}: peak ablation against the bin width\n{seeds} seed(s), {tokens} scored tokens (or images) "
             "per point",

@@ -15,28 +15,30 @@ from pathlib import Path
 
 import numpy as np
 
-from ablate_lit.common.labels import NO_TARGET, method_rank, parse_target
+from ablate_lit.common.labels import method_rank, parse_target
 from ablate_lit.report.paired import N_BOOT
+from ablate_lit.store.rows import ResultRow, as_rows
 
 
-def unit_rows(rows: list[dict]) -> tuple[dict | None, list[dict]]:
+def unit_rows(rows) -> tuple[ResultRow | None, list[ResultRow]]:
     """(the baseline row, the single-unit rows) of one model's rows."""
-    base = next((r for r in rows if r.get("evaluated_as") == "baseline"), None)
-    units = [r for r in rows if r.get("target", NO_TARGET) not in (NO_TARGET, "", None)]
+    rows = as_rows(rows)
+    base = next((r for r in rows if r.evaluated_as == "baseline"), None)
+    units = [r for r in rows if r.is_unit]
 
     def key(r):  # the registry's method order (zero, mean, ..., resample), then layer and head
-        layer, head = parse_target(r["target"])
-        return (*method_rank(r["method"]), layer, -1 if head is None else head)
+        layer, head = parse_target(r.target)
+        return (*method_rank(r.method), layer, -1 if head is None else head)
 
     return base, sorted(units, key=key)
 
 
-def _window_matrix(units: list[dict], base: dict, key: str) -> tuple[np.ndarray, np.ndarray]:
+def _window_matrix(units: list[ResultRow], base: ResultRow, key: str) -> tuple[np.ndarray, np.ndarray]:
     """(per unit row, per window: the unit's total minus the baseline's [n_units, n_windows]; tokens
     per window [n_windows])."""
-    b = np.asarray(base["_windows"][key], dtype=np.float64)
-    diff = np.array([np.asarray(r["_windows"][key], dtype=np.float64) - b for r in units])
-    return diff, np.asarray(base["_windows"]["total"], dtype=np.float64)
+    b = np.asarray(base.windows[key], dtype=np.float64)
+    diff = np.array([np.asarray(r.windows[key], dtype=np.float64) - b for r in units])
+    return diff, np.asarray(base.windows["total"], dtype=np.float64)
 
 
 def _draws(n_windows: int, n_boot: int, seed: int) -> np.ndarray:
@@ -48,7 +50,7 @@ def _draws(n_windows: int, n_boot: int, seed: int) -> np.ndarray:
     return counts
 
 
-def importance(rows: list[dict], n_boot: int = N_BOOT, seed: int = 0) -> tuple[list[dict], np.ndarray]:
+def importance(rows, n_boot: int = N_BOOT, seed: int = 0) -> tuple[list[dict], np.ndarray]:
     """Records (layer, head, unit, method, top1, ce, kl, d_ce [low, high], d_top1 [low, high], n_tokens)
     in the rows' order, and the bootstrap draws of d_ce [n_units, n_boot] they share."""
     base, units = unit_rows(rows)
@@ -61,18 +63,19 @@ def importance(rows: list[dict], n_boot: int = N_BOOT, seed: int = 0) -> tuple[l
     boot_top1 = (correct @ draws.T) / (tokens @ draws.T)
     records = []
     for i, r in enumerate(units):
-        layer, head = parse_target(r["target"])
+        layer, head = parse_target(r.target)
         d_ce, d_top1 = nll[i].sum() / tokens.sum(), correct[i].sum() / tokens.sum()
         lo, hi = np.percentile(boot_ce[i], [2.5, 97.5])
         lo1, hi1 = np.percentile(boot_top1[i], [2.5, 97.5])
-        kl = r.get("kl")
-        records.append({
-            "layer": layer, "head": "-" if head is None else head, "unit": r["target"], "method": r["method"],
-            "top1": float(r["top1"]), "ce": float(r["ce"]), "kl": float(kl) if kl not in (None, "", "-") else math.nan,
-            "d_ce": float(d_ce), "d_ce_low": float(lo), "d_ce_high": float(hi),
-            "d_top1": float(d_top1), "d_top1_low": float(lo1), "d_top1_high": float(hi1),
-            "n_tokens": int(r["n_tokens"]), "n_windows": len(tokens),
-        })  # fmt: skip
+        records.append(
+            {
+                **{"layer": layer, "head": "-" if head is None else head, "unit": r.target, "method": r.method},
+                **{"top1": r.top1, "ce": r.ce, "kl": math.nan if r.kl is None else r.kl},
+                **{"d_ce": float(d_ce), "d_ce_low": float(lo), "d_ce_high": float(hi)},
+                **{"d_top1": float(d_top1), "d_top1_low": float(lo1), "d_top1_high": float(hi1)},
+                **{"n_tokens": r.n_tokens, "n_windows": len(tokens)},
+            }
+        )
     return records, boot_ce
 
 

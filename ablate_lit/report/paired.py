@@ -10,8 +10,9 @@ from __future__ import annotations
 
 import numpy as np
 
-from ablate_lit.common.labels import Label, pct
+from ablate_lit.common.labels import Label, fraction_key, pct
 from ablate_lit.report.figures import save_plot
+from ablate_lit.store.rows import as_rows
 
 N_BOOT = 2000
 FEW_WINDOWS = 20
@@ -49,23 +50,21 @@ def default_pairs(methods: list[str]) -> list[tuple[str, str]]:
     return pairs
 
 
-def _windows_by(rows: list[dict]) -> dict:
+def _windows_by(rows) -> dict:
     """{(model, method, fraction): {seed: per-window totals}} of the rows that carry them."""
     out: dict = {}
-    for r in rows:
-        if r.get("_windows"):
-            out.setdefault((r["model"], r["method"], round(float(r["fraction"]), 6)), {})[int(r["seed"])] = r[
-                "_windows"
-            ]
+    for r in as_rows(rows):
+        if r.windows:
+            out.setdefault((r.model, r.method, fraction_key(r.fraction)), {})[r.seed] = r.windows
     return out
 
 
-def paired_table(rows: list[dict], pairs: list[tuple[str, str]], fractions: list[float]) -> tuple[str, list[dict]]:
+def paired_table(rows, pairs: list[tuple[str, str]], fractions: list[float]) -> tuple[str, list[dict]]:
     """Markdown and records: for each pair and fraction, per model, A - B in CE (nats per token) and Top1
     (percentage points) with 95% bootstrap intervals over windows and seeds; * marks an interval
     that excludes 0."""
     by = _windows_by(rows)
-    models = list(dict.fromkeys(r["model"] for r in rows))
+    models = list(dict.fromkeys(r.model for r in as_rows(rows)))
     lines = [
         "### Paired differences A - B: mean over seeds, [95% bootstrap interval over windows and seeds], "
         "* = the interval excludes 0",
@@ -117,7 +116,7 @@ def paired_table(rows: list[dict], pairs: list[tuple[str, str]], fractions: list
     return "\n".join(lines) + "\n", records
 
 
-def paired_figures(rows: list[dict], pairs: list[tuple[str, str]], out) -> list:
+def paired_figures(rows, pairs: list[tuple[str, str]], out) -> list:
     """One PNG per model: A - B in CE against % ablated for each pair, with its 95% bootstrap band."""
     import matplotlib
 
@@ -126,7 +125,7 @@ def paired_figures(rows: list[dict], pairs: list[tuple[str, str]], out) -> list:
 
     by = _windows_by(rows)
     written = []
-    for model in dict.fromkeys(r["model"] for r in rows):
+    for model in dict.fromkeys(r.model for r in as_rows(rows)):
         fig, ax = plt.subplots(figsize=(6.5, 4))
         drawn = False
         for a, b in pairs:

@@ -7,52 +7,51 @@ import statistics
 from collections import defaultdict
 from pathlib import Path
 
-from ablate_lit.common.labels import pct
+from ablate_lit.common.labels import fraction_key, pct
 from ablate_lit.store.atomic import write_text
+from ablate_lit.store.rows import as_rows
 
 
-def aggregate(rows: list[dict]) -> dict:
+def aggregate(rows) -> dict:
     """{(model, method, fraction): {"top1": [...], "ce": [...], "kl": [...]}} over seeds; the baseline under
     method 'baseline'."""
     out: dict = defaultdict(lambda: {"top1": [], "ce": [], "kl": [], "logit_diff": [], "seeds": []})
     seen = set()
-    for r in rows:
-        f = round(float(r["fraction"]), 6)
-        if r["evaluated_as"] == "baseline":
-            key = (r["model"], "baseline", 0.0)
+    for r in as_rows(rows):
+        if r.evaluated_as == "baseline":
+            key = (r.model, "baseline", 0.0)
             if key in seen:
                 continue
             seen.add(key)
         else:
-            key = (r["model"], r["method"], f)
-        out[key]["top1"].append(float(r["top1"]))
-        out[key]["ce"].append(float(r["ce"]))
-        for optional in ("kl", "logit_diff"):
-            if r.get(optional) not in (None, "", "-"):
-                out[key][optional].append(float(r[optional]))
-        out[key]["seeds"].append(int(r["seed"]))
+            key = (r.model, r.method, fraction_key(r.fraction))
+        for metric in ("top1", "ce", "kl", "logit_diff"):
+            if r.value(metric) is not None:
+                out[key][metric].append(r.value(metric))
+        out[key]["seeds"].append(r.seed)
     return out
 
 
-def is_task(rows: list[dict]) -> bool:
+def is_task(rows) -> bool:
     """The rows score a task's answers (``data.task``: they have a ``task`` column)."""
-    return any(r.get("task") not in (None, "", "-") for r in rows)
+    return any(r.task is not None for r in as_rows(rows))
 
 
-def metrics(rows: list[dict]) -> list[tuple[str, str, float, int]]:
+def metrics(rows) -> list[tuple[str, str, float, int]]:
     """(column, title, scale, digits) of the scores to tabulate: Top1 (in %), CE, and KL where measured;
     on a task, answer accuracy, answer CE, KL at the answer positions and the logit difference."""
+    rows = as_rows(rows)
     if is_task(rows):
         out = [
             ("top1", "answer accuracy (%)", 100.0, 2),
             ("ce", "answer CE (nats per answer, its tokens summed)", 1.0, 3),
             ("kl", "KL(unablated || ablated) at the answer positions (nats)", 1.0, 4),
         ]
-        if any(r.get("logit_diff") not in (None, "", "-") for r in rows):
+        if any(r.logit_diff is not None for r in rows):
             out.append(("logit_diff", "logit difference answer - distractor (nats)", 1.0, 3))
         return out
     out = [("top1", "Top1 accuracy (%)", 100.0, 2), ("ce", "cross-entropy (nats per scored token or image)", 1.0, 3)]
-    if any(r.get("kl") not in (None, "", "-") for r in rows):
+    if any(r.kl is not None for r in rows):
         out.append(("kl", "KL(unablated || ablated) (nats per scored token or image)", 1.0, 4))
     return out
 
@@ -74,17 +73,18 @@ def format_cell(values: list[float], scale: float, digits: int, empty: str = "")
     return text + (f" ± {s * scale:.{digits}f}" if math.isfinite(s) else "")
 
 
-def summary_table(rows: list[dict], methods: list[str], fractions: list[float]) -> str:
+def summary_table(rows, methods: list[str], fractions: list[float]) -> str:
     """Markdown like the paper's Table 2: baseline row, then each method's mean ± std over seeds."""
+    rows = as_rows(rows)
     agg = aggregate(rows)
-    models = sorted({r["model"] for r in rows})
-    fractions = sorted(set(round(float(f), 6) for f in fractions) | {0.0})
+    models = sorted({r.model for r in rows})
+    fractions = sorted(set(fraction_key(f) for f in fractions) | {0.0})
     blocks = []
     for model in models:
         n_seeds = max((len(v["seeds"]) for k, v in agg.items() if k[0] == model and k[1] != "baseline"), default=1)
-        tokens = "/".join(map(str, sorted({int(r["n_tokens"]) for r in rows if r["model"] == model})))
+        tokens = "/".join(map(str, sorted({r.n_tokens for r in rows if r.model == model})))
         scored = (
-            f"{tokens} answers of the {'/'.join(sorted({r['task'] for r in rows}))} task"
+            f"{tokens} answers of the {'/'.join(sorted({r.task for r in rows}))} task"
             if is_task(rows)
             else f"{tokens} scored tokens (or images)"
         )

@@ -6,12 +6,13 @@ import sys
 from pathlib import Path
 
 from ablate_lit.common.errors import AblateError
-from ablate_lit.common.labels import Label, fraction_key, pct
+from ablate_lit.common.labels import NO_TARGET, fraction_key, pct
 from ablate_lit.report.summary import aggregate, format_cell, mean_std, metrics
 from ablate_lit.store.folder import read_rows
+from ablate_lit.store.rows import ResultRow, as_rows
 
 
-def load_runs(run_dirs: list[str]) -> list[dict]:
+def load_runs(run_dirs: list[str]) -> list[ResultRow]:
     """Valid rows of every run (malformed ones reported on stderr, file and line, and skipped); a
     (model, method, seed, fraction) seen twice is kept once (first run wins). Runs of one model name
     with different setups (other weights, data or settings) are never merged: each gets its run
@@ -28,15 +29,15 @@ def load_runs(run_dirs: list[str]) -> list[dict]:
     models: dict[str, dict] = {}  # model name -> {setup (model, data, settings): the first run folder with it}
     for d, found in runs:
         for r in found:
-            models.setdefault(r["model"], {}).setdefault(_setup(r, d), d.name)
+            models.setdefault(r.model, {}).setdefault(_setup(r, d), d.name)
     rows, seen = [], set()
     for d, found in runs:
         for r in found:
-            r = {**r, "method": method_label(r)}  # attention neurons, heads and MLP units of one model: separate lines
-            setups = models[r["model"]]
+            r = r.replace(method=method_label(r))  # attention neurons, heads and MLP units of one model: separate lines
+            setups = models[r.model]
             if len(setups) > 1:
-                r = {**r, "model": f"{r['model']} ({setups[_setup(r, d)]})"}
-            key = (r["model"], r["method"], int(r["seed"]), fraction_key(r["fraction"]), r.get("target", "-"))
+                r = r.replace(model=f"{r.model} ({setups[_setup(r, d)]})")
+            key = (r.model, r.method, r.seed, fraction_key(r.fraction), r.target or NO_TARGET)
             if key not in seen:
                 seen.add(key)
                 rows.append(r)
@@ -45,23 +46,21 @@ def load_runs(run_dirs: list[str]) -> list[dict]:
     return rows
 
 
-def _setup(row: dict, run_dir: Path) -> str:
-    for key in ("setup_id", "run_id"):
-        if row.get(key) not in (None, "", "-"):
-            return row[key]
-    return str(run_dir)
+def _setup(row: ResultRow, run_dir: Path) -> str:
+    return row.setup_id or row.run_id or str(run_dir)
 
 
-def method_label(row: dict) -> str:
+def method_label(row: ResultRow) -> str:
     """The method, with what was ablated where it is not the paper's (attention neurons, all layers, at random)."""
-    return str(Label.of_row(row))
+    return str(row.label)
 
 
-def table(rows: list[dict], fractions: list[float]) -> tuple[str, list[dict]]:
+def table(rows, fractions: list[float]) -> tuple[str, list[dict]]:
     """Markdown (Top1 then CE; rows baseline, then method @ fraction; columns models) and CSV records."""
+    rows = as_rows(rows)
     agg = aggregate(rows)
-    models = list(dict.fromkeys(r["model"] for r in rows))
-    methods = list(dict.fromkeys(r["method"] for r in rows))
+    models = list(dict.fromkeys(r.model for r in rows))
+    methods = list(dict.fromkeys(r.method for r in rows))
     records, blocks = [], []
     for metric, title, scale, digits in metrics(rows):
         lines = [

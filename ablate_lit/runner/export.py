@@ -26,15 +26,16 @@ from ablate_lit.runner.launch import prepare, run_identity
 from ablate_lit.runner.parts import build_parts
 from ablate_lit.store.atomic import write_text
 from ablate_lit.store.folder import read_rows, run_id_of
+from ablate_lit.store.rows import ResultRow
 
 
-def the_row(run_dir: Path, method: str, fraction: float, seed: int) -> dict:
+def the_row(run_dir: Path, method: str, fraction: float, seed: int) -> ResultRow:
     """The run's row for (method, fraction, seed), or a one-line error listing what the run holds."""
-    rows = [r for r in read_rows(run_dir)[0] if r.get("target", "-") in ("-", "")]
+    rows = [r for r in read_rows(run_dir)[0] if not r.is_unit]
     for r in rows:
-        if r["method"] == method and int(r["seed"]) == seed and abs(float(r["fraction"]) - fraction) < 1e-9:
+        if r.method == method and r.seed == seed and abs(r.fraction - fraction) < 1e-9:
             return r
-    have = sorted({(r["method"], float(r["fraction"]), int(r["seed"])) for r in rows})
+    have = sorted({(r.method, r.fraction, r.seed) for r in rows})
     listed = ", ".join(f"{m} {f:g} seed {s}" for m, f, s in have[:8]) + (" ..." if len(have) > 8 else "")
     raise AblateError(
         f"'{run_dir}' has no row for {method} at fraction {fraction:g}, seed {seed}; choose one of its points "
@@ -60,7 +61,7 @@ def export_point(trainer, module, data, cfg: AblationConfig, run_dir: Path, poin
         )
     with module.kept_in_place():
         prepare(trainer, module, data, cfg)
-        if run_id_of(run_identity(trainer, module, data, cfg)) != row["run_id"]:
+        if run_id_of(run_identity(trainer, module, data, cfg)) != row.run_id:
             raise AblateError(
                 f"rebuilt from '{run_dir}', the model, data or settings differ from those its rows were measured "
                 "with (another model folder or data file under the same name?); export where the run ran"
@@ -90,7 +91,7 @@ def export_point(trainer, module, data, cfg: AblationConfig, run_dir: Path, poin
     return out
 
 
-def _record(module, run_dir: Path, row: dict, mask, values, saved: dict, new_bias: list[int]) -> dict:
+def _record(module, run_dir: Path, row: ResultRow, mask, values, saved: dict, new_bias: list[int]) -> dict:
     head = module.pre_outs[0].head_dim
     per_head = mask.reshape(mask.shape[0], -1, head).all(-1)  # [n_layers, n_heads]: heads ablated whole
     return {

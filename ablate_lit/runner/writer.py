@@ -19,10 +19,7 @@ from ablate_lit.common.curves import Curves, series_of
 from ablate_lit.common.labels import Point, UnitGroup, percent
 from ablate_lit.store.claims import CLAIM_REFRESH_S
 from ablate_lit.store.folder import ResultStore
-
-
-def _number(value) -> str:
-    return f"{value:.8f}" if value is not None and math.isfinite(value) else "-"
+from ablate_lit.store.rows import ResultRow, make_row
 
 
 class ResultWriter(L.Callback):
@@ -65,25 +62,24 @@ class ResultWriter(L.Callback):
             self._refreshed = time.perf_counter()
 
     def row(self, point: Point, method: str, seed: int, scores: dict, elapsed: float) -> dict:
-        return {
-            **self.fixed,
+        """The stored row of ``method`` and ``seed`` at ``point`` (``store.rows.make_row``)."""
+        values = {
             "method": method,
             "seed": seed,
-            "fraction": f"{point.fraction:.6g}",
+            "fraction": point.fraction,
             "pct": percent(point.fraction),
             "n_ablated": self.n_ablated,
             "n_neurons": self.n_neurons,
-            "top1": f"{scores['top1']:.8f}",
-            "ce": f"{scores['ce']:.8f}",
-            "ppl": f"{scores['ppl']:.6g}" if math.isfinite(scores["ppl"]) else "inf",
-            "kl": f"{scores['kl']:.8f}" if math.isfinite(scores["kl"]) else "-",
-            **({"logit_diff": _number(scores.get("logit_diff"))} if "logit_diff" in self.store.columns else {}),
+            **{k: scores[k] for k in ("top1", "ce", "ppl")},
+            "kl": scores["kl"] if math.isfinite(scores["kl"]) else None,
+            "logit_diff": scores.get("logit_diff"),
             "n_tokens": int(scores["n_tokens"]),
             "nonfinite": int(scores["nonfinite"]),
             "evaluated_as": point.method,
-            "time_s": f"{elapsed:.3f}",
-            **({"target": point.target} if "target" in self.store.columns else {}),
+            "time_s": elapsed,
+            "target": point.target,
         }
+        return make_row(self.fixed, values, self.store.columns)
 
     def on_test_epoch_end(self, trainer, pl_module) -> None:
         if self.group is not None:
@@ -102,16 +98,14 @@ class ResultWriter(L.Callback):
             if self.store.add(row, windows):  # False: another process wrote this row meanwhile; its row stands
                 created.append(row)
         self.store.write_csv()
-        for row in created:
-            writer = self.curves.series(series_of(row["method"], row["seed"]))
-            writer.add_scalar(
-                "ablation/top1_percent", 100 * float(row["top1"]), row["pct"]
-            )  # % as in tables and figures
-            writer.add_scalar("ablation/ce", float(row["ce"]), row["pct"])
-            if row["kl"] != "-":
-                writer.add_scalar("ablation/kl", float(row["kl"]), row["pct"])
-            if row.get("logit_diff", "-") != "-":
-                writer.add_scalar("ablation/logit_diff", float(row["logit_diff"]), row["pct"])
+        for row in map(ResultRow, created):
+            writer = self.curves.series(series_of(row.method, row.seed))
+            writer.add_scalar("ablation/top1_percent", 100 * row.top1, row.pct)  # % as in tables and figures
+            writer.add_scalar("ablation/ce", row.ce, row.pct)
+            if row.kl is not None:
+                writer.add_scalar("ablation/kl", row.kl, row.pct)
+            if row.logit_diff is not None:
+                writer.add_scalar("ablation/logit_diff", row.logit_diff, row.pct)
             writer.flush()
         self.point = None
 
@@ -132,11 +126,11 @@ class ResultWriter(L.Callback):
             self.store.add(self.row(entry, entry.method, entry.seed, scores, elapsed), windows)
         self.store.write_csv()
 
-    def copy(self, point: Point, evaluated: dict, missing: list[tuple[str, int]]) -> None:
+    def copy(self, point: Point, evaluated: ResultRow, missing: list[tuple[str, int]]) -> None:
         """Write ``point``'s missing rows from an evaluation another process made (same identity)."""
         windows = self.store.windows_of(evaluated)
         for method, seed in missing:
-            self.store.add({**evaluated, "method": method, "seed": seed}, windows)
+            self.store.add({**evaluated.record, "method": method, "seed": seed}, windows)
         self.store.write_csv()
 
     def close(self) -> None:

@@ -29,7 +29,7 @@ from ablate_lit.common.logs import log
 from ablate_lit.store.atomic import clear_stale, create_text, csv_text, write_text
 from ablate_lit.store.claims import Claims, safe_name
 from ablate_lit.store.objects import digest
-from ablate_lit.store.rows import check_row, columns_for, key_of, read_csv_rows
+from ablate_lit.store.rows import ResultRow, as_rows, check_row, columns_for, read_csv_rows
 
 RESULT_FORMAT = 5
 
@@ -83,34 +83,34 @@ class ResultStore:
         if not self.csv.is_file():
             return 0
         rows, _ = read_csv_rows(self.csv)
-        return sum(
-            r.get("run_id") == self.run_id
-            and not self.row_path(r["method"], r["seed"], r["fraction"], r.get("target")).exists()
-            for r in rows
-        )
+        return sum(r.run_id == self.run_id and not self.path_of(r).exists() for r in as_rows(rows))
 
     # -- rows ---------------------------------------------------------------------------------------
     def row_path(self, method: str, seed: int, fraction: float, target: str | None = None) -> Path:
         unit = f"__{target}" if target not in (None, NO_TARGET) else ""
         return self.points / f"{safe_name(method)}{unit}__s{int(seed)}__f{fraction_key(fraction):.6f}.json"
 
+    def path_of(self, row: ResultRow) -> Path:
+        """The file of ``row``."""
+        return self.row_path(row.method, row.seed, row.fraction, row.target)
+
     @property
     def columns(self) -> list[str]:
         """results.csv's columns (``store.rows.columns_for``)."""
         return columns_for(self.identity.get("schedule") == "each", "task" in self.identity)
 
-    def read(self, windows: bool = False) -> list[dict]:
+    def read(self, windows: bool = False) -> list[ResultRow]:
         """Every valid row of this run, in a fixed order; invalid files are reported once and skipped.
-        With ``windows`` each row carries its per-window totals under ``_windows`` (None if it has none)."""
-        rows: dict[tuple, dict] = {}
+        With ``windows`` each row carries its per-window totals (``row.windows``, None if it has none)."""
+        rows: dict[tuple, ResultRow] = {}
         for path in sorted(self.points.glob("*.json")) if self.points.is_dir() else []:
             row, problem = self._check_file(path)
-            if windows and not problem:
-                row = {**row, "_windows": json.loads(path.read_text()).get("windows")}
             if problem:
                 self._report(f"ignored {path}: {problem}")
                 continue
-            rows.setdefault(key_of(row), row)
+            kept = json.loads(path.read_text()).get("windows") if windows else None
+            typed = ResultRow(row, kept, with_windows=windows)
+            rows.setdefault(typed.key, typed)
         return [rows[k] for k in sorted(rows, key=_order)]
 
     def _checksum(self, row: dict, windows: dict | None = None) -> str:
@@ -130,7 +130,7 @@ class ResultStore:
             return None, "made by another run"
         if record.get("checksum") != self._checksum(row, record.get("windows")):
             return None, "edited by hand (its checksum does not match)"
-        if path.name != self.row_path(row["method"], row["seed"], row["fraction"], row.get("target")).name:
+        if path.name != self.path_of(ResultRow(row)).name:
             return None, "its file name does not match its row"
         return row, None
 
@@ -153,10 +153,12 @@ class ResultStore:
             )
 
     def add(self, row: dict, windows: dict | None = None) -> bool:
-        """Create the row's file (with its per-window totals); False if a valid one exists already
-        (another process wrote it). A damaged or edited file in its place (reported by ``read``) is replaced."""
+        """Create the file of ``row`` (a row as stored: ``store.rows.make_row``) with its per-window totals;
+        False if a valid one exists already (another process wrote it). A damaged or edited file in its
+        place (reported by ``read``) is replaced."""
         self.check_intact()
-        path = self.row_path(row["method"], row["seed"], row["fraction"], row.get("target"))
+        typed = ResultRow(row)
+        path = self.path_of(typed)
         text = (
             json.dumps(
                 {
@@ -171,7 +173,7 @@ class ResultStore:
             )
             + "\n"
         )
-        key = key_of(row)
+        key = typed.key
         if create_text(path, text):
             self._written.add(key)
             return True
@@ -182,13 +184,13 @@ class ResultStore:
         self._written.add(key)
         return True
 
-    def write_csv(self) -> list[dict]:
+    def write_csv(self) -> list[ResultRow]:
         """Rebuild results.csv from the rows; repeated while other processes add rows meanwhile."""
         for _ in range(10):
             before = self._listing()
             rows = self.read()
             self.check_intact(rows)
-            write_text(self.csv, csv_text(rows, self.columns))
+            write_text(self.csv, csv_text([r.record for r in rows], self.columns))
             if self._listing() == before:
                 break
         return rows
@@ -204,29 +206,29 @@ class ResultStore:
                 log.warning(f"warning: {message}")
 
     # -- points -------------------------------------------------------------------------------------
-    def windows_of(self, row: dict) -> dict | None:
+    def windows_of(self, row: ResultRow) -> dict | None:
         """The per-window totals stored with ``row`` (None for a row written without them)."""
-        path = self.row_path(row["method"], row["seed"], row["fraction"], row.get("target"))
+        path = self.path_of(row)
         found, problem = self._check_file(path)
         return None if problem else json.loads(path.read_text()).get("windows")
 
     @staticmethod
-    def keys(rows: list[dict]) -> set[tuple[str, int, float, str]]:
-        return {key_of(r) for r in rows}
+    def keys(rows: list[ResultRow]) -> set[tuple[str, int, float, str]]:
+        return {r.key for r in rows}
 
     def missing(self, point: Point, have: set) -> list[tuple[str, int]]:
         """The (method, seed) rows of ``point`` not in ``have`` (``keys`` of valid rows)."""
         return [row[:2] for row, key in zip(point.rows, point.keys(), strict=True) if key not in have]
 
     @staticmethod
-    def evaluation_of(point: Point, rows: list[dict]) -> dict | None:
+    def evaluation_of(point: Point, rows: list[ResultRow]) -> ResultRow | None:
         """A valid row that already holds this point's evaluation (written by any process)."""
         for row in rows:
-            if row.get("target", NO_TARGET) != point.target or point.target != NO_TARGET:
+            if row.is_unit or point.target != NO_TARGET:
                 continue  # a single unit's row is evaluated for itself, never shared
-            if row["evaluated_as"] != point.method or fraction_key(row["fraction"]) != point.fraction:
+            if row.evaluated_as != point.method or fraction_key(row.fraction) != point.fraction:
                 continue
-            if 0.0 < point.fraction < 1.0 and int(row["seed"]) != point.seed:
+            if 0.0 < point.fraction < 1.0 and row.seed != point.seed:
                 continue
             return row
         return None
@@ -266,10 +268,10 @@ def check_run_folder(run_dir) -> Path:
     return path
 
 
-def read_rows(run_dir: Path, windows: bool = False) -> tuple[list[dict], list[str]]:
+def read_rows(run_dir: Path, windows: bool = False) -> tuple[list[ResultRow], list[str]]:
     """(valid rows, problems) of a run folder: from points/ where it exists (with ``windows``, each row
-    carries its per-window totals under ``_windows``), else from results.csv (a folder copied
-    without points/, or written by an earlier version), each line validated."""
+    carries its per-window totals), else from results.csv (a folder copied without points/, or written
+    by an earlier version), each line validated."""
     run_dir = Path(run_dir)
     identity_path = run_dir / "identity.json"
     if (run_dir / "points").is_dir() and identity_path.is_file():
@@ -282,7 +284,8 @@ def read_rows(run_dir: Path, windows: bool = False) -> tuple[list[dict], list[st
         )
         store.quiet = True
         return store.read(windows), store.problems
-    return read_csv_rows(run_dir / "results.csv")
+    rows, problems = read_csv_rows(run_dir / "results.csv")
+    return as_rows(rows), problems
 
 
 def _file_id(path: Path) -> tuple[int, int] | None:
