@@ -146,3 +146,11 @@ def test_skew_kurtosis_and_bimodality_match_scipy():
             (g**2 + 1) / (k + 3 * (size - 1) ** 2 / ((size - 2) * (size - 3))), rel=1e-6
         )
     assert float(out["bimodality"][0, 1]) > 5 / 9 > float(out["bimodality"][0, 3])  # bimodal vs normal neuron
+
+
+def test_token_and_task_scores_share_the_scores_interface():
+    from ablate_lit.stats.protocol import Scores
+    from ablate_lit.stats.task_metrics import TaskScores
+
+    assert isinstance(TokenScores(3), Scores) and isinstance(TaskScores(2, 2, 1), Scores)
+    assert isinstance(TokenScores(3).fresh(), Scores) and isinstance(TaskScores(2, 2, 1).fresh(), Scores)

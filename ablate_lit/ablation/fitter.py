@@ -90,7 +90,7 @@ class OptimalFitter:
         """``point``'s optimal constants [n_layers, width] (per position: [n_layers, pos, width]; the
         mean where nothing is ablated), minimising ``objective`` (ce, or kl from the unablated model),
         fitted with ``trainer.fit`` (``ablation.optimal``) or loaded from the cache."""
-        trainer, init, scale = self.trainer, stats["mean"].float(), stats["std"].float().clamp_min(1e-6)
+        trainer, init, scale = self.trainer, stats.mean.float(), stats.std.float().clamp_min(1e-6)
         if per_position:
             positions = self.data.positions()
             init, scale = (t[:, None, :].expand(-1, positions, -1).contiguous() for t in (init, scale))

@@ -71,7 +71,7 @@ class Mean(Method):
 
     def replacement(self, ctx, point, mask):
         stats = ctx.calibration.statistics("counterfactual") if self.arg else ctx.stats
-        return {"values": stats["mean"].float()}
+        return {"values": stats.mean.float()}
 
 
 class Median(Method):

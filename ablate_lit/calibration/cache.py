@@ -99,8 +99,9 @@ class CalibrationCache:
         stats["key"] = key
         if self.trainer.is_global_zero:
             save_object(stats, path)
+        stats = CalibrationStats(stats)
         self._warn_outside_window(stats)
-        return CalibrationStats(stats)
+        return stats
 
     def check_statistics_fit(self, device) -> None:
         """Refuse histograms that cannot fit on ``device`` before anything is allocated or evaluated."""
@@ -113,9 +114,9 @@ class CalibrationCache:
             f"lower ⟨--ablation.n_bins⟩ (now {n_bins})",
         )
 
-    def _warn_outside_window(self, stats: dict) -> None:
-        outside = stats["underflow"].long() + stats["overflow"].long()
-        risky = int((outside > stats["peak_count"].long()).sum())
+    def _warn_outside_window(self, stats: CalibrationStats) -> None:
+        outside = stats.underflow.long() + stats.overflow.long()
+        risky = int((outside > stats.peak_count.long()).sum())
         if risky:
             warn(
                 self.trainer,

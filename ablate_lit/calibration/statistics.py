@@ -33,9 +33,20 @@ FIELDS = {
 }
 
 
+class _Field:
+    """A statistic of ``FIELDS`` read as an attribute (``stats.mean``)."""
+
+    def __init__(self, name: str):
+        self.name, self.__doc__ = name, FIELDS[name]
+
+    def __get__(self, stats, owner=None):
+        return self if stats is None else stats.values[self.name]
+
+
 class CalibrationStats:
-    """Per-neuron statistics of the calibration activations (FIELDS documents each). Indexable like
-    the dict it is stored as (``stats["mean"]``), with the derived values as methods."""
+    """Per-neuron statistics of the calibration activations, each an attribute (``stats.mean``,
+    ``stats.peak``; FIELDS documents each), with the values derived from them as methods (``median``,
+    ``peak_at``, ``peak_refined``). Also indexable like the dict it is stored as (``stats["mean"]``)."""
 
     def __init__(self, values: dict):
         self.values = values
@@ -122,3 +133,7 @@ class CalibrationStats:
             merged.scatter_add_(1, coarse - low, window)
             peaks.append(merged.argmax(1) + low.squeeze(1))
         return bin_centre(torch.stack(peaks), multiple * eps, alignment)
+
+
+for _name in FIELDS:
+    setattr(CalibrationStats, _name, _Field(_name))

@@ -21,6 +21,7 @@ from ablate_lit.families.locate.trace import trace
 from ablate_lit.families.placement import KeptInPlace
 from ablate_lit.sites.hooks import PreOutHooks, StopForward
 from ablate_lit.sites.pre_out import Architecture
+from ablate_lit.stats.protocol import Scores
 from ablate_lit.stats.token_metrics import TokenScores
 
 
@@ -59,9 +60,9 @@ class AblationModule(KeptInPlace, L.LightningModule):
         self.hooks: PreOutHooks
         self._most_batches = 0  # largest batch count of any process in the running epoch (sharded runs)
 
-    def evaluate_with(self, scores, kl: bool) -> None:
-        """How a test epoch scores this model: ``scores``, a metric of the ``stats.Scores`` kind (token
-        scores, or a task's), and whether KL(unablated || ablated) is measured: with ablation hooks
+    def evaluate_with(self, scores: Scores, kl: bool) -> None:
+        """How a test epoch scores this model: ``scores`` (``stats.protocol.Scores``: token scores, or a
+        task's), and whether KL(unablated || ablated) is measured: with ablation hooks
         attached each batch then runs once more with them paused (the unablated reference), unless the
         scores keep it; without (the baseline) KL is 0 by definition."""
         self.scores, self.kl = scores, kl

@@ -22,10 +22,11 @@ from ablate_lit.common.labels import Point
 from ablate_lit.common.logs import say
 from ablate_lit.families.saving import NO_HEAD_PRUNING, save_ablated
 from ablate_lit.runner.config import AblationConfig, resolve_for
-from ablate_lit.runner.launch import prepare, run_identity
+from ablate_lit.runner.identity import RunIdentity
+from ablate_lit.runner.launch import prepare
 from ablate_lit.runner.parts import build_parts
 from ablate_lit.store.atomic import write_text
-from ablate_lit.store.folder import read_rows, run_id_of
+from ablate_lit.store.folder import read_rows
 from ablate_lit.store.rows import ResultRow
 
 
@@ -61,7 +62,7 @@ def export_point(trainer, module, data, cfg: AblationConfig, run_dir: Path, poin
         )
     with module.kept_in_place():
         prepare(trainer, module, data, cfg)
-        if run_id_of(run_identity(trainer, module, data, cfg)) != row.run_id:
+        if RunIdentity.of(trainer, module, data, cfg).run_id != row.run_id:
             raise AblateError(
                 f"rebuilt from '{run_dir}', the model, data or settings differ from those its rows were measured "
                 "with (another model folder or data file under the same name?); export where the run ran"

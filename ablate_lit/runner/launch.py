@@ -1,7 +1,8 @@
 """One run folder: checks, the run's identity and store, the experiment, the summary table.
 
 ``python -m ablate_lit test`` ends here after LightningCLI has built the trainer, the model and the
-data; the folder's identity (``run_identity``) decides where results go and which ones count.
+data; the folder's identity (``runner.identity.RunIdentity``) decides where results go and which
+ones count.
 """
 
 from __future__ import annotations
@@ -23,57 +24,13 @@ from ablate_lit.report.summary import summary_table, write_summary
 from ablate_lit.runner.batch_size import find_batch_size
 from ablate_lit.runner.config import AblationConfig, resolve_for
 from ablate_lit.runner.experiment import Experiment
+from ablate_lit.runner.identity import RunIdentity
 from ablate_lit.runner.parts import Parts, build_parts
 from ablate_lit.runner.writer import ResultWriter
 from ablate_lit.stats.task_metrics import TaskScores
 from ablate_lit.stats.token_metrics import TokenScores
 from ablate_lit.store.atomic import clear_stale, write_text
-from ablate_lit.store.folder import ResultStore, digest, run_id_of
-
-
-def run_identity(trainer, module, data, cfg: AblationConfig) -> dict:
-    """Everything a result depends on: the model (fingerprint of its weights and where its neurons
-    are), the exact evaluation and calibration inputs (content, not path), and every setting that
-    changes a number. Methods, fractions and seeds are not in it: each row names its own."""
-    return {
-        "family": module.family,
-        "model": module.model_label,
-        "model_fingerprint": module.fingerprint(),
-        "pre_outs": digest([(p.name, p.width, p.application) for p in module.pre_outs]),
-        "eval_data": data.fingerprint("evaluation"),
-        "calib_data": data.fingerprint("calibration"),
-        "precision": str(trainer.precision),
-        "eps": cfg.eps,
-        "n_bins": cfg.n_bins,
-        "bin_alignment": cfg.bin_alignment,
-        "selection": cfg.selection,
-        "n_resample": cfg.n_resample,
-        "resample_seed": cfg.resample_seed,
-        "generator": module.settings.source.generator,
-        "kl": cfg.kl,
-        "optimal": {
-            "lr": cfg.optimal_lr,
-            "epochs": cfg.optimal_epochs,
-            "patience": cfg.optimal_patience,
-            "held_out": cfg.optimal_held_out,
-            "batch_size": cfg.optimal_batch_size,
-        },
-        **what_is_ablated(module, cfg),
-        **({"task": data.task.name} if data.task is not None else {}),
-    }
-
-
-WHAT = ("site", "unit", "layers", "order", "selection", "pre_outs", "schedule", "task")
-"""The identity's keys that say what is ablated (one model and data can have runs of each)."""
-
-
-def what_is_ablated(module, cfg: AblationConfig) -> dict:
-    n = module.hooks.n_layers
-    layers = "all" if cfg.layers is None else ";".join(str(i % n) for i in sorted({i % n for i in cfg.layers}))
-    what = {"site": cfg.site, "unit": cfg.unit, "layers": layers, "order": cfg.order}
-    if cfg.schedule != "nested":  # (absent from nested runs: their identities stay as they were)
-        what["schedule"] = cfg.schedule
-    return what
+from ablate_lit.store.folder import ResultStore
 
 
 def check_destination(name: str | None, root, cache_dir=None) -> None:
@@ -166,13 +123,12 @@ def _run(trainer, module, data, cfg: AblationConfig, name: str | None, root: str
             )
     layers = resolve_for(cfg, module, trainer)
     cache_dir = Path(cfg.cache_dir) if cfg.cache_dir else Path(root) / ".calibration_cache"
-    identity = run_identity(trainer, module, data, cfg)
-    label = module.model_label
-    run_dir = Path(root) / (name or f"{label}-{run_id_of(identity)[:8]}")
+    identity = RunIdentity.of(trainer, module, data, cfg)
+    run_dir = Path(root) / (name or f"{identity.model}-{identity.run_id[:8]}")
     curves = Curves.of(trainer, run_dir)  # (no logger is contacted before ``curves.start``)
     parts = build_parts(trainer, module, data, cfg, layers, cache_dir, curves)  # every method checked
     parts.calibration.check_statistics_fit(trainer.strategy.root_device)  # before a run folder is made
-    store = ResultStore(run_dir, identity)
+    store = ResultStore(run_dir, identity.as_dict())
     store.open()
     if trainer.is_global_zero:
         store.clear_stale()
@@ -180,20 +136,7 @@ def _run(trainer, module, data, cfg: AblationConfig, name: str | None, root: str
         write_text(run_dir / "config.yaml", config_yaml)
     say(trainer, f"run folder: {run_dir}")
     say(trainer, module.describe_pre_outs())
-    fixed = {
-        "model": label,
-        "selection": cfg.selection,
-        "eps": cfg.eps,
-        "bin_alignment": cfg.bin_alignment,
-        "n_bins": cfg.n_bins,
-        "n_resample": cfg.n_resample,
-        "precision": str(trainer.precision),
-        "mode": cfg.mode,
-        **{k: identity[k] for k in WHAT if k in identity},
-        "model_id": module.fingerprint(),
-        "run_id": store.run_id,
-        "setup_id": digest({k: v for k, v in identity.items() if k not in WHAT}),
-    }
+    fixed = identity.row_columns(cfg)
     experiment = Experiment(trainer, module, data, parts.values, parts.sets, parts.units, fold=cfg.mode == "fold")
     _evaluate_all(trainer, experiment, parts, store, fixed, cfg, curves)
     return run_dir
