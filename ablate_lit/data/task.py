@@ -15,10 +15,10 @@ from ablate_lit.data.task_rows import encode_all, problem, read_task_rows
 from ablate_lit.data.task_sequences import TaskSequences, first_contexts, sequences
 from ablate_lit.data.tasks import TASKS, generate
 from ablate_lit.data.text import TextData
-from ablate_lit.data.windows import WindowDataset, bos_prefix
+from ablate_lit.data.windows import SpecialTokens, WindowDataset
 
 
-class TaskData(TaskInputs, L.LightningDataModule):
+class TaskData(TaskInputs, SpecialTokens, L.LightningDataModule):
     """A task of prompts and answers, scored on the answers (causal LMs).
 
     Rows of prompt, answer and optionally distractor and counterfactual prompt come from a
@@ -101,14 +101,6 @@ class TaskData(TaskInputs, L.LightningDataModule):
         if isinstance(self.path, (str, os.PathLike)):
             return Path(str(self.path)).stem or str(self.path)
         return "task"
-
-    @property
-    def prefix(self) -> list[int]:
-        return bos_prefix(self.tokenizer, self.prepend_bos)
-
-    @property
-    def suffix(self) -> list[int]:
-        return []
 
     @property
     def context_length(self) -> int:

@@ -12,10 +12,10 @@ from torch.utils.data import DataLoader, Dataset
 from ablate_lit.common.errors import check, check_batch_size, check_seed
 from ablate_lit.data.random_inputs import text_inputs
 from ablate_lit.data.sampler import cached_loader, make_loader
-from ablate_lit.data.windows import WindowDataset, bos_prefix, given_windows, token_stream
+from ablate_lit.data.windows import SpecialTokens, WindowDataset, given_windows, token_stream
 
 
-class TextData(L.LightningDataModule):
+class TextData(SpecialTokens, L.LightningDataModule):
     """Documents from ``path`` tokenised into one stream, cut into windows of ``context_length``.
 
     Documents are read in order and joined with the EOS token until the stream holds enough tokens
@@ -76,16 +76,6 @@ class TextData(L.LightningDataModule):
     def bos_id(self) -> int | None:
         """The token opening every window, or None."""
         return (self.prefix or [None])[0]
-
-    @property
-    def prefix(self) -> list[int]:
-        """Special tokens opening every window."""
-        return bos_prefix(self.tokenizer, self.prepend_bos)
-
-    @property
-    def suffix(self) -> list[int]:
-        """Special tokens closing every window."""
-        return []
 
     @property
     def body_length(self) -> int:

@@ -117,3 +117,21 @@ def token_stream(data, needed: int) -> torch.Tensor:
             fix = "use more data (or a shorter ⟨--data.context_length⟩)"
         raise AblateError(f"{what}; {fix}")
     return torch.tensor(ids[:needed], dtype=torch.long)
+
+
+class SpecialTokens:
+    """The special tokens around every text input of a DataModule with a ``tokenizer`` and a
+    ``prepend_bos`` setting: the BOS token first (``prefix``), nothing last (``suffix``)."""
+
+    tokenizer = None
+    prepend_bos: bool = True
+
+    @property
+    def prefix(self) -> list[int]:
+        """Special tokens opening every input."""
+        return bos_prefix(self.tokenizer, self.prepend_bos)
+
+    @property
+    def suffix(self) -> list[int]:
+        """Special tokens closing every input."""
+        return []
