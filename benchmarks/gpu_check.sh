@@ -6,7 +6,9 @@
 #   1. the device, torch and CUDA versions
 #   2. tests/test_gpu_path.py (with a GPU its sync-debug test runs: no host sync in a scored ablated batch)
 #   3. a tiny-Llama CLI run per precision (bf16-mixed, bf16-true, 16-mixed) on the GPU, and DDP on 2 GPUs if present
-#   4. the benchmark of ablated points against a plain forward: SmolLM2-135M and OPT-125m shapes, bf16
+#   4. several ablations per pass on the GPU: a tiny-Llama run at K = 1 and at auto K, whose rows must agree
+#   5. the benchmark of ablated points against a plain forward: SmolLM2-135M and OPT-125m shapes, bf16
+#   6. the benchmark of several ablations per pass (single-unit map, a 7-method point) at K = 1, 4, 16, auto
 # A failed step is recorded and the next one runs; the exit code is that of the first failure.
 # OUT holds two files: gpu_check.json (rewritten after every step: each step's rc, seconds and last
 # log lines, then the benchmarks' figures) and logs.tgz (every log). The logs, tiny assets and runs
@@ -98,10 +100,16 @@ GPUS=$("$PY" -c "import torch; print(torch.cuda.device_count())" 2>/dev/null || 
 if [[ $DRY == 1 || ${GPUS:-0} -ge 2 ]]; then
   tiny_run tiny-ddp-2 bf16-mixed --trainer.devices 2 --trainer.strategy ddp
 fi
+tiny_run tiny-per-pass-1 bf16-mixed --ablation.ablations_per_pass 1
+tiny_run tiny-per-pass-auto bf16-mixed --ablation.ablations_per_pass auto
+step per_pass_rows 60 "$PY" benchmarks/compare_rows.py "$WORK/runs/tiny-per-pass-1" "$WORK/runs/tiny-per-pass-auto"
 for shape in smollm2-135m opt-125m; do
   step "bench-$shape" 150 "$PY" benchmarks/bench_run.py --shape "$shape" --device cuda --dtype bfloat16 \
     --tokens 16384 --length 512 --batch 8 --json "$WORK/bench-$shape.json"
 done
+
+step bench-per-pass 200 "$PY" benchmarks/bench_per_pass.py --shape smollm2-135m --device cuda --dtype bfloat16 \
+  --length 512 --batch 8 --windows 16 --per-pass 1,4,16,auto --json "$WORK/bench-per-pass.json"
 
 if [[ $DRY == 0 ]]; then
   record

@@ -16,7 +16,7 @@ import math
 import torch
 
 from ablate_lit.common.errors import AblateError
-from ablate_lit.common.labels import FRACTION_DIGITS, Point, fraction_key
+from ablate_lit.common.labels import FRACTION_DIGITS, Point, PointGroup, fraction_key
 
 __all__ = ["FRACTION_DIGITS", "Point", "ablation_mask", "fraction_key", "n_ablated", "neuron_order", "plan"]
 
@@ -126,6 +126,33 @@ def plan(methods: list[str], seeds: list[int], fractions: list[float]) -> list[P
         if 1.0 in fractions:
             points.append(Point(1.0, m, seeds[0], tuple((m, s) for s in seeds)))
     return points
+
+
+def group_points(points: list[Point], per_pass: int) -> list:
+    """``points`` with those of one neuron set (a seed and fraction; the methods of a point of the
+    nested schedule) gathered into ``PointGroup``s of at most ``per_pass``, each evaluated in one pass
+    per batch; the baseline stays alone. With ``per_pass`` 1 the points are returned as they are."""
+    if per_pass <= 1:
+        return list(points)
+    by_set: dict[tuple, list[Point]] = {}
+    out: list = []
+    for p in points:
+        if p.method == "baseline":
+            out.append(p)
+            continue
+        key = (p.seed if 0.0 < p.fraction < 1.0 else None, fraction_key(p.fraction))
+        if key not in by_set:
+            by_set[key] = []
+            out.append(key)
+        by_set[key].append(p)
+    grouped: list = []
+    for item in out:
+        if isinstance(item, Point):
+            grouped.append(item)
+            continue
+        same = by_set[item]
+        grouped += [PointGroup(tuple(same[i : i + per_pass])) for i in range(0, len(same), per_pass)]
+    return grouped
 
 
 class NeuronSets:

@@ -29,26 +29,33 @@ class OneLayer:
 
 
 class Replacements:
-    """The replacement values of each point: ``of(point, mask, device)`` for every layer,
-    ``of_layer(...)`` for one layer's units (the single-unit map)."""
+    """The replacement values of each point: ``of(point, mask, device)`` for every layer, ``of_many``
+    for the methods of one neuron set at once, ``of_layer`` for one layer's units (single-unit maps)."""
 
     def __init__(self, methods: dict[str, Method], context: MethodContext):
         self.methods, self.context = methods, context
-        self._current: tuple[object, dict] = (None, {})
+        self._on_device: dict = {}
+        """The values on the device now, by method (by point for a method fitted per point)."""
 
     def _key(self, point: Point):
         method = self.methods[point.method]
         return (method.label, point.seed, point.fraction, point.target) if method.per_point else method.label
 
+    def of_many(self, points: list[Point], mask: torch.Tensor, device) -> list[dict]:
+        """The values of ``points`` (one neuron set, ``mask``) on ``device``: moved there once per method
+        (once per point for a method fitted per point). Only these points' values stay on the device:
+        the others leave first (a resample cache can take GiBs)."""
+        keys = [self._key(p) for p in points]
+        self._on_device = {k: v for k, v in self._on_device.items() if k in keys}
+        for key, point in zip(keys, points, strict=True):
+            if key not in self._on_device:
+                values = self.methods[point.method].replacement(self.context, point, mask)
+                self._on_device[key] = {k: v.to(device) for k, v in values.items()}
+        return [self._on_device[k] for k in keys]
+
     def of(self, point: Point, mask: torch.Tensor, device) -> dict:
-        """``point``'s values on ``device``: moved there once per method (once per point for a method
-        fitted per point)."""
-        key = self._key(point)
-        if self._current[0] != key:
-            self._current = (None, {})  # the previous method's values leave the device first
-            values = self.methods[point.method].replacement(self.context, point, mask)
-            self._current = (key, {k: v.to(device) for k, v in values.items()})
-        return self._current[1]
+        """``point``'s values on ``device`` (``of_many`` of one point)."""
+        return self.of_many([point], mask, device)[0]
 
     def of_layer(self, point: Point, mask: torch.Tensor, layer: int, device, kept: dict) -> dict:
         """``point``'s values for units of ``layer`` only, kept in ``kept`` (one dict per layer's group):

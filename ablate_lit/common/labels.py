@@ -74,6 +74,39 @@ class Point:
 
 
 @dataclass(frozen=True)
+class PointGroup:
+    """Points of one neuron set (a seed and fraction), each of another method (``entries``): evaluated
+    together, batch by batch, each method in its own copy of the batch (``maps.step.AblationsStep``)."""
+
+    entries: tuple[Point, ...]
+    method = "methods"
+    target = NO_TARGET
+
+    @property
+    def seed(self) -> int:
+        return self.entries[0].seed
+
+    @property
+    def fraction(self) -> float:
+        return self.entries[0].fraction
+
+    @property
+    def rows(self) -> tuple[tuple[str, int], ...]:
+        return tuple(row for e in self.entries for row in e.rows)
+
+    def keys(self) -> list[tuple[str, int, float, str]]:
+        return [k for e in self.entries for k in e.keys()]
+
+    @property
+    def claim_name(self) -> str:
+        seed = f"__s{self.seed}" if 0.0 < self.fraction < 1.0 else ""
+        return f"methods__{'_'.join(e.method for e in self.entries)}{seed}__f{self.fraction:.6f}"
+
+    def describe(self) -> str:
+        return f"{', '.join(e.method for e in self.entries)} {pct(self.fraction)} (seed {self.seed})"
+
+
+@dataclass(frozen=True)
 class UnitGroup:
     """The units of one layer, each ablated alone by each method (``entries``): evaluated together,
     batch by batch, from one unablated forward pass (``maps.step``)."""

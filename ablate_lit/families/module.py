@@ -56,7 +56,7 @@ class AblationModule(KeptInPlace, L.LightningModule):
         super().__init__()
         self.scores = TokenScores()
         self.kl = False
-        self.unit_step = None
+        self.ablations = None
         self.hooks: PreOutHooks
         self._most_batches = 0  # largest batch count of any process in the running epoch (sharded runs)
 
@@ -68,14 +68,27 @@ class AblationModule(KeptInPlace, L.LightningModule):
         self.scores, self.kl = scores, kl
 
     @contextmanager
-    def scoring_units(self, step) -> Iterator[None]:
-        """Inside this block a test epoch scores ``step`` (a ``maps.step.UnitMapStep``: one layer's
-        single-unit evaluations) instead of this model's own scores."""
-        self.unit_step = step
+    def scoring_with(self, step) -> Iterator[None]:
+        """Inside this block a test epoch scores ``step`` (a ``maps.step.AblationsStep``: several
+        ablations per batch, each into its own scores) instead of this model's own scores."""
+        self.ablations = step
         try:
             yield
         finally:
-            self.unit_step = None
+            self.ablations = None
+
+    def forward_copies(self, batch, copies: int) -> tuple[list[torch.Tensor], torch.Tensor]:
+        """The scored logits of ``batch`` repeated ``copies`` times along its first dimension (copies that
+        ``hooks.ablating_copies`` ablates each its own way), split into each copy's logits; and the
+        labels, the same for every copy."""
+        if copies == 1:
+            logits, labels = self.logits_and_labels(batch)
+            return [logits], labels
+        many = {
+            k: v.repeat(copies, *[1] * (v.dim() - 1)) if torch.is_tensor(v) and v.dim() else v for k, v in batch.items()
+        }
+        logits, labels = self.logits_and_labels(many)
+        return list(logits.chunk(copies)), labels.chunk(copies)[0]
 
     settings: ModelSettings = ModelSettings()
     """Where the model came from, how its layout is found, how it is placed (``families.loading.settings``)."""
@@ -212,8 +225,8 @@ class AblationModule(KeptInPlace, L.LightningModule):
 
     def _test_padding(self, batch) -> None:
         """The forward passes of one test step, results discarded."""
-        if self.unit_step is not None:
-            self.unit_step.step(batch, record=False)
+        if self.ablations is not None:
+            self.ablations.step(batch, record=False)
             return
         with self.hooks.paused():
             twice = self.kl and self.hooks.active and self.scores.kept_reference() is None
@@ -235,13 +248,13 @@ class AblationModule(KeptInPlace, L.LightningModule):
 
     def on_test_epoch_start(self) -> None:
         self.scores.reset()
-        if self.unit_step is not None:
-            self.unit_step.reset()
+        if self.ablations is not None:
+            self.ablations.reset()
 
     def test_step(self, batch, batch_idx):
         self._set_index(batch)
-        if self.unit_step is not None:
-            self.unit_step.step(batch)
+        if self.ablations is not None:
+            self.ablations.step(batch)
             self._even_out(batch, batch_idx, self.trainer.num_test_batches[0], testing=True)
             return
         reference = None

@@ -48,15 +48,15 @@ class UnitMap:
             mask[layer, head * self.unit_width : (head + 1) * self.unit_width] = True
         return mask
 
-    def step(self, module, group: UnitGroup, values: Replacements, kl: bool) -> UnitMapStep:
-        """The forward passes that score ``group``'s entries on each batch; their replacement values
-        (statistics, fits) are ready before the evaluation's clock starts."""
+    def step(self, module, group: UnitGroup, values: Replacements, kl: bool, per_pass: int = 1) -> UnitMapStep:
+        """The forward passes that score ``group``'s entries on each batch, ``per_pass`` per pass; their
+        replacement values (statistics, fits) are ready before the evaluation's clock starts."""
         kept: dict = {}
         entries = [
             (mask, values.of_layer(e, mask, group.layer, module.device, kept))
             for e, mask in ((e, self.mask(e)) for e in group.entries)
         ]
-        return UnitMapStep(module, group.layer, entries, kl)
+        return UnitMapStep(module, group.layer, entries, kl, per_pass)
 
     @staticmethod
     def progress(group: UnitGroup, last: dict) -> str:

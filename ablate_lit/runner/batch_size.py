@@ -42,3 +42,28 @@ def find_batch_size(module, dataset, device_type: str, limit: int = 1024) -> int
             "⟨--data.context_length⟩, or a sharded strategy"
         )
     return max(1, fits // 2) if fits < len(dataset) else fits
+
+
+MOST_PER_PASS = 32
+"""The most ablations ``auto`` puts in one forward pass (beyond this a pass gains nothing on any GPU)."""
+
+
+@torch.inference_mode()
+def find_per_pass(module, dataset, batch_size: int, device_type: str, setting) -> int:
+    """``--ablation.ablations_per_pass``: ``setting`` where it is a number; for ``auto``, as many copies of
+    a batch as the GPU's free memory holds (from the memory one forward pass of a batch takes, with a
+    third of the free memory left as headroom), and 1 without a GPU: on a CPU a larger batch is no faster."""
+    if setting != "auto":
+        return int(setting)
+    if device_type != "cuda":
+        return 1
+    collate = torch.utils.data.default_collate
+    batch = collate([dataset[i] for i in range(min(batch_size, len(dataset)))])
+    batch = {k: v.to(module.device) if torch.is_tensor(v) else v for k, v in batch.items()}
+    torch.cuda.synchronize()
+    torch.cuda.reset_peak_memory_stats()
+    before = torch.cuda.memory_allocated()
+    module.logits_and_labels(batch)
+    one = max(1, torch.cuda.max_memory_allocated() - before)
+    free = torch.cuda.mem_get_info()[0]
+    return max(1, min(MOST_PER_PASS, int(2 * free / 3 // one)))

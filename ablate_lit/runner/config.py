@@ -91,6 +91,11 @@ class AblationConfig:
     for the backward pass: lower it if a fit runs out of memory)."""
     optimal_held_out: float = 0.25
     """optimal: share of the calibration windows held out for early stopping (never trained on)."""
+    ablations_per_pass: int | str = "auto"
+    """Ablations scored in one forward pass: the batch is repeated once per ablation, each copy ablated its
+    own way (the methods of one neuron set, or the units of one layer of a single-unit map); the same numbers
+    as one at a time. auto: as many as the GPU's free memory holds (1 on a CPU, where a larger batch is no
+    faster); fewer after an out-of-memory error. Not with fold mode."""
     kl: bool = False
     """Also measure KL(unablated || ablated) of the predicted distributions per point (each batch runs twice)."""
     log_histograms: bool = True
@@ -200,6 +205,16 @@ class AblationConfig:
         )
         check(len(set(self.seeds)) == len(self.seeds), f"⟨ablation.seeds⟩ has duplicates: {self.seeds}")
         check(self.mode in ("hook", "fold"), f"unknown ⟨ablation.mode⟩ '{self.mode}'; use hook or fold")
+        per_pass = self.ablations_per_pass
+        check(
+            per_pass == "auto" or (isinstance(per_pass, int) and not isinstance(per_pass, bool) and per_pass >= 1),
+            f"⟨ablation.ablations_per_pass⟩ must be a positive integer or auto, got {per_pass}",
+        )
+        check(
+            self.mode == "hook" or per_pass in ("auto", 1),
+            "⟨ablation.mode⟩ fold writes one point's constants into the weights, which every copy of a batch "
+            "shares; use ⟨--ablation.ablations_per_pass⟩ 1 (or auto) with fold mode",
+        )
         check(
             not (self.kl and self.mode == "fold"),
             "⟨ablation.kl⟩ needs the unablated model beside the ablated one, which "

@@ -12,12 +12,13 @@ from __future__ import annotations
 import torch
 
 from ablate_lit.ablation.fold import folded
-from ablate_lit.ablation.schedule import NeuronSets, plan
+from ablate_lit.ablation.schedule import NeuronSets, group_points, plan
 from ablate_lit.ablation.values import Replacements
 from ablate_lit.calibration.heartbeat import SweepHeartbeat
-from ablate_lit.common.labels import NO_TARGET, Point, UnitGroup, percent
+from ablate_lit.common.labels import NO_TARGET, Point, PointGroup, UnitGroup, percent
 from ablate_lit.common.logs import say
 from ablate_lit.common.progress import aside, clock
+from ablate_lit.maps.step import AblationsStep
 from ablate_lit.maps.units import UnitMap
 from ablate_lit.runner.scheduler import Scheduler
 from ablate_lit.runner.writer import ResultWriter
@@ -26,7 +27,8 @@ from ablate_lit.runner.writer import ResultWriter
 class Experiment:
     """The points of a run over ``trainer``, ``module`` (scoring set by ``evaluate_with``) and ``data``:
     nested neuron sets of ``sets``, or the single-unit map ``units``; every method's values from
-    ``values``; constants written into the weights instead of hooked when ``fold``."""
+    ``values``; ``per_pass`` ablations in one forward pass per batch (the methods of one neuron set, or
+    the units of one layer); constants written into the weights instead of hooked when ``fold``."""
 
     def __init__(
         self,
@@ -37,15 +39,19 @@ class Experiment:
         sets: NeuronSets,
         units: UnitMap | None = None,
         fold: bool = False,
+        per_pass: int = 1,
     ):
         self.trainer, self.module, self.data = trainer, module, data
         self.values, self.sets, self.units, self.fold = values, sets, units, fold
+        self.per_pass = per_pass
         self.scheduler: Scheduler | None = None
         self._said: set[str] = set()
 
     def points(self, methods: list[str], seeds: list[int], fractions: list[float]) -> list:
         """Every point of the schedule, in the order they are evaluated."""
-        return self.units.plan() if self.units is not None else plan(methods, seeds, fractions)
+        if self.units is not None:
+            return self.units.plan()
+        return group_points(plan(methods, seeds, fractions), self.per_pass)
 
     def reads_statistics(self, points: list) -> bool:
         """Whether evaluating ``points`` needs the calibration statistics: a nested set other than the
@@ -54,6 +60,11 @@ class Experiment:
             return any(p.method != "baseline" for p in points)
         methods = self.values.methods
         return any(methods[e.method].reads_statistics for g in points if isinstance(g, UnitGroup) for e in g.entries)
+
+    def _todo(self, group, writer: ResultWriter) -> tuple:
+        """The entries of ``group`` that have no row yet."""
+        have = writer.store.keys(writer.store.read())
+        return tuple(e for e in group.entries if any(k not in have for k in e.keys()))
 
     def mask(self, point: Point) -> torch.Tensor:
         """Boolean [n_layers, width]: the neurons ablated at ``point`` (the same for every method)."""
@@ -73,6 +84,9 @@ class Experiment:
         if isinstance(point, UnitGroup):
             self._evaluate_units(point, writer)
             return
+        if isinstance(point, PointGroup):
+            self._evaluate_methods(point, writer)
+            return
         trainer, module = self.trainer, self.module
         if point.method == "baseline":
             writer.begin(point, 0, self.sets.n_neurons, module.scores)
@@ -85,13 +99,24 @@ class Experiment:
         with self._ablated(mask, replacement):
             trainer.test(module, dataloaders=self.data.test_dataloader(), verbose=False)
 
+    def _evaluate_methods(self, group: PointGroup, writer: ResultWriter) -> None:
+        """The methods of one neuron set still without a row, each in its own copy of every batch, in one
+        ``trainer.test`` over the evaluation data."""
+        todo = PointGroup(self._todo(group, writer))
+        mask = self.mask(todo.entries[0])
+        with aside():  # a resample sweep or a fit may run here: one-off work, not in the ETA's rate
+            values = self.values.of_many(list(todo.entries), mask, self.module.device)
+        step = AblationsStep(self.module, [(mask, v) for v in values], self.module.kl, self.per_pass)
+        writer.begin_group(todo, [int(mask.sum())] * len(values), self.sets.n_neurons, step.scores)
+        with self.module.scoring_with(step):
+            self.trainer.test(self.module, dataloaders=self.data.test_dataloader(), verbose=False)
+
     def _evaluate_units(self, group: UnitGroup, writer: ResultWriter) -> None:
         """The group's entries still without a row, in one ``trainer.test`` over the evaluation data."""
-        have = writer.store.keys(writer.store.read())
-        todo = UnitGroup(group.layer, tuple(e for e in group.entries if e.keys()[0] not in have))
-        step = self.units.step(self.module, todo, self.values, self.module.kl)
+        todo = UnitGroup(group.layer, self._todo(group, writer))
+        step = self.units.step(self.module, todo, self.values, self.module.kl, self.per_pass)
         writer.begin_group(todo, [int(m.sum()) for m, _ in step.entries], self.sets.n_neurons, step.scores)
-        with self.module.scoring_units(step):
+        with self.module.scoring_with(step):
             self.trainer.test(self.module, dataloaders=self.data.test_dataloader(), verbose=False)
         if not step.prefix and step.blocks:
             self._say_once(
@@ -104,7 +129,12 @@ class Experiment:
             s = self.scheduler
             if isinstance(point, UnitGroup):
                 return f"[{s.done}/{s.total}] {self.units.progress(point, writer.last)}  (eta {clock(eta)})"
-            last = writer.last
+            if isinstance(point, PointGroup):  # a line per method evaluated, as when each has a pass of its own
+                return "\n".join(entry_line(e, last, eta) for e, last in writer.last)
+            return entry_line(point, writer.last, eta)
+
+        def entry_line(point: Point, last: dict, eta: float) -> str:
+            s = self.scheduler
             kl = f"  kl {last['kl']:.4f}" if self.module.kl else ""
             ld = f"  logit diff {last['logit_diff']:.3f}" if "logit_diff" in last else ""
             top1, ce = ("answer acc", "answer ce") if "logit_diff" in last else ("top1", "ce")
@@ -133,16 +163,17 @@ class Experiment:
         """The points of ``points`` that have no row yet (every process started: ``Scheduler.join``)."""
         self.scheduler = Scheduler(self.trainer, writer, lambda p: self._evaluate(p, writer), self._progress(writer))
         self.scheduler.join(self.module)
-        return self.scheduler.pending(points)
-
-    def run(self, todo: list, writer: ResultWriter) -> None:
-        """Evaluate every point of ``todo`` (from ``start``). Points another process is evaluating are
-        left to it and waited for; a point whose evaluation exists gets its rows copied."""
+        todo = self.scheduler.pending(points)
         say(
             self.trainer,
             f"schedule: {self.scheduler.total} evaluations ({self.scheduler.done} already in "
             f"{writer.store.csv}), each over {self.data.describe('evaluation')}",
         )
+        return todo
+
+    def run(self, todo: list, writer: ResultWriter) -> None:
+        """Evaluate every point of ``todo`` (from ``start``). Points another process is evaluating are
+        left to it and waited for; a point whose evaluation exists gets its rows copied."""
         self.beat = SweepHeartbeat("evaluation", "test")
         self.trainer.callbacks += [writer, self.beat]
         try:

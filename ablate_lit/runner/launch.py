@@ -21,7 +21,7 @@ from ablate_lit.families.loading.quantization import check_placement
 from ablate_lit.report.importance import write_importance
 from ablate_lit.report.neurons import neuron_views
 from ablate_lit.report.summary import summary_table, write_summary
-from ablate_lit.runner.batch_size import find_batch_size
+from ablate_lit.runner.batch_size import find_batch_size, find_per_pass
 from ablate_lit.runner.config import AblationConfig, resolve_for
 from ablate_lit.runner.experiment import Experiment
 from ablate_lit.runner.identity import RunIdentity
@@ -105,9 +105,10 @@ def prepare(trainer, module, data, cfg: AblationConfig) -> None:
     task = data.task  # a task scores its answers; other data every token (or image), per window too
     scores = TaskScores(task.n_rows, task.n_sequences, task.longest) if task else TokenScores(len(data.eval_dataset()))
     module.evaluate_with(scores, cfg.kl or (task is not None and cfg.mode == "hook"))  # a task's rows: KL (not fold)
+    device = trainer.strategy.root_device
     if data.batch_size == "auto":
-        module.to(trainer.strategy.root_device)
-        data.batch_size = find_batch_size(module, data.eval_dataset(), trainer.strategy.root_device.type)
+        module.to(device)
+        data.batch_size = find_batch_size(module, data.eval_dataset(), device.type)
         say(trainer, f"batch size: {data.batch_size} (found automatically)")
 
 
@@ -137,9 +138,30 @@ def _run(trainer, module, data, cfg: AblationConfig, name: str | None, root: str
     say(trainer, f"run folder: {run_dir}")
     say(trainer, module.describe_pre_outs())
     fixed = identity.row_columns(cfg)
-    experiment = Experiment(trainer, module, data, parts.values, parts.sets, parts.units, fold=cfg.mode == "fold")
+    experiment = Experiment(
+        trainer,
+        module,
+        data,
+        parts.values,
+        parts.sets,
+        parts.units,
+        cfg.mode == "fold",
+        per_pass(trainer, module, data, cfg),
+    )
     _evaluate_all(trainer, experiment, parts, store, fixed, cfg, curves)
     return run_dir
+
+
+def per_pass(trainer, module, data, cfg: AblationConfig) -> int:
+    """The ablations per forward pass (``--ablation.ablations_per_pass``; auto: found from the GPU's memory)."""
+    setting = 1 if cfg.mode == "fold" else cfg.ablations_per_pass
+    device = trainer.strategy.root_device
+    if setting == "auto" and device.type == "cuda":
+        module.to(device)
+    found = find_per_pass(module, data.eval_dataset(), data.batch_size, device.type, setting)
+    if setting == "auto" and device.type == "cuda":
+        say(trainer, f"ablations per pass: {found} (found from the GPU's free memory)")
+    return found
 
 
 def _evaluate_all(

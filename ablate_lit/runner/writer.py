@@ -16,7 +16,7 @@ import lightning as L
 
 from ablate_lit.common import signals
 from ablate_lit.common.curves import Curves, series_of
-from ablate_lit.common.labels import Point, UnitGroup, percent
+from ablate_lit.common.labels import Point, PointGroup, UnitGroup, percent
 from ablate_lit.store.claims import CLAIM_REFRESH_S
 from ablate_lit.store.folder import ResultStore
 from ablate_lit.store.rows import ResultRow, make_row
@@ -45,9 +45,10 @@ class ResultWriter(L.Callback):
         self.point, self.n_ablated, self.n_neurons, self._scores = point, n_ablated, n_neurons, [scores]
         self._t0 = self._refreshed = time.perf_counter()
 
-    def begin_group(self, group: UnitGroup, unit_sizes: list[int], n_neurons: int, scores: list) -> None:
-        """Called before a layer's single-unit evaluations: ``group.entries`` get one row each, from
-        ``scores`` (one metric per entry; ``unit_sizes``: the neurons each ablates)."""
+    def begin_group(self, group, unit_sizes: list[int], n_neurons: int, scores: list) -> None:
+        """Called before the evaluations of a group (a layer's single units, ``UnitGroup``, or the methods
+        of one neuron set, ``PointGroup``): ``group.entries`` get their rows from ``scores`` (one metric
+        per entry; ``unit_sizes``: the neurons each ablates)."""
         self.begin(group, 0, n_neurons, None)
         self.group, self._unit_sizes, self._scores = group, unit_sizes, list(scores)
 
@@ -82,22 +83,33 @@ class ResultWriter(L.Callback):
         return make_row(self.fixed, values, self.store.columns)
 
     def on_test_epoch_end(self, trainer, pl_module) -> None:
-        if self.group is not None:
-            self._write_group(trainer, pl_module)
+        results = [_computed(scores) for scores in self._scores]  # every process computes: states are synchronised
+        group, self.group = self.group, None
+        if isinstance(group, UnitGroup):
+            self.last = {"ce": [s["ce"] for s, _ in results], "top1": [s["top1"] for s, _ in results]}
+        elif isinstance(group, PointGroup):
+            self.last = [(entry, scores) for entry, (scores, _) in zip(group.entries, results, strict=True)]
+        else:
+            self.last = results[0][0]
+        point, self.point = self.point, None
+        if not trainer.is_global_zero or point is None:
             return
-        computed = self._scores[0].compute()  # synchronised over processes
-        windows = {k: v.tolist() for k, v in computed.pop("windows").items()}
-        scores = {k: v.item() for k, v in computed.items()}
-        self.last = scores
-        if not trainer.is_global_zero or self.point is None:
-            return
-        p, elapsed = self.point, time.perf_counter() - self._t0
+        entries = group.entries if group is not None else (point,)
+        sizes = self._unit_sizes if group is not None else [self.n_ablated]
+        elapsed = (time.perf_counter() - self._t0) / len(entries)  # each entry's share of the pass
         created = []
-        for method, seed in p.rows:
-            row = self.row(p, method, seed, scores, elapsed)
-            if self.store.add(row, windows):  # False: another process wrote this row meanwhile; its row stands
-                created.append(row)
+        for entry, size, (scores, windows) in zip(entries, sizes, results, strict=True):
+            self.n_ablated = size
+            for method, seed in entry.rows:
+                row = self.row(entry, method, seed, scores, elapsed)
+                if self.store.add(row, windows):  # False: another process wrote this row meanwhile; its row stands
+                    created.append(row)
         self.store.write_csv()
+        if not isinstance(group, UnitGroup):  # (a single-unit map's rows are drawn as a map, not as curves)
+            self._log(created)
+
+    def _log(self, created: list[dict]) -> None:
+        """The curves of newly stored rows: one series per (method, seed), the ablated percentage as the step."""
         for row in map(ResultRow, created):
             writer = self.curves.series(series_of(row.method, row.seed))
             writer.add_scalar("ablation/top1_percent", 100 * row.top1, row.pct)  # % as in tables and figures
@@ -107,24 +119,6 @@ class ResultWriter(L.Callback):
             if row.logit_diff is not None:
                 writer.add_scalar("ablation/logit_diff", row.logit_diff, row.pct)
             writer.flush()
-        self.point = None
-
-    def _write_group(self, trainer, pl_module) -> None:
-        results = []
-        for scores in self._scores:  # every process computes: the states are synchronised
-            computed = scores.compute()
-            windows = {k: v.tolist() for k, v in computed.pop("windows").items()}
-            results.append(({k: v.item() for k, v in computed.items()}, windows))
-        group, self.group = self.group, None
-        self.point = None
-        self.last = {"ce": [r[0]["ce"] for r in results], "top1": [r[0]["top1"] for r in results]}
-        if not trainer.is_global_zero:
-            return
-        elapsed = (time.perf_counter() - self._t0) / max(1, len(group.entries))  # each entry's share of the pass
-        for entry, size, (scores, windows) in zip(group.entries, self._unit_sizes, results, strict=True):
-            self.n_ablated = size
-            self.store.add(self.row(entry, entry.method, entry.seed, scores, elapsed), windows)
-        self.store.write_csv()
 
     def copy(self, point: Point, evaluated: ResultRow, missing: list[tuple[str, int]]) -> None:
         """Write ``point``'s missing rows from an evaluation another process made (same identity)."""
@@ -135,3 +129,10 @@ class ResultWriter(L.Callback):
 
     def close(self) -> None:
         self.curves.flush()
+
+
+def _computed(scores) -> tuple[dict, dict]:
+    """(the scores as numbers, the per-window totals as lists) of a computed metric."""
+    computed = scores.compute()
+    windows = {k: v.tolist() for k, v in computed.pop("windows").items()}
+    return {k: v.item() for k, v in computed.items()}, windows

@@ -174,6 +174,63 @@ class PreOutHooks:
 
         return hook
 
+    def ablating_copies(self, entries: Sequence[tuple[torch.Tensor, dict]], device: torch.device | str):
+        """Several ablations in one forward pass: the batch is repeated ``len(entries)`` times along its
+        first dimension (``AblationModule.forward_copies``), and in copy k the neurons where entry k's
+        mask [n_layers, width] is True take entry k's values (``values`` or ``resample``, as in
+        ``ablating``; a table per layer, or a ``OneLayer`` holding one layer's). Exactly the results of
+        ``ablating`` one entry at a time: each copy is replaced by the same ``where`` over its own rows.
+        Layers where no copy ablates a neuron get no hook; masks and values are prepared on ``device``
+        once, and cast once per dtype (per device too on a dispatched model)."""
+        host = [(mask.cpu(), replacement) for mask, replacement in entries]
+
+        def make_hook(layer):
+            copies = []
+            for mask, replacement in host:
+                resampled = "resample" in replacement
+                source = replacement["resample" if resampled else "values"]
+                wanted = mask[layer]
+                copies.append(
+                    None if not bool(wanted.any()) else (wanted, source[layer], resampled, bool(wanted.all()))
+                )
+            return None if all(c is None for c in copies) else self._copies_replacer(copies, device)
+
+        if any("resample" in r for _, r in entries) and self.sample_index is None:
+            self.sample_index = torch.zeros(1, dtype=torch.long, device=device)
+        return self._attached(make_hook)
+
+    def _copies_replacer(self, copies: list, device):
+        """The pre-hook that replaces the neurons of each copy ``k`` of the batch (None: copy left as it is)."""
+        placed, prepared = self.home is not None, {}
+        here = [None if c is None else (c[0].to(device), c[1].to(device), *c[2:]) for c in copies]
+
+        def hook(module, args):
+            if self._paused:
+                return None
+            x = args[0]
+            key = (x.device, x.dtype) if placed else x.dtype
+            if key not in prepared:  # (once per pass of a new dtype, or device on a dispatched model)
+                at = x.device if placed else None
+                prepared[key] = [None if c is None else (c[0].to(at), c[1].to(at, x.dtype), *c[2:]) for c in here]
+            rows = self.sample_index
+            if placed and rows is not None:
+                rows = rows.to(x.device, non_blocking=True)
+            xs = x.reshape(len(copies), -1, *x.shape[1:])  # [copies, batch, ..., width]
+            out = [xs[k] if c is None else _replaced(xs[k], *c, rows) for k, c in enumerate(prepared[key])]
+            return (torch.stack(out).reshape(x.shape),) + tuple(args[1:])
+
+        return hook
+
+
+def _replaced(x: torch.Tensor, mask, repl: torch.Tensor, resampled: bool, every: bool, rows) -> torch.Tensor:
+    """``x`` (one copy's [batch, pos, width]) with the neurons of ``mask`` taken from ``repl``: a constant
+    per neuron [width], per neuron and position [pos, width], or a resample cache [rows, pos, width]."""
+    if resampled:
+        repl = repl[rows % repl.shape[0], : x.shape[-2]]  # [batch, pos, width]
+    elif repl.dim() == 2:
+        repl = repl[: x.shape[-2]]
+    return repl.expand_as(x).clone() if every else torch.where(mask, repl, x)
+
 
 class StopForward(Exception):
     """Ends a recording forward pass after the last hooked layer (nothing after it is needed)."""
