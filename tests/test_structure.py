@@ -21,7 +21,7 @@ ROLES = {  # folder -> the folders it may import (besides itself), and why
     "families": {"common", "sites", "stats"},  # the model side: loading, locating, one LightningModule per family
     "calibration": {"common", "stats", "store", "data"},  # statistics sweeps and their on-disk caches
     "ablation": {"common", "store", "data", "sites", "families"},  # methods, neuron sets, fold mode, fits
-    "maps": {"common", "sites", "ablation"},  # single-unit maps: points, masks, forward passes
+    "maps": {"common", "sites", "stats", "ablation"},  # single-unit and attribution maps: points, masks, passes
     "report": {"common", "stats", "store"},  # tables and figures read from stored rows
     "runner": {"common", "stats", "store", "data", "sites", "families", "calibration", "ablation", "maps", "report"},
     "entry": {"common", "stats", "store", "data", "sites", "families", "ablation", "report", "runner"},

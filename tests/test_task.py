@@ -452,3 +452,60 @@ def test_a_model_and_task_rows_in_memory(llama, tmp_path):
     assert row["task"] == "task"
     with pytest.raises(AblateError, match="task=True scores a causal LM's answers"):
         ablate_lit.run(model, rows, tokenizer=tok, task=True, family="masked_lm", root=tmp_path, verbose=False)
+
+
+@pytest.mark.slow
+def test_task_attribution_equals_hand_gradients_of_the_logit_difference(llama, tmp_path):
+    """On task rows the sweep attributes the logit difference: per neuron, the sum over positions of
+    (v - a) * d(logit difference)/da, taken through both the answer's and the distractor's sequences
+    (a multi-token distractor is its own forward pass), averaged over the evaluated rows."""
+    from ablate_lit.stats.attribution import unit_estimates
+
+    path, model, tok = llama
+    single = [w for w in WORDS if _length(tok, " " + w) == 1]
+    rows = [
+        r if i % 2 else {**r, "distractor": " " + single[i % len(single)]} for i, r in enumerate(make_rows(tok, 16, 5))
+    ]
+    rows = [r for r in rows if problem(tok)(r) is None]
+    assert any(_length(tok, r["distractor"]) > 1 for r in rows) and any(
+        _length(tok, r["distractor"]) == 1 for r in rows
+    )
+    ablate_lit.run(
+        str(path), write_jsonl(tmp_path / "a.jsonl", rows), task=True, root=tmp_path, name="run", calib_rows=6,
+        batch_size=4, methods=["zero", "mean"], schedule="attribution", attribution_top_k=1, attribution_sample=1,
+        trainer={"accelerator": "cpu"}, verbose=False,
+    )  # fmt: skip
+    stats = torch.load(next((tmp_path / ".calibration_cache").glob("stats-*.pt")), weights_only=False)
+    sums = torch.load(tmp_path / "run" / "attribution.pt", weights_only=False)["sums"]
+    assert set(sums) == {"ce", "logit_diff"}
+    hand, (_, evaluated) = Hand(model, tok), split(rows, calib=6)
+    values = {"zero": torch.zeros_like(stats["mean"]), "mean": stats["mean"].float()}
+    n_layers, width = values["zero"].shape
+    expected = {m: torch.zeros(n_layers * width, dtype=torch.float64) for m in values}
+    for row in evaluated:
+        for key, sign in (("answer", 1.0), ("distractor", -1.0)):
+            ids, continuation, start = hand.ids(row["prompt"], row[key])
+            deltas, kept = [], []
+
+            def add(layer, x, deltas=deltas, kept=kept):
+                deltas.append(torch.zeros_like(x, requires_grad=True))
+                kept.append(x.detach())
+                return x + deltas[-1]
+
+            handles = [
+                o.register_forward_pre_hook(lambda m, a, _l=layer: (add(_l, a[0]),))
+                for layer, o in enumerate(projections(model))
+            ]
+            try:
+                logq = F.log_softmax(model(torch.tensor([ids])).logits[0].float(), -1)
+            finally:
+                for h in handles:
+                    h.remove()
+            at = torch.arange(start, start + len(continuation))
+            grads = torch.autograd.grad(sign * logq[at, continuation].sum(), deltas)
+            for method, v in values.items():
+                terms = [((v[layer] - a[0]) * g[0]).sum(0).double() for layer, (a, g) in enumerate(zip(kept, grads))]
+                expected[method] += torch.cat(terms)
+    for method, v in expected.items():
+        got = unit_estimates(sums["logit_diff"][method], sums["logit_diff"]["count"], width, 1, list(range(n_layers)))
+        torch.testing.assert_close(got, v / len(evaluated), rtol=1e-4, atol=1e-6, msg=method)

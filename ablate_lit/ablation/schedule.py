@@ -15,6 +15,7 @@ import math
 
 import torch
 
+from ablate_lit.ablation.methods import parse_method
 from ablate_lit.common.errors import AblateError
 from ablate_lit.common.labels import FRACTION_DIGITS, Point, PointGroup, fraction_key
 
@@ -22,7 +23,7 @@ __all__ = ["FRACTION_DIGITS", "Point", "ablation_mask", "fraction_key", "n_ablat
 
 SELECTIONS = ("per_layer", "global")
 UNITS = ("neuron", "head", "layer")
-SCHEDULES = ("nested", "each")
+SCHEDULES = ("nested", "each", "attribution")
 SITES = ("attn", "mlp")
 
 ORDERS = {
@@ -37,15 +38,27 @@ ORDERS = {
 """Calibration statistics units can be ablated in order of ([n_layers, width] from the statistics)."""
 
 
+ATTRIBUTION = "attribution:"
+"""An order by a method's estimated harm (``attribution:mean``): units from least to most harmful."""
+
+
 def parse_order(text: str) -> tuple[str | None, bool]:
-    """``random`` -> (None, False); ``<statistic>[:asc|:desc]`` -> (statistic, descending)."""
-    name, _, direction = str(text).strip().partition(":")
+    """``random`` -> (None, False); ``<statistic>[:asc|:desc]`` -> (statistic, descending);
+    ``attribution:<method>[:asc|:desc]`` -> (``attribution:<method>``, descending)."""
+    text = str(text).strip()
+    if text.startswith(ATTRIBUTION):
+        method, descending = text.removeprefix(ATTRIBUTION), False
+        for direction in (":asc", ":desc"):
+            if method.endswith(direction):
+                method, descending = method.removesuffix(direction), direction == ":desc"
+        return ATTRIBUTION + parse_method(method).label, descending
+    name, _, direction = text.partition(":")
     if name == "random" and not direction:
         return None, False
     if name not in ORDERS or direction not in ("", "asc", "desc"):
         raise AblateError(
-            f"unknown ⟨ablation.order⟩ '{text}'; use random, or one of {', '.join(ORDERS)} "
-            "(ascending; add :desc for descending, e.g. std:desc)"
+            f"unknown ⟨ablation.order⟩ '{text}'; use random, attribution:<method> (by estimated harm, e.g. "
+            f"attribution:mean), or one of {', '.join(ORDERS)} (ascending; add :desc for descending, e.g. std:desc)"
         )
     return name, direction == "desc"
 
@@ -57,6 +70,16 @@ def unit_scores(stats: dict, order: str, unit_size: int) -> torch.Tensor | None:
         return None
     scores = ORDERS[name](stats).double()
     return scores.view(scores.shape[0], -1, unit_size).mean(-1)
+
+
+class StatisticsRanker:
+    """Scores the units by a calibration statistic (``ORDERS``), read from ``calibration.statistics()``."""
+
+    def __init__(self, calibration):
+        self.calibration = calibration
+
+    def scores(self, order: str, unit_size: int) -> torch.Tensor:
+        return unit_scores(self.calibration.statistics(), order, unit_size)
 
 
 def n_ablated(fraction: float, n: int) -> int:
@@ -158,7 +181,8 @@ def group_points(points: list[Point], per_pass: int) -> list:
 class NeuronSets:
     """The nested neuron sets of a run: for each seed one order of the units (``neuron_order``), drawn
     once, and the set at a fraction its first ``n_ablated`` units (``ablation_mask``). An order by a
-    calibration statistic reads ``calibration.statistics()`` (``ablation.context.Calibrated``)."""
+    score (a calibration statistic, or a method's estimated harm) asks ``ranker.scores(order, unit_size)``
+    for [n_layers, n_units] scores (``StatisticsRanker``, ``runner.attribution.AttributionRanker``)."""
 
     def __init__(
         self,
@@ -168,10 +192,10 @@ class NeuronSets:
         unit_size: int,
         selection: str,
         order: str,
-        calibration=None,
+        ranker=None,
     ):
         self.n_layers, self.width, self.layers, self.unit_size = n_layers, width, list(layers), unit_size
-        self.selection, self.order, self.calibration = selection, order, calibration
+        self.selection, self.order, self.ranker = selection, order, ranker
         self._orders: dict[int, torch.Tensor] = {}
 
     @property
@@ -179,11 +203,17 @@ class NeuronSets:
         """Neurons of the chosen layers: what fractions count."""
         return len(self.layers) * self.width
 
+    def prepare(self, seeds: list[int]) -> None:
+        """Draw (or rank) the orders of ``seeds`` now, before any point is evaluated (an order by estimated
+        harm runs a sweep of its own)."""
+        for seed in seeds:
+            self.mask(seed, 0.0)
+
     def mask(self, seed: int, fraction: float) -> torch.Tensor:
         """Boolean [n_layers, width]: the neurons ablated at ``fraction`` for ``seed`` (the same for every method)."""
         if seed not in self._orders:
             name, descending = parse_order(self.order)
-            scores = None if name is None else unit_scores(self.calibration.statistics(), self.order, self.unit_size)
+            scores = None if name is None else self.ranker.scores(self.order, self.unit_size)
             self._orders[seed] = neuron_order(
                 seed, self.n_layers, self.width, self.selection, self.unit_size, self.layers, scores, descending
             )

@@ -34,15 +34,34 @@ NO_TARGET = "-"
 """The ``target`` of a row of the nested schedule: a random set, not one unit."""
 
 
-def target_name(layer: int, head: int | None = None) -> str:
-    """The unit a single-unit row ablates: ``L3.H5`` (head 5 of layer 3) or ``L3`` (all of layer 3)."""
+def target_name(layer: int, head: int | None = None, neuron: int | None = None) -> str:
+    """The unit a single-unit row ablates: ``L3.H5`` (head 5 of layer 3), ``L3.N17`` (neuron 17 of layer
+    3) or ``L3`` (all of layer 3)."""
+    if neuron is not None:
+        return f"L{layer}.N{neuron}"
     return f"L{layer}" if head is None else f"L{layer}.H{head}"
 
 
 def parse_target(text: str) -> tuple[int, int | None]:
-    """(layer, head or None) of a ``target_name``."""
-    layer, _, head = str(text).removeprefix("L").partition(".H")
-    return int(layer), (int(head) if head else None)
+    """(layer, the head's or neuron's index, or None for a whole layer) of a ``target_name``."""
+    layer, _, index = str(text).removeprefix("L").partition(".")
+    return int(layer), (int(index[1:]) if index else None)
+
+
+def unit_names(layers: list[int], width: int, unit_size: int) -> list[str]:
+    """The names of the units of ``layers`` (``width`` neurons each), ``unit_size`` neurons a unit: every
+    neuron (1), head (head_dim) or whole layer (``width``), in layer order."""
+    if unit_size == width:
+        return [target_name(layer) for layer in layers]
+    if unit_size == 1:
+        return [target_name(layer, neuron=n) for layer in layers for n in range(width)]
+    return [target_name(layer, h) for layer in layers for h in range(width // unit_size)]
+
+
+def target_kind(text: str) -> str:
+    """layer, head or neuron: what a ``target_name`` names."""
+    index = str(text).partition(".")[2]
+    return {"H": "head", "N": "neuron"}[index[0]] if index else "layer"
 
 
 @dataclass(frozen=True)

@@ -7,11 +7,14 @@ import argparse
 from pathlib import Path
 
 from ablate_lit.common.errors import AblateError
+from ablate_lit.report.attribution import write_attribution
 from ablate_lit.report.figures import eps_figures, figures
 from ablate_lit.report.importance import write_importance
 from ablate_lit.report.paired import default_pairs, paired_figures, paired_table
 from ablate_lit.report.tables import load_runs, table
 from ablate_lit.store.atomic import check_folder, write_csv, write_text
+from ablate_lit.store.folder import read_rows
+from ablate_lit.store.objects import read_object
 from ablate_lit.store.rows import ResultRow
 
 
@@ -38,13 +41,14 @@ def main(argv: list[str]) -> None:
         if not 0 < f <= 1:
             raise AblateError(f"--fractions holds {f}; table fractions must be in (0, 1]")
     rows = load_runs(args.runs)
-    units = [r for r in rows if r.is_unit]
+    maps = [r for r in rows if r.is_unit and r.record.get("schedule") == "each"]
     rows = [r for r in rows if not r.is_unit]  # the nested schedule's rows (and baselines)
     methods = list(dict.fromkeys(r.method for r in rows))
     pairs = default_pairs(methods) if args.pairs is None else [_pair(p, methods) for p in args.pairs]
     out = check_folder(args.out or Path(args.runs[0]).parent / "report", "--out", create=True)  # all checked
-    if units:
-        _unit_maps(rows, units, out)
+    if maps:
+        _unit_maps(rows, maps, out)
+    _attribution_maps(args.runs, out)
     if not any(r.evaluated_as != "baseline" for r in rows):
         return  # single-unit runs only
     markdown, records = table(rows, args.fractions)
@@ -70,6 +74,30 @@ def _pair(text: str, methods: list[str]) -> tuple[str, str]:
             f"(methods: {', '.join(methods)})"
         )
     return a.strip(), b.strip()
+
+
+def _attribution_maps(runs: list[str], out: Path) -> None:
+    """Per attribution run among ``runs``: its attribution.csv, attribution.md and figures in ``out``, the
+    estimates held against its own exact checks and against every unit of the single-unit maps of the
+    same setup among ``runs``, and the tables on standard output."""
+    stored = {run: read_rows(Path(run), windows=True)[0] for run in runs}
+    for run in runs:
+        saved = Path(run) / "attribution.pt"
+        if not saved.is_file():
+            continue
+        found = read_object(saved)
+        if found is None or "layout" not in found:
+            raise AblateError(f"'{saved}' is unreadable; rerun the attribution run to write it again")
+        own = stored[run]
+        setup, measured = next((r.setup_id for r in own), None), {(r.method, r.target) for r in own}
+        maps = [r for other in runs if other != run for r in stored[other] if r.record.get("schedule") == "each"]
+        exact = own + [r for r in maps if r.is_unit and r.setup_id == setup and (r.method, r.target) not in measured]
+        model = own[0].model if own else Path(run).name
+        folder = out / Path(run).name
+        folder.mkdir(parents=True, exist_ok=True)
+        markdown, written = write_attribution(found["sums"], exact, found["layout"], folder, model)
+        print(f"## {model}: attribution ({run})\n\n{markdown}")
+        print("attribution: " + ", ".join(str(p) for p in written) + "\n")
 
 
 def _unit_maps(rows: list[ResultRow], units: list[ResultRow], out: Path) -> None:

@@ -52,6 +52,8 @@ class Results:
         """Baseline, then mean ± std over seeds per method and fraction (Top1 in %, CE), in Markdown; for
         a single-unit run, each method's most important units and the method-agreement table."""
         rows = self._rows()
+        if (self.run_dir / "attribution.md").is_file():
+            return (self.run_dir / "attribution.md").read_text()
         if any(r.is_unit for r in rows):
             records, boot = importance(self._unit_rows())
             return top_units_table(records) + "\n" + agreement_table(agreement(records, boot))
@@ -88,6 +90,18 @@ class Results:
         (or a bar per layer for whole-layer units)."""
         rows = self._unit_rows()
         return importance_figure(importance(rows)[0], rows[0].model)
+
+    def attribution(self):
+        """An attribution run's estimates (``schedule="attribution"``): one row per (unit, method, loss) with
+        kind (neuron, head, layer), layer, index, the estimated change of the mean loss with its 95%
+        bootstrap interval, the GradDrop score where the run kept it (``attribution_graddrop``), and the
+        exact change where the unit was measured (a pandas DataFrame)."""
+        import pandas as pd
+
+        path = self.run_dir / "attribution.csv"
+        if not path.is_file():
+            raise AblateError(f"'{self.run_dir}' holds no attribution estimates; run with schedule='attribution'")
+        return pd.read_csv(path)
 
     def _unit_rows(self) -> list[ResultRow]:
         rows = self._rows(windows=True)

@@ -9,6 +9,7 @@ import lightning as L
 import torch
 from torch.utils.data import Dataset
 
+from ablate_lit.common.errors import AblateError
 from ablate_lit.common.families import FAMILIES, family_of_module
 from ablate_lit.common.logs import say, warn
 from ablate_lit.common.private import device_mesh
@@ -168,6 +169,20 @@ class AblationModule(KeptInPlace, L.LightningModule):
             self._by_site[site][1].home = getattr(self, "home", None)
         self.site = site
         self.pre_outs, self.hooks = self._by_site[site]
+
+    def block_branches(self) -> list[list]:
+        """Per block of the hooked layers, the modules whose outputs it adds to the residual stream: the
+        attention out-projection and the MLP down-projection (located as for ``--ablation.site mlp``)."""
+        site = self.site
+        self.select_site("mlp")
+        self.select_site(site)
+        attention, mlp = self._by_site["attn"][0], self._by_site["mlp"][0]
+        if any(p.shared for p in attention + mlp):
+            raise AblateError(
+                "GradDrop drops one block's gradient at a time, but this model shares its projections across "
+                "layers; leave ⟨--ablation.attribution_graddrop false⟩"
+            )
+        return [[a.module, m.module] for a, m in zip(attention, mlp, strict=True)]
 
     def describe_pre_outs(self) -> str:
         """One line: how many layers and neurons are hooked, where, and how the place was found."""

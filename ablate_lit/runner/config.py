@@ -51,10 +51,12 @@ class AblationConfig:
     """per_layer: every layer loses the same fraction of its units; global: draw over all units of the chosen layers."""
     unit: str = "neuron"
     """neuron, or head: whole attention heads (all head_dim neurons of a head; site attn only), or layer: all units
-    of a layer's site (with schedule each)."""
+    of a layer's site (with schedule each or attribution)."""
     schedule: str = "nested"
     """nested: random unit sets at each fraction, nested, per seed (the paper); each: every unit (head or layer)
-    ablated alone by every method, the single-unit importance map (fractions and seeds are not used)."""
+    ablated alone by every method, the single-unit importance map; attribution: every neuron's (head's, layer's)
+    effect estimated by every method from one forward and one backward pass per batch, the estimates of the
+    top units and a random sample then measured exactly (fractions and seeds are not used by either)."""
     site: str = "attn"
     """attn: the attention heads' output (the paper); mlp: the MLP hidden units (input of each block's MLP output
     projection)."""
@@ -96,6 +98,14 @@ class AblationConfig:
     own way (the methods of one neuron set, or the units of one layer of a single-unit map); the same numbers
     as one at a time. auto: as many as the GPU's free memory holds (1 on a CPU, where a larger batch is no
     faster); fewer after an out-of-memory error. Not with fold mode."""
+    attribution_top_k: int = 20
+    """attribution: each method's units of largest estimated harm that are then measured exactly."""
+    attribution_sample: int = 50
+    """attribution: units drawn at random (the same for every method) that are also measured exactly."""
+    attribution_graddrop: bool = False
+    """attribution: also AtP*'s GradDrop score of every unit (one more backward pass per layer, each with that
+    layer's gradient dropped; finds units whose effects through later layers cancel), whose top-k units of
+    each method are measured exactly too."""
     kl: bool = False
     """Also measure KL(unablated || ablated) of the predicted distributions per point (each batch runs twice)."""
     log_histograms: bool = True
@@ -165,25 +175,43 @@ class AblationConfig:
             check_seed(seed, "each of ⟨ablation.seeds⟩")
         check_seed(self.resample_seed, "⟨ablation.resample_seed⟩")
 
-    def _check_units(self) -> None:
+    def _check_schedule_units(self) -> None:
         check(
             self.schedule in SCHEDULES,
             f"unknown ⟨ablation.schedule⟩ '{self.schedule}'; use one of: {', '.join(SCHEDULES)}",
         )
         check(
-            self.schedule == "each" or self.unit != "layer",
-            "⟨ablation.unit⟩ layer ablates whole layers one at a time: use it with ⟨--ablation.schedule⟩ each",
+            self.schedule != "nested" or self.unit != "layer",
+            "⟨ablation.unit⟩ layer ablates whole layers one at a time: use it with ⟨--ablation.schedule each⟩ "
+            "(or attribution)",
         )
         check(
-            self.schedule == "nested" or self.unit != "neuron",
+            self.schedule != "each" or self.unit != "neuron",
             "⟨ablation.schedule⟩ each evaluates every unit alone: use ⟨--ablation.unit⟩ head or layer (one "
-            "evaluation per neuron would be thousands)",
+            "evaluation per neuron would be thousands; ⟨--ablation.schedule attribution⟩ estimates every neuron)",
         )
         check(
             self.schedule == "nested" or parse_order(self.order)[0] is None,
-            "⟨ablation.order⟩ orders the units of nested sets; the single-unit schedule evaluates every unit, so "
-            "leave ⟨--ablation.order⟩ random",
+            "⟨ablation.order⟩ orders the units of nested sets; the single-unit and attribution schedules take every "
+            "unit alone, so leave ⟨--ablation.order random⟩",
         )
+        check(
+            self.schedule == "nested" or self.mode == "hook",
+            f"⟨ablation.mode⟩ fold folds one point's constants into the weights; the {self.schedule} schedule "
+            "evaluates one unit at a time with hooks: use ⟨--ablation.mode hook⟩",
+        )
+        check(
+            self.attribution_top_k >= 0 and self.attribution_sample >= 0,
+            "⟨ablation.attribution_top_k⟩ and ⟨ablation.attribution_sample⟩ must be 0 or more",
+        )
+        check(
+            self.schedule == "attribution" or not self.attribution_graddrop,
+            "⟨ablation.attribution_graddrop⟩ scores the units of an attribution map: use it with "
+            "⟨--ablation.schedule attribution⟩",
+        )
+
+    def _check_units(self) -> None:
+        self._check_schedule_units()
         check(
             self.selection in SELECTIONS,
             f"unknown ⟨ablation.selection⟩ '{self.selection}'; use one of: {', '.join(SELECTIONS)}",
@@ -218,7 +246,7 @@ class AblationConfig:
         check(
             not (self.kl and self.mode == "fold"),
             "⟨ablation.kl⟩ needs the unablated model beside the ablated one, which "
-            "fold mode edits away; use ⟨--ablation.mode⟩ hook",
+            "fold mode edits away; use ⟨--ablation.mode hook⟩",
         )
         if self.methods is not None:
             self.methods = [parse_method(m).label for m in self.methods]
@@ -243,6 +271,14 @@ def resolve_for(cfg: AblationConfig, module, trainer) -> list[int]:
             )
     if cfg.schedule == "each":
         say(trainer, f"schedule each: every {cfg.unit} ablated alone by each method (fractions and seeds are not used)")
+        cfg.seeds = [0]
+    elif cfg.schedule == "attribution":
+        say(
+            trainer,
+            f"schedule attribution: every {cfg.unit}'s effect estimated by each method, then each method's "
+            f"{cfg.attribution_top_k} of largest estimated harm and {cfg.attribution_sample} drawn at random "
+            "measured exactly (fractions and seeds are not used)",
+        )
         cfg.seeds = [0]
     elif parse_order(cfg.order)[0] is not None and len(cfg.seeds) > 1:
         say(trainer, f"order {cfg.order}: every seed gives the same sets, so only seed {cfg.seeds[0]} runs")

@@ -21,6 +21,7 @@ from ablate_lit.families.loading.quantization import check_placement
 from ablate_lit.report.importance import write_importance
 from ablate_lit.report.neurons import neuron_views
 from ablate_lit.report.summary import summary_table, write_summary
+from ablate_lit.runner import attribution
 from ablate_lit.runner.batch_size import find_batch_size, find_per_pass
 from ablate_lit.runner.config import AblationConfig, resolve_for
 from ablate_lit.runner.experiment import Experiment
@@ -71,17 +72,17 @@ def check_strategy(trainer, module, data, cfg: AblationConfig) -> None:
     if cfg.mode == "fold" and (why := why_not_foldable(module.pre_outs)):
         raise AblateError(
             f"⟨--ablation.mode⟩ fold edits each layer's out-projection, but in this model {why}; use "
-            "⟨--ablation.mode⟩ hook"
+            "⟨--ablation.mode hook⟩"
         )
     if cfg.mode == "fold" and module.self_placed:
         raise AblateError(
             "⟨--ablation.mode⟩ fold edits weights in place, which a device map may keep offloaded; use "
-            "⟨--ablation.mode⟩ hook"
+            "⟨--ablation.mode hook⟩"
         )
     if cfg.mode == "fold" and sharded:
         raise AblateError(
             "⟨--ablation.mode⟩ fold edits whole weight matrices, which a sharding strategy splits; "
-            "use ⟨--ablation.mode⟩ hook"
+            "use ⟨--ablation.mode hook⟩"
         )
     tensor_parallel = tensor_parallel_size(trainer.strategy)  # ModelParallelStrategy: "auto" = all processes
     if (trainer.world_size if tensor_parallel == "auto" else tensor_parallel) > 1:
@@ -176,13 +177,26 @@ def _evaluate_all(
         curves.start({**fixed, **settings})
         writer = ResultWriter(store, fixed, curves)
         with stopped_by_signals(lambda: f"{experiment.done} of {experiment.total} evaluations done (in {store.csv})"):
-            todo = experiment.start(experiment.points(cfg.methods, cfg.seeds, cfg.fractions), writer)
+            sums = None
+            if cfg.schedule != "attribution":
+                points = experiment.points(cfg.methods, cfg.seeds, cfg.fractions)
+            else:
+                if any(m.reads_statistics for m in parts.methods.values()):
+                    _calibrate(trainer, parts.calibration, store.run_dir, curves, cfg.log_histograms)
+                module = experiment.module
+                sums = attribution.sweep(trainer, module, experiment.data, parts, cfg, store.run_dir, store.run_id)
+                points = attribution.checks(module, cfg, parts, sums)
+            todo = experiment.start(points, writer)
             if experiment.reads_statistics(todo):
                 _calibrate(trainer, parts.calibration, store.run_dir, curves, cfg.log_histograms)
+                if cfg.schedule == "nested":
+                    parts.sets.prepare(cfg.seeds)  # (an order by estimated harm sweeps the calibration inputs)
             experiment.run(todo, writer)
         if trainer.is_global_zero:
             rows = store.write_csv()
             table = _unit_map_summary(store, fixed["model"], curves) if cfg.schedule == "each" else None
+            if sums is not None:
+                table = attribution.summary(experiment.module, cfg, parts, sums, store, fixed["model"], curves)
             table = table or summary_table(rows, cfg.methods, cfg.fractions)
             write_summary(store.run_dir, table)
             say(trainer, "\n" + table)

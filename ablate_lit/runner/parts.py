@@ -16,13 +16,14 @@ from pathlib import Path
 from ablate_lit.ablation.context import MethodContext
 from ablate_lit.ablation.fitter import OptimalFitter
 from ablate_lit.ablation.methods import Method, parse_method
-from ablate_lit.ablation.schedule import NeuronSets
+from ablate_lit.ablation.schedule import ATTRIBUTION, NeuronSets, StatisticsRanker
 from ablate_lit.ablation.values import Replacements
 from ablate_lit.calibration.cache import CalibrationCache
 from ablate_lit.common.curves import Curves
 from ablate_lit.common.families import COUNTERFACTUAL
 from ablate_lit.common.sharding import is_sharded
 from ablate_lit.maps.units import UnitMap
+from ablate_lit.runner.attribution import AttributionRanker
 from ablate_lit.runner.config import AblationConfig
 
 
@@ -59,6 +60,15 @@ def method_context(trainer, module, data, cfg: AblationConfig, calibration, fitt
     )
 
 
+def ordered_by(order: str, context: MethodContext) -> dict[str, Method]:
+    """The method an ``attribution:<method>`` order ranks by (checked like the run's), by its label."""
+    if not order.startswith(ATTRIBUTION):
+        return {}
+    method = parse_method(order.removeprefix(ATTRIBUTION))
+    method.check(context)
+    return {method.label: method}
+
+
 def build_parts(
     trainer, module, data, cfg: AblationConfig, layers: list[int], cache_dir: Path, curves: Curves | None = None
 ) -> Parts:
@@ -70,12 +80,18 @@ def build_parts(
     methods = {m.label: m for m in map(parse_method, cfg.methods)}
     for method in methods.values():
         method.check(context)
+    values = Replacements({**methods, **ordered_by(cfg.order, context)}, context)
     hooks, head_dim = module.hooks, module.pre_outs[0].head_dim
     unit_size = head_dim if cfg.unit == "head" else 1
-    sets = NeuronSets(hooks.n_layers, hooks.width, layers, unit_size, cfg.selection, cfg.order, calibration)
+    ranker = (
+        AttributionRanker(trainer, module, data, values, calibration, layers)
+        if cfg.order.startswith(ATTRIBUTION)
+        else StatisticsRanker(calibration)
+    )
+    sets = NeuronSets(hooks.n_layers, hooks.width, layers, unit_size, cfg.selection, cfg.order, ranker)
     units = (
         UnitMap(hooks.n_layers, hooks.width, head_dim, layers, cfg.unit, cfg.methods)
-        if cfg.schedule == "each"
+        if cfg.schedule in ("each", "attribution")
         else None
     )
-    return Parts(calibration, methods, context, sets, Replacements(methods, context), units)
+    return Parts(calibration, methods, context, sets, values, units)

@@ -108,6 +108,25 @@ class PreOutHooks:
 
         return self._attached(make_hook)
 
+    def perturbing(self, kept: dict):
+        """Each layer's pre-out ``x`` becomes ``x + delta``, ``delta`` a zero tensor that requires grad, and
+        ``kept[layer] = (x, delta)``: the gradient of a loss with respect to ``delta`` is its gradient with
+        respect to the pre-out through everything after it (attribution), while the parameters need none."""
+        home = self.home
+
+        def make_hook(layer):
+            def hook(module, args):
+                if self._paused:
+                    return None
+                x = args[0]
+                delta = torch.zeros_like(x, requires_grad=True)
+                kept[layer] = (x.detach() if home is None else x.detach().to(home), delta)
+                return (x + delta,) + tuple(args[1:])
+
+            return hook
+
+        return self._attached(make_hook)
+
     def ablating(
         self,
         mask: torch.Tensor,
@@ -234,3 +253,35 @@ def _replaced(x: torch.Tensor, mask, repl: torch.Tensor, resampled: bool, every:
 
 class StopForward(Exception):
     """Ends a recording forward pass after the last hooked layer (nothing after it is needed)."""
+
+
+class BlockGradients:
+    """GradDrop's gates (``maps.attribution``): inside ``passing()`` the output of each block's branches
+    (``branches[layer]``: the modules whose outputs the block adds to the residual stream, its attention
+    out-projection and MLP down-projection) carries its gradient back, except for the block ``dropped``
+    names, whose branches pass none: a gradient taken then reaches the earlier pre-outs through every
+    path but those through that block."""
+
+    def __init__(self, branches: Sequence[Sequence[nn.Module]]):
+        self.branches = [list(b) for b in branches]
+        self.dropped: int | None = None
+
+    @contextmanager
+    def passing(self) -> Iterator[None]:
+        handles = [
+            module.register_forward_hook(self._gate(layer))
+            for layer, modules in enumerate(self.branches)
+            for module in modules
+        ]
+        try:
+            yield
+        finally:
+            for handle in handles:
+                handle.remove()
+
+    def _gate(self, layer: int):
+        def hook(module, args, output):
+            if torch.is_tensor(output) and output.requires_grad:
+                output.register_hook(lambda grad: torch.zeros_like(grad) if self.dropped == layer else None)
+
+        return hook

@@ -32,6 +32,12 @@ class Scores(Protocol):
     def objective(self, batch, logits, labels, reference=None) -> tuple[torch.Tensor, torch.Tensor]:
         """(sum, count) to minimise, differentiable: CE over what is scored, or with ``reference`` the KL."""
 
+    ATTRIBUTED: tuple[str, ...]
+    """The losses an attribution estimates the change of (text: ce; a task: ce and logit_diff)."""
+
+    def attributed(self, name: str, batch, logits, labels) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """(a loss summed over the batch, differentiable; the window of each item; each item's count)."""
+
     def compute(self) -> dict:
         """The scores (top1, ce, ppl, kl, n_tokens, nonfinite, per-window totals under ``windows``)."""
 

@@ -147,6 +147,29 @@ class TaskScores(ExactMetric):
         answer = batch["kind"] == 0
         return torch.where(answer, per_item, 0.0).sum(), answer.sum()
 
+    ATTRIBUTED = ("ce", "logit_diff")
+    """The losses an attribution estimates the change of: the answer CE, and the logit difference."""
+
+    @staticmethod
+    def attributed(name: str, batch, logits, labels) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """(the loss ``name`` summed over the batch's sequences, differentiable; the row of each sequence;
+        what each sequence adds to the count of rows). ``ce``: minus the answer's summed log-probability,
+        per answer sequence. ``logit_diff``: log p(answer) - log p(distractor), whose sum over a batch is
+        the answer sequences' summed log-probability (minus the one-token distractor's at the answer
+        position) minus the distractor sequences' (a row's two sequences may be in different batches)."""
+        targets, window = TaskScores._answers(batch, labels, 0)
+        scored = targets != IGNORE_INDEX
+        logq = F.log_softmax(window(logits).float(), -1)
+        summed = torch.where(scored, logq.gather(-1, targets.clamp_min(0)[..., None]).squeeze(-1), 0.0).sum(1)
+        answer = batch["kind"] == 0
+        if name == "ce":
+            return -torch.where(answer, summed, 0.0).sum(), batch["row"], answer.long()
+        distractor = batch["distractor"]
+        one_token = distractor != IGNORE_INDEX
+        first = logq[:, 0].gather(-1, distractor.clamp_min(0)[:, None]).squeeze(-1)
+        per_item = torch.where(answer, summed - torch.where(one_token, first, 0.0), -summed)
+        return per_item.sum(), batch["row"], ((answer & one_token) | ~answer).long()
+
     def compute(self) -> dict:
         seen = self.seen > 0
         n = seen.sum()

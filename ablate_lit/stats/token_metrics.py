@@ -71,6 +71,18 @@ class TokenScores(ExactMetric):
             return F.cross_entropy(logits.float(), labels, ignore_index=IGNORE_INDEX, reduction="sum"), keep.sum()
         return _kl(reference[keep], logits[keep]).sum(), keep.sum()
 
+    ATTRIBUTED = ("ce",)
+    """The losses an attribution estimates the change of (``attributed``): the CE over the scored tokens."""
+
+    @staticmethod
+    def attributed(name: str, batch, logits, labels) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """(the loss ``name`` summed over the batch, differentiable; the window of each item [items]; what
+        each item adds to the loss's count [items]): CE summed over the scored tokens, counted in tokens."""
+        keep = labels != IGNORE_INDEX
+        total = F.cross_entropy(logits.float(), labels, ignore_index=IGNORE_INDEX, reduction="sum")
+        index = batch["index"]
+        return total, index, keep.view(index.numel(), -1).sum(1)
+
     def update(
         self,
         logits: torch.Tensor,

@@ -97,7 +97,7 @@ class ResultStore:
     @property
     def columns(self) -> list[str]:
         """results.csv's columns (``store.rows.columns_for``)."""
-        return columns_for(self.identity.get("schedule") == "each", "task" in self.identity)
+        return columns_for(self.identity.get("schedule") in ("each", "attribution"), "task" in self.identity)
 
     def read(self, windows: bool = False) -> list[ResultRow]:
         """Every valid row of this run, in a fixed order; invalid files are reported once and skipped.

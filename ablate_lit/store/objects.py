@@ -24,6 +24,15 @@ def save_object(obj, path: Path) -> None:
         torch.save(obj, tmp)
 
 
+def read_object(path: Path) -> dict | None:
+    """The object saved at ``path`` whatever its key (a run folder's own file), or None if unreadable."""
+    try:
+        obj = torch.load(path, map_location="cpu", weights_only=False)
+    except Exception:
+        return None
+    return obj if isinstance(obj, dict) else None
+
+
 def load_object(path: Path, key: str):
     """The cached object at ``path`` whose stored key is ``key``, or None (missing, corrupt or made
     with other settings)."""
