@@ -2,13 +2,16 @@
 # GPU acceptance, in one command for the minutes a GPU machine is lent (issue 21):
 #   bash benchmarks/gpu_check.sh [OUT]            # run everything; figures in OUT/gpu_check.json
 #   bash benchmarks/gpu_check.sh --dry-run [OUT]  # list what it would run (works on CPU)
-# Steps (each with its own time limit; about 5 minutes on one H200, at most 8):
+# Steps (each with its own time limit; about 6 minutes on one H200, at most 9):
 #   1. the device, torch and CUDA versions
 #   2. tests/test_gpu_path.py (with a GPU its sync-debug test runs: no host sync in a scored ablated batch)
 #   3. a tiny-Llama CLI run per precision (bf16-mixed, bf16-true, 16-mixed) on the GPU, and DDP on 2 GPUs if present
 #   4. several ablations per pass on the GPU: a tiny-Llama run at K = 1 and at auto K, whose rows must agree
 #   5. the benchmark of ablated points against a plain forward: SmolLM2-135M and OPT-125m shapes, bf16
 #   6. the benchmark of several ablations per pass (single-unit map, a 7-method point) at K = 1, 4, 16, auto
+#   7. an attribution run of the tiny Llama on the GPU (bf16-mixed, with GradDrop and its exact checks)
+#   8. the benchmark of the attribution map (every neuron x 4 methods, and with GradDrop) against a plain
+#      forward and the exact head map: SmolLM2-135M shape, bf16
 # A failed step is recorded and the next one runs; the exit code is that of the first failure.
 # OUT holds two files: gpu_check.json (rewritten after every step: each step's rc, seconds and last
 # log lines, then the benchmarks' figures) and logs.tgz (every log). The logs, tiny assets and runs
@@ -110,6 +113,10 @@ done
 
 step bench-per-pass 200 "$PY" benchmarks/bench_per_pass.py --shape smollm2-135m --device cuda --dtype bfloat16 \
   --length 512 --batch 8 --windows 16 --per-pass 1,4,16,auto --json "$WORK/bench-per-pass.json"
+tiny_run tiny-attribution bf16-mixed --ablation.schedule attribution --ablation.attribution_graddrop true \
+  --ablation.attribution_top_k 3 --ablation.attribution_sample 4
+step bench-attribution 150 "$PY" benchmarks/bench_attribution.py --shape smollm2-135m --device cuda \
+  --dtype bfloat16 --length 512 --batch 8 --windows 16 --json "$WORK/bench-attribution.json"
 
 if [[ $DRY == 0 ]]; then
   record

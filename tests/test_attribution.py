@@ -369,3 +369,38 @@ def test_graddrop_scores_equal_a_hand_written_computation(capsys, deep_llama, co
             got = graddrop_estimates(sums[GRADDROP][method][level], sums["ce"]["count"], n_layers, list(range(4)))
             expected = magnitude[method][size] / n_scored / (n_layers - 1)
             torch.testing.assert_close(got, expected, rtol=1e-5, atol=1e-8, msg=(method, level))
+
+
+@pytest.mark.slow
+def test_optimals_checks_measure_the_one_fit_its_estimates_are_of(capsys, tiny_models, corpus, tmp_path):
+    """optimal's estimates are of its one fit of every unit at once; its exact checks replace each unit by
+    those same constants (no fit per unit), so the check tests the estimate of the values it estimates."""
+    args = tiny_args(tiny_models["llama"], corpus, tmp_path, "--ablation.schedule", "attribution",
+                     "--ablation.methods", "[optimal]", "--ablation.optimal_epochs", 2, *SMALL[:4],
+                     "--ablation.log_histograms", "false")  # fmt: skip
+    code, _, err = run(capsys, *args)
+    assert code == 0, err
+    fits = list((tmp_path / ".calibration_cache").glob("optimal-*.pt"))
+    assert len(fits) == 1  # the one fit, of every unit
+    fit = torch.load(fits[0], weights_only=False)
+    assert bool(fit["mask"].all())
+    checked = [r for r in read_rows(tmp_path / "run" / "results.csv") if r["target"] != "-"]
+    assert len(checked) >= 4
+    mod = module(tiny_models["llama"])
+    windows = data(corpus, mod).eval_windows
+    for row in checked[:2]:
+        layer, index = (int(part[1:]) for part in row["target"].split("."))
+
+        def replace(m, a, layer=layer, index=index):
+            x = a[0].clone()
+            x[..., index] = fit["values"][layer, index]
+            return (x,)
+
+        handle = mod.pre_outs[layer].module.register_forward_pre_hook(replace)
+        try:
+            with torch.no_grad():
+                logits = mod.model(input_ids=windows).logits[:, :-1]
+        finally:
+            handle.remove()
+        ce = F.cross_entropy(logits.reshape(-1, logits.shape[-1]).float(), windows[:, 1:].reshape(-1))
+        assert float(row["ce"]) == pytest.approx(float(ce), rel=1e-5), row["target"]

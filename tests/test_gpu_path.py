@@ -157,9 +157,10 @@ def test_the_gpu_acceptance_command_lists_what_it_runs_on_a_cpu(tmp_path):
     proc = subprocess.run(["bash", str(script), "--dry-run", str(tmp_path)], capture_output=True, text=True, timeout=60)
     assert proc.returncode == 0, proc.stderr
     lines = proc.stdout.splitlines()
-    assert all(line.startswith("would run [") for line in lines) and len(lines) == 13
+    assert all(line.startswith("would run [") for line in lines) and len(lines) == 15
     for wanted in ("tests/test_gpu_path.py", "bf16-mixed", "bf16-true", "16-mixed", "--trainer.devices 2",
                    "--shape smollm2-135m", "--shape opt-125m", "--ablation.ablations_per_pass auto",
-                   "compare_rows.py", "bench_per_pass.py"):  # fmt: skip
+                   "compare_rows.py", "bench_per_pass.py", "--ablation.schedule attribution",
+                   "bench_attribution.py"):  # fmt: skip
         assert any(wanted in line for line in lines), wanted
     assert not (tmp_path / "gpu_check.json").exists()  # a dry run runs nothing

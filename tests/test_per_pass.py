@@ -141,6 +141,23 @@ def test_a_single_unit_map_with_several_units_per_pass_gives_the_rows_of_one(cap
 
 
 @pytest.mark.slow
+def test_an_attribution_runs_exact_checks_with_several_units_per_pass_give_the_rows_of_one(
+    capsys, tiny_models, corpus, tmp_path
+):
+    rows = {}
+    for k in (1, 4):
+        settings = ["--ablation.schedule", "attribution", "--ablation.methods", "[zero,mean,resample:data]",
+                    "--ablation.attribution_top_k", 3, "--ablation.attribution_sample", 6, "--ablation.kl", "true",
+                    "--ablation.ablations_per_pass", k, "--ablation.log_histograms", "false"]  # fmt: skip
+        args = tiny_args(tiny_models["llama"], corpus, tmp_path / f"k{k}", *settings)
+        code, _, err = run(capsys, *args)
+        assert code == 0, err
+        rows[k] = _rows(tmp_path / f"k{k}" / "run")
+    assert len(rows[1]) >= 1 + 3 * 6  # the baseline, then each method's checked neurons
+    assert_same_rows(rows[1], rows[4])
+
+
+@pytest.mark.slow
 @pytest.mark.parametrize("config", ["tiny-masked", "tiny-vision"])
 def test_masked_and_vision_runs_with_several_methods_per_pass_give_the_rows_of_one(
     capsys, monkeypatch, assets, tmp_path, config

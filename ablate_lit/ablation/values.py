@@ -36,10 +36,22 @@ class Replacements:
         self.methods, self.context = methods, context
         self._on_device: dict = {}
         """The values on the device now, by method (by point for a method fitted per point)."""
+        self._pinned: dict[str, dict] = {}
+
+    def pin(self, values: dict[str, dict]) -> None:
+        """Use ``values`` (method label -> its values for every layer) for those methods at every point: an
+        attribution run's exact checks measure the constants its estimates are of (optimal's one fit of
+        every unit of the chosen layers, where a single-unit map fits each unit)."""
+        self._pinned = dict(values)
 
     def _key(self, point: Point):
         method = self.methods[point.method]
-        return (method.label, point.seed, point.fraction, point.target) if method.per_point else method.label
+        per_point = method.per_point and method.label not in self._pinned
+        return (method.label, point.seed, point.fraction, point.target) if per_point else method.label
+
+    def _replacement(self, point: Point, mask: torch.Tensor) -> dict:
+        pinned = self._pinned.get(point.method)
+        return pinned if pinned is not None else self.methods[point.method].replacement(self.context, point, mask)
 
     def of_many(self, points: list[Point], mask: torch.Tensor, device) -> list[dict]:
         """The values of ``points`` (one neuron set, ``mask``) on ``device``: moved there once per method
@@ -49,7 +61,7 @@ class Replacements:
         self._on_device = {k: v for k, v in self._on_device.items() if k in keys}
         for key, point in zip(keys, points, strict=True):
             if key not in self._on_device:
-                values = self.methods[point.method].replacement(self.context, point, mask)
+                values = self._replacement(point, mask)
                 self._on_device[key] = {k: v.to(device) for k, v in values.items()}
         return [self._on_device[k] for k in keys]
 
@@ -62,6 +74,6 @@ class Replacements:
         once per method, or per unit for a method fitted per point."""
         key = self._key(point)
         if key not in kept:
-            values = self.methods[point.method].replacement(self.context, point, mask)
+            values = self._replacement(point, mask)
             kept[key] = {k: OneLayer(v, layer, device) if k == "resample" else v.to(device) for k, v in values.items()}
         return kept[key]

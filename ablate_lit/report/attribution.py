@@ -220,13 +220,13 @@ def write_attribution(sums: dict, rows, layout: dict, out: Path, model: str, wri
         r["exact"] = measured["exact"] if measured else math.nan
     out = Path(out)
     write_csv(out / "attribution.csv", found, list(found[0]))
-    checks = [
-        {"kind": kind, **r} for kind, level_targets, level_shape in every
-        for r in against_exact(sums, level_targets, level_shape, rows)
-    ]  # fmt: skip
+    checks = []
+    for kind, level_targets, level_shape in every:  # the run's checks, and any exact map's units
+        checks += [{"kind": kind, **r} for r in against_exact(sums, level_targets, level_shape, rows)]
     loss = losses[-1]  # a task's logit difference, else CE
     agree = method_agreement(sums, targets, shape, loss)
-    markdown = against_exact_table(checks) + ("\n" + agreement_table(agree) if agree else "")
+    quantity = "the estimated logit difference fall" if loss == "logit_diff" else "the estimated ΔCE"
+    markdown = against_exact_table(checks) + ("\n" + agreement_table(agree, quantity) if agree else "")
     write_text(out / "attribution.md", markdown)
     written = [out / "attribution.csv", out / "attribution.md"]
     figures = {"neurons": neuron_map(sums, shape, head_dim, loss, model), "scatter": scatter(found, loss, model)}

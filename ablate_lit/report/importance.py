@@ -141,15 +141,16 @@ def agreement(records: list[dict], boot: np.ndarray) -> list[dict]:
     return out
 
 
-def agreement_table(records: list[dict]) -> str:
-    """Markdown: one row per pair of methods, one column per statistic, ``value [low, high]``."""
+def agreement_table(records: list[dict], quantity: str = "ΔCE") -> str:
+    """Markdown: one row per pair of methods, one column per statistic, ``value [low, high]``;
+    ``quantity``: what the methods' ranks are of."""
     if not records:
         return ""
     names = list(dict.fromkeys(r["statistic"] for r in records))
     pairs = list(dict.fromkeys((r["a"], r["b"]) for r in records))
     cells = {(r["a"], r["b"], r["statistic"]): r for r in records}
     lines = [
-        f"### Method agreement over {records[0]['n_units']} units: Spearman rank correlation of ΔCE and top-k "
+        f"### Method agreement over {records[0]['n_units']} units: Spearman rank correlation of {quantity} and top-k "
         "overlap, [95% bootstrap interval over windows]",
         "",
         "| methods | " + " | ".join(names) + " |",

@@ -39,8 +39,8 @@ def layout_of(module, cfg: AblationConfig, parts) -> dict:
     """What the sums' columns are: the width, head_dim (attention units), chosen layers and checked unit."""
     head_dim = module.pre_outs[0].head_dim if cfg.site == "attn" else None
     layers = list(parts.units.layers)
-    return {"n_layers": module.hooks.n_layers, "width": module.hooks.width, "head_dim": head_dim, "layers": layers,
-            "unit": cfg.unit}  # fmt: skip
+    hooks = module.hooks
+    return {"n_layers": hooks.n_layers, "width": hooks.width, "head_dim": head_dim, "layers": layers, "unit": cfg.unit}
 
 
 def sweep(trainer, module, data, parts, cfg: AblationConfig, run_dir: Path, run_id: str) -> dict:
@@ -56,15 +56,14 @@ def sweep(trainer, module, data, parts, cfg: AblationConfig, run_dir: Path, run_
         say(trainer, f"attribution: the estimates of this run's sweep ({path})")
         return cached
     hooks, layout = module.hooks, layout_of(module, cfg, parts)
-    full = torch.zeros(hooks.n_layers, hooks.width, dtype=torch.bool)
-    full[parts.units.layers] = True
-    points = [Point(1.0, m, 0, ((m, 0),)) for m in cfg.methods]
-    values = dict(zip(cfg.methods, parts.values.of_many(points, full, module.device), strict=True))
+    values = site_values(module, parts, cfg.methods)
     levels = {"neuron": 1, **({"head": layout["head_dim"]} if layout["head_dim"] else {}), "layer": hooks.width}
     gates = BlockGradients(module.block_branches()) if graddrop else None
     if gates is not None and len(gates.branches) < 2:
-        raise AblateError("GradDrop drops one of several layers' gradients, and this model has one layer; "
-                          "leave ⟨--ablation.attribution_graddrop false⟩")  # fmt: skip
+        raise AblateError(
+            "GradDrop drops one of several layers' gradients, and this model has one layer; "
+            "leave ⟨--ablation.attribution_graddrop false⟩"
+        )
     sums = AttributionSums(
         module.scores.n_windows, hooks.n_layers, hooks.width, losses, cfg.methods, levels if graddrop else None
     )
@@ -101,8 +100,22 @@ def _cpu(value):
     return value.cpu() if torch.is_tensor(value) else {k: v.cpu() for k, v in value.items()}
 
 
+def site_values(module, parts, methods: list[str]) -> dict[str, dict]:
+    """Each method's values for ablating every unit of the chosen layers at once (optimal: the one fit of
+    them all), on the module's device: what the estimates are of."""
+    hooks = module.hooks
+    full = torch.zeros(hooks.n_layers, hooks.width, dtype=torch.bool)
+    full[parts.units.layers] = True
+    points = [Point(1.0, m, 0, ((m, 0),)) for m in methods]
+    return dict(zip(methods, parts.values.of_many(points, full, module.device), strict=True))
+
+
 def checks(module, cfg: AblationConfig, parts, sums: dict) -> list:
-    """The points of an attribution run: the baseline, then per layer the units to measure exactly."""
+    """The points of an attribution run: the baseline, then per layer the units to measure exactly, with
+    the values the estimates are of (``Replacements.pin``: optimal's one fit, not one per unit)."""
+    fitted = [m for m in cfg.methods if parts.methods[m].per_point]
+    if fitted:
+        parts.values.pin(site_values(module, parts, fitted))
     shape = shape_of(module, cfg, parts.units.layers)
     targets = unit_names(parts.units.layers, module.hooks.width, shape[1])
     units = units_to_check(sums, cfg.methods, targets, shape, cfg.attribution_top_k, cfg.attribution_sample, 0)
@@ -113,8 +126,8 @@ def summary(module, cfg: AblationConfig, parts, sums: dict, store, model: str, c
     """attribution.csv, attribution.md and the figures (also in the loggers' ``attribution`` series);
     returns the Markdown tables."""
     writer = curves.series("attribution")
-    markdown, _ = write_attribution(sums, store.read(windows=True), layout_of(module, cfg, parts), store.run_dir,
-                                    model, writer)  # fmt: skip
+    layout, rows = layout_of(module, cfg, parts), store.read(windows=True)
+    markdown, _ = write_attribution(sums, rows, layout, store.run_dir, model, writer)
     writer.flush()
     return markdown
 
@@ -134,8 +147,18 @@ class AttributionRanker:
         method = order.removeprefix(ATTRIBUTION)
         hooks, cfg = self.module.hooks, self.calibration.cfg
         inputs = self.data.fingerprint("calibration")
-        settings = ("eps", "n_bins", "bin_alignment", "n_resample", "resample_seed", "optimal_lr", "optimal_epochs",
-                    "optimal_patience", "optimal_held_out", "optimal_batch_size")  # what a method's values read
+        settings = (
+            "eps",
+            "n_bins",
+            "bin_alignment",
+            "n_resample",
+            "resample_seed",
+            "optimal_lr",
+            "optimal_epochs",
+            "optimal_patience",
+            "optimal_held_out",
+            "optimal_batch_size",
+        )  # what a method's values read
         key = digest(self.calibration.key("order", method, inputs, self.layers, [getattr(cfg, k) for k in settings]))
         path = self.calibration.cache_dir / f"order-{key}.pt"
         cached = load_object(path, key) if self.trainer.is_global_zero else None

@@ -189,8 +189,8 @@ def _evaluate_all(
             todo = experiment.start(points, writer)
             if experiment.reads_statistics(todo):
                 _calibrate(trainer, parts.calibration, store.run_dir, curves, cfg.log_histograms)
-                if cfg.schedule == "nested":
-                    parts.sets.prepare(cfg.seeds)  # (an order by estimated harm sweeps the calibration inputs)
+            if cfg.schedule == "nested" and todo:
+                parts.sets.prepare(cfg.seeds)  # (an order by estimated harm sweeps the calibration inputs)
             experiment.run(todo, writer)
         if trainer.is_global_zero:
             rows = store.write_csv()
