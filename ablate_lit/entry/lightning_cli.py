@@ -60,11 +60,13 @@ TEST_USAGE = (
 
 
 class HelpFormatter(DefaultHelpFormatter):
-    """jsonargparse's help, with each option's default but not its Python type."""
+    """jsonargparse's help, with each option's default but not its Python type; an option whose own text
+    says what its default means (``default: <root>/.calibration_cache``) is not shown jsonargparse's too."""
 
     def _get_help_string(self, action) -> str:
         text = super()._get_help_string(action) or ""
-        text = re.sub(r"\s*\(type: .*, default: (.*)\)\s*$", r" (default: \1)", text, flags=re.S)
+        own_default = re.search(r"\bdefault[: ]", action.help or "", flags=re.I)
+        text = re.sub(r"\s*\(type: .*, default: (.*)\)\s*$", "" if own_default else r" (default: \1)", text, flags=re.S)
         text = re.sub(r"\s*\(type: [^\n]*\)\s*$", "", text, flags=re.S)
         return re.sub(r",?\s*known subclasses:[^()]*\)\s*$", ")", text, flags=re.S).replace(" ()", "")
 

@@ -36,27 +36,25 @@ class AblationConfig:
     methods: list[str] | None = field(
         default=None, metadata={"example": " (method names), e.g. ['zero', 'mean', 'peak']"}
     )
-    """Methods to compare: zero, mean, peak (peak:eps=E: bins E wide, a multiple of eps), median, peak_refined,
-    optimal (optimal:kl minimises the KL from the unablated model; +position: a constant per position),
-    resample:<source> with source random_chars, random_tokens, generated (text), random_pixels (images), data
-    (calibration inputs) or counterfactual (a task row's counterfactual prompt), mean:counterfactual (a task's).
-    Default: the paper's (zero, mean, peak and the family's random resample sources)."""
+    """Methods to compare: zero, mean, peak (peak:eps=E: bins E wide), median, peak_refined, optimal
+    (optimal:kl, optimal+position), resample:<source> (random_chars, random_tokens, generated, random_pixels,
+    data, counterfactual), mean:counterfactual. Default: the paper's (zero, mean, peak and the family's random
+    resample sources)."""
     fractions: list[float] = field(
         default_factory=_default_fractions, metadata={"example": " in [0, 1], e.g. [0, 0.5, 1]"}
     )
     """Fractions of neurons ablated, each in [0, 1] (default 0, 0.1, ..., 1)."""
     seeds: list[int] = field(default_factory=lambda: [0, 1, 2], metadata={"example": ", e.g. [0, 1, 2]"})
-    """Seeds of the random neuron sets; every method sees the same sets for a given seed."""
+    """Seeds of the random unit sets; every method sees a seed's sets."""
     selection: str = "per_layer"
     """per_layer: every layer loses the same fraction of its units; global: draw over all units of the chosen layers."""
     unit: str = "neuron"
-    """neuron, or head: whole attention heads (all head_dim neurons of a head; site attn only), or layer: all units
-    of a layer's site (with schedule each or attribution)."""
+    """neuron, head (all head_dim neurons of a head; site attn) or layer (all units of a layer's site; schedules
+    each and attribution)."""
     schedule: str = "nested"
-    """nested: random unit sets at each fraction, nested, per seed (the paper); each: every unit (head or layer)
-    ablated alone by every method, the single-unit importance map; attribution: every neuron's (head's, layer's)
-    effect estimated by every method from one forward and one backward pass per batch, the estimates of the
-    top units and a random sample then measured exactly (fractions and seeds are not used by either)."""
+    """nested: random unit sets at each fraction, nested, per seed (the paper); each: every unit ablated alone
+    by every method; attribution: every unit's effect under every method estimated from one backward pass, the
+    top and a random sample then measured exactly."""
     site: str = "attn"
     """attn: the attention heads' output (the paper); mlp: the MLP hidden units (input of each block's MLP output
     projection)."""
@@ -64,53 +62,48 @@ class AblationConfig:
     """Only these layers' units are ablated (indices in execution order, negative from the end; default all);
     fractions count their units."""
     order: str = "random"
-    """random, or ablate units in order of a calibration statistic: std, peak_mean_gap, abs_peak, abs_mean,
-    off_zero_peak, bimodality, abs_skew (ascending; :desc for descending, e.g. std:desc). An order is the same for
-    every seed: one seed runs."""
+    """random, or units in order of a calibration statistic (std, peak_mean_gap, abs_peak, abs_mean, off_zero_peak,
+    bimodality, abs_skew; :desc for descending) or of their attribution (attribution:<method>); one seed runs."""
     eps: float = 0.01
     """Histogram bin width for the peak method."""
     n_bins: int = 1024
-    """Histogram bins per neuron (a window of n_bins*eps around the neuron's first-batch mean)."""
+    """Histogram bins per neuron, around its first-batch mean."""
     bin_alignment: str = "edge"
     """edge: bins [k*eps, (k+1)*eps) as in the paper (peak = y_k + eps/2); centered: bins centred on k*eps."""
     n_resample: int = 16
-    """Randomised input sequences cached per resample source (evaluated sample i uses row i mod n_resample)."""
+    """Randomised inputs cached per resample source (sample i uses row i mod n_resample)."""
     resample_seed: int = 0
     """Seed of the randomised inputs."""
     mode: str = "hook"
-    """hook: replace values in a forward pre-hook (any method, any strategy); fold: write constant replacements
-    into the out-projection's weights and bias for each point (zero/mean/peak; not with sharded weights)."""
+    """hook: replace values in a forward pre-hook; fold: write constant replacements into the out-projection's
+    weights and bias for each point (zero/mean/peak; not with sharded weights)."""
     cache_dir: str | None = None
     """Where calibration statistics are cached (default: <root>/.calibration_cache)."""
     optimal_lr: float = 0.05
-    """optimal: Adam learning rate of the fitted constants, in units of each neuron's calibration standard deviation."""
+    """optimal: Adam learning rate, in units of each neuron's calibration standard deviation."""
     optimal_epochs: int = 20
     """optimal: most epochs over the training part of the calibration windows."""
     optimal_patience: int = 4
-    """optimal: stop after this many epochs without a lower held-out CE (the best constants are kept)."""
+    """optimal: stop after this many epochs without a lower held-out CE, keeping the best constants."""
     optimal_batch_size: int = 8
-    """optimal: calibration windows (or images) per optimisation step, over all processes (fitting keeps activations
-    for the backward pass: lower it if a fit runs out of memory)."""
+    """optimal: calibration windows (or images) per optimisation step, over all processes (lower it if a fit runs
+    out of memory)."""
     optimal_held_out: float = 0.25
     """optimal: share of the calibration windows held out for early stopping (never trained on)."""
     ablations_per_pass: int | str = "auto"
-    """Ablations scored in one forward pass: the batch is repeated once per ablation, each copy ablated its
-    own way (the methods of one neuron set, or the units of one layer of a single-unit map); the same numbers
-    as one at a time. auto: as many as the GPU's free memory holds (1 on a CPU, where a larger batch is no
-    faster); fewer after an out-of-memory error. Not with fold mode."""
+    """Ablations scored in one forward pass, each on its own copy of the batch (the same numbers as one at a
+    time). auto: as many as the GPU's free memory holds, 1 on a CPU; fewer after an out-of-memory error."""
     attribution_top_k: int = 20
     """attribution: each method's units of largest estimated harm that are then measured exactly."""
     attribution_sample: int = 50
     """attribution: units drawn at random (the same for every method) that are also measured exactly."""
     attribution_graddrop: bool = False
-    """attribution: also AtP*'s GradDrop score of every unit (one more backward pass per layer, each with that
-    layer's gradient dropped; finds units whose effects through later layers cancel), whose top-k units of
-    each method are measured exactly too."""
+    """attribution: also AtP*'s GradDrop score (one more backward pass per layer; finds units whose effects
+    through later layers cancel), its top units measured exactly too."""
     kl: bool = False
-    """Also measure KL(unablated || ablated) of the predicted distributions per point (each batch runs twice)."""
+    """Also measure KL(unablated || ablated) per point (each batch runs twice)."""
     log_histograms: bool = True
-    """Write neurons.csv and the neuron-distribution figures (zero, mean and peak marked) to the run folder and
-    TensorBoard."""
+    """Write neurons.csv and the neuron-distribution figures to the run folder and TensorBoard."""
 
     def __post_init__(self):
         self._check_binning_and_fitting()
