@@ -121,7 +121,10 @@ BAD = {
     "negative eps": (["--ablation.eps", "-0.1"], "ablation.eps must be a positive number"),
     "fraction above 1": (["--ablation.fractions", "[0,1.5]"], r"fractions holds 1.5, outside \[0, 1\]"),
     "fraction below 0": (["--ablation.fractions", "[-0.1]"], r"outside \[0, 1\]"),
-    "unknown method": (["--ablation.methods", "[zero,mode]"], "unknown ablation method 'mode'; use one of: zero"),
+    "unknown method": (
+        ["--ablation.methods", "[zero,mode]"],
+        r"unknown ablation method 'mode' \(did you mean 'mean'\?\); use one of: zero",
+    ),
     "peak eps not a multiple": (
         ["--ablation.methods", "[peak:eps=0.015]"],
         "peak:eps=0.015: 0.015 is not a multiple of ablation.eps 0.01",

@@ -241,6 +241,8 @@ def _write_bad_inputs(tmp_path: Path, corpus: Path, tiny_models) -> dict:
     made["EMPTY"].write_text("")
     made["BROKEN"] = tmp_path / "broken.yaml"
     made["BROKEN"].write_text("model: [unclosed\n")
+    made["MISSPELT"] = tmp_path / "misspelt.yaml"
+    made["MISSPELT"].write_text("ablation:\n  fractons: [0.5]\n")
     made["PARQUET"] = tmp_path / "broken.parquet"
     made["PARQUET"].write_bytes(b"PAR1" + bytes(200))
     made["VISION"] = tiny_models["llama"].parent.parent / "vision" / "hf"
@@ -307,6 +309,14 @@ BAD = {
     ),
     "a boolean given a word": (["--data.prepend_bos", "maybe"], r"--data.prepend_bos: 'maybe' is not true or false"),
     "an unknown option": (["--data.foo", "1"], r"unknown option --data.foo; see python -m ablate_lit test --help"),
+    "a misspelt option": (
+        ["--ablation.metods", "[zero]"],
+        r"unknown option --ablation.metods \(did you mean --ablation.methods\?\); see python -m ablate_lit test",
+    ),
+    "a misspelt setting in a config file": (
+        ["--config", "MISSPELT"],
+        r"unknown option --ablation.fractons \(did you mean --ablation.fractions\?\)",
+    ),
     "an unknown class": (
         ["--model", "ablate_lit.FooAblation"],
         r"--model: unknown class 'FooAblation'; use ablate_lit.CausalLMAblation",
@@ -595,3 +605,14 @@ def test_a_signal_while_the_model_loads_is_one_line(tiny_models, corpus, tmp_pat
     proc = launch("test", *tiny_args(tiny_models["llama"], corpus, tmp_path), patch=patch, timeout=300)
     assert proc.returncode == 128 + signal.SIGTERM
     assert "stopped by SIGTERM: no evaluation had started" in one_line_error(proc.stderr)
+
+
+def test_a_bad_setting_is_refused_before_the_seed_is_set_or_the_model_loads(capsys, corpus, tmp_path):
+    code, out, err = run(
+        capsys,
+        *tiny_args(tmp_path / "no-such-model", corpus, tmp_path / "runs", *SMALL),
+        "--ablation.methods",
+        "[zero,mode]",
+    )
+    assert code == 2 and "unknown ablation method 'mode' (did you mean 'mean'?)" in one_line_error(err)
+    assert "Seed set" not in out + err and "no-such-model" not in err

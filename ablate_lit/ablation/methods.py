@@ -14,7 +14,7 @@ from typing import ClassVar
 import torch
 
 from ablate_lit.ablation.context import MethodContext
-from ablate_lit.common.errors import AblateError
+from ablate_lit.common.errors import AblateError, did_you_mean
 from ablate_lit.common.families import RESAMPLE_SOURCES
 from ablate_lit.common.labels import METHOD_ORDER, Label, Point
 
@@ -140,8 +140,8 @@ class Resample(Method):
         super().__init__(arg)
         if arg not in RESAMPLE_SOURCES:
             raise AblateError(
-                f"unknown resample source '{arg}' in 'resample:{arg}'; use one of: "
-                f"{', '.join(RESAMPLE_SOURCES)} (e.g. resample:random_tokens)"
+                f"unknown resample source '{arg}' in 'resample:{arg}'{did_you_mean(arg, RESAMPLE_SOURCES)}; use one "
+                f"of: {', '.join(RESAMPLE_SOURCES)} (e.g. resample:random_tokens)"
             )
 
     @property
@@ -224,7 +224,8 @@ def parse_method(text: str) -> Method:
     name, arg = label.name, label.arg
     if name not in METHODS:
         raise AblateError(
-            f"unknown ablation method '{text}'; use one of: {', '.join(METHODS)} (resample:<source>, peak:eps=E, "
+            f"unknown ablation method '{text}'{did_you_mean(name, METHODS)}; use one of: {', '.join(METHODS)} "
+            "(resample:<source>, peak:eps=E, "
             "mean:counterfactual, optimal:kl)"
         )
     if name == "resample" and not arg:

@@ -16,7 +16,7 @@ import math
 import torch
 
 from ablate_lit.ablation.methods import parse_method
-from ablate_lit.common.errors import AblateError
+from ablate_lit.common.errors import AblateError, did_you_mean
 from ablate_lit.common.labels import FRACTION_DIGITS, Point, PointGroup, fraction_key
 
 __all__ = ["FRACTION_DIGITS", "Point", "ablation_mask", "fraction_key", "n_ablated", "neuron_order", "plan"]
@@ -57,8 +57,9 @@ def parse_order(text: str) -> tuple[str | None, bool]:
         return None, False
     if name not in ORDERS or direction not in ("", "asc", "desc"):
         raise AblateError(
-            f"unknown ⟨ablation.order⟩ '{text}'; use random, attribution:<method> (by estimated harm, e.g. "
-            f"attribution:mean), or one of {', '.join(ORDERS)} (ascending; add :desc for descending, e.g. std:desc)"
+            f"unknown ⟨ablation.order⟩ '{text}'{did_you_mean(name, ('random', *ORDERS))}; use random, "
+            f"attribution:<method> (by estimated harm, e.g. attribution:mean), or one of {', '.join(ORDERS)} "
+            "(ascending; add :desc for descending, e.g. std:desc)"
         )
     return name, direction == "desc"
 

@@ -85,6 +85,20 @@ class AblateError(Exception):
         return self
 
 
+def closest(name: str, choices) -> str | None:
+    """The valid name closest to a misspelt ``name`` (difflib's ratio at least 0.5), or None."""
+    import difflib
+
+    close = difflib.get_close_matches(str(name), [str(c) for c in choices], n=1, cutoff=0.5)
+    return close[0] if close else None
+
+
+def did_you_mean(name: str, choices) -> str:
+    """`` (did you mean 'X'?)`` for the valid name closest to a misspelt ``name``, or nothing."""
+    close = closest(name, choices)
+    return f" (did you mean '{close}'?)" if close else ""
+
+
 def check(condition: bool, message: str) -> None:
     if not condition:
         raise AblateError(message)

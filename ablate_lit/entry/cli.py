@@ -7,13 +7,9 @@ import logging
 import os
 import sys
 
-from jsonargparse import ArgumentError
-from omegaconf.errors import OmegaConfBaseException
-
 from ablate_lit.common.errors import AblateError, clear_raised, first_raised
 from ablate_lit.common.logs import quiet_loading
 from ablate_lit.common.signals import stopped_by_signals
-from ablate_lit.entry.lightning_cli import build_cli
 from ablate_lit.entry.parse_errors import condense, config_error, instantiation_error
 
 USAGE = """\
@@ -35,31 +31,38 @@ subcommands:
 
 
 def main(args=None) -> None:
-    """``test`` (LightningCLI), ``report`` (tables and figures from finished runs) or ``cache``."""
+    """``test`` (LightningCLI), ``report`` (tables and figures from finished runs) or ``cache``. Each
+    imports what it needs when it needs it: help, ``report`` and ``cache`` never load transformers,
+    and torch and Lightning only where they read a run's files."""
     os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
     os.environ.setdefault("JSONARGPARSE_DEPRECATION_WARNINGS", "off")  # Lightning's own use of jsonargparse
-    quiet_loading()
     clear_raised()
     argv = sys.argv[1:] if args is None else list(args)
+    if not argv or argv[0] in ("-h", "--help"):
+        print(USAGE, end="")
+        return None
+    from jsonargparse import ArgumentError
+    from omegaconf.errors import OmegaConfBaseException
+
     # Lightning logs each SIGTERM at INFO; the run's own one line says it (ablate_lit.common.signals)
     logging.getLogger("lightning.pytorch.trainer.connectors.signal_connector").setLevel(logging.WARNING)
     try:
         with stopped_by_signals(lambda: "no evaluation had started"):
-            if not argv or argv[0] in ("-h", "--help"):
-                print(USAGE, end="")
-                return None
             if argv[:1] == ["cache"]:
                 from ablate_lit.entry.cache_command import main as cache_main
 
                 return cache_main(argv[1:])
-            if argv[:1] == ["export"]:
-                from ablate_lit.entry.export_command import main as export_main
-
-                return export_main(argv[1:])
             if argv[:1] == ["report"]:
                 from ablate_lit.entry.report_command import main as report_main
 
                 return report_main(argv[1:])
+            if argv[:1] == ["export"]:
+                from ablate_lit.entry.export_command import main as export_main
+
+                return export_main(argv[1:])
+            quiet_loading()  # (imports transformers and datasets to quiet them)
+            from ablate_lit.entry.lightning_cli import build_cli
+
             build_cli(args)
     except AblateError as exc:
         _fail(exc)

@@ -13,13 +13,14 @@ from pathlib import Path
 import yaml
 
 from ablate_lit.common.errors import AblateError
-from ablate_lit.store.folder import check_run_folder
 
 
 def rebuild(run_dir: Path):
     """(trainer, module, data, ablation settings) of the run in ``run_dir``, from its config.yaml."""
+    from ablate_lit.common.logs import quiet_loading
     from ablate_lit.entry.lightning_cli import build_cli
 
+    quiet_loading()
     config = Path(run_dir) / "config.yaml"
     try:
         loaded = yaml.safe_load(config.read_text())
@@ -40,6 +41,7 @@ def rebuild(run_dir: Path):
 
 def export(run_dir, method: str, fraction: float, seed: int, out) -> Path:
     from ablate_lit.runner.export import export_point
+    from ablate_lit.store.folder import check_run_folder
 
     run_dir = Path(run_dir)
     if Path(out).exists() and (not Path(out).is_dir() or any(Path(out).iterdir())):

@@ -91,6 +91,15 @@ class AblateCLI(LightningCLI):
             if key in parser.groups:
                 parser.groups[key].title, parser.groups[key].description = title, text
 
+    def parse_arguments(self, parser, args) -> None:
+        """Parse, then check the ablation settings at once (method names, schedule, units, ...): a bad
+        value is refused before the seed is set and the model loads."""
+        super().parse_arguments(parser, args)
+        config = self.config.get(self.config.get("subcommand") or "", self.config)
+        ablation = config.get("ablation")
+        if ablation is not None:
+            AblationConfig(**ablation.as_dict())
+
     def before_instantiate_classes(self) -> None:
         """Cheap checks of where results go, before any model or data is loaded."""
         from ablate_lit.runner.launch import check_destination

@@ -19,6 +19,48 @@ _KINDS = {
 }
 
 
+def known_options() -> list[str]:
+    """Every option ``test`` takes, from the signatures that declare them (the ablation settings, the
+    Trainer's, every family's LightningModule and DataModules): what a misspelt option is matched to."""
+    import dataclasses
+    import inspect
+
+    from ablate_lit.common.families import FAMILIES
+    from ablate_lit.entry.api import CLASSES
+    from ablate_lit.runner.config import AblationConfig
+    from ablate_lit.runner.trainer import AblationTrainer
+
+    def params(cls) -> list[str]:
+        return [p for p in inspect.signature(cls.__init__).parameters if p not in ("self", "args", "kwargs")]
+
+    groups = {"ablation": [f.name for f in dataclasses.fields(AblationConfig)], "trainer": params(AblationTrainer)}
+    for family in FAMILIES.values():
+        groups.setdefault("model", []).extend(params(CLASSES[family.module]))
+        for data in family.data:
+            groups.setdefault("data", []).extend(params(CLASSES[data]))
+    found = [f"{group}.{name}" for group, names in groups.items() for name in dict.fromkeys(names)]
+    return found + ["config", "name", "root", "print_config", "seed_everything"]
+
+
+def _unknown(option: str) -> str:
+    """``unknown option --X (did you mean --Y?)`` for a misspelt option."""
+    from ablate_lit.common.errors import closest
+
+    name = option.lstrip("-").split("=")[0].removesuffix("+")
+    try:
+        known = known_options()
+    except (ImportError, AttributeError, TypeError, ValueError):  # (a courtesy: the error stands without it)
+        known = []
+    group, _, key = name.rpartition(".")
+    same_group = [option.rpartition(".")[2] for option in known if group and option.rpartition(".")[0] == group]
+    if same_group:  # a misspelt setting of a known group: matched among that group's settings
+        close = closest(key, same_group)
+        close = f"{group}.{close}" if close else None
+    else:
+        close = closest(name, known)
+    return f"unknown option --{name}" + (f" (did you mean --{close}?)" if close else "")
+
+
 def condense(message: str) -> str:
     """One line for a jsonargparse ArgumentError message."""
     text = str(message)
@@ -28,8 +70,13 @@ def condense(message: str) -> str:
     if m := re.search(r"File does not exist: '([^']*)'", text):
         return f"{option} file '{m[1]}' not found; check the path"
     if m := re.search(r"Option '([^']+)' is not accepted", text):
-        return f"unknown option --{keys[0]}.{m[1]}; {HELP}"
+        return f"{_unknown(keys[0] + '.' + m[1])}; {HELP}"
+    if m := re.search(r"does not accept options? '([^']+)'", text):
+        return f"{_unknown(m[1])}; {HELP}"
     if m := re.search(r"Unrecognized arguments: (.*)", text, re.IGNORECASE):
+        options = [word for word in m[1].split() if word.startswith("--")]
+        if len(options) == 1:
+            return f"{_unknown(options[0])}; {HELP}"
         return f"unknown option(s) {m[1].strip()}; {HELP}"
     if m := re.search(r"has no attribute '(\w+)'|No module named '([\w.]+)'", text):
         which = class_paths(keys[0]) if keys[:1] in (["model"], ["data"]) else "a class of ablate_lit"

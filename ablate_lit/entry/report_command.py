@@ -1,21 +1,17 @@
 """``python -m ablate_lit report RUN_DIR [RUN_DIR ...]``: the paper's Table 2, its figures and paired
-differences, from finished runs."""
+differences, from finished runs. The arguments are read and checked before the report's libraries
+(pandas, matplotlib, torch) are imported: ``--help`` and a bad argument answer at once."""
 
 from __future__ import annotations
 
 import argparse
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from ablate_lit.common.errors import AblateError
-from ablate_lit.report.attribution import write_attribution
-from ablate_lit.report.figures import eps_figures, figures
-from ablate_lit.report.importance import write_importance
-from ablate_lit.report.paired import default_pairs, paired_figures, paired_table
-from ablate_lit.report.tables import load_runs, table
-from ablate_lit.store.atomic import check_folder, write_csv, write_text
-from ablate_lit.store.folder import read_rows
-from ablate_lit.store.objects import read_object
-from ablate_lit.store.rows import ResultRow
+
+if TYPE_CHECKING:
+    from ablate_lit.store.rows import ResultRow
 
 
 def main(argv: list[str]) -> None:
@@ -40,6 +36,11 @@ def main(argv: list[str]) -> None:
     for f in args.fractions:
         if not 0 < f <= 1:
             raise AblateError(f"--fractions holds {f}; table fractions must be in (0, 1]")
+    from ablate_lit.report.figures import eps_figures, figures
+    from ablate_lit.report.paired import default_pairs, paired_figures, paired_table
+    from ablate_lit.report.tables import load_runs, table
+    from ablate_lit.store.atomic import check_folder, write_csv, write_text
+
     rows = load_runs(args.runs)
     maps = [r for r in rows if r.is_unit and r.record.get("schedule") == "each"]
     rows = [r for r in rows if not r.is_unit]  # the nested schedule's rows (and baselines)
@@ -80,6 +81,10 @@ def _attribution_maps(runs: list[str], out: Path) -> None:
     """Per attribution run among ``runs``: its attribution.csv, attribution.md and figures in ``out``, the
     estimates held against its own exact checks and against every unit of the single-unit maps of the
     same setup among ``runs``, and the tables on standard output."""
+    from ablate_lit.report.attribution import write_attribution
+    from ablate_lit.store.folder import read_rows
+    from ablate_lit.store.objects import read_object
+
     stored = {run: read_rows(Path(run), windows=True)[0] for run in runs}
     for run in runs:
         saved = Path(run) / "attribution.pt"
@@ -103,6 +108,8 @@ def _attribution_maps(runs: list[str], out: Path) -> None:
 def _unit_maps(rows: list[ResultRow], units: list[ResultRow], out: Path) -> None:
     """Per model with single-unit rows: importance.csv, agreement.csv and the heatmaps in ``out``
     (prefixed by the model where there are several), and the tables on standard output."""
+    from ablate_lit.report.importance import write_importance
+
     models = list(dict.fromkeys(r.model for r in units))
     for model in models:
         mine = [r for r in rows + units if r.model == model]

@@ -15,7 +15,7 @@ from ablate_lit.ablation.schedule import (
     fraction_key,
     parse_order,
 )
-from ablate_lit.common.errors import AblateError, check, check_seed
+from ablate_lit.common.errors import AblateError, check, check_seed, did_you_mean
 from ablate_lit.common.logs import say
 from ablate_lit.stats.histogram import ALIGNMENTS
 
@@ -171,7 +171,8 @@ class AblationConfig:
     def _check_schedule_units(self) -> None:
         check(
             self.schedule in SCHEDULES,
-            f"unknown ⟨ablation.schedule⟩ '{self.schedule}'; use one of: {', '.join(SCHEDULES)}",
+            f"unknown ⟨ablation.schedule⟩ '{self.schedule}'{did_you_mean(self.schedule, SCHEDULES)}; use one of: "
+            f"{', '.join(SCHEDULES)}",
         )
         check(
             self.schedule != "nested" or self.unit != "layer",
@@ -207,10 +208,14 @@ class AblationConfig:
         self._check_schedule_units()
         check(
             self.selection in SELECTIONS,
-            f"unknown ⟨ablation.selection⟩ '{self.selection}'; use one of: {', '.join(SELECTIONS)}",
+            f"unknown ⟨ablation.selection⟩ '{self.selection}'{did_you_mean(self.selection, SELECTIONS)}; use one of: "
+            f"{', '.join(SELECTIONS)}",
         )
-        check(self.unit in UNITS, f"unknown ⟨ablation.unit⟩ '{self.unit}'; use one of: {', '.join(UNITS)}")
-        check(self.site in SITES, f"unknown ⟨ablation.site⟩ '{self.site}'; use one of: {', '.join(SITES)}")
+        for name, value, choices in (("unit", self.unit, UNITS), ("site", self.site, SITES)):
+            check(
+                value in choices,
+                f"unknown ⟨ablation.{name}⟩ '{value}'{did_you_mean(value, choices)}; use one of: {', '.join(choices)}",
+            )
         check(
             not (self.unit == "head" and self.site == "mlp"),
             "⟨ablation.unit⟩ head needs ⟨ablation.site⟩ attn (MLP units have no heads)",
@@ -222,10 +227,14 @@ class AblationConfig:
         parse_order(self.order)
         check(
             self.bin_alignment in ALIGNMENTS,
-            f"unknown ⟨ablation.bin_alignment⟩ '{self.bin_alignment}'; use one of: {', '.join(ALIGNMENTS)}",
+            f"unknown ⟨ablation.bin_alignment⟩ '{self.bin_alignment}'{did_you_mean(self.bin_alignment, ALIGNMENTS)}; "
+            f"use one of: {', '.join(ALIGNMENTS)}",
         )
         check(len(set(self.seeds)) == len(self.seeds), f"⟨ablation.seeds⟩ has duplicates: {self.seeds}")
-        check(self.mode in ("hook", "fold"), f"unknown ⟨ablation.mode⟩ '{self.mode}'; use hook or fold")
+        check(
+            self.mode in ("hook", "fold"),
+            f"unknown ⟨ablation.mode⟩ '{self.mode}'{did_you_mean(self.mode, ('hook', 'fold'))}; use hook or fold",
+        )
         per_pass = self.ablations_per_pass
         check(
             per_pass == "auto" or (isinstance(per_pass, int) and not isinstance(per_pass, bool) and per_pass >= 1),
