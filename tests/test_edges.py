@@ -273,6 +273,34 @@ def test_a_long_step_says_where_it_is_and_the_eta_counts_evaluations_only(
     assert 0 < spent < 5
 
 
+def test_on_a_terminal_a_long_step_is_a_progress_bar_and_lines_print_above_it(monkeypatch, capsys):
+    """Where stderr is a terminal the step's count is a tqdm bar (no periodic lines); a line the run
+    prints meanwhile goes to stdout whole; the bar is gone when the step ends."""
+    import io
+
+    from ablate_lit.common import logs, progress
+
+    class Terminal(io.StringIO):
+        def isatty(self) -> bool:
+            return True
+
+    terminal = Terminal()
+    monkeypatch.setattr("sys.stderr", terminal)
+    monkeypatch.setattr(progress, "EVERY_S", 0.0)
+    with progress.Heartbeat(None, "calibration statistics", "batches") as beat:
+        beat.tick(3, 7)
+        logs.say(None, "a line meanwhile")
+        beat.tick(4, 7)
+    bar = terminal.getvalue()
+    assert "calibration statistics" in bar and "3/7" in bar and "4/7" in bar
+    out = capsys.readouterr().out
+    assert "a line meanwhile\n" in out and "calibration statistics" not in out  # no periodic lines
+    monkeypatch.setenv("ABLATE_LIT_PROGRESS", "lines")  # a terminal that asks for lines
+    with progress.Heartbeat(None, "calibration statistics", "batches") as beat:
+        beat.tick(5, 7)
+    assert "  calibration statistics: 5/7 batches, " in capsys.readouterr().out
+
+
 @pytest.mark.slow
 def test_a_folder_named_ablate_lit_beside_a_notebook_is_not_imported_instead(tmp_path):
     """Started in the folder above a clone (an ``ablate_lit`` folder without ``__init__.py``), Python

@@ -39,6 +39,8 @@ def test_exported_models_give_the_rows_ce(capsys, tiny_models, corpus, tmp_path,
         assert record["n_ablated"] == int(row["n_ablated"]) == sum(map(len, record["ablated"].values()))
         assert record["heads_removed"] is False and "no head pruning" in record["how"]
         assert (out / "tokenizer.json").exists() or (out / "tokenizer_config.json").exists()
+        modes = {p.name: p.stat().st_mode & 0o777 for p in out.iterdir()}  # the weights as readable as the rest
+        assert modes["model.safetensors"] == modes["config.json"] and modes["config.json"] & 0o044, modes
     if arch == "llama":  # o_proj had no bias: the config now builds one (and zero ones for q, k, v)
         assert json.loads((tmp_path / "mean-0.5-1" / "config.json").read_text())["attention_bias"] is True
         assert (

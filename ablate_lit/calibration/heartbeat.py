@@ -19,7 +19,7 @@ class SweepHeartbeat(Callback):
     def _start(self, trainer, stage: str) -> None:
         self._end()
         if stage == self.stage:
-            self.beat = Heartbeat(trainer, self.what, "batches").start()
+            self.beat = Heartbeat(trainer, self.what, "batches", in_loop=True).start()
 
     def _end(self) -> None:
         if self.beat is not None:

@@ -42,6 +42,15 @@ class _Stdout(logging.StreamHandler):
     def stream(self, value) -> None:  # StreamHandler.__init__ assigns it
         pass
 
+    def emit(self, record) -> None:
+        """The line above any progress bar on the terminal (tqdm clears and redraws it)."""
+        if "tqdm" not in sys.modules:  # no bar can be showing
+            return super().emit(record)
+        from tqdm import tqdm
+
+        with tqdm.external_write_mode(file=sys.stdout):
+            super().emit(record)
+
 
 def console(on: bool = True) -> None:
     """Print the ``ablate_lit`` logger's records as plain lines on standard output (the default), or not."""
@@ -57,6 +66,11 @@ def console(on: bool = True) -> None:
 
 
 console()
+
+
+def printing() -> bool:
+    """Whether the run's lines go to standard output (``console()``)."""
+    return any(isinstance(h, _Stdout) for h in log.handlers)
 
 
 _last = [time.perf_counter()]
@@ -124,6 +138,9 @@ def quiet_loading() -> None:
     """No per-file progress bars while loading weights (one status line per step is printed instead),
     no deprecation chatter from inside Lightning, and no advertisement at every Trainer."""
     warnings.filterwarnings("ignore", message=r".*isinstance\(treespec, LeafSpec\).*")
+    # torchao (the quantization extra) registers its Enums with torch's pytree at import, which torch
+    # 2.14 answers with one deprecation line per Enum: chatter between two libraries, not about the run
+    logging.getLogger("torch.utils._pytree").setLevel(logging.ERROR)
     # Lightning logs each SIGTERM at INFO; the run's own one line says it (ablate_lit.common.signals)
     logging.getLogger("lightning.pytorch.trainer.connectors.signal_connector").setLevel(logging.WARNING)
     for name in RANK_ZERO_LOGGERS:

@@ -13,6 +13,7 @@ load. The export names the heads that are ablated whole.
 
 from __future__ import annotations
 
+import os
 from contextlib import contextmanager
 from pathlib import Path
 
@@ -32,9 +33,20 @@ NO_HEAD_PRUNING = (
 
 def save_ablated(module, out: Path, new_bias: list[int], site: str) -> dict:
     """Write ``module``'s (already folded) model to ``out`` with its tokenizer or preprocessing;
-    returns what the export record says about the format."""
+    returns what the export record says about the format. Every file gets the mode the umask gives
+    new files (safetensors writes the weights through a private temporary file, mode 0600)."""
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
+    written = _write(module, out, new_bias, site)
+    umask = os.umask(0)
+    os.umask(umask)
+    for path in out.rglob("*"):
+        if path.is_file():
+            path.chmod(0o666 & ~umask)
+    return written
+
+
+def _write(module, out: Path, new_bias: list[int], site: str) -> dict:
     if module.family == "vision" and getattr(module, "backend", "hf") == "timm":
         if new_bias:
             raise AblateError(
