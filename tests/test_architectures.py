@@ -63,8 +63,15 @@ HOOKED = {
     "timm-cait": "blocks.{}.attn.proj",  # talking-heads attention; the class-attention block is left alone
     "timm-eva02": "blocks.{}.attn.norm",  # scale_attn_inner: a LayerNorm between the heads and attn.proj
     "timm-vit": "blocks.{}.attn.norm",  # scale_attn_norm: likewise
+    # the heads' output in another layout on its way to the projection (the same numbers, moved)
+    "longformer": "longformer.encoder.layer.{}.attention.output.dense",  # sliding-window chunks
+    "timm-xcit": "blocks.{}.attn.proj",  # [batch, heads, head_dim, pos], transposed
+    "hf-hiera": "hiera.encoder.stages.1.layers.{}.attn.proj",  # per masked unit; the stage the refusal names
 }
-EXTRA = {"hf-swin-stage": ["--model.blocks", "swin.encoder.layers.0.blocks"]}
+EXTRA = {
+    "hf-swin-stage": ["--model.blocks", "swin.encoder.layers.0.blocks"],
+    "hf-hiera": ["--model.blocks", "hiera.encoder.stages.1.layers"],
+}
 FOLDER = {"hf-swin-stage": "hf-swin"}
 N_LAYERS = {"albert": 3, "hf-swin-stage": 1}
 

@@ -111,6 +111,9 @@ ZOO_MASKED = {
     "nystromformer": dict(**_SMALL, max_position_embeddings=128, segment_means_seq_len=32, num_landmarks=4),
     # refused: 1x1 convolutions over [batch, channels, pos] instead of Linear projections
     "squeezebert": dict(**_SMALL, embedding_size=32, max_position_embeddings=80),
+    # sliding-window attention over chunks: the heads' output reaches output.dense in another layout
+    # ([batch * heads, chunks, window, head_dim] products), the same numbers
+    "longformer": dict(**_SMALL, max_position_embeddings=80, attention_window=4),
 }
 
 
@@ -136,6 +139,22 @@ ZOO_HF_VISION = {
     "pvt_v2": dict(**_PYRAMID, sr_ratios=[2, 1], patch_sizes=[7, 3], strides=[4, 2], image_size=32),
     "segformer": dict(**_PYRAMID, sr_ratios=[2, 1], patch_sizes=[7, 3], strides=[4, 2], decoder_hidden_size=32),
     "cvt": dict(embed_dim=[32, 32, 32], num_heads=[2, 2, 2], depth=[1, 2, 3]),
+    # masked-unit attention with pooled queries, stages of widths 16 and 32: its second stage is chosen with
+    # --model.blocks (the heads' output is laid out per masked unit before attn.proj)
+    "hiera": dict(
+        embed_dim=16,
+        image_size=[32, 32],
+        patch_size=[3, 3],
+        patch_stride=[2, 2],
+        patch_padding=[1, 1],
+        depths=[1, 2],
+        num_heads=[1, 2],
+        num_query_pool=1,
+        query_stride=[2, 2],
+        masked_unit_size=[4, 4],
+        masked_unit_attention=[True, False],
+        mlp_ratio=2.0,
+    ),
 }
 
 
@@ -165,6 +184,9 @@ ZOO_TIMM = {  # timm model name -> constructor arguments
     ),
     "pvt_v2_b0": dict(embed_dims=(32, 32, 32, 32), depths=(1, 1, 1, 1), num_heads=(2, 2, 2, 2)),
     "levit_128s": dict(img_size=32, embed_dim=(32, 32, 32), key_dim=8, num_heads=(2, 2, 2), depth=(1, 1, 1)),
+    # cross-covariance attention over channels: the heads' output [batch, heads, head_dim, pos] is transposed
+    # before attn.proj; its class-attention blocks are not ablated
+    "xcit_nano_12_p16_224": dict(img_size=32, patch_size=16, embed_dim=32, depth=2, num_heads=4),
 }
 
 

@@ -70,7 +70,10 @@ def _same_as_heads(value: torch.Tensor, attention: torch.Tensor) -> bool | None:
     ``attention`` laid out [..., heads, pos, head_dim] (SDPA's; bmm's [batch * heads, pos, head_dim]) or
     [..., pos, heads, head_dim], its positions in the same order, or reordered and cropped (windows
     grouped over a padded map, as in Twins' locally-grouped attention: each position's vector must then
-    be among the attention's). None when the shapes cannot be compared."""
+    be among the attention's), or the same numbers in another layout (``_a_layout_of``). None when the
+    shapes cannot be compared."""
+    if _a_layout_of(value, attention):
+        return True
     width = value.shape[-1]
     if attention.numel() < value.numel() or attention.numel() % width or attention.dim() < 3:
         return None
@@ -85,6 +88,17 @@ def _same_as_heads(value: torch.Tensor, attention: torch.Tensor) -> bool | None:
     if any(c.shape == rows.shape and _close(c, rows) for c in candidates):
         return True
     return any(_each_row_found(rows, c) for c in candidates)
+
+
+def _a_layout_of(value: torch.Tensor, attention: torch.Tensor) -> bool:
+    """Whether ``value`` holds exactly ``attention``'s numbers, only moved (axes permuted, split or merged:
+    Longformer's chunked [batch * heads, chunks, window, head_dim], XCiT's [batch, heads, head_dim, pos]):
+    the two sorted are equal within the tolerance of ``_close``. Sorting moves no number by more than the
+    largest gap between paired ones, so a layout change passes and an added or changed term (a gate, a
+    pooled query, a difference of heads) does not."""
+    if attention.numel() != value.numel():
+        return False
+    return _close(attention.flatten().sort().values, value.flatten().sort().values)
 
 
 class _Recording:
