@@ -18,7 +18,7 @@ import re
 import pytest
 import torch
 import torch.nn.functional as F
-from helpers import patched, read_rows, run
+from helpers import one_line_error, patched, read_rows, run
 
 from ablate_lit import (
     AblateError,
@@ -252,6 +252,22 @@ def test_layout_options_are_checked_in_one_line(capsys, zoo, corpus, image_folde
     lines = [l for l in err.splitlines() if l.startswith("error:")]
     assert code == 2 and len(lines) == 1 and "Traceback" not in err, err
     assert re.search(pattern, lines[0]), lines[0]
+
+
+def test_an_option_a_refusal_suggests_takes_effect_before_the_check_that_refused(
+    capsys, zoo, corpus, image_folder, tmp_path
+):
+    """ConvBERT's out-projection takes its attention heads and as many convolution heads: the width
+    check names --model.head_dim; given, the option reaches the forward-pass check, which says why the
+    value cannot be checked (not the same refusal again)."""
+    code, out, err = run(capsys, *cli_args("convbert", zoo["convbert"], corpus, image_folder, tmp_path / "a"))
+    first = one_line_error(err)
+    assert code == 2 and "it is not the heads' output projection" in first and "--model.head_dim N" in first
+    extra = ["--model.head_dim", "16"]
+    code, out, err = run(capsys, *cli_args("convbert", zoo["convbert"], corpus, image_folder, tmp_path / "b"), *extra)
+    second = one_line_error(err)
+    assert code == 2 and second != first and "could not be checked to receive the attention heads' output" in second
+    assert "--model.allow_unchecked true" in second
 
 
 def test_given_paths_give_the_discovered_results(capsys, zoo, corpus, image_folder, tmp_path):

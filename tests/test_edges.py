@@ -135,6 +135,7 @@ def test_a_check_pass_that_changes_the_model_leaves_it_as_given(capsys, zoo, cor
     assert code == 0, err
     assert "warning: the check forward pass changed the model (bert.attention_type" in out
     assert "restored: the run scores the model as it was loaded" in out
+    assert "checked equal to the attention output of the check pass, which ran with bert.attention_type" in out
     rows = {(r["method"], r["fraction"]): float(r["ce"]) for r in read_rows(tmp_path / "run" / "results.csv")}
     paths = [f"bert.encoder.layer.{i}.attention.output.dense" for i in range(2)]
     mod, plain, zero, half = _masked_by_hand(zoo["big_bird"], corpus, paths, 16)

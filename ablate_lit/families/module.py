@@ -136,6 +136,7 @@ class AblationModule(KeptInPlace, L.LightningModule):
         )
         forward = lambda: self.example_forward(2)  # noqa: E731
         self.pre_outs, output, changed = trace(self.model, pre_outs, forward, 2, self.check_hint)
+        self.check_changed = changed  # (the label of the check says on what it was earned)
         if changed:
             warn(
                 None,
@@ -186,7 +187,7 @@ class AblationModule(KeptInPlace, L.LightningModule):
 
     def describe_pre_outs(self) -> str:
         """One line: how many layers and neurons are hooked, where, and how the place was found."""
-        return describe(self.pre_outs, self.layout_source, self.unhooked)
+        return describe(self.pre_outs, self.layout_source, self.unhooked, self.check_changed)
 
     def random_inputs(self, source: str, n: int, seed: int, data) -> Dataset:
         """``n`` randomised inputs from ``source``, shaped like ``data``'s evaluation inputs, with indices 0..n-1."""

@@ -114,6 +114,8 @@ ZOO_MASKED = {
     # sliding-window attention over chunks: the heads' output reaches output.dense in another layout
     # ([batch * heads, chunks, window, head_dim] products), the same numbers
     "longformer": dict(**_SMALL, max_position_embeddings=80, attention_window=4),
+    # half its heads are convolutions (head_ratio 2): the out-projection takes twice the attention heads' width
+    "convbert": dict(**_SMALL, max_position_embeddings=80, embedding_size=32, head_ratio=2, conv_kernel_size=3),
 }
 
 

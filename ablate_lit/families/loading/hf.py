@@ -77,8 +77,9 @@ def family_problem(config, family: str) -> str | None:
     return f"'{config.model_type}' models have no {family.replace('_', ' ')} head in transformers ({auto}); {hint}"
 
 
-def check_layout(config, family: str, known: Architecture | None, blocks: str | None, out_proj: str | None) -> None:
-    """Locate the pre-outs in an empty skeleton of the model (meta device: no weights, no memory)."""
+def check_layout(config, family: str, known: Architecture | None, layout) -> None:
+    """Locate the pre-outs in an empty skeleton of the model (meta device: no weights, no memory), with
+    every layout option the user gave (``layout``: blocks, out_proj, head_dim), as the real load will."""
     import transformers
 
     try:
@@ -87,7 +88,7 @@ def check_layout(config, family: str, known: Architecture | None, blocks: str | 
     except Exception as exc:  # some models cannot be built empty; the real load checks them
         log.debug("no meta skeleton for %s: %s", config.model_type, exc)
         return
-    locate(skeleton, heads_config(config, family), known, blocks, out_proj)
+    locate(skeleton, heads_config(config, family), known, layout.blocks, layout.out_proj, layout.head_dim)
 
 
 def gguf_cache_dir(gguf_path: Path) -> Path:
@@ -140,7 +141,7 @@ def load_hf(source: Source, family: str, registry: dict[str, Architecture], layo
 
     def check(config) -> None:
         check_family(config, family)
-        check_layout(config, family, registry.get(config.model_type), layout.blocks, layout.out_proj)
+        check_layout(config, family, registry.get(config.model_type), layout)
 
     path = os.path.expanduser(name_or_path)
     if looks_like_path(name_or_path) and not os.path.exists(path):

@@ -13,8 +13,10 @@ def _pattern(name: str) -> str:
     return re.sub(r"(?<=\.)\d+(?=\.)", "*", name)
 
 
-def describe(pre_outs: list[PreOut], layout_source: str, unhooked: list[str]) -> str:
-    """One line: how many layers and neurons are hooked, where, and how the place was found."""
+def describe(pre_outs: list[PreOut], layout_source: str, unhooked: list[str], changed: list[str] = ()) -> str:
+    """One line: how many layers and neurons are hooked, where, and how the place was found. ``changed``:
+    what the check pass changed in the model (BigBird's switch to full attention), so the check was
+    earned on that pass's attention rather than on the attention the run scores."""
     p = pre_outs[0]
     names = list(dict.fromkeys(q.name for q in pre_outs))
     where = names[0] if len(names) == 1 else ", ".join(dict.fromkeys(_pattern(n) for n in names))
@@ -29,6 +31,7 @@ def describe(pre_outs: list[PreOut], layout_source: str, unhooked: list[str]) ->
     unchecked = [q for q in pre_outs if not q.verified]
     checked = (
         ", checked equal to the attention output"
+        + (f" of the check pass, which ran with {changed[0]} changed (restored for the run)" if changed else "")
         if not unchecked
         else f", {_layers(unchecked, pre_outs)} not checked against the attention output: {unchecked[0].unchecked}; "
         + render("ablated as ⟨--model.allow_unchecked true⟩ allows")
