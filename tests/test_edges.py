@@ -221,6 +221,12 @@ def test_a_hook_place_that_cannot_be_checked_needs_the_user_to_allow_it(image_fo
         ),
         ("mamba", "CausalLMAblation", "MambaForCausalLM has no attention heads: its layers mix tokens with MambaMixer"),
         (
+            "recurrent_gemma",
+            "CausalLMAblation",
+            "RecurrentGemmaForCausalLM is a hybrid: 1 of the 3 layers in model.layers (layer 2) hold softmax "
+            "attention (RecurrentGemmaAttention), the others mix tokens with RecurrentGemmaRecurrentBlock there",
+        ),
+        (
             "squeezebert",
             "MaskedLMAblation",
             "attention (SqueezeBertSelfAttention) projects with Conv1d over channels-first",

@@ -76,6 +76,19 @@ ZOO_CAUSAL = {
         hidden_size=32, num_hidden_layers=2, attention_hidden_size=32, intermediate_size=64, context_length=128
     ),
     "mamba": dict(hidden_size=32, num_hidden_layers=2, state_size=4, expand=2),
+    # refused as a hybrid: softmax attention (named RecurrentGemmaAttention) in one layer of three, a recurrence
+    # in the others
+    "recurrent_gemma": dict(
+        hidden_size=32,
+        intermediate_size=64,
+        num_hidden_layers=3,
+        num_attention_heads=4,
+        num_key_value_heads=1,
+        lru_width=32,
+        attention_window_size=8,
+        conv1d_width=4,
+        block_types=["recurrent", "recurrent", "attention"],
+    ),
 }
 
 

@@ -54,11 +54,22 @@ def is_norm(module: nn.Module) -> bool:
     return bool(NORM.search(type(module).__name__))
 
 
+QUERY = re.compile(r"^(q|q_proj|query|query_proj|q_lin|wq|qkv|c_attn|wqkv|query_key_value|in_proj)$", re.IGNORECASE)
+"""Names of a query projection (or of one that computes queries, keys and values together)."""
+
+
+def _has_query(module: nn.Module) -> bool:
+    return any(QUERY.match(name.rsplit(".", 1)[-1]) and is_projection(m) for name, m in module.named_modules())
+
+
 def is_attention(module: nn.Module) -> bool:
-    """An attention module: its class name says so, and it holds a projection."""
+    """An attention module: its class name says so, and it holds a projection. A class named like a
+    recurrence (RWKV's RwkvSelfAttention, Mamba's mixers) is attention only if it projects queries: the
+    name of a hybrid model (RecurrentGemma) must not hide the softmax attention of its attention layers."""
+    name = type(module).__name__
     return (
-        bool(ATTENTION.search(type(module).__name__))
-        and not RECURRENT.search(type(module).__name__)
+        bool(ATTENTION.search(name))
+        and (not RECURRENT.search(name) or _has_query(module))
         and not is_norm(module)
         and not is_projection(module)
         and any(is_projection(m) for m in module.modules())
@@ -102,6 +113,45 @@ def _no_attention(model: nn.Module) -> None:
         )
 
 
+def _has_submodule(module: nn.Module, path: str) -> bool:
+    try:
+        module.get_submodule(path)
+    except AttributeError:
+        return False
+    return True
+
+
+def _hybrid(model: nn.Module) -> None:
+    """Refuse, saying so, a model whose layers mix tokens with attention in some layers and otherwise in
+    the others (RecurrentGemma: local attention every third layer, a recurrence in the rest)."""
+    for path, layers in model.named_modules():
+        if not isinstance(layers, (nn.ModuleList, nn.Sequential)) or len(layers) < 2:
+            continue
+        counts = [len(attention_modules(block)) for block in layers]
+        if max(counts) != 1 or min(counts) != 0:
+            continue
+        attention = [i for i, n in enumerate(counts) if n]
+        found = [attention_modules(layers[i])[0] for i in attention]
+        kinds = sorted({type(m).__name__ for _, m in found})
+        places = {place for place, _ in found}  # where attention sits in its blocks: what the others hold there
+        others = sorted(
+            {
+                type(block.get_submodule(place)).__name__
+                for i, block in enumerate(layers)
+                if not counts[i]
+                for place in places
+                if _has_submodule(block, place)
+            }
+        )
+        listed = ", ".join(str(i) for i in attention[:6]) + (", ..." if len(attention) > 6 else "")
+        raise AblateError(
+            f"{type(model).__name__} is a hybrid: {len(attention)} of the {len(layers)} layers in {path} (layer "
+            f"{listed}) hold softmax attention ({', '.join(kinds)}), the others mix tokens with "
+            f"{', '.join(others[:3]) or 'something else'} there; ablate_lit ablates attention heads in every "
+            "layer of the blocks it is given, so it cannot run this model"
+        )
+
+
 def discover_blocks(model: nn.Module) -> list[str]:
     """Paths of the innermost lists of blocks each holding one attention module (several: stages)."""
     lists = [
@@ -115,6 +165,7 @@ def discover_blocks(model: nn.Module) -> list[str]:
     innermost = [p for p in lists if not any(q.startswith(p + ".") for q in lists)]
     if not innermost:
         _no_attention(model)
+        _hybrid(model)
         raise AblateError(
             f"found no list of transformer blocks with one attention module each in {type(model).__name__}; "
             f"pass {OPTIONS}"
