@@ -10,7 +10,7 @@ import re
 import pytest
 import torch
 import torch.nn.functional as F
-from helpers import launch
+from helpers import cli, launch, one_line_error
 from transformers import AutoModelForCausalLM, AutoTokenizer
 
 import ablate_lit
@@ -237,6 +237,57 @@ def test_a_bad_task_row_is_named_in_one_line(llama, tmp_path, change, message):
         )  # fmt: skip
     text = str(err.value)
     assert "\n" not in text and text.startswith(message) and "; " in text, text
+
+
+def _task_file(tmp_path, tok, kind: str):
+    """A task file with one fault of ``kind`` (the rows otherwise the good ones of ``make_rows``)."""
+    rows = make_rows(tok, n=12)
+    if kind == "longer than the model":
+        long = "The city of the river " * 40
+        rows[4] = {**rows[4], "prompt": long + rows[4]["prompt"], "counterfactual": long + rows[4]["counterfactual"]}
+        return write_jsonl(tmp_path / "long.jsonl", rows)
+    if kind == "not UTF-8":
+        path = tmp_path / "latin1.jsonl"
+        path.write_bytes("".join(json.dumps({**r, "prompt": r["prompt"] + " caf\u00e9"}, ensure_ascii=False) + "\n"
+                                 for r in rows).encode("latin-1"))  # fmt: skip
+        return str(path)
+    if kind == "empty":
+        (tmp_path / "empty.jsonl").write_text("\n")
+        return str(tmp_path / "empty.jsonl")
+    if kind == "no answer column":
+        return write_jsonl(tmp_path / "renamed.jsonl", [{"prompt": r["prompt"], "target": r["answer"]} for r in rows])
+    raise ValueError(kind)
+
+
+@pytest.mark.parametrize(
+    "kind, message",
+    [
+        ("longer than the model", r"row 5 of 'long.jsonl' needs \d+ positions .*beyond the model's 128; shorten its"),
+        ("not UTF-8", r"'.*latin1.jsonl' is not UTF-8 text \(line 1\); convert it to UTF-8"),
+        ("empty", r"'empty.jsonl' is empty; give task rows with a prompt and an answer"),
+        ("no answer column", r"'renamed.jsonl' has no column 'answer' for the answers .*--data.answer_column"),
+    ],
+)
+def test_a_task_file_gets_the_checks_text_gets(llama, tmp_path, capsys, kind, message):
+    path, _, tok = llama
+    args = ["test", "--model", "ablate_lit.CausalLMAblation", "--model.name_or_path", path, "--data",
+            "ablate_lit.TaskData", "--data.path", _task_file(tmp_path, tok, kind), "--data.calib_rows", "4",
+            "--ablation.methods", "[zero]", "--ablation.fractions", "[0,1]", "--ablation.seeds", "[0]",
+            "--root", tmp_path / "runs", "--trainer.accelerator", "cpu"]  # fmt: skip
+    code, _, err = cli(capsys, *args)
+    assert code == 2 and re.search(message, one_line_error(err)), err[-2000:]
+
+
+def test_numeric_answers_in_a_csv_file_are_read_as_written(llama, tmp_path):
+    path, _, tok = llama
+    rows = make_rows(tok, n=12)
+    csv_path = tmp_path / "rows.csv"
+    lines = ["prompt,answer"] + [f"{r['prompt'].replace(',', '')} number,{i}" for i, r in enumerate(rows)]
+    csv_path.write_text("\n".join(lines) + "\n")
+    from ablate_lit.data.task_rows import read_task_rows
+
+    read, _ = read_task_rows(str(csv_path), {"prompt": "prompt", "answer": "answer"}, None, "train")
+    assert [r["answer"] for r in read] == [str(i) for i in range(12)]
 
 
 def test_task_objective_is_the_answer_ce_or_the_kl_at_the_answer_positions():

@@ -118,6 +118,9 @@ class ImageData(L.LightningDataModule):
         """Positions per input: known only once the model has seen an image (patches + prefix tokens)."""
         return None
 
+    def check_positions(self, limit: int) -> None:
+        """Nothing to check: the model's own preprocessing sizes every image to its input."""
+
     def shape_key(self) -> dict:
         return {"preprocess": repr(self.preprocess)}
 

@@ -65,6 +65,9 @@ class AblationData(Protocol):
     def positions(self) -> int | None:
         """Positions of every input (None where the model decides, e.g. images)."""
 
+    def check_positions(self, limit: int) -> None:
+        """Refuse, in one line naming the fix, inputs longer than the model's ``limit`` positions."""
+
     def describe(self, which: str) -> str:
         """A split in words: ``25 windows of 256 tokens``."""
 

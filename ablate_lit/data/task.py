@@ -110,6 +110,16 @@ class TaskData(TaskInputs, SpecialTokens, L.LightningDataModule):
     def positions(self) -> int:
         return self.length
 
+    def check_positions(self, limit: int) -> None:
+        """The rows are read now (the sequences' length is the longest row's): a row longer than the
+        model's positions would be scored where the model was never trained, or fail at the first batch."""
+        self.setup()
+        if self.length > limit:
+            raise AblateError(
+                f"{self.longest_row} needs {self.length} positions (its prompt, answer and the special tokens "
+                f"before them), beyond the model's {limit}; shorten its prompt or remove it (and any as long)"
+            )
+
     def shape_key(self) -> dict:
         return {"length": self.length, "prefix": self.prefix, "suffix": self.suffix, "task": True}
 
@@ -145,8 +155,9 @@ class TaskData(TaskInputs, SpecialTokens, L.LightningDataModule):
         evaluated = [encoded[i] for i in order[self.calib_rows :][: self.max_rows]]
         self.n_rows = len(evaluated)
         self.prompt_lengths = sorted({len(r.prompt) for r in encoded})
-        longest = max(len(r.prompt) + max(len(r.answer), len(r.distractor or [])) - 1 for r in encoded)
-        self.length = len(self.prefix) + longest
+        needs = [len(r.prompt) + max(len(r.answer), len(r.distractor or [])) - 1 for r in encoded]
+        self.length = len(self.prefix) + max(needs)
+        self.longest_row = f"row {needs.index(max(needs)) + 1} of {source}"  # (what check_positions names)
         tok = self.tokenizer
         pad = next((t for t in (tok.pad_token_id, tok.eos_token_id) if t is not None), 0)  # never scored or read
         distinct = first_contexts if self.calib_distinct else (lambda seqs: seqs)

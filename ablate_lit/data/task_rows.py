@@ -115,6 +115,7 @@ def read_task_rows(path, columns: dict[str, str], name: str | None, split: str) 
             builder = TABULAR.get(local.suffix)
             if builder is None:
                 raise AblateError(f"cannot read task rows from '{local}': use .jsonl, .json, .csv or .parquet")
+            _check_file(local, builder)
             source, records = f"'{local.name}'", _load(builder, str(local), data_files=str(local), split="train")
         elif looks_like_path(str(path)) or local.exists():
             raise AblateError(f"task file '{path}' not found; fix ⟨--data.path⟩ (or name a shipped task: ioi)")
@@ -131,15 +132,36 @@ def read_task_rows(path, columns: dict[str, str], name: str | None, split: str) 
     for number, record in enumerate(records, 1):
         if not isinstance(record, dict):
             raise AblateError(f"row {number} of {source} is a {type(record).__name__}, not a row of named columns")
-        if number == 1 and columns["prompt"] not in record:
-            raise AblateError(
-                f"{source} has no column '{columns['prompt']}' (columns: {', '.join(map(str, record))}); set "
-                "⟨--data.prompt_column⟩ (and answer_column, ...)"
-            )
-        rows.append({key: record.get(column) for key, column in columns.items()})
+        for key in ("prompt", "answer") if number == 1 else ():
+            if columns[key] not in record:
+                raise AblateError(
+                    f"{source} has no column '{columns[key]}' for the {key}s (columns: "
+                    f"{', '.join(map(str, record))}); name it with ⟨--data.{key}_column⟩"
+                )
+        rows.append({key: _text(record.get(column)) for key, column in columns.items()})
     if not rows:
         raise AblateError(f"{source} holds no task rows; give rows with a prompt and an answer")
     return rows, source
+
+
+def _check_file(local: Path, builder: str) -> None:
+    """A task file that is empty, not UTF-8 or not valid JSON, refused before ``datasets`` reads it (it
+    reads bytes that are not UTF-8 and fails only when a row is taken, and an empty file as StopIteration)."""
+    found = diagnose(local, builder)
+    if found:
+        raise AblateError(found)
+    if builder != "parquet" and not local.read_bytes().strip():
+        raise AblateError(f"'{local.name}' is empty; give task rows with a prompt and an answer")
+
+
+def _text(value):
+    """A cell as text: numbers as they are written (a CSV column of numeric answers is read as numbers),
+    a missing cell (None, NaN) as None."""
+    if isinstance(value, bool) or value is None:
+        return value
+    if isinstance(value, float):
+        return None if value != value else (str(int(value)) if value.is_integer() else repr(value))
+    return str(value) if isinstance(value, int) else value
 
 
 def _load(builder: str, source: str, **kwargs):

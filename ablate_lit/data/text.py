@@ -94,6 +94,13 @@ class TextData(SpecialTokens, L.LightningDataModule):
         """Positions per input (the length of every window)."""
         return self.context_length
 
+    def check_positions(self, limit: int) -> None:
+        check(
+            self.context_length <= limit,
+            f"⟨data.context_length⟩ {self.context_length} exceeds the model's {limit} positions; "
+            f"lower ⟨--data.context_length⟩ to at most {limit}",
+        )
+
     def shape_key(self) -> dict:
         """What a resample cache's shape and content depend on, besides the model."""
         return {"length": self.context_length, "prefix": self.prefix, "suffix": self.suffix}

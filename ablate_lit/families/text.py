@@ -56,11 +56,8 @@ class TextAblationModule(AblationModule):
     def connect_data(self, data) -> None:
         super().connect_data(data)
         limit = self.max_positions()
-        if limit and data.context_length > limit:
-            raise AblateError(
-                f"⟨data.context_length⟩ {data.context_length} exceeds the model's {limit} positions; "
-                f"lower ⟨--data.context_length⟩ to at most {limit}"
-            )
+        if limit:
+            data.check_positions(limit)
 
     def example_forward(self, n: int) -> torch.Tensor:
         """Logits on ``n`` copies of ``check_length`` (default 8) ordinary tokens; the copies differ only in
