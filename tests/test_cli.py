@@ -277,3 +277,15 @@ def test_fold_mode_gives_the_hook_results(capsys, tiny_models, corpus, tmp_path)
     for a, b in zip(rows["hook"], rows["fold"]):
         assert (a["method"], a["fraction"], a["seed"]) == (b["method"], b["fraction"], b["seed"])
         assert float(a["ce"]) == pytest.approx(float(b["ce"]), rel=1e-5)
+
+
+def test_a_misspelt_option_is_matched_and_a_classless_setting_names_the_class():
+    from ablate_lit.entry.parse_errors import condense
+
+    assert condense("Unrecognized arguments: --ablation.metods [zero]").startswith(
+        "unknown option --ablation.metods (did you mean --ablation.methods?)"
+    )
+    assert condense("Unrecognized arguments: --data.foo 1").startswith("unknown option --data.foo; ")
+    classless = condense("Unrecognized arguments: --model.name_or_path /models/opt")
+    assert classless.startswith("--model.name_or_path is a setting of a class not chosen; name it first with --model")
+    assert "ablate_lit.CausalLMAblation" in classless

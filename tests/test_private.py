@@ -30,6 +30,13 @@ def test_a_fresh_fit_loop_is_installed_and_restored():
     assert trainer.fit_loop is before
 
 
+def test_evaluation_loops_are_switched_to_no_grad():
+    trainer = L.Trainer(accelerator="cpu", logger=False, enable_progress_bar=False, enable_model_summary=False)
+    assert trainer.validate_loop.inference_mode and trainer.test_loop.inference_mode
+    private.evaluate_under_no_grad(trainer)
+    assert not trainer.validate_loop.inference_mode and not trainer.test_loop.inference_mode
+
+
 def test_the_cli_parser_of_the_test_command(tmp_path):
     from ablate_lit.entry.lightning_cli import build_cli
 

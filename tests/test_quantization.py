@@ -117,6 +117,22 @@ def test_a_device_map_with_disk_offload_gives_the_same_rows(capsys, tiny_models,
 
 
 @pytest.mark.slow
+@pytest.mark.parametrize("preset", ["quanto-int8", "quanto-int4", "torchao-int8"])
+def test_a_preset_that_quantizes_nothing_is_refused_and_int4_runs(capsys, tiny_models, corpus, tmp_path, preset):
+    """GPT-2's projections are transformers' Conv1D, which these presets leave as they are: the run is
+    refused rather than stored as a quantized one. On Llama every preset runs (quanto's int4 kernels
+    save tensors, which inference mode forbids: the loops run under no_grad for a quantized model)."""
+    pytest.importorskip("optimum.quanto" if preset.startswith("quanto") else "torchao")
+    args = ("--model.quantization", preset, "--ablation.methods", "[zero,mean]")
+    code, _, err = run(capsys, *tiny_args(tiny_models["gpt2"], corpus, tmp_path / "gpt2", *args))
+    assert code == 2 and f"{preset} quantized none of GPT2LMHeadModel's weights" in one_line_error(err)
+    code, _, err = run(capsys, *tiny_args(tiny_models["llama"], corpus, tmp_path / "llama", *args))
+    assert code == 0, err
+    rows = read_rows(tmp_path / "llama" / "run" / "results.csv")
+    assert {r["method"] for r in rows} == {"zero", "mean"} and all(float(r["ce"]) > 0 for r in rows)
+
+
+@pytest.mark.slow
 def test_refusals_are_one_line(capsys, tiny_models, tiny_vision, corpus, tmp_path):
     pytest.importorskip("optimum.quanto")
     args = tiny_args(tiny_models["llama"], corpus, tmp_path, "--model.quantization", "quanto-int8")

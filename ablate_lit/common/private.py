@@ -36,6 +36,15 @@ def restore_fit_loop(trainer, saved: tuple) -> None:
     trainer.fit_loop, trainer.num_sanity_val_steps = saved
 
 
+def evaluate_under_no_grad(trainer) -> None:
+    """Make ``trainer``'s validation and test loops run under ``torch.no_grad`` instead of
+    ``torch.inference_mode`` (a quantized model's kernels may be autograd Functions that save tensors,
+    which inference mode forbids: optimum-quanto's int4). Lightning sets this only when the Trainer is
+    built, before the model it will run is known."""
+    for loop in (trainer.validate_loop, trainer.test_loop):
+        loop.inference_mode = False
+
+
 def cli_parser(cli, subcommand: str | None):
     """The jsonargparse parser a LightningCLI built for ``subcommand`` (None: the only one)."""
     return cli._parser(subcommand)

@@ -58,6 +58,10 @@ def _unknown(option: str) -> str:
         close = f"{group}.{close}" if close else None
     else:
         close = closest(name, known)
+    if close == name and group in ("model", "data"):  # --model.name_or_path without --model CLASS
+        return f"--{name} is a setting of a class not chosen; name it first with --{group} CLASS ({class_paths(group)})"
+    if close == name:
+        close = None
     return f"unknown option --{name}" + (f" (did you mean --{close}?)" if close else "")
 
 

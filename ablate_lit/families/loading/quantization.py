@@ -20,6 +20,7 @@ import importlib.util
 import torch
 
 from ablate_lit.common.errors import AblateError, reason_of
+from ablate_lit.common.private import evaluate_under_no_grad
 
 
 def _bnb(**kwargs):
@@ -128,6 +129,21 @@ def is_quantized_weight(weight) -> bool:
     return type(weight) not in (torch.Tensor, torch.nn.Parameter) or not weight.dtype.is_floating_point
 
 
+def check_quantized(model, quantization) -> None:
+    """Refuse a model that ``quantization`` left as it was: a run stored as quantized must be one. Some
+    presets handle only ``nn.Linear`` (GPT-2's projections are transformers' Conv1D) or skip weights of
+    shapes they cannot pack."""
+    weights = [m.weight for m in model.modules() if isinstance(getattr(m, "weight", None), torch.Tensor)]
+    if not any(is_quantized_weight(w) for w in weights):
+        kinds = sorted({type(m).__name__ for m in model.modules() if "proj" in type(m).__name__.lower() or
+                        type(m).__name__ in ("Conv1D", "Linear")})  # fmt: skip
+        raise AblateError(
+            f"⟨--model.quantization⟩ {quantization if isinstance(quantization, str) else quant_method(quantization)} "
+            f"quantized none of {type(model).__name__}'s weights (its projections: {', '.join(kinds) or 'none'}); "
+            "use another preset, or drop ⟨--model.quantization⟩ to run it unquantized"
+        )
+
+
 def loading_kwargs(placement) -> dict:
     """The extra ``from_pretrained`` arguments for ``placement``'s quantization and device map. A bitsandbytes
     model cannot move after loading, so it is placed on this process's GPU unless a map says otherwise."""
@@ -167,6 +183,8 @@ def check_placement(trainer, module, sharded: bool) -> None:
             "place the whole model on the same devices); use ⟨--trainer.devices 1⟩, or drop the device map "
             "for DDP over replicas"
         )
+    if quantized:
+        evaluate_under_no_grad(trainer)  # (gradients stay off; quanto's int4 kernels save tensors)
     if str(trainer.precision).endswith("-true") and str(trainer.precision) != "32-true":
         raise AblateError(
             f"precision {trainer.precision} casts the weights, which {where} has already placed or packed; load them "
