@@ -92,6 +92,18 @@ def test_results_export_from_python_and_refusals(capsys, tiny_models, corpus, tm
     )  # fmt: skip
     with pytest.raises(AblateError, match="in memory"):
         in_memory.export("zero", 0.5, out=tmp_path / "mem-zero")
+    with pytest.raises(AblateError, match="cannot be written; pass a folder you can write"):
+        results.export("mean", 0.5, out=tmp_path / "a-file" / "inside")  # (checked before the run is rebuilt)
+    stale = tmp_path / ".opt-zero.partial-999999999"  # left by a killed export: its process is gone
+    stale.mkdir()
+    results.export("zero", 0.5, out=tmp_path / "opt-zero")
+    assert not stale.exists() and (tmp_path / "opt-zero" / "ablation.json").exists()
+    heads = run_api(
+        str(tiny_models["opt"]), str(corpus), root=tmp_path, name="heads", verbose=False,
+        trainer={"accelerator": "cpu"}, methods=["zero"], schedule="each", unit="head", **settings,
+    )  # fmt: skip
+    with pytest.raises(AblateError, match="is a single-unit map: each row ablates one unit"):
+        heads.export("zero", 0.125, out=tmp_path / "one-head")
 
 
 @pytest.mark.slow

@@ -35,7 +35,6 @@ def main(args=None) -> None:
     imports what it needs when it needs it: help, ``report`` and ``cache`` never load transformers,
     and torch and Lightning only where they read a run's files."""
     os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
-    os.environ.setdefault("JSONARGPARSE_DEPRECATION_WARNINGS", "off")  # Lightning's own use of jsonargparse
     clear_raised()
     argv = sys.argv[1:] if args is None else list(args)
     if not argv or argv[0] in ("-h", "--help"):

@@ -44,13 +44,32 @@ def export(run_dir, method: str, fraction: float, seed: int, out) -> Path:
     from ablate_lit.store.folder import check_run_folder
 
     run_dir = Path(run_dir)
-    if Path(out).exists() and (not Path(out).is_dir() or any(Path(out).iterdir())):
-        raise AblateError(
-            f"⟨--out⟩ '{out}' exists and is not an empty folder; pass a new folder for the exported model"
-        )
+    _check_destination(Path(out))
     check_run_folder(run_dir)  # a folder with results, or a one-line error
     trainer, module, data, cfg = rebuild(run_dir)
     return export_point(trainer, module, data, cfg, run_dir, (method, fraction, seed), Path(out))
+
+
+def _check_destination(out: Path) -> None:
+    """``out`` is new or an empty folder in a folder this process can write, checked before the run is
+    rebuilt; the partial folders that killed exports to it left behind (``.NAME.partial-PID``, their
+    process gone) are removed."""
+    import os
+    import shutil
+
+    from ablate_lit.store.atomic import pid_alive
+
+    if out.exists() and (not out.is_dir() or any(out.iterdir())):
+        raise AblateError(
+            f"⟨--out⟩ '{out}' exists and is not an empty folder; pass a new folder for the exported model"
+        )
+    parent = next(p for p in (out.absolute(), *out.absolute().parents) if p.exists() and p != out.absolute())
+    if not parent.is_dir() or not os.access(parent, os.W_OK | os.X_OK):
+        raise AblateError(f"⟨--out⟩ '{out}': '{parent}' cannot be written; pass a folder you can write")
+    for partial in out.parent.glob(f".{out.name}.partial-*") if out.parent.is_dir() else ():
+        pid = partial.name.rsplit("-", 1)[-1]
+        if pid.isdigit() and not pid_alive(int(pid)):
+            shutil.rmtree(partial, ignore_errors=True)
 
 
 def main(argv: list[str]) -> None:

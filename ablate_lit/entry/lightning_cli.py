@@ -136,6 +136,9 @@ class AblateCLI(LightningCLI):
 
 def build_cli(args=None, run: bool = True) -> AblateCLI:
     """The CLI; with ``run`` false, it only builds the trainer, model and data of a config (export)."""
+    import os
+
+    os.environ.setdefault("JSONARGPARSE_DEPRECATION_WARNINGS", "off")  # Lightning's own use of jsonargparse
     try:  # show the AblationConfig attribute docstrings in --help
         from jsonargparse import set_parsing_settings
 

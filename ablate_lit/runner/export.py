@@ -17,7 +17,7 @@ import torch
 
 from ablate_lit.ablation.fold import fold_into, why_not_foldable
 from ablate_lit.ablation.methods import parse_method
-from ablate_lit.common.errors import AblateError
+from ablate_lit.common.errors import AblateError, reason_of
 from ablate_lit.common.labels import Point
 from ablate_lit.common.logs import say
 from ablate_lit.families.saving import NO_HEAD_PRUNING, save_ablated
@@ -32,7 +32,15 @@ from ablate_lit.store.rows import ResultRow
 
 def the_row(run_dir: Path, method: str, fraction: float, seed: int) -> ResultRow:
     """The run's row for (method, fraction, seed), or a one-line error listing what the run holds."""
-    rows = [r for r in read_rows(run_dir)[0] if not r.is_unit]
+    stored = read_rows(run_dir)[0]
+    units = sorted({r.target for r in stored if r.is_unit})
+    if units and method != "baseline":
+        listed = ", ".join(units[:3]) + (", ..." if len(units) > 3 else "")
+        raise AblateError(
+            f"'{run_dir}' is a single-unit map: each row ablates one unit ({listed}), and export saves a point "
+            "of a nested run (⟨--method⟩, ⟨--fraction⟩, ⟨--seed⟩); export from a run of ⟨--ablation.schedule nested⟩"
+        )
+    rows = [r for r in stored if not r.is_unit]
     for r in rows:
         if r.method == method and r.seed == seed and abs(r.fraction - fraction) < 1e-9:
             return r
@@ -83,9 +91,15 @@ def export_point(trainer, module, data, cfg: AblationConfig, run_dir: Path, poin
         saved = save_ablated(module, partial, new_bias, cfg.site)
         record = _record(module, run_dir, row, mask, values, saved, new_bias)
         write_text(partial / "ablation.json", json.dumps(record, indent=1))
-        if out.is_dir():
-            out.rmdir()  # (empty: checked before the run was rebuilt)
-        os.replace(partial, out)
+        try:
+            if out.is_dir():
+                out.rmdir()  # (empty: checked before the run was rebuilt)
+            os.replace(partial, out)
+        except OSError as exc:  # another export wrote ``out`` meanwhile (non-empty), or it cannot be written
+            raise AblateError(
+                f"⟨--out⟩ '{out}' could not take the exported model ({reason_of(exc)}: another export may have "
+                "written it meanwhile); pass a new folder"
+            ) from exc
     finally:
         shutil.rmtree(partial, ignore_errors=True)
     say(trainer, f"exported {method} {fraction:g} (seed {seed}) of {run_dir} to {out}: {saved['format']}")
