@@ -10,7 +10,7 @@ import struct
 from pathlib import Path
 
 import pytest
-from helpers import read_rows, run, tiny_args
+from helpers import one_line_error, read_rows, run, tiny_args
 
 pytest.importorskip("wandb")
 pytest.importorskip("mlflow")
@@ -180,3 +180,26 @@ def test_a_logger_that_cannot_start_is_one_line(capsys, tiny_models, corpus, tmp
             seeds=[0], max_tokens=120, calib_tokens=256, context_length=16, batch_size=4,
         )  # fmt: skip
     assert (Path(kept.log_dir) / "hparams.yaml").exists()  # the loggers that started were closed
+
+
+@pytest.mark.parametrize(
+    "extra, message",
+    [
+        (["--trainer.logger", "TensorBoardLogger", "--trainer.logger.save_dir", "AFILE"],
+         r"the TensorBoardLogger of --trainer.logger could not start: .*Not a directory"),
+        (["--trainer.logger", "NoSuchLogger"],
+         r"--trainer.logger: 'NoSuchLogger' is not a class it takes; use a Lightning logger \(TensorBoardLogger"),
+        (["--trainer.logger", "lightning.pytorch.loggers.TensorBoardLoger"],
+         r"--trainer.logger: unknown class 'TensorBoardLoger' \(did you mean TensorBoardLogger\?\); use a Lightning"),
+    ],
+)  # fmt: skip
+def test_a_logger_is_checked_before_the_first_point_and_named_in_its_words(
+    capsys, tiny_models, corpus, tmp_path, extra, message
+):
+    import re
+
+    (tmp_path / "a-file").write_text("x")
+    extra = [str(tmp_path / "a-file") if e == "AFILE" else e for e in extra]
+    code, out, err = run(capsys, *tiny_args(tiny_models["llama"], corpus, tmp_path / "runs"), *extra)
+    assert code == 2 and re.search(message, one_line_error(err)), err[-1500:]
+    assert "Traceback" not in err and "[1/" not in out  # refused before any point was evaluated

@@ -12,6 +12,7 @@ W&B. A CSV logger holds the scalars (the figures are PNGs in the run folder anyw
 
 from __future__ import annotations
 
+import os
 from pathlib import Path
 
 from lightning.pytorch.loggers import CSVLogger, Logger, MLFlowLogger, TensorBoardLogger, WandbLogger
@@ -108,9 +109,13 @@ class Curves:
             return
         self._started = True
         for logger in self.loggers:
-            if isinstance(logger, TensorBoardLogger):
-                continue
-            try:  # the logger's first contact with its store (a W&B login, an MLflow server)
+            try:  # the logger's first contact with its store (a folder, a W&B login, an MLflow server)
+                if isinstance(logger, TensorBoardLogger):
+                    Path(logger.log_dir).mkdir(parents=True, exist_ok=True)
+                    probe = Path(logger.log_dir) / f".ablate_lit-probe-{os.getpid()}"
+                    probe.write_bytes(b"")
+                    probe.unlink()
+                    continue
                 logger.log_hyperparams({k: v for k, v in settings.items() if v is not None})
             except Exception as exc:
                 raise AblateError(

@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import re
 
+from ablate_lit.common.errors import closest
 from ablate_lit.common.families import class_paths
 
 HELP = "see python -m ablate_lit test --help"
@@ -17,6 +18,25 @@ _KINDS = {
     "list": "a list in brackets, e.g. [zero,mean] or [0,1,2]",
     "dict": "a mapping",
 }
+
+
+LOGGERS = ("TensorBoardLogger", "WandbLogger", "MLFlowLogger", "CSVLogger", "CometLogger", "NeptuneLogger")
+"""Lightning's loggers, by the names ``--trainer.logger`` takes."""
+CLASS_OPTIONS = {
+    "trainer.logger": f"a Lightning logger ({', '.join(LOGGERS[:4])}, ... or a class path), a list of them, "
+    "true or false",
+    "trainer.callbacks": "a Lightning callback's class path, or a list of them",
+}
+"""Options that take classes, and what they take (a bad value is not 'not a list')."""
+
+
+def _logger_hint(key: str, name: str) -> str:
+    """`` (did you mean TensorBoardLogger?)`` for a misspelt logger, matched without the shared 'Logger'."""
+    if key != "trainer.logger":
+        return ""
+    bases = {logger.removesuffix("Logger"): logger for logger in LOGGERS}
+    close = closest(name.rsplit(".", 1)[-1].removesuffix("Logger"), bases)
+    return f" (did you mean {bases[close]}?)" if close else ""
 
 
 def known_options() -> list[str]:
@@ -44,8 +64,6 @@ def known_options() -> list[str]:
 
 def _unknown(option: str) -> str:
     """``unknown option --X (did you mean --Y?)`` for a misspelt option."""
-    from ablate_lit.common.errors import closest
-
     name = option.lstrip("-").split("=")[0].removesuffix("+")
     try:
         known = known_options()
@@ -83,8 +101,11 @@ def condense(message: str) -> str:
             return f"{_unknown(options[0])}; {HELP}"
         return f"unknown option(s) {m[1].strip()}; {HELP}"
     if m := re.search(r"has no attribute '(\w+)'|No module named '([\w.]+)'", text):
+        name = m[1] or m[2]
+        if key in CLASS_OPTIONS:
+            return f"{option}: unknown class '{name}'{_logger_hint(key, name)}; use {CLASS_OPTIONS[key]}"
         which = class_paths(keys[0]) if keys[:1] in (["model"], ["data"]) else "a class of ablate_lit"
-        return f"{option}: unknown class '{m[1] or m[2]}'; use {which}"
+        return f"{option}: unknown class '{name}'; use {which}"
     if m := re.search(r"Problems parsing config:? *(.*)", text, re.DOTALL):
         detail = " ".join(m[1].split())[:160]
         return f"the config is not valid YAML ({detail}); fix the file"
@@ -99,6 +120,9 @@ def condense(message: str) -> str:
     )
     kinds = [k for k in re.findall(r"Expected a <class '(\w+)'>", text) if k != "NoneType"]
     kinds += ["list" for _ in re.findall(r"Subtypes: \[list\[", text)]
+    if got and key in CLASS_OPTIONS:
+        name = got[1].strip()
+        return f"{option}: '{name}' is not a class it takes{_logger_hint(key, name)}; use {CLASS_OPTIONS[key]}"
     if got and kinds:
         wanted = " or ".join(dict.fromkeys(_KINDS.get(k, k) for k in kinds))
         return f"{option}: '{got[1].strip()}' is not {wanted}; {HELP}"
