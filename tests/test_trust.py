@@ -309,6 +309,12 @@ BAD = {
     ),
     "a boolean given a word": (["--data.prepend_bos", "maybe"], r"--data.prepend_bos: 'maybe' is not true or false"),
     "an unknown option": (["--data.foo", "1"], r"unknown option --data.foo; see python -m ablate_lit test --help"),
+    "a layer named twice": (["--ablation.layers", "[1,-1]"], r"ablation.layers \[1, -1\] names layer 1 twice"),
+    "resample:data beyond the calibration inputs": (
+        ["--ablation.methods", "[zero,resample:data]", "--ablation.n_resample", "64"],
+        r"resample:data draws 64 rows from \d+ calibration inputs; lower --ablation.n_resample to at most \d+ or "
+        r"raise --data.calib_tokens$",
+    ),
     "a misspelt option": (
         ["--ablation.metods", "[zero]"],
         r"unknown option --ablation.metods \(did you mean --ablation.methods\?\); see python -m ablate_lit test",
@@ -356,6 +362,7 @@ def test_bad_input_gets_one_line_error(capsys, tiny_models, corpus, tmp_path, ca
     code, out, err = run(capsys, *tiny_args(tiny_models["llama"], corpus, tmp_path / "runs", *SMALL), *extra)
     line = one_line_error(err)
     assert code == 2 and re.search(pattern, line), line
+    assert "[1/" not in out  # refused before the first evaluation
 
 
 def test_a_model_folder_without_tokenizer_runs_with_the_tokenizer_option(capsys, tiny_models, corpus, tmp_path):

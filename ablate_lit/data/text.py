@@ -149,7 +149,7 @@ class TextData(SpecialTokens, L.LightningDataModule):
         check(
             n <= available,
             f"resample:data draws {n} rows from {available} calibration inputs; lower "
-            f"⟨--ablation.n_resample⟩ to at most {available} or raise ⟨⟨--data.calib_tokens⟩⟩",
+            f"⟨--ablation.n_resample⟩ to at most {available} or raise ⟨--data.calib_tokens⟩",
         )
         return torch.randperm(available, generator=torch.Generator().manual_seed(seed))[:n]
 

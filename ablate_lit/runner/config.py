@@ -271,6 +271,13 @@ def resolve_for(cfg: AblationConfig, module, trainer) -> list[int]:
             raise AblateError(
                 f"⟨ablation.layers⟩ holds {layer}, but the model has {n_layers} layers (0 to {n_layers - 1})"
             )
+    resolved = [layer % n_layers for layer in cfg.layers or []]
+    if len(set(resolved)) < len(resolved):
+        twice = next(layer for layer in resolved if resolved.count(layer) > 1)
+        raise AblateError(
+            f"⟨ablation.layers⟩ {cfg.layers} names layer {twice} twice (the model has {n_layers} layers, counted from "
+            "the end by negative indices); list each layer once"
+        )
     if cfg.schedule == "each":
         say(trainer, f"schedule each: every {cfg.unit} ablated alone by each method (fractions and seeds are not used)")
         cfg.seeds = [0]

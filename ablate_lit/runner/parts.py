@@ -15,7 +15,7 @@ from pathlib import Path
 
 from ablate_lit.ablation.context import MethodContext
 from ablate_lit.ablation.fitter import OptimalFitter
-from ablate_lit.ablation.methods import Method, parse_method
+from ablate_lit.ablation.methods import Method, Resample, parse_method
 from ablate_lit.ablation.schedule import ATTRIBUTION, NeuronSets, StatisticsRanker
 from ablate_lit.ablation.values import Replacements
 from ablate_lit.calibration.cache import CalibrationCache
@@ -80,6 +80,8 @@ def build_parts(
     methods = {m.label: m for m in map(parse_method, cfg.methods)}
     for method in methods.values():
         method.check(context)
+    if any(isinstance(m, Resample) and m.source == "data" for m in methods.values()):
+        data.calibration_sample(cfg.n_resample, cfg.resample_seed)  # enough calibration inputs, checked now
     values = Replacements({**methods, **ordered_by(cfg.order, context)}, context)
     hooks, head_dim = module.hooks, module.pre_outs[0].head_dim
     unit_size = head_dim if cfg.unit == "head" else 1
