@@ -167,3 +167,20 @@ def test_a_folder_converted_from_gguf_quantizes_like_the_original(tiny_models, c
     assert type(converted.pre_outs[0].proj.weight) is not torch.nn.Parameter  # quantized
     windows = data(corpus, original).eval_windows
     assert _ce(converted, windows) == _ce(original, windows)
+
+
+@pytest.mark.slow
+def test_a_device_map_key_naming_no_module_and_an_unwritable_offload_folder_are_refused(
+    capsys, tiny_models, corpus, tmp_path
+):
+    pytest.importorskip("accelerate")
+    (tmp_path / "a-file").write_text("x")
+    args = tiny_args(tiny_models["llama"], corpus, tmp_path / "runs", "--ablation.methods", "[zero]")
+    code, out, err = run(capsys, *args, "--model.device_map", '{"model.nope": "cpu", "": "cpu"}')
+    assert code == 2 and "--model.device_map names 'model.nope', which is not a module of LlamaForCausalLM" in (
+        one_line_error(err)
+    )
+    disk = '{"model.embed_tokens": "cpu", "model.layers": "disk", "model.norm": "cpu", "lm_head": "cpu"}'
+    code, out, err = run(capsys, *args, "--model.device_map", disk, "--model.offload_folder", tmp_path / "a-file" / "o")
+    assert code == 2 and "--model.offload_folder" in one_line_error(err) and "cannot be written" in err
+    assert "[1/" not in out

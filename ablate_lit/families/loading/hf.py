@@ -20,7 +20,12 @@ from ablate_lit.common.logs import say
 from ablate_lit.common.paths import looks_like_path
 from ablate_lit.common.private import auto_class_takes
 from ablate_lit.common.progress import Heartbeat
-from ablate_lit.families.loading.quantization import check_quantized, dequantised_gguf, loading_kwargs
+from ablate_lit.families.loading.quantization import (
+    check_device_map,
+    check_quantized,
+    dequantised_gguf,
+    loading_kwargs,
+)
 from ablate_lit.families.loading.settings import Layout, Placement, Source
 from ablate_lit.families.locate.layout import locate
 from ablate_lit.sites.pre_out import Architecture
@@ -179,6 +184,7 @@ def load_hf(source: Source, family: str, registry: dict[str, Architecture], layo
     model.requires_grad_(False)
     if placement.quantization is not None:
         check_quantized(model, placement.quantization)
+    check_device_map(model, placement.device_map)
     return model, path, registry.get(config.model_type)
 
 

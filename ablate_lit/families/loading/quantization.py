@@ -129,6 +129,42 @@ def is_quantized_weight(weight) -> bool:
     return type(weight) not in (torch.Tensor, torch.nn.Parameter) or not weight.dtype.is_floating_point
 
 
+def _check_writable(folder) -> None:
+    """``--model.offload_folder``: a folder the offloaded weights can be written to (checked before loading,
+    whose own failure would read as a corrupt model)."""
+    import os
+    from pathlib import Path
+
+    path = Path(os.path.expanduser(str(folder)))
+    try:
+        path.mkdir(parents=True, exist_ok=True)
+        probe = path / f".ablate_lit-probe-{os.getpid()}"
+        probe.write_bytes(b"")
+        probe.unlink()
+    except OSError as exc:
+        raise AblateError(
+            f"⟨--model.offload_folder⟩ '{folder}' cannot be written ({reason_of(exc)}); pass a folder you can write"
+        ) from exc
+
+
+def check_device_map(model, device_map) -> None:
+    """Every key of a dict ``--model.device_map`` names a module of ``model`` (accelerate ignores one that
+    does not, and the part it meant goes elsewhere without a word)."""
+    if not isinstance(device_map, dict):
+        return
+    for key in device_map:
+        if key == "":
+            continue
+        try:
+            model.get_submodule(key)
+        except AttributeError:
+            top = ", ".join(name for name, _ in model.named_children())
+            raise AblateError(
+                f"⟨--model.device_map⟩ names '{key}', which is not a module of {type(model).__name__} (its "
+                f"top-level modules: {top}); fix the key"
+            ) from None
+
+
 def check_quantized(model, quantization) -> None:
     """Refuse a model that ``quantization`` left as it was: a run stored as quantized must be one. Some
     presets handle only ``nn.Linear`` (GPT-2's projections are transformers' Conv1D) or skip weights of
@@ -161,6 +197,7 @@ def loading_kwargs(placement) -> dict:
             raise AblateError("⟨--model.device_map⟩ needs accelerate; run: pip install accelerate")
         kwargs["device_map"] = device_map
         if offload_folder:
+            _check_writable(offload_folder)
             kwargs["offload_folder"] = offload_folder
     return kwargs
 
