@@ -33,6 +33,26 @@ def test_moments_match_torch_over_chunks():
     torch.testing.assert_close(out["min"][0], x.min(0).values)
 
 
+def test_batches_with_no_values_change_nothing():
+    """A task's calibration counts each context once, so a batch may hold no new position (rows that
+    repeat earlier ones): moments and histograms take it as nothing, and a histogram's window is
+    centred on the first values it sees."""
+    x = _activations().float()
+    empty = torch.empty(0, 6)
+    plain, padded = NeuronMoments(1, 6), NeuronMoments(1, 6)
+    h_plain, h_padded = NeuronHistogram(1, 6, eps=EPS, n_bins=256), NeuronHistogram(1, 6, eps=EPS, n_bins=256)
+    for chunk in x.split(1000):
+        plain.update(0, chunk)
+        h_plain.update(0, chunk)
+    for chunk in (empty, empty, *x.split(1000)[:2], empty, *x.split(1000)[2:]):
+        padded.update(0, chunk)
+        h_padded.update(0, chunk)
+    for key, value in plain.compute().items():
+        torch.testing.assert_close(padded.compute()[key], value)
+    torch.testing.assert_close(h_padded.counts, h_plain.counts)
+    torch.testing.assert_close(h_padded.compute()["peak"], h_plain.compute()["peak"])
+
+
 def test_moments_count_and_skip_nonfinite():
     x = _activations()
     x[5, 3] = float("nan")

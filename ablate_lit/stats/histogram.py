@@ -89,6 +89,8 @@ class NeuronHistogram(ExactMetric):
             if dist.is_available() and dist.is_initialized():
                 dist.all_reduce(total)
                 dist.all_reduce(count)
+            if not count.any():  # no value yet in any process (every context already seen): the next batch
+                return
             self.set_origin(layer, total / count.clamp_min(1))
         # slot 0 = underflow, 1..n_bins = window, n_bins+1 = overflow. Non-finite values add nothing
         # (weight 0; NeuronMoments counts them). Branch-free, so no host-device sync; in chunks of

@@ -38,6 +38,8 @@ class NeuronMoments(ExactMetric):
         )
 
     def update(self, layer: int, x: torch.Tensor) -> None:  # x: [n_samples, width]
+        if x.shape[0] == 0:  # a batch with nothing new to count (a task's contexts, each counted once)
+            return
         # Branch-free (no host-device sync per layer and batch), in chunks of bounded memory.
         for part in row_chunks(x.detach()):
             part = part.to(torch.float64)
