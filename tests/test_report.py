@@ -52,3 +52,20 @@ def test_report_of_a_folder_without_results_is_a_one_line_error(capsys, tmp_path
         main(["report", str(tmp_path)])
     assert exc.value.code == 2
     assert "holds no results.csv" in capsys.readouterr().err
+
+
+def test_a_paired_logit_difference_is_averaged_over_the_rows_with_a_distractor():
+    """Rows without a distractor have no logit difference: the pair's mean is over the rows that have
+    one, as each run's own logit difference is (rows stored without the count keep the old mean)."""
+    from ablate_lit.report.paired import paired_difference
+
+    a = {"logit_diff": [1.0, 0.0, 3.0, 0.0], "total": [1, 1, 1, 1], "with_distractor": [1, 0, 1, 0]}
+    b = {"logit_diff": [0.5, 0.0, 1.5, 0.0], "total": [1, 1, 1, 1], "with_distractor": [1, 0, 1, 0]}
+    point, lo, hi = paired_difference([a], [b], "logit_diff", n_boot=200)
+    assert point == pytest.approx(((1.0 - 0.5) + (3.0 - 1.5)) / 2)  # not / 4
+    assert lo <= point <= hi
+    old = (
+        [{k: v for k, v in a.items() if k != "with_distractor"}],
+        [{k: v for k, v in b.items() if k != "with_distractor"}],
+    )
+    assert paired_difference(*old, "logit_diff", n_boot=10)[0] == pytest.approx(2.0 / 4)

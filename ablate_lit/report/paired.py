@@ -27,15 +27,18 @@ def paired_difference(
     two methods on the same windows. CE is in nats per scored token (per answer), Top1 a fraction."""
     key = {"ce": "nll", "top1": "correct", "logit_diff": "logit_diff"}[metric]
     diff = np.array([np.asarray(x[key], dtype=np.float64) - np.asarray(y[key], dtype=np.float64) for x, y in zip(a, b)])
-    tokens = np.array([np.asarray(x["total"], dtype=np.float64) for x in a])  # [seeds, windows]
+    # a logit difference is averaged over the rows with a distractor (rows stored before that count: all)
+    over = "with_distractor" if metric == "logit_diff" and "with_distractor" in a[0] else "total"
+    tokens = np.array([np.asarray(x[over], dtype=np.float64) for x in a])  # [seeds, windows]
     n_seeds, n_windows = diff.shape
     point = float(np.mean(diff.sum(1) / tokens.sum(1)))
     rng = np.random.default_rng(seed)
     windows = rng.integers(0, n_windows, (n_boot, n_windows))
-    per_seed = np.take(diff, windows, axis=1).sum(-1) / np.take(tokens, windows, axis=1).sum(-1)  # [seeds, boot]
+    with np.errstate(invalid="ignore", divide="ignore"):  # a draw of rows none of which has a distractor
+        per_seed = np.take(diff, windows, axis=1).sum(-1) / np.take(tokens, windows, axis=1).sum(-1)  # [seeds, boot]
     seeds = rng.integers(0, n_seeds, (n_boot, n_seeds))
     boot = per_seed[seeds.T, np.arange(n_boot)].mean(0)
-    lo, hi = np.percentile(boot, [2.5, 97.5])
+    lo, hi = np.nanpercentile(boot, [2.5, 97.5]) if np.isfinite(boot).any() else (np.nan, np.nan)
     return point, float(lo), float(hi)
 
 

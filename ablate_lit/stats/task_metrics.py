@@ -189,5 +189,12 @@ class TaskScores(ExactMetric):
             "logit_diff": diff.sum() / torch.where(both.sum() > 0, both.sum().double(), torch.nan),
             "n_tokens": n.clone(),
             "nonfinite": self.nonfinite.clone(),
-            "windows": {"nll": nll, "correct": correct, "total": seen.long(), "kl": kl_row, "logit_diff": diff},
+            "windows": {
+                "nll": nll,
+                "correct": correct,
+                "total": seen.long(),
+                "kl": kl_row,
+                "logit_diff": diff,
+                "with_distractor": both.long(),  # the rows a logit difference is taken over
+            },
         }
