@@ -3,10 +3,11 @@
 from __future__ import annotations
 
 import csv
+import shutil
 import statistics
 
 import pytest
-from helpers import read_rows, tiny_args
+from helpers import cli, one_line_error, read_rows, tiny_args
 from PIL import Image
 
 from ablate_lit.entry.cli import main
@@ -69,3 +70,30 @@ def test_a_paired_logit_difference_is_averaged_over_the_rows_with_a_distractor()
         [{k: v for k, v in b.items() if k != "with_distractor"}],
     )
     assert paired_difference(*old, "logit_diff", n_boot=10)[0] == pytest.approx(2.0 / 4)
+
+
+@pytest.mark.slow
+def test_a_map_beside_a_nested_run_an_unfinished_map_and_one_without_its_baseline(
+    capsys, tiny_models, corpus, two_runs, tmp_path
+):
+    """The map's unablated rows stay out of the nested table (no empty '[heads]' rows); a map with
+    units missing for a method is said to be unfinished; one without its unablated row is refused."""
+    args = tiny_args(tiny_models["llama"], corpus, tmp_path, "--ablation.methods", "[zero,mean]")
+    args[args.index("--name") + 1] = "map"
+    code, _, err = cli(capsys, "test", *args, "--ablation.schedule", "each", "--ablation.unit", "head")
+    assert code == 0, err
+    code, out, err = cli(capsys, "report", tmp_path / "map", two_runs / "llama", "--out", tmp_path / "both")
+    assert code == 0, err
+    table = (tmp_path / "both" / "table.md").read_text()
+    assert "[heads]" not in table and "| zero @ 50% |" in table
+    assert "incomplete" not in out
+    shutil.copytree(tmp_path / "map", tmp_path / "unfinished")
+    for point in (tmp_path / "unfinished" / "points").glob("mean__L1.H*"):
+        point.unlink()
+    (tmp_path / "unfinished" / "results.csv").unlink()
+    code, out, err = cli(capsys, "report", tmp_path / "unfinished", "--out", tmp_path / "u")
+    assert code == 0 and "incomplete: mean [heads] has 4 of 8 units; run the map's command again" in out, out
+    for point in (tmp_path / "unfinished" / "points").glob("*__s0__f0.000000.json"):
+        point.unlink()
+    code, out, err = cli(capsys, "report", tmp_path / "unfinished", "--out", tmp_path / "v")
+    assert code == 2 and "has no unablated row to compare its units with" in one_line_error(err)

@@ -43,12 +43,13 @@ def main(argv: list[str]) -> None:
 
     rows = load_runs(args.runs)
     maps = [r for r in rows if r.is_unit and r.record.get("schedule") == "each"]
-    rows = [r for r in rows if not r.is_unit]  # the nested schedule's rows (and baselines)
+    map_bases = [r for r in rows if not r.is_unit and r.record.get("schedule") == "each"]
+    rows = [r for r in rows if not r.is_unit and r.record.get("schedule") != "each"]  # the nested runs' rows
     methods = list(dict.fromkeys(r.method for r in rows))
     pairs = default_pairs(methods) if args.pairs is None else [_pair(p, methods) for p in args.pairs]
     out = check_folder(args.out or Path(args.runs[0]).parent / "report", "--out", create=True)  # all checked
     if maps:
-        _unit_maps(rows, maps, out)
+        _unit_maps(map_bases, maps, out)
     _attribution_maps(args.runs, out)
     if not any(r.evaluated_as != "baseline" for r in rows):
         return  # single-unit runs only
@@ -105,15 +106,33 @@ def _attribution_maps(runs: list[str], out: Path) -> None:
         print("attribution: " + ", ".join(str(p) for p in written) + "\n")
 
 
-def _unit_maps(rows: list[ResultRow], units: list[ResultRow], out: Path) -> None:
-    """Per model with single-unit rows: importance.csv, agreement.csv and the heatmaps in ``out``
-    (prefixed by the model where there are several), and the tables on standard output."""
+def _unit_maps(bases: list[ResultRow], units: list[ResultRow], out: Path) -> None:
+    """Per model with single-unit rows (``bases``: the maps' unablated rows): importance.csv,
+    agreement.csv and the heatmaps in ``out`` (prefixed by the model where there are several), and the
+    tables on standard output; a map without its unablated row is refused, an unfinished one said so."""
     from ablate_lit.report.importance import write_importance
 
     models = list(dict.fromkeys(r.model for r in units))
     for model in models:
-        mine = [r for r in rows + units if r.model == model]
+        mine = [r for r in bases + units if r.model == model]
+        if not any(r.model == model for r in bases):
+            raise AblateError(
+                f"the single-unit map of {model} has no unablated row to compare its units with; run the "
+                "map's command again (it resumes) to evaluate it"
+            )
+        by_method: dict[str, set] = {}
+        for r in units:
+            if r.model == model:
+                by_method.setdefault(r.method, set()).add(r.target)
+        every = set().union(*by_method.values())
+        short = {m: len(t) for m, t in by_method.items() if len(t) < len(every)}
+        note = (
+            f"incomplete: {', '.join(f'{m} has {n} of {len(every)} units' for m, n in short.items())}; run the "
+            "map's command again (it resumes) to finish it\n\n"
+            if short
+            else ""
+        )
         folder = out if len(models) == 1 else out / model
         markdown, written = write_importance(mine, folder, model)
-        print(f"## {model}: single-unit importance\n\n{markdown}")
+        print(f"## {model}: single-unit importance\n\n{note}{markdown}")
         print("importance: " + ", ".join(str(p) for p in written) + "\n")
