@@ -289,3 +289,16 @@ def test_a_misspelt_option_is_matched_and_a_classless_setting_names_the_class():
     classless = condense("Unrecognized arguments: --model.name_or_path /models/opt")
     assert classless.startswith("--model.name_or_path is a setting of a class not chosen; name it first with --model")
     assert "ablate_lit.CausalLMAblation" in classless
+
+
+def test_the_ablation_settings_given_as_a_file_of_their_own(capsys, tiny_models, corpus, tmp_path):
+    """``--ablation FILE`` (a group's own config file) is checked when parsed like any other way of
+    giving the settings."""
+    (tmp_path / "ablation.yaml").write_text("methods: [zero]\nfractions: [0, 1]\nseeds: [0]\n")
+    args = tiny_args(tiny_models["llama"], corpus, tmp_path / "runs")
+    code, _, err = run(capsys, *args, "--ablation", tmp_path / "ablation.yaml")
+    assert code == 0, err
+    assert {r["method"] for r in read_rows(tmp_path / "runs" / "run" / "results.csv")} == {"zero"}
+    (tmp_path / "bad.yaml").write_text("methods: [zero, mode]\n")
+    code, _, err = run(capsys, *args, "--ablation", tmp_path / "bad.yaml")
+    assert code == 2 and "unknown ablation method 'mode' (did you mean 'mean'?)" in err

@@ -3,6 +3,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import importlib.util
 import re
 import warnings
@@ -97,8 +98,9 @@ class AblateCLI(LightningCLI):
         super().parse_arguments(parser, args)
         config = self.config.get(self.config.get("subcommand") or "", self.config)
         ablation = config.get("ablation")
-        if ablation is not None:
-            AblationConfig(**ablation.as_dict())
+        if ablation is not None:  # (a group given as a file also holds its __path__)
+            names = {f.name for f in dataclasses.fields(AblationConfig)}
+            AblationConfig(**{k: v for k, v in ablation.as_dict().items() if k in names})
 
     def before_instantiate_classes(self) -> None:
         """Cheap checks of where results go, before any model or data is loaded."""
