@@ -21,6 +21,7 @@ import torch
 
 from ablate_lit.common.errors import AblateError, reason_of
 from ablate_lit.common.private import evaluate_under_no_grad
+from ablate_lit.sites.pre_out import is_projection
 
 
 def _bnb(**kwargs):
@@ -171,8 +172,7 @@ def check_quantized(model, quantization) -> None:
     shapes they cannot pack."""
     weights = [m.weight for m in model.modules() if isinstance(getattr(m, "weight", None), torch.Tensor)]
     if not any(is_quantized_weight(w) for w in weights):
-        kinds = sorted({type(m).__name__ for m in model.modules() if "proj" in type(m).__name__.lower() or
-                        type(m).__name__ in ("Conv1D", "Linear")})  # fmt: skip
+        kinds = sorted({type(m).__name__ for m in model.modules() if is_projection(m)})
         raise AblateError(
             f"⟨--model.quantization⟩ {quantization if isinstance(quantization, str) else quant_method(quantization)} "
             f"quantized none of {type(model).__name__}'s weights (its projections: {', '.join(kinds) or 'none'}); "
