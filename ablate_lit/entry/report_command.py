@@ -43,13 +43,13 @@ def main(argv: list[str]) -> None:
 
     rows = load_runs(args.runs)
     maps = [r for r in rows if r.is_unit and r.record.get("schedule") == "each"]
-    map_bases = [r for r in rows if not r.is_unit and r.record.get("schedule") == "each"]
-    rows = [r for r in rows if not r.is_unit and r.record.get("schedule") != "each"]  # the nested runs' rows
+    bases = [r for r in rows if not r.is_unit]  # the unablated rows a map compares with (one per setup)
+    rows = [r for r in bases if r.record.get("schedule") not in ("each", "attribution")]  # the nested runs
     methods = list(dict.fromkeys(r.method for r in rows))
     pairs = default_pairs(methods) if args.pairs is None else [_pair(p, methods) for p in args.pairs]
     out = check_folder(args.out or Path(args.runs[0]).parent / "report", "--out", create=True)  # all checked
     if maps:
-        _unit_maps(map_bases, maps, out)
+        _unit_maps(bases, maps, out)
     _attribution_maps(args.runs, out)
     if not any(r.evaluated_as != "baseline" for r in rows):
         return  # single-unit runs only
