@@ -17,18 +17,15 @@ map of the same methods, in one process on the same batches.
 
 from __future__ import annotations
 
-import argparse
 import json
 import statistics
 import sys
-import tempfile
 from pathlib import Path
 
 import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from bench_per_pass import build, map_entries, synchronised  # noqa: E402
-from bench_run import SHAPES  # noqa: E402
+from bench_per_pass import arguments, map_entries, setup, synchronised  # noqa: E402
 
 from ablate_lit.maps.attribution import AttributionStep  # noqa: E402
 from ablate_lit.maps.step import UnitMapStep  # noqa: E402
@@ -40,30 +37,9 @@ METHODS = ("zero", "mean", "peak", "resample")
 
 
 def main() -> None:
-    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("--shape", default="smollm2-135m", choices=sorted(SHAPES))
-    ap.add_argument("--model", default=None, help="a model folder to load instead of a random-init shape")
-    ap.add_argument("--device", default="cpu")
-    ap.add_argument("--dtype", default="float32", choices=["float32", "bfloat16"])
-    ap.add_argument("--length", type=int, default=256)
-    ap.add_argument("--batch", type=int, default=3)
-    ap.add_argument("--windows", type=int, default=3)
-    ap.add_argument("--threads", type=int, default=2)
-    ap.add_argument("--json", default=None, help="also write the figures to this file")
-    args = ap.parse_args()
-    torch.set_num_threads(args.threads)
-    device, dtype = torch.device(args.device), getattr(torch, args.dtype)
-    with tempfile.TemporaryDirectory() as tmp:
-        mod = build(args.shape, Path(tmp), dtype, args.device, args.model)
+    args = arguments(__doc__).parse_args()
+    mod, device, windows, batches = setup(args)
     n_layers, width = mod.hooks.n_layers, mod.hooks.width
-    windows = torch.randint(0, mod.model.config.vocab_size, (args.windows, args.length), generator=torch.Generator())
-    batches = [
-        {
-            "input_ids": windows[i : i + args.batch].to(device),
-            "index": torch.arange(i, min(i + args.batch, args.windows), device=device),
-        }
-        for i in range(0, args.windows, args.batch)
-    ]
     g = torch.Generator().manual_seed(1)
     values = {
         "zero": {"values": torch.zeros(n_layers, width, device=device)},

@@ -98,8 +98,10 @@ def schedule_entries(mod, values: dict) -> list:
     return [(mask, values["resample" if m.startswith("resample") else "mean"]) for m in SCHEDULE_METHODS]
 
 
-def main() -> None:
-    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+def arguments(description: str, *extra: tuple) -> argparse.ArgumentParser:
+    """The options every per-pass-style benchmark takes (shape or model, device, dtype, windows, threads,
+    json); ``extra``: (flags, keyword arguments) of its own."""
+    ap = argparse.ArgumentParser(description=description, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--shape", default="smollm2-135m", choices=sorted(SHAPES))
     ap.add_argument("--model", default=None, help="a model folder to load instead of a random-init shape")
     ap.add_argument("--device", default="cpu")
@@ -107,15 +109,19 @@ def main() -> None:
     ap.add_argument("--length", type=int, default=256)
     ap.add_argument("--batch", type=int, default=3)
     ap.add_argument("--windows", type=int, default=3)
-    ap.add_argument("--per-pass", default="1,4,auto", help="the K to measure, e.g. 1,4,16,auto")
+    for flags, kwargs in extra:
+        ap.add_argument(flags, **kwargs)
     ap.add_argument("--threads", type=int, default=2)
     ap.add_argument("--json", default=None, help="also write the figures to this file")
-    args = ap.parse_args()
+    return ap
+
+
+def setup(args) -> tuple:
+    """(the model, the device, its windows [windows, length], their batches) for ``args``."""
     torch.set_num_threads(args.threads)
     device, dtype = torch.device(args.device), getattr(torch, args.dtype)
     with tempfile.TemporaryDirectory() as tmp:
         mod = build(args.shape, Path(tmp), dtype, args.device, args.model)
-    n_layers, width = mod.hooks.n_layers, mod.hooks.width
     windows = torch.randint(0, mod.model.config.vocab_size, (args.windows, args.length), generator=torch.Generator())
     batches = [
         {
@@ -124,6 +130,14 @@ def main() -> None:
         }
         for i in range(0, args.windows, args.batch)
     ]
+    return mod, device, windows, batches
+
+
+def main() -> None:
+    per_pass = ("--per-pass", dict(default="1,4,auto", help="the K to measure, e.g. 1,4,16,auto"))
+    args = arguments(__doc__, per_pass).parse_args()
+    mod, device, windows, batches = setup(args)
+    n_layers, width = mod.hooks.n_layers, mod.hooks.width
     auto = find_per_pass(mod, WindowDataset(windows), args.batch, device.type, "auto")
     ks = sorted({auto if k == "auto" else int(k) for k in args.per_pass.split(",")})
     g = torch.Generator().manual_seed(1)

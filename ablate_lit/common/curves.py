@@ -12,13 +12,13 @@ W&B. A CSV logger holds the scalars (the figures are PNGs in the run folder anyw
 
 from __future__ import annotations
 
-import os
 from pathlib import Path
 
 from lightning.pytorch.loggers import CSVLogger, Logger, MLFlowLogger, TensorBoardLogger, WandbLogger
 
 from ablate_lit.common.errors import AblateError, reason_of
 from ablate_lit.common.logs import warn
+from ablate_lit.common.paths import make_writable_folder
 from ablate_lit.common.private import finish_wandb, mlflow_uri
 
 
@@ -111,10 +111,7 @@ class Curves:
         for logger in self.loggers:
             try:  # the logger's first contact with its store (a folder, a W&B login, an MLflow server)
                 if isinstance(logger, TensorBoardLogger):
-                    Path(logger.log_dir).mkdir(parents=True, exist_ok=True)
-                    probe = Path(logger.log_dir) / f".ablate_lit-probe-{os.getpid()}"
-                    probe.write_bytes(b"")
-                    probe.unlink()
+                    make_writable_folder(logger.log_dir)
                     continue
                 logger.log_hyperparams({k: v for k, v in settings.items() if v is not None})
             except Exception as exc:

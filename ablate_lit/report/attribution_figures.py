@@ -52,14 +52,19 @@ def neuron_map(sums: dict, shape: tuple, head_dim: int | None, loss: str, model:
         if head_dim:
             for boundary in range(head_dim, width, head_dim):
                 ax.axvline(boundary - 0.5, color="0.5", lw=0.3)
-        ax.set_title(method, fontsize=9)
-        ax.set_xlabel("neuron (grouped by head)" if head_dim else "unit")
-        ax.set_ylabel("layer")
-        ax.set_yticks(range(len(layers)), [str(layer) for layer in layers], fontsize=5)
+        _label(ax, method, "neuron (grouped by head)" if head_dim else "unit", layers)
     bar = fig.colorbar(image, ax=axes, fraction=0.025, pad=0.02)
     bar.set_label(f"estimated {LOSS_WORDS[loss]} when the neuron is ablated alone (symmetric log scale)", fontsize=8)
     fig.suptitle(f"{model}: every neuron's estimated effect, one backward pass per batch", fontsize=10)
     return fig
+
+
+def _label(ax, method: str, xlabel: str, layers) -> None:
+    """A map panel's title (the method), axis labels and one tick per layer."""
+    ax.set_title(method, fontsize=9)
+    ax.set_xlabel(xlabel)
+    ax.set_ylabel("layer")
+    ax.set_yticks(range(len(layers)), [str(layer) for layer in layers], fontsize=5)
 
 
 def head_map(sums: dict, shape: tuple, head_dim: int, loss: str, model: str):
@@ -71,10 +76,7 @@ def head_map(sums: dict, shape: tuple, head_dim: int, loss: str, model: str):
     fig, axes = _panels(len(methods))
     for ax, method in zip(axes, methods, strict=True):
         image = ax.imshow(grids[method], cmap="RdBu_r", vmin=-scale, vmax=scale, aspect="auto", interpolation="nearest")
-        ax.set_title(method, fontsize=9)
-        ax.set_xlabel("head")
-        ax.set_ylabel("layer")
-        ax.set_yticks(range(len(layers)), [str(layer) for layer in layers], fontsize=5)
+        _label(ax, method, "head", layers)
     bar = fig.colorbar(image, ax=axes, fraction=0.025, pad=0.02)
     bar.set_label(f"estimated {LOSS_WORDS[loss]} when the head is ablated alone", fontsize=8)
     fig.suptitle(f"{model}: every head's estimated effect (the sum of its neurons')", fontsize=10)

@@ -20,6 +20,7 @@ import importlib.util
 import torch
 
 from ablate_lit.common.errors import AblateError, reason_of
+from ablate_lit.common.paths import make_writable_folder
 from ablate_lit.common.private import evaluate_under_no_grad
 from ablate_lit.sites.pre_out import is_projection
 
@@ -133,15 +134,8 @@ def is_quantized_weight(weight) -> bool:
 def _check_writable(folder) -> None:
     """``--model.offload_folder``: a folder the offloaded weights can be written to (checked before loading,
     whose own failure would read as a corrupt model)."""
-    import os
-    from pathlib import Path
-
-    path = Path(os.path.expanduser(str(folder)))
     try:
-        path.mkdir(parents=True, exist_ok=True)
-        probe = path / f".ablate_lit-probe-{os.getpid()}"
-        probe.write_bytes(b"")
-        probe.unlink()
+        make_writable_folder(folder)
     except OSError as exc:
         raise AblateError(
             f"⟨--model.offload_folder⟩ '{folder}' cannot be written ({reason_of(exc)}); pass a folder you can write"
