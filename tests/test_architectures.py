@@ -190,7 +190,7 @@ def test_cli_results_equal_hooks_written_by_hand(capsys, zoo, corpus, image_fold
     assert rows[("zero", "1")] == pytest.approx(zero, rel=1e-5)
     assert rows[("mean", "0.5")] == pytest.approx(half, rel=1e-5)
     assert abs(zero - plain) > 1e-3  # the weights' scale makes ablation move the loss
-    assert f"pre-outs: {n_layers} layers x" in out
+    assert f"pre-outs: {n_layers} layer{'s' if n_layers > 1 else ''} x" in out
 
 
 @pytest.mark.parametrize("name", ["qwen3_next", "diffllama"])

@@ -266,7 +266,7 @@ def test_optimal_constants_beat_zero_mean_and_peak_on_their_training_windows_and
     )
     code, out, err = run(capsys, *args)
     assert code == 0, err
-    assert "optimal 50% (seed 0): fitting 32 constants from the mean on 14 calibration inputs (4 held out" in out
+    assert "fitting optimal 50% (seed 0): 32 constants from the mean on 14 calibration inputs (4 held out" in out
     fits = [torch.load(path, weights_only=False) for path in (tmp_path / ".calibration_cache").glob("optimal-*.pt")]
     assert len(fits) == 2  # 50% and 100%; nothing is fitted at 0%
     stats = torch.load(next((tmp_path / ".calibration_cache").glob("stats-*.pt")), weights_only=False)

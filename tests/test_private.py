@@ -96,6 +96,16 @@ def test_metric_state_defaults():
     assert {"correct", "nll", "total"} <= set(private.metric_defaults(TokenScores()))
 
 
+def test_the_gguf_conversion_bar_is_silenced_and_restored():
+    """transformers converts GGUF tensors under a module-level tqdm bar; inside the block it is disabled."""
+    from transformers import modeling_gguf_pytorch_utils as gguf
+
+    before = gguf.tqdm
+    with private.gguf_bar_silenced():
+        assert gguf.tqdm([1, 2]).disable
+    assert gguf.tqdm is before
+
+
 PRIVATE_NAMES = (
     "_parse_to",
     "_FitLoop",

@@ -432,7 +432,8 @@ def test_statistics_on_generic_text_instead_of_the_task_rows(llama, corpus, tmp_
         calib_rows=6, calibration_text=str(corpus), calib_tokens=400, batch_size=4, methods=["mean"],
         fractions=[1.0], seeds=[0], trainer={"accelerator": "cpu"},
     )  # fmt: skip
-    assert "windows of" in capsys.readouterr().out.split("calibration: ")[1].split("\n")[0]  # the run says which
+    said = capsys.readouterr().out.split("calibration statistics: ")[1].split("\n")[0]
+    assert "windows of" in said  # the run says which
     data = TaskData(
         write_jsonl(tmp_path / "g.jsonl", rows), calib_rows=6, calibration_text=str(corpus), calib_tokens=400
     )

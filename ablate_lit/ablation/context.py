@@ -27,6 +27,12 @@ class Calibrated(Protocol):
     def resample(self, source: str) -> torch.Tensor:
         """A source's resample cache [n_layers, rows, pos, width]."""
 
+    def statistics_work(self, which: str = "calibration") -> list:
+        """The sweep ``statistics(which)`` takes (``common.progress.Work``; none when on disk)."""
+
+    def resample_work(self, source: str) -> list:
+        """The steps building ``source``'s cache takes (none when on disk)."""
+
 
 class Fits(Protocol):
     """Optimal constants per point (``ablation.fitter.OptimalFitter``)."""
@@ -36,6 +42,9 @@ class Fits(Protocol):
 
     def split(self) -> tuple[torch.Tensor, torch.Tensor]:
         """The calibration rows fitted on and held out; refuses calibration data too small to split."""
+
+    def work(self, point: Point):
+        """The fit of ``point``'s constants as a step of the run (``common.progress.Work``)."""
 
 
 @dataclass(frozen=True)

@@ -7,10 +7,12 @@ from __future__ import annotations
 import torch
 
 from ablate_lit.ablation.optimal import fit_constants
+from ablate_lit.common import progress
 from ablate_lit.common.curves import series_of
 from ablate_lit.common.errors import AblateError
 from ablate_lit.common.labels import NO_TARGET, Point, percent
 from ablate_lit.common.logs import empty_pass, say
+from ablate_lit.common.words import counted
 from ablate_lit.data.sampler import make_loader
 from ablate_lit.store.objects import digest, load_object, save_object
 
@@ -49,6 +51,13 @@ class OptimalFitter:
             )
         rows = torch.randperm(n, generator=torch.Generator().manual_seed(0))
         return rows[held : held + train].sort().values, rows[:held].sort().values
+
+    def work(self, point: Point) -> progress.Work:
+        """The fit of ``point``'s constants as a step of the run: at most ``optimal_epochs`` epochs over the
+        training rows (a training step costs ``progress.FIT_PASSES`` forward passes) and the held-out rows."""
+        train, held = (len(rows) for rows in self.split())
+        epochs = self.cfg.optimal_epochs
+        return progress.Work(f"fitting {point.describe()}", "fit", epochs * (train + held / progress.FIT_PASSES))
 
     def _place(self) -> None:
         """Have Lightning move (and, for a true half precision, cast) the model now, as at the start of
@@ -107,17 +116,15 @@ class OptimalFitter:
             return cached
         n = int(mask.sum()) * (init.shape[1] if per_position else 1)
         minimising = ", minimising the KL from the unablated model" if objective == "kl" else ""
-        say(
-            trainer,
-            f"{where}: fitting {n} constants{' (one per position)' if per_position else ''} from the mean on "
-            f"{len(train_rows)} calibration inputs ({len(held_rows)} held out for early stopping){minimising}",
-        )
-        result = self._fit(point, mask, init, scale, train_rows, held_rows, objective)
-        say(
-            trainer,
-            f"{where}: held-out {objective.upper()} {result['init_loss']:.4f} at the mean -> "
-            f"{result['best_loss']:.4f} after {result['epochs']} epochs ({result['fit_s']:.1f} s)",
-        )
+        work = self.work(point)
+        with progress.step(work.what, work.kind, work.amount, trainer=trainer) as step:
+            result = self._fit(point, mask, init, scale, train_rows, held_rows, objective)
+            step.detail = (
+                f"{counted(n, 'constant')}{' (one per position)' if per_position else ''} from the mean on "
+                f"{len(train_rows)} calibration inputs ({len(held_rows)} held out){minimising}: held-out "
+                f"{objective.upper()} {result['init_loss']:.4f} at the mean -> {result['best_loss']:.4f} after "
+                f"{counted(result['epochs'], 'epoch')}"
+            )
         if trainer.is_global_zero:
             save_object(
                 {"key": key, **result, "mask": mask, "train_rows": train_rows, "held_out_rows": held_rows}, path

@@ -45,6 +45,11 @@ class Method:
         """The values replacing the neurons of ``mask`` [n_layers, width] (True: ablated) at ``point``."""
         raise NotImplementedError
 
+    def work(self, ctx: MethodContext, points: list[Point]) -> list:
+        """The steps its values take before ``points`` are evaluated with it (a resample cache, a fit per
+        point: ``common.progress.Work``), beyond the calibration statistics; none where they are on disk."""
+        return []
+
 
 class Zero(Method):
     name, help, reads_statistics = "zero", "0", False
@@ -72,6 +77,9 @@ class Mean(Method):
     def replacement(self, ctx, point, mask):
         stats = ctx.calibration.statistics("counterfactual") if self.arg else ctx.stats
         return {"values": stats.mean.float()}
+
+    def work(self, ctx, points):
+        return ctx.calibration.statistics_work("counterfactual") if self.arg else []
 
 
 class Median(Method):
@@ -168,6 +176,9 @@ class Resample(Method):
     def replacement(self, ctx, point, mask):
         return {"resample": ctx.calibration.resample(self.source)}
 
+    def work(self, ctx, points):
+        return ctx.calibration.resample_work(self.source)
+
 
 class Optimal(Method):
     name, per_point = "optimal", True
@@ -205,6 +216,9 @@ class Optimal(Method):
 
     def replacement(self, ctx, point, mask):
         return {"values": ctx.fits.fitted(point, mask, ctx.stats, self.objective, self.per_position).float()}
+
+    def work(self, ctx, points):
+        return [ctx.fits.work(point) for point in points if point.fraction > 0]
 
 
 METHODS: dict[str, type[Method]] = {

@@ -14,12 +14,14 @@ import torch
 from torch.utils.data import DataLoader
 
 from ablate_lit.calibration.callbacks import ResampleCallback, StatisticsCallback
-from ablate_lit.calibration.heartbeat import SweepHeartbeat
+from ablate_lit.calibration.heartbeat import loop_callbacks
 from ablate_lit.calibration.statistics import CalibrationStats
+from ablate_lit.common import progress
 from ablate_lit.common.logs import say, warn
-from ablate_lit.common.progress import aside
 from ablate_lit.common.resources import check_fits
 from ablate_lit.common.sharding import is_sharded
+from ablate_lit.common.words import counted
+from ablate_lit.data.random_inputs import GENERATING
 from ablate_lit.data.sampler import make_loader
 from ablate_lit.store.objects import digest, load_object, save_object
 
@@ -48,18 +50,24 @@ class CalibrationCache:
             "extra": extra,
         }
 
-    def _sweep(self, callback, loader: DataLoader, what: str) -> dict:
-        """One validation epoch over ``loader`` with ``callback`` recording; its result. Its time is set
-        aside from the run's ETA, and it says where it is when it takes long (``SweepHeartbeat``)."""
-        beat = SweepHeartbeat(what)
-        self.trainer.callbacks += [callback, beat]
-        try:
-            with aside():
+    def _sweep(self, callback, loader: DataLoader, what: str, detail: str = "") -> dict:
+        """One validation epoch over ``loader`` with ``callback`` recording, as one step of the run's
+        progress (priced as forward passes over its inputs; ``detail`` says what they are); its result."""
+        steps = progress.step(what, "forward", len(loader.dataset), "batches", trainer=self.trainer, detail=detail)
+        with steps:
+            with loop_callbacks(self.trainer, callback):
                 self.trainer.validate(self.module, dataloaders=loader, verbose=False)
-        finally:
-            self.trainer.callbacks.remove(callback)
-            self.trainer.callbacks.remove(beat)
         return callback.result
+
+    def statistics_cached(self, which: str = "calibration") -> bool:
+        """Whether ``statistics(which)`` is loaded or on disk (nothing to sweep)."""
+        return which in self._statistics or self._statistics_path(which).is_file()
+
+    def _statistics_path(self, which: str) -> Path:
+        cfg = self.cfg
+        inputs = self.data.fingerprint("calibration" if which == "calibration" else "counterfactual_calibration")
+        key = digest(self.key("stats", inputs, cfg.eps, cfg.n_bins, cfg.bin_alignment))
+        return self.cache_dir / f"stats-{key}.pt"
 
     # -- statistics ------------------------------------------------------------------------------
     def statistics(self, which: str = "calibration") -> CalibrationStats:
@@ -75,9 +83,8 @@ class CalibrationCache:
 
     def _compute(self, which: str) -> CalibrationStats:
         cfg = self.cfg
-        inputs = self.data.fingerprint("calibration" if which == "calibration" else "counterfactual_calibration")
-        key = digest(self.key("stats", inputs, cfg.eps, cfg.n_bins, cfg.bin_alignment))
-        path = self.cache_dir / f"stats-{key}.pt"
+        path = self._statistics_path(which)
+        key = path.stem.removeprefix("stats-")
         stats = load_object(path, key)
         what = "calibration statistics" if which == "calibration" else "counterfactual statistics"
         if stats is not None:
@@ -87,15 +94,13 @@ class CalibrationCache:
         early = "" if is_sharded(self.trainer.strategy) else " (each forward pass stops after the last hooked layer)"
         if which == "calibration":
             loader = self.data.val_dataloader()
-            say(self.trainer, f"calibration: {self.data.describe('calibration')}{early}")
+            detail = f"{self.data.describe('calibration')}{early}"
         else:
             inputs = self.data.counterfactual_inputs("calibration")
             loader = make_loader(inputs, self.data.batch_size)
-            say(
-                self.trainer, f"counterfactual statistics: the counterfactual prompts of {len(inputs)} calibration rows"
-            )
+            detail = f"the counterfactual prompts of {len(inputs)} calibration rows"
         callback = StatisticsCallback(cfg.eps, cfg.n_bins, cfg.bin_alignment)
-        stats = self._sweep(callback, loader, what)
+        stats = self._sweep(callback, loader, what, detail)
         stats["key"] = key
         if self.trainer.is_global_zero:
             save_object(stats, path)
@@ -120,21 +125,47 @@ class CalibrationCache:
         if risky:
             warn(
                 self.trainer,
-                f"{risky} neurons have more activations outside their histogram window than in "
-                f"their fullest bin; raise ⟨--ablation.n_bins⟩ (now {self.cfg.n_bins}) so their peaks "
+                f"{counted(risky, 'neuron')} {'has' if risky == 1 else 'have'} more activations outside the histogram "
+                f"window than in the fullest bin; raise ⟨--ablation.n_bins⟩ (now {self.cfg.n_bins}) so their peaks "
                 "are exact",
             )
 
     # -- resample caches ---------------------------------------------------------------------------
-    def resample(self, source: str) -> torch.Tensor:
-        """The pre-outs [n_layers, n_resample, pos, width] of ``source``'s inputs (randomised, or
-        calibration inputs for ``data``)."""
+    def _resample_path(self, source: str) -> tuple[Path, str, int]:
+        """Where ``source``'s cache is stored, its key and its rows."""
         cfg, data, module = self.cfg, self.data, self.module
         inputs_from = {"data": "calibration", "counterfactual": "counterfactual"}.get(source)
         inputs_from = data.fingerprint(inputs_from) if inputs_from else module.settings.source.generator
         n_rows = len(data.counterfactual_inputs()) if source == "counterfactual" else cfg.n_resample
         key = digest(self.key("resample", source, n_rows, cfg.resample_seed, inputs_from))
-        path = self.cache_dir / f"resample-{source}-{key}.pt"
+        return self.cache_dir / f"resample-{source}-{key}.pt", key, n_rows
+
+    def statistics_work(self, which: str = "calibration") -> list[progress.Work]:
+        """The sweep ``statistics(which)`` would take (none when they are at hand or on disk)."""
+        if self.statistics_cached(which):
+            return []
+        what = "calibration statistics" if which == "calibration" else "counterfactual statistics"
+        inputs = (
+            self.data.val_dataloader().dataset
+            if which == "calibration"
+            else self.data.counterfactual_inputs("calibration")
+        )
+        return [progress.Work(what, "forward", len(inputs))]
+
+    def resample_work(self, source: str) -> list[progress.Work]:
+        """The steps building ``source``'s cache would take (none when it is on disk)."""
+        path, _, n_rows = self._resample_path(source)
+        if path.is_file():
+            return []
+        works = [progress.Work(f"resample cache {source}", "forward", n_rows)]
+        steps = self.module.generation_steps(source, n_rows, self.data)
+        return ([progress.Work(GENERATING, "generate", steps)] if steps else []) + works
+
+    def resample(self, source: str) -> torch.Tensor:
+        """The pre-outs [n_layers, n_resample, pos, width] of ``source``'s inputs (randomised, or
+        calibration inputs for ``data``)."""
+        cfg, data, module = self.cfg, self.data, self.module
+        path, key, n_rows = self._resample_path(source)
         cached = load_object(path, key)
         if cached is not None:
             say(self.trainer, f"resample cache {source}: cached ({path})")
@@ -151,11 +182,10 @@ class CalibrationCache:
                 else f"lower ⟨--ablation.n_resample⟩ (now {cfg.n_resample})",
             )
         kind = {"data": "calibration inputs", "counterfactual": "counterfactual prompts, one per evaluated sequence"}
-        say(self.trainer, f"resample cache {source}: {n_rows} {kind.get(source, 'random inputs')}")
-        with aside():
-            inputs = module.random_inputs(source, n_rows, cfg.resample_seed, data)
+        inputs = module.random_inputs(source, n_rows, cfg.resample_seed, data)
         loader = make_loader(inputs, data.batch_size)
-        result = self._sweep(ResampleCallback(n_rows), loader, f"resample cache {source}")
+        detail = f"the pre-outs of {n_rows} {kind.get(source, 'random inputs')}"
+        result = self._sweep(ResampleCallback(n_rows), loader, f"resample cache {source}", detail)
         if self.trainer.is_global_zero:
             save_object({"key": key, "resample": result["resample"], "inputs": getattr(inputs, "windows", None)}, path)
         return result["resample"]

@@ -1,53 +1,38 @@
-"""A Lightning callback that says where a long sweep is when the run has been quiet for a while."""
+"""A Lightning callback that counts a loop's batches into the run's current step (``common.progress``)."""
 
 from __future__ import annotations
 
+from contextlib import contextmanager
+from typing import Iterator
+
 from lightning.pytorch.callbacks import Callback
 
-from ablate_lit.common.progress import Heartbeat
+from ablate_lit.common import progress
 
 
-class SweepHeartbeat(Callback):
-    """During a calibration sweep (``stage`` validate) or the evaluations (``stage`` test): a progress
-    line with the batches done and the step's own ETA, whenever nothing was printed for
-    ``progress.EVERY_S`` seconds. ``what`` names the step (it may be changed between epochs)."""
+def _total(totals) -> int | None:
+    total = totals[0] if totals else None
+    return int(total) if total is not None and total != float("inf") else None
 
-    def __init__(self, what: str, stage: str = "validate"):
-        self.what, self.stage = what, stage
-        self.beat: Heartbeat | None = None
 
-    def _start(self, trainer, stage: str) -> None:
-        self._end()
-        if stage == self.stage:
-            self.beat = Heartbeat(trainer, self.what, "batches", in_loop=True).start()
-
-    def _end(self) -> None:
-        if self.beat is not None:
-            self.beat.stop()
-            self.beat = None
-
-    def on_validation_epoch_start(self, trainer, pl_module) -> None:
-        self._start(trainer, "validate")
-
-    def on_test_epoch_start(self, trainer, pl_module) -> None:
-        self._start(trainer, "test")
-
-    def on_validation_epoch_end(self, trainer, pl_module) -> None:
-        self._end()
-
-    def on_test_epoch_end(self, trainer, pl_module) -> None:
-        self._end()
-
-    def on_exception(self, trainer, pl_module, exception) -> None:
-        self._end()
-
-    def _tick(self, batch_idx: int, totals) -> None:
-        if self.beat is not None:
-            total = totals[0] if totals else None
-            self.beat.tick(batch_idx + 1, int(total) if total is not None and total != float("inf") else None)
+class BatchTicks(Callback):
+    """During a calibration sweep (``trainer.validate``) or an evaluation (``trainer.test``): each batch
+    done ticks the innermost running step of the run's progress, so its bar, its pace and the ETA move."""
 
     def on_validation_batch_end(self, trainer, pl_module, outputs, batch, batch_idx, dataloader_idx=0) -> None:
-        self._tick(batch_idx, trainer.num_val_batches)
+        progress.RUN.tick_batches(batch_idx + 1, _total(trainer.num_val_batches))
 
     def on_test_batch_end(self, trainer, pl_module, outputs, batch, batch_idx, dataloader_idx=0) -> None:
-        self._tick(batch_idx, trainer.num_test_batches)
+        progress.RUN.tick_batches(batch_idx + 1, _total(trainer.num_test_batches))
+
+
+@contextmanager
+def loop_callbacks(trainer, *callbacks: Callback) -> Iterator[None]:
+    """``callbacks`` and the batch counter on ``trainer`` inside this block (removed after, whatever happens)."""
+    added = [*callbacks, BatchTicks()]
+    trainer.callbacks += added
+    try:
+        yield
+    finally:
+        for callback in added:
+            trainer.callbacks.remove(callback)

@@ -105,6 +105,24 @@ def verbosity(verbose: bool) -> Iterator[None]:
         log.setLevel(level)
 
 
+LIGHTNING_LOGGERS = ("lightning.pytorch", "lightning.fabric")
+_lightning_verbose = [False]
+
+
+def lightning_voice(verbose: bool) -> None:
+    """Whether Lightning speaks in its own words: its progress bars (``lightning_bars``), "Seed set to 0",
+    "GPU available: ..." and its other INFO lines. Off by default: the run's own progress display says
+    where it is (``common.progress``); ``--verbose`` (``run(verbose=True)``) turns them back on."""
+    _lightning_verbose[0] = verbose
+    for name in LIGHTNING_LOGGERS:
+        logging.getLogger(name).setLevel(logging.INFO if verbose else logging.WARNING)
+
+
+def lightning_bars() -> bool:
+    """Whether Lightning's own progress bars are shown (``lightning_voice``)."""
+    return _lightning_verbose[0]
+
+
 @contextmanager
 def lightning_info_silenced(silenced: bool = True) -> Iterator[None]:
     """Inside this block Lightning's INFO lines ("GPU available: ...", "`Trainer.fit` stopped: ...")
@@ -136,7 +154,9 @@ class _NoAdverts(logging.Filter):
 
 def quiet_loading() -> None:
     """No per-file progress bars while loading weights (one status line per step is printed instead),
-    no deprecation chatter from inside Lightning, and no advertisement at every Trainer."""
+    no deprecation chatter from inside Lightning, no advertisement at every Trainer, and Lightning's
+    banners left to ``--verbose`` (``lightning_voice``)."""
+    lightning_voice(_lightning_verbose[0])
     warnings.filterwarnings("ignore", message=r".*isinstance\(treespec, LeafSpec\).*")
     # torchao (the quantization extra) registers its Enums with torch's pytree at import, which torch
     # 2.14 answers with one deprecation line per Enum: chatter between two libraries, not about the run

@@ -3,13 +3,16 @@
 ablate_lit needs a few things the libraries it builds on do not offer publicly: how ``Module.to``
 parses its arguments, a fresh Lightning fit loop per fit of constants, the parser LightningCLI
 built, which configs a transformers auto class takes, a logger's run handle, a strategy's process
-settings, accelerate's hook on a dispatched module, torchmetrics' state defaults. Each is read or
-written here only, so that a library release that changes one breaks one function, and
+settings, accelerate's hook on a dispatched module, torchmetrics' state defaults, transformers' GGUF
+conversion bar. Each is read or written here only, so that a library release that changes one breaks one function, and
 ``tests/test_private.py`` calls every function on the real library: it fails on the release that
 changes what it relies on.
 """
 
 from __future__ import annotations
+
+from contextlib import contextmanager
+from typing import Iterator
 
 import torch
 
@@ -98,3 +101,19 @@ def children_and_buffers(module: torch.nn.Module) -> tuple[dict, dict]:
 def metric_defaults(metric) -> dict:
     """The reset values of a torchmetrics Metric's states (``add_state``'s defaults), by name."""
     return metric._defaults
+
+
+@contextmanager
+def gguf_bar_silenced() -> Iterator[None]:
+    """Inside this block transformers converts a GGUF file without its own tqdm bar (it takes no option
+    to turn it off): the run's progress step says what is being converted instead."""
+    from functools import partial
+
+    from transformers import modeling_gguf_pytorch_utils as gguf
+
+    bar = gguf.tqdm
+    gguf.tqdm = partial(bar, disable=True)
+    try:
+        yield
+    finally:
+        gguf.tqdm = bar

@@ -10,6 +10,7 @@ import torch
 from torch.utils.data import DataLoader
 
 from ablate_lit.common.errors import AblateError, check, check_batch_size, check_seed
+from ablate_lit.common.words import counted
 from ablate_lit.data.image_files import ImageDataset, class_labels, decode, load_images, pick_rows
 from ablate_lit.data.sampler import cached_loader, make_loader
 
@@ -125,7 +126,7 @@ class ImageData(L.LightningDataModule):
         return {"preprocess": repr(self.preprocess)}
 
     def describe(self, which: str) -> str:
-        return f"{len(self.calib_set if which == 'calibration' else self.eval_set)} images"
+        return counted(len(self.calib_set if which == "calibration" else self.eval_set), "image")
 
     def _loader(self, ds) -> DataLoader:
         return make_loader(ds, self.batch_size, self.num_workers)

@@ -13,11 +13,24 @@ from importlib import resources
 
 import torch
 
+from ablate_lit.common import progress
 from ablate_lit.common.errors import AblateError
-from ablate_lit.common.progress import Heartbeat
+from ablate_lit.common.progress import GENERATION_BATCH
+from ablate_lit.common.words import counted
 from ablate_lit.data.windows import WindowDataset
 
 _CHARS = string.ascii_letters + string.digits + string.punctuation + " " * 10 + "\n"
+
+
+GENERATING = "generating text for resample:generated"
+"""The step of the run that writes the text of resample:generated (``common.progress``)."""
+
+
+def generation_steps(n: int, length: int, prefix: list[int], suffix: list[int], own: bool) -> int:
+    """Decode steps to write ``n`` rows of ``generated`` (``own``: the generator is the tested model)."""
+    body_len = _body_len(length, prefix, suffix)
+    new = body_len if own else 2 * body_len + 16
+    return -(-n // GENERATION_BATCH) * new
 
 
 def _wrap(rows: list[list[int]] | torch.Tensor, prefix: list[int], suffix: list[int]) -> torch.Tensor:
@@ -90,7 +103,7 @@ def generated(
     seed: int,
     generator,
     generator_tokenizer,
-    batch_size: int = 8,
+    batch_size: int = GENERATION_BATCH,
 ) -> torch.Tensor:
     """Text sampled (temperature 1, no top-k/top-p) from a causal ``generator``.
 
@@ -111,25 +124,29 @@ def generated(
     device = next(generator.parameters()).device
     new = body_len if own else 2 * body_len + 16
     rows: list[list[int]] = []
-    beat = _GenerationHeartbeat(n * new)
-    with torch.random.fork_rng(devices=[device] if device.type == "cuda" else []), beat:
-        torch.manual_seed(seed)
-        for i in range(0, n, batch_size):
-            b = min(batch_size, n - i)
-            beat.before, beat.rows = i * new, b
-            prompt = torch.full((b, 1), start, dtype=torch.long, device=device)
-            for seq in _sample(generator, prompt, new, start, beat):
-                if own:
-                    rows.append(seq[:body_len].tolist())
-                    continue
-                ids = tokenizer(generator_tokenizer.decode(seq, skip_special_tokens=True), add_special_tokens=False)[
-                    "input_ids"
-                ]
-                if len(ids) < body_len:
-                    raise AblateError(
-                        f"generated text re-tokenises to {len(ids)} < {body_len} tokens; name another generator"
-                    )
-                rows.append(ids[:body_len])
+    steps = -(-n // batch_size) * new
+    with torch.random.fork_rng(devices=[device] if device.type == "cuda" else []):
+        with progress.step(
+            GENERATING, "generate", steps, "tokens", detail=f"{counted(n, 'row')} of {counted(new, 'token')}"
+        ) as step:
+            counter = _Counter(step, n * new)
+            torch.manual_seed(seed)
+            for i in range(0, n, batch_size):
+                b = min(batch_size, n - i)
+                counter.before, counter.rows = i * new, b
+                prompt = torch.full((b, 1), start, dtype=torch.long, device=device)
+                for seq in _sample(generator, prompt, new, start, counter):
+                    if own:
+                        rows.append(seq[:body_len].tolist())
+                        continue
+                    ids = tokenizer(
+                        generator_tokenizer.decode(seq, skip_special_tokens=True), add_special_tokens=False
+                    )["input_ids"]
+                    if len(ids) < body_len:
+                        raise AblateError(
+                            f"generated text re-tokenises to {len(ids)} < {body_len} tokens; name another generator"
+                        )
+                    rows.append(ids[:body_len])
     return _wrap(rows, prefix, suffix)
 
 
@@ -153,16 +170,15 @@ def _sample(generator, prompt: torch.Tensor, new: int, start: int, beat) -> torc
     return out[:, 1:].cpu()
 
 
-class _GenerationHeartbeat(Heartbeat):
-    """A stopping criterion that never stops: it counts the tokens generated, so that the heartbeat says
-    how far the text for resample:generated is when the run has been quiet (``common.progress``)."""
+class _Counter:
+    """A stopping criterion that never stops: it counts the tokens generated into the run's progress
+    step (``common.progress``), so that the bar and the ETA move while the text is written."""
 
-    def __init__(self, total: int):
-        super().__init__(None, "generating text for resample:generated", "tokens")
-        self.all, self.before, self.rows = total, 0, 1
+    def __init__(self, step, total: int):
+        self.step, self.all, self.before, self.rows = step, total, 0, 1
 
     def __call__(self, input_ids: torch.Tensor, scores, **kwargs) -> torch.Tensor:
-        self.tick(self.before + self.rows * (input_ids.shape[1] - 1), self.all)  # the prompt is 1 token
+        self.step.tick(self.before + self.rows * (input_ids.shape[1] - 1), self.all)  # the prompt is 1 token
         return torch.zeros(input_ids.shape[0], dtype=torch.bool, device=input_ids.device)
 
 

@@ -10,6 +10,7 @@ import lightning as L
 import torch
 
 from ablate_lit.common.errors import AblateError, check, check_batch_size, check_seed
+from ablate_lit.common.words import counted
 from ablate_lit.data.task_inputs import TaskInputs
 from ablate_lit.data.task_rows import encode_all, problem, read_task_rows
 from ablate_lit.data.task_sequences import TaskSequences, first_contexts, sequences
@@ -192,7 +193,7 @@ class TaskData(TaskInputs, SpecialTokens, L.LightningDataModule):
         what = "calibration split (never evaluated)" if which == "calibration" else which
         lengths = self.prompt_lengths
         span = f"{lengths[0]}" if len(lengths) == 1 else f"{lengths[0]}-{lengths[-1]}"
-        described = f"{rows} rows of the {self.task_name} task's {what}, prompts of {span} tokens"
+        described = f"{counted(rows, 'row')} of the {self.task_name} task's {what}, prompts of {span} tokens"
         if which == "calibration" and self.calib_distinct:
             distinct, positions = (int(s.tensors["valid"].sum()) for s in (self.split_of["statistics"], split))
             described += f"; {distinct} distinct contexts of {positions} positions"

@@ -9,7 +9,7 @@ from torch.utils.data import DataLoader, Dataset
 from ablate_lit.common.errors import AblateError, check
 from ablate_lit.common.labels import IGNORE_INDEX
 from ablate_lit.data.protocol import TaskShape
-from ablate_lit.data.random_inputs import text_inputs
+from ablate_lit.data.random_inputs import generation_steps, text_inputs
 from ablate_lit.data.sampler import cached_loader, make_loader
 from ablate_lit.data.task_sequences import TaskSequences
 
@@ -57,6 +57,10 @@ class TaskInputs:
 
     def eval_dataset(self) -> Dataset:
         return self.split_of["evaluation"]
+
+    def generation_steps(self, n: int, own: bool) -> int:
+        """Decode steps that writing ``n`` rows of resample:generated takes (``own``: the tested model writes)."""
+        return generation_steps(n, self.context_length, self.prefix, self.suffix, own)
 
     def random_inputs(self, source: str, n: int, seed: int, generator=None) -> Dataset:
         """``n`` randomised inputs of ``source`` laid out like the evaluated sequences (``data.random_inputs``)."""

@@ -10,7 +10,8 @@ import torch
 from torch.utils.data import DataLoader, Dataset
 
 from ablate_lit.common.errors import check, check_batch_size, check_seed
-from ablate_lit.data.random_inputs import text_inputs
+from ablate_lit.common.words import counted
+from ablate_lit.data.random_inputs import generation_steps, text_inputs
 from ablate_lit.data.sampler import cached_loader, make_loader
 from ablate_lit.data.windows import SpecialTokens, WindowDataset, given_windows, token_stream
 
@@ -107,7 +108,7 @@ class TextData(SpecialTokens, L.LightningDataModule):
 
     def describe(self, which: str) -> str:
         windows = self.calib_windows if which == "calibration" else self.eval_windows
-        return f"{windows.shape[0]} windows of {self.context_length} tokens"
+        return f"{counted(windows.shape[0], 'window')} of {counted(self.context_length, 'token')}"
 
     # -- building the windows ------------------------------------------------------------------
     def setup(self, stage: str | None = None) -> None:
@@ -168,6 +169,10 @@ class TextData(SpecialTokens, L.LightningDataModule):
     """Plain text is not a task: every token is scored."""
     has_counterfactual = False
     fixed_template = False
+
+    def generation_steps(self, n: int, own: bool) -> int:
+        """Decode steps that writing ``n`` rows of resample:generated takes (``own``: the tested model writes)."""
+        return generation_steps(n, self.context_length, self.prefix, self.suffix, own)
 
     def random_inputs(self, source: str, n: int, seed: int, generator=None) -> Dataset:
         """``n`` randomised inputs of ``source`` laid out like the evaluation windows (``data.random_inputs``)."""

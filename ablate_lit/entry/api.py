@@ -13,9 +13,10 @@ from __future__ import annotations
 import sys
 from pathlib import Path
 
+from ablate_lit.common import progress
 from ablate_lit.common.errors import AblateError, wording
 from ablate_lit.common.families import FAMILIES
-from ablate_lit.common.logs import lightning_info_silenced, quiet_loading, verbosity
+from ablate_lit.common.logs import lightning_info_silenced, lightning_voice, quiet_loading, verbosity
 from ablate_lit.data.images import ImageData
 from ablate_lit.data.masked import MaskedTextData
 from ablate_lit.data.task import TaskData
@@ -136,11 +137,11 @@ def _check_trainer(trainer, in_memory: bool) -> None:
         )
 
 
-def _trainer(trainer, verbose: bool, root) -> AblationTrainer:
+def _trainer(trainer, root) -> AblationTrainer:
     from lightning.fabric.utilities.exceptions import MisconfigurationException
 
     if not isinstance(trainer, AblationTrainer):
-        options = {"accelerator": "auto", "devices": 1, "enable_progress_bar": verbose, "default_root_dir": str(root)}
+        options = {"accelerator": "auto", "devices": 1, "default_root_dir": str(root)}
         options.update(trainer or {})
         check_devices(options["accelerator"], options["devices"])
         try:
@@ -167,11 +168,13 @@ def _run(model, data, tokenizer, preprocess, family, name, root, trainer, verbos
     checked = _Settings(family, in_memory, settings, task)
     check_destination(name, root, checked.ablation.cache_dir)
     _check_trainer(trainer, in_memory)
-    with lightning_info_silenced(not verbose), verbosity(verbose):  # "GPU available: ..." at every Trainer
+    progress.start()  # a fresh clock and plan for this run's progress display
+    lightning_voice(False)  # (Lightning's bars: trainer={"enable_progress_bar": True})
+    with lightning_info_silenced(), verbosity(verbose):  # "GPU available: ..." at every Trainer
         module_cls, data_cls = classes_of(family, task)
         module = build_module(module_cls, model, family, tokenizer, preprocess, checked.model)
         datamodule = build_datamodule(data_cls, data, family, checked.data, module)
-        trainer = _trainer(trainer, verbose, root)
+        trainer = _trainer(trainer, root)
         by_name = isinstance(data, (str, Path)) and not in_memory
         config_yaml = _config_yaml(module, datamodule, data, family, checked, trainer, settings, by_name)
         run_dir = run_experiment(trainer, module, datamodule, checked.ablation, name, str(root), config_yaml)

@@ -7,6 +7,7 @@ import logging
 import os
 import sys
 
+from ablate_lit.common import progress
 from ablate_lit.common.errors import AblateError, clear_raised, first_raised
 from ablate_lit.common.logs import quiet_loading
 from ablate_lit.common.signals import stopped_by_signals
@@ -60,6 +61,7 @@ def main(args=None) -> None:
 
                 return export_main(argv[1:])
             quiet_loading()  # (imports transformers and datasets to quiet them)
+            progress.start()
             from ablate_lit.entry.lightning_cli import build_cli
 
             build_cli(args)

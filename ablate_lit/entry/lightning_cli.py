@@ -16,6 +16,7 @@ from omegaconf import OmegaConf
 
 from ablate_lit.common.errors import AblateError
 from ablate_lit.common.families import FAMILIES
+from ablate_lit.common.logs import lightning_voice
 from ablate_lit.common.private import cli_parser
 from ablate_lit.families.module import AblationModule
 from ablate_lit.runner.config import AblationConfig
@@ -86,6 +87,9 @@ class AblateCLI(LightningCLI):
             help="run folder under --root (default: <model>-<hash of the settings that change results>)",
         )
         parser.add_argument("--root", type=str, default="lightning_logs", help="folder holding the run folders")
+        parser.add_argument(
+            "--verbose", type=bool, default=False, help="also Lightning's own progress bars, seed and device lines"
+        )
         parser.add_lightning_class_args(self.trainer_class, "trainer")
         parser.set_defaults({"trainer." + k: v for k, v in self.trainer_defaults.items() if k != "callbacks"})
         for key, (title, text) in HELP_GROUPS.items():
@@ -97,6 +101,7 @@ class AblateCLI(LightningCLI):
         value is refused before the seed is set and the model loads."""
         super().parse_arguments(parser, args)
         config = self.config.get(self.config.get("subcommand") or "", self.config)
+        lightning_voice(bool(config.get("verbose")))  # before LightningCLI sets the seed (its "Seed set to 0")
         ablation = config.get("ablation")
         if ablation is not None:  # (a group given as a file also holds its __path__)
             names = {f.name for f in dataclasses.fields(AblationConfig)}

@@ -59,7 +59,7 @@ def known_options() -> list[str]:
         for data in family.data:
             groups.setdefault("data", []).extend(params(CLASSES[data]))
     found = [f"{group}.{name}" for group, names in groups.items() for name in dict.fromkeys(names)]
-    return found + ["config", "name", "root", "print_config", "seed_everything"]
+    return found + ["config", "name", "root", "verbose", "print_config", "seed_everything"]
 
 
 def _unknown(option: str) -> str:

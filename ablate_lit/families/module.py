@@ -193,6 +193,14 @@ class AblationModule(KeptInPlace, L.LightningModule):
         """``n`` randomised inputs from ``source``, shaped like ``data``'s evaluation inputs, with indices 0..n-1."""
         raise NotImplementedError
 
+    def generation_steps(self, source: str, n: int, data) -> int:
+        """Decode steps writing ``n`` rows of resample:``source`` takes (0: its inputs are not generated)."""
+        return 0
+
+    def time_decode_step(self, n: int) -> float | None:
+        """Seconds of one decode step of ``n`` rows (None: this model generates no text)."""
+        return None
+
     def data_connection(self) -> tuple:
         """What the DataModule's ``connect`` needs from the model (tokenizer; or preprocessing and classes)."""
         raise NotImplementedError

@@ -4,9 +4,12 @@ calibration windows)."""
 
 from __future__ import annotations
 
+import time
+
 import torch
 
 from ablate_lit.common.errors import AblateError
+from ablate_lit.common.progress import GENERATION_BATCH
 from ablate_lit.families.loading.causal_lm import load_causal_lm
 from ablate_lit.families.loading.hf import PROBE, check_family, check_generator, heads_config
 from ablate_lit.families.loading.settings import LAYOUT, Source, given, takes
@@ -91,3 +94,24 @@ class TextAblationModule(AblationModule):
 
     def random_inputs(self, source: str, n: int, seed: int, data):
         return data.random_inputs(source, n, seed, self.generator)
+
+    def generation_steps(self, source: str, n: int, data) -> int:
+        """Decode steps writing ``n`` rows of resample:``source`` takes (0: it writes none)."""
+        own = not self.settings.source.generator
+        if source != "generated" or (own and self.default_generator() is None):
+            return 0
+        return data.generation_steps(n, own)
+
+    def time_decode_step(self, n: int) -> float | None:
+        """Seconds of one decode step of ``n`` rows by the model under test when it writes the text itself
+        (None for a generator loaded later: its steps are priced when they run)."""
+        if self.settings.source.generator or self.default_generator() is None:
+            return None
+        ids = torch.zeros((min(n, GENERATION_BATCH), 1), dtype=torch.long, device=self.model.device)
+        with torch.no_grad():
+            self.model(input_ids=ids)  # (the first call's one-off costs left out)
+            started = time.perf_counter()
+            self.model(input_ids=ids)
+            if ids.device.type == "cuda":
+                torch.cuda.synchronize(ids.device)
+        return time.perf_counter() - started

@@ -16,16 +16,18 @@ from pathlib import Path
 import torch
 
 from ablate_lit.ablation.schedule import ATTRIBUTION
-from ablate_lit.calibration.heartbeat import SweepHeartbeat
+from ablate_lit.calibration.heartbeat import loop_callbacks
+from ablate_lit.common import progress
 from ablate_lit.common.errors import AblateError, reason_of
 from ablate_lit.common.labels import Point, unit_names
 from ablate_lit.common.logs import say
-from ablate_lit.common.progress import aside
+from ablate_lit.common.words import counted
 from ablate_lit.maps.attribution import AttributionStep, check_plan, units_to_check
 from ablate_lit.report.attribution import write_attribution
 from ablate_lit.runner.config import AblationConfig
 from ablate_lit.sites.hooks import BlockGradients
 from ablate_lit.stats.attribution import AttributionSums, harm
+from ablate_lit.store.folder import with_family
 from ablate_lit.store.objects import digest, load_object, save_object
 
 
@@ -73,12 +75,11 @@ def sweep(trainer, module, data, parts, cfg: AblationConfig, run_dir: Path, run_
     say(
         trainer,
         f"attribution: one forward pass, {passes}{more} per batch over {data.describe('evaluation')}, "
-        f"for {len(cfg.methods)} methods at once",
+        f"for {counted(len(cfg.methods), 'method')} at once",
     )
-    beat = SweepHeartbeat("attribution sweep", "test")
-    trainer.callbacks.append(beat)
+    sweep = progress.step("attribution sweep", "evaluate", len(data.eval_dataset()), "batches", trainer=trainer)
     try:
-        with module.scoring_with(step):
+        with sweep, loop_callbacks(trainer), module.scoring_with(step):
             trainer.test(module, dataloaders=data.test_dataloader(), verbose=False)
     except RuntimeError as exc:
         if "grad" not in str(exc) and "backward" not in str(exc):
@@ -87,8 +88,6 @@ def sweep(trainer, module, data, parts, cfg: AblationConfig, run_dir: Path, run_
             f"attribution needs gradients through the model, which this one does not give ({reason_of(exc, 160)}); "
             "measure exactly with ⟨--ablation.schedule each⟩"
         ) from exc
-    finally:
-        trainer.callbacks.remove(beat)
     result = step.sums.compute()
     result = {k: {m: _cpu(v) for m, v in per.items()} for k, per in result.items()}
     if trainer.is_global_zero:
@@ -126,7 +125,7 @@ def summary(module, cfg: AblationConfig, parts, sums: dict, store, model: str, c
     """attribution.csv, attribution.md and the figures (also in the loggers' ``attribution`` series);
     returns the Markdown tables."""
     writer = curves.series("attribution")
-    layout, rows = layout_of(module, cfg, parts), store.read(windows=True)
+    layout, rows = layout_of(module, cfg, parts), with_family(store.read(windows=True), store.run_dir)
     markdown, _ = write_attribution(sums, rows, layout, store.run_dir, model, writer)
     writer.flush()
     return markdown
@@ -182,13 +181,10 @@ class AttributionRanker:
             trainer,
             f"order by the estimated harm of {method}: an attribution sweep over {self.data.describe('calibration')}",
         )
-        beat = SweepHeartbeat(f"estimated harm of {method}", "test")
-        trainer.callbacks.append(beat)
-        try:
-            with aside(), module.scoring_with(step):
-                trainer.test(module, dataloaders=self.data.val_dataloader(), verbose=False)
-        finally:
-            trainer.callbacks.remove(beat)
+        loader = self.data.val_dataloader()
+        sweep = progress.step(f"estimated harm of {method}", "forward", len(loader.dataset), "batches", trainer=trainer)
+        with sweep, loop_callbacks(trainer), module.scoring_with(step):
+            trainer.test(module, dataloaders=loader, verbose=False)
         loss = losses[0]
         result = step.sums.compute()[loss]
         per_neuron = harm(loss, result[method][0] / result["count"].sum().clamp_min(1)).float().cpu()

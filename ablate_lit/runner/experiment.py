@@ -14,13 +14,14 @@ import torch
 from ablate_lit.ablation.fold import folded
 from ablate_lit.ablation.schedule import NeuronSets, group_points, plan
 from ablate_lit.ablation.values import Replacements
-from ablate_lit.calibration.heartbeat import SweepHeartbeat
+from ablate_lit.calibration.heartbeat import loop_callbacks
+from ablate_lit.common import progress
 from ablate_lit.common.labels import NO_TARGET, Point, PointGroup, UnitGroup, percent
 from ablate_lit.common.logs import say
-from ablate_lit.common.progress import aside, clock
+from ablate_lit.common.words import counted
 from ablate_lit.maps.step import AblationsStep
 from ablate_lit.maps.units import UnitMap
-from ablate_lit.runner.scheduler import Scheduler
+from ablate_lit.runner.scheduler import Scheduler, cost
 from ablate_lit.runner.writer import ResultWriter
 
 
@@ -79,8 +80,17 @@ class Experiment:
         return self.module.hooks.ablating(mask, device=self.module.device, **replacement)
 
     # -- the schedule --------------------------------------------------------------------------------
+    def work(self, point) -> progress.Work:
+        """``point``'s evaluation as a step of the run: forward passes over the evaluation inputs, one per
+        ablation (a group's entries) even where several share a pass (their copies cost as much)."""
+        return progress.Work(f"evaluating {point.describe()}", "evaluate", cost(point) * len(self.data.eval_dataset()))
+
     def _evaluate(self, point: Point, writer: ResultWriter) -> None:
-        self.beat.what = f"evaluating {point.describe()}"
+        work = self.work(point)
+        with progress.step(work.what, work.kind, work.amount, "batches", say_end=False, trainer=self.trainer):
+            self._evaluate_point(point, writer)
+
+    def _evaluate_point(self, point: Point, writer: ResultWriter) -> None:
         if isinstance(point, UnitGroup):
             self._evaluate_units(point, writer)
             return
@@ -93,8 +103,7 @@ class Experiment:
             trainer.test(module, dataloaders=self.data.test_dataloader(), verbose=False)
             return
         mask = self.mask(point)
-        with aside():  # a resample sweep or a fit may run here: one-off work, not in the ETA's rate
-            replacement = self.values.of(point, mask, module.device)
+        replacement = self.values.of(point, mask, module.device)  # (a resample cache or a fit: steps of their own)
         writer.begin(point, int(mask.sum()), self.sets.n_neurons, module.scores)
         with self._ablated(mask, replacement):
             trainer.test(module, dataloaders=self.data.test_dataloader(), verbose=False)
@@ -104,8 +113,7 @@ class Experiment:
         ``trainer.test`` over the evaluation data."""
         todo = PointGroup(self._todo(group, writer))
         mask = self.mask(todo.entries[0])
-        with aside():  # a resample sweep or a fit may run here: one-off work, not in the ETA's rate
-            values = self.values.of_many(list(todo.entries), mask, self.module.device)
+        values = self.values.of_many(list(todo.entries), mask, self.module.device)
         step = AblationsStep(self.module, [(mask, v) for v in values], self.module.kl, self.per_pass)
         writer.begin_group(todo, [int(mask.sum())] * len(values), self.sets.n_neurons, step.scores)
         with self.module.scoring_with(step):
@@ -125,22 +133,22 @@ class Experiment:
             )
 
     def _progress(self, writer: ResultWriter):
-        def line(point: Point, eta: float) -> str:
-            s = self.scheduler
+        def line(point: Point, eta: str) -> str:
+            s, eta = self.scheduler, f"  ({eta})" if eta else ""
             if isinstance(point, UnitGroup):
-                return f"[{s.done}/{s.total}] {self.units.progress(point, writer.last)}  (eta {clock(eta)})"
+                return f"[{s.done}/{s.total}] {self.units.progress(point, writer.last)}{eta}"
             if isinstance(point, PointGroup):  # a line per method evaluated, as when each has a pass of its own
                 return "\n".join(entry_line(e, last, eta) for e, last in writer.last)
             return entry_line(point, writer.last, eta)
 
-        def entry_line(point: Point, last: dict, eta: float) -> str:
+        def entry_line(point: Point, last: dict, eta: str) -> str:
             s = self.scheduler
             kl = f"  kl {last['kl']:.4f}" if self.module.kl else ""
             ld = f"  logit diff {last['logit_diff']:.3f}" if "logit_diff" in last else ""
             top1, ce = ("answer acc", "answer ce") if "logit_diff" in last else ("top1", "ce")
             return (
                 f"[{s.done}/{s.total}] {point.method:>24} seed {point.seed} {percent(point.fraction):3d}% ablated: "
-                f"{top1} {100 * last['top1']:.2f}%  {ce} {last['ce']:.4f}{ld}{kl}  (eta {clock(eta)})"
+                f"{top1} {100 * last['top1']:.2f}%  {ce} {last['ce']:.4f}{ld}{kl}{eta}"
             )
 
         return line
@@ -166,7 +174,7 @@ class Experiment:
         todo = self.scheduler.pending(points)
         say(
             self.trainer,
-            f"schedule: {self.scheduler.total} evaluations ({self.scheduler.done} already in "
+            f"schedule: {counted(self.scheduler.total, 'evaluation')} ({self.scheduler.done} already in "
             f"{writer.store.csv}), each over {self.data.describe('evaluation')}",
         )
         return todo
@@ -174,11 +182,8 @@ class Experiment:
     def run(self, todo: list, writer: ResultWriter) -> None:
         """Evaluate every point of ``todo`` (from ``start``). Points another process is evaluating are
         left to it and waited for; a point whose evaluation exists gets its rows copied."""
-        self.beat = SweepHeartbeat("evaluation", "test")
-        self.trainer.callbacks += [writer, self.beat]
         try:
-            self.scheduler.run(todo)
+            with loop_callbacks(self.trainer, writer):
+                self.scheduler.run(todo)
         finally:
-            self.trainer.callbacks.remove(writer)
-            self.trainer.callbacks.remove(self.beat)
             writer.close()

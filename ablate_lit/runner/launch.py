@@ -10,11 +10,11 @@ from __future__ import annotations
 from pathlib import Path
 
 from ablate_lit.ablation.fold import why_not_foldable
+from ablate_lit.common import progress
 from ablate_lit.common.curves import Curves
 from ablate_lit.common.errors import AblateError
 from ablate_lit.common.logs import say
 from ablate_lit.common.private import start_method, tensor_parallel_size
-from ablate_lit.common.progress import Heartbeat
 from ablate_lit.common.sharding import is_sharded
 from ablate_lit.common.signals import stopped_by_signals
 from ablate_lit.families.loading.quantization import check_placement
@@ -31,7 +31,7 @@ from ablate_lit.runner.writer import ResultWriter
 from ablate_lit.stats.task_metrics import TaskScores
 from ablate_lit.stats.token_metrics import TokenScores
 from ablate_lit.store.atomic import clear_stale, write_text
-from ablate_lit.store.folder import ResultStore
+from ablate_lit.store.folder import ResultStore, with_family
 
 
 def check_destination(name: str | None, root, cache_dir=None) -> None:
@@ -182,18 +182,19 @@ def _evaluate_all(
                 points = experiment.points(cfg.methods, cfg.seeds, cfg.fractions)
             else:
                 if any(m.reads_statistics for m in parts.methods.values()):
-                    _calibrate(trainer, parts.calibration, store.run_dir, curves, cfg.log_histograms)
+                    _calibrate(trainer, parts.calibration, store.run_dir, curves, cfg.log_histograms, fixed["model"])
                 module = experiment.module
                 sums = attribution.sweep(trainer, module, experiment.data, parts, cfg, store.run_dir, store.run_id)
                 points = attribution.checks(module, cfg, parts, sums)
             todo = experiment.start(points, writer)
+            plan_steps(experiment, parts, cfg, todo, store.run_dir)
             if experiment.reads_statistics(todo):
-                _calibrate(trainer, parts.calibration, store.run_dir, curves, cfg.log_histograms)
+                _calibrate(trainer, parts.calibration, store.run_dir, curves, cfg.log_histograms, fixed["model"])
             if cfg.schedule == "nested" and todo:
                 parts.sets.prepare(cfg.seeds)  # (an order by estimated harm sweeps the calibration inputs)
             experiment.run(todo, writer)
         if trainer.is_global_zero:
-            rows = store.write_csv()
+            rows = with_family(store.write_csv(), store.run_dir)
             table = _unit_map_summary(store, fixed["model"], curves) if cfg.schedule == "each" else None
             if sums is not None:
                 table = attribution.summary(experiment.module, cfg, parts, sums, store, fixed["model"], curves)
@@ -206,19 +207,44 @@ def _evaluate_all(
         curves.close(status)
 
 
-def _calibrate(trainer, calibration, run_dir: Path, curves: Curves, figures: bool) -> None:
+NEURON_FIGURES = "neuron figures"
+"""The step writing neurons.csv, the neuron figures and histograms (``report.neurons``)."""
+
+
+def plan_steps(experiment: Experiment, parts: Parts, cfg: AblationConfig, todo: list, run_dir: Path) -> None:
+    """Every step ahead of the run, in order, for its progress display and ETA (``common.progress``): the
+    calibration sweep and neuron figures where needed, each method's one-off steps (resample caches,
+    fits), every evaluation; and a decode step timed where text is to be generated."""
+    works = []
+    if experiment.reads_statistics(todo):
+        works += parts.calibration.statistics_work()
+        if cfg.log_histograms and not (run_dir / "neurons" / "atypical.png").exists():
+            layers = experiment.module.hooks.n_layers + progress.FIGURES_FIXED_LAYERS
+            works.append(progress.Work(NEURON_FIGURES, "figures", layers))
+    evaluated = [e for p in todo for e in getattr(p, "entries", (p,))]
+    for label, method in parts.methods.items():
+        works += method.work(parts.context, [p for p in evaluated if p.method == label])
+    works += [experiment.work(p) for p in todo]
+    progress.RUN.plan(works)
+    if any(w.kind == "generate" for w in works) and (seconds := experiment.module.time_decode_step(cfg.n_resample)):
+        progress.RUN.rates.probe("generate", seconds)
+
+
+def _calibrate(trainer, calibration, run_dir: Path, curves: Curves, figures: bool, model: str = "") -> None:
     """The calibration statistics (computed once, or loaded), then neurons.csv and the neuron figures
     and histograms (``report.neurons``), when ``figures``."""
     stats = calibration.statistics()
-    if figures and trainer.is_global_zero:
-        with Heartbeat(trainer, "writing neurons.csv, the neuron figures and histograms"):
-            neuron_views(stats, run_dir, curves.series("calibration"))
+    if figures and trainer.is_global_zero and not (run_dir / "neurons" / "atypical.png").exists():
+        layers = stats.mean.shape[0] + progress.FIGURES_FIXED_LAYERS
+        detail = "neurons.csv, the neuron figures and histograms"
+        with progress.step(NEURON_FIGURES, "figures", layers, trainer=trainer, detail=detail):
+            neuron_views(stats, run_dir, curves.series("calibration"), model=model)
 
 
 def _unit_map_summary(store: ResultStore, model: str, curves: Curves) -> str:
     """A single-unit run's outputs (importance.csv, agreement.csv, importance.md, the heatmaps, also in
     the loggers' ``importance`` series: TensorBoard's tb/importance by default); returns its tables."""
     writer = curves.series("importance")
-    markdown, _ = write_importance(store.read(windows=True), store.run_dir, model, writer)
+    markdown, _ = write_importance(with_family(store.read(windows=True), store.run_dir), store.run_dir, model, writer)
     writer.flush()
     return markdown

@@ -14,10 +14,9 @@ from typing import Callable
 
 import torch.distributed as dist
 
-from ablate_lit.common import signals
+from ablate_lit.common import progress, signals
 from ablate_lit.common.labels import Point
 from ablate_lit.common.logs import empty_pass, say
-from ablate_lit.common.progress import set_aside_s
 from ablate_lit.data.sampler import make_loader
 
 POLL_S = 2.0
@@ -64,11 +63,12 @@ def cost(point) -> int:
 
 class Scheduler:
     """Runs ``points`` through ``evaluate`` (one ``trainer.test`` each) and ``writer`` (their rows),
-    counting progress in ``done`` of ``total`` and saying each evaluated point with ``progress``."""
+    counting progress in ``done`` of ``total`` and saying each evaluated point with ``line`` (given the
+    run's ETA in words: ``common.progress``)."""
 
-    def __init__(self, trainer, writer, evaluate: Callable[[Point], None], progress: Callable[[Point, float], str]):
+    def __init__(self, trainer, writer, evaluate: Callable[[Point], None], line: Callable[[Point, str], str]):
         self.trainer, self.writer, self.store = trainer, writer, writer.store
-        self.evaluate, self.progress = evaluate, progress
+        self.evaluate, self.line = evaluate, line
         self.total = self.done = 0
         self.points: list[Point] = []
 
@@ -102,7 +102,7 @@ class Scheduler:
 
     def run(self, todo: list[Point]) -> None:
         """Evaluate or copy every point of ``todo``; points another process holds are waited for."""
-        started, evaluated, waiting, told = time.perf_counter() - set_aside_s(), 0, [], set()
+        waiting, told = [], set()
         while todo or waiting:
             if not todo:
                 time.sleep(POLL_S)
@@ -122,14 +122,13 @@ class Scheduler:
                 self.writer.copy(point, decision.evaluated, list(decision.missing))
             elif decision.action is Action.EVALUATE:
                 self._evaluate(point)
-                evaluated += cost(point)
             self.done += 1
             signals.raise_if_signalled()  # a signal whose exception a destructor swallowed still stops the run here
             if decision.action is Action.EVALUATE:
-                # the time of evaluations only: calibration and resample caches are one-off (progress.aside)
-                spent = time.perf_counter() - set_aside_s() - started
-                eta = spent / evaluated * sum(map(cost, todo + waiting))
-                say(self.trainer, self.progress(point, eta))
+                say(
+                    self.trainer,
+                    "\n".join(map(progress.stamped, self.line(point, progress.RUN.eta_words()).split("\n"))),
+                )
 
     def _evaluate(self, point: Point) -> None:
         try:

@@ -15,6 +15,8 @@ from lightning.pytorch.callbacks import Callback
 from lightning.pytorch.loggers import Logger
 from lightning.pytorch.strategies import Strategy
 
+from ablate_lit.common.logs import lightning_bars
+
 _PRECISION = Optional[
     Union[
         Literal[64, 32, 16],
@@ -77,7 +79,8 @@ class AblationTrainer(L.Trainer):
             devices: how many devices (or which: [0, 2]), or auto.
             num_nodes: machines, each with ``devices`` devices.
             precision: 32 (null: 32), bf16-mixed, 16-mixed (autocast), bf16-true, 16-true (weights cast).
-            enable_progress_bar: show progress bars (null: shown).
+            enable_progress_bar: also Lightning's own progress bars (null: with --verbose only; the run's
+                progress display says where it is).
             callbacks: extra Lightning callbacks.
             deterministic: use deterministic algorithms (true, false or warn).
             benchmark: cudnn.benchmark.
@@ -94,7 +97,7 @@ class AblationTrainer(L.Trainer):
             devices=devices,
             num_nodes=num_nodes,
             precision=precision,
-            enable_progress_bar=enable_progress_bar,
+            enable_progress_bar=lightning_bars() if enable_progress_bar is None else enable_progress_bar,
             callbacks=callbacks,
             deterministic=deterministic,
             benchmark=benchmark,

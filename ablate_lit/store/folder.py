@@ -288,6 +288,16 @@ def read_rows(run_dir: Path, windows: bool = False) -> tuple[list[ResultRow], li
     return as_rows(rows), problems
 
 
+def with_family(rows: list[ResultRow], run_dir: Path) -> list[ResultRow]:
+    """``rows`` with their run's model family (causal_lm, masked_lm, vision: from identity.json) beside
+    their columns, for words that depend on what was scored (tokens, masked tokens, images)."""
+    try:
+        family = json.loads((Path(run_dir) / "identity.json").read_text()).get("family")
+    except (OSError, ValueError):
+        return rows
+    return [r.replace(family=family) for r in rows] if family else rows
+
+
 def _file_id(path: Path) -> tuple[int, int] | None:
     """(device, inode) of ``path``: the same file, not another one of that name; None if it is gone."""
     try:

@@ -14,12 +14,11 @@ from pathlib import Path
 
 import torch
 
+from ablate_lit.common import progress
 from ablate_lit.common.errors import AblateError, reason_of
 from ablate_lit.common.families import FAMILIES
-from ablate_lit.common.logs import say
 from ablate_lit.common.paths import looks_like_path
-from ablate_lit.common.private import auto_class_takes
-from ablate_lit.common.progress import Heartbeat
+from ablate_lit.common.private import auto_class_takes, gguf_bar_silenced
 from ablate_lit.families.loading.quantization import (
     check_device_map,
     check_quantized,
@@ -116,8 +115,7 @@ def _convert_gguf(folder: str, gguf_file: str, check) -> str:
         return str(target)
     try:
         check(transformers.AutoConfig.from_pretrained(folder, gguf_file=gguf_file))
-        say(None, f"converting {gguf_path} once into {target}")
-        with Heartbeat(None, f"converting {gguf_file}"):
+        with progress.step(f"converting {gguf_file}", detail=f"{gguf_path} once into {target}"), gguf_bar_silenced():
             tokenizer = transformers.AutoTokenizer.from_pretrained(folder, gguf_file=gguf_file)
             loaded = transformers.AutoModelForCausalLM.from_pretrained(folder, gguf_file=gguf_file)
     except ImportError as exc:
@@ -168,7 +166,7 @@ def load_hf(source: Source, family: str, registry: dict[str, Architecture], layo
     if source.attn_implementation:
         kwargs["attn_implementation"] = source.attn_implementation
     try:
-        with Heartbeat(None, f"loading {Path(str(name_or_path)).name or name_or_path}"):
+        with progress.step(f"loading {Path(str(name_or_path)).name or name_or_path}"):
             model = getattr(transformers, FAMILIES[family].auto_class).from_pretrained(path, config=config, **kwargs)
     except AblateError:
         raise

@@ -6,6 +6,7 @@ from __future__ import annotations
 import re
 
 from ablate_lit.common.errors import AblateError, render
+from ablate_lit.common.words import counted
 from ablate_lit.sites.pre_out import PreOut
 
 
@@ -24,7 +25,8 @@ def describe(pre_outs: list[PreOut], layout_source: str, unhooked: list[str], ch
     if p.site == "mlp":
         between = "" if p.direct else f", the input of a {type(p.module).__name__} before the output projection"
         return (
-            f"MLP hidden units: {len(pre_outs)} layers x {p.width} neurons each, at {where}{between}{shared} "
+            f"MLP hidden units: {counted(len(pre_outs), 'layer')} x {counted(p.width, 'neuron')} each, at "
+            f"{where}{between}{shared} "
             "(checked against the intermediate size and on a forward pass)"
         )
     between = "" if p.direct else f", the input of a {type(p.module).__name__} between the heads and the out-projection"
@@ -43,7 +45,8 @@ def describe(pre_outs: list[PreOut], layout_source: str, unhooked: list[str], ch
         else ""
     )
     return (
-        f"pre-outs: {len(pre_outs)} layers x {p.n_heads} heads x {p.head_dim} = {p.width} neurons each, at "
+        f"pre-outs: {counted(len(pre_outs), 'layer')} x {counted(p.n_heads, 'head')} x {p.head_dim} = "
+        f"{counted(p.width, 'neuron')} each, at "
         f"{where}{between}{shared} ({layout_source}{checked}){others}"
     )
 
