@@ -83,7 +83,7 @@ def test_a_model_in_memory_on_a_list_of_strings_gives_the_cli_table_of_the_same_
     reopened = ablate_lit.load(results.run_dir)
     assert reopened.table().equals(api)
     summary = reopened.summary()
-    assert "Top1 accuracy (%)" in summary and "1 seed" not in summary and "2 seed(s)" in summary
+    assert "Top1 accuracy (%)" in summary and "1 seed" not in summary and "mean ± std over 2 seeds" in summary
     assert (
         summary.index("| zero |") < summary.index("| mean |") < summary.index("| peak |") < summary.index("| resample:")
     )
@@ -94,7 +94,7 @@ def test_a_model_in_memory_on_a_list_of_strings_gives_the_cli_table_of_the_same_
     assert top1.get_ylabel() == "Top1 accuracy (%)" and ce.get_ylabel().startswith("cross-entropy")
     assert top1.get_xlabel() == "neurons ablated (%)"
     assert "unablated" in [line.get_label() for line in top1.get_lines()]
-    assert re.search(r"2 seed\(s\), 120 scored tokens", fig._suptitle.get_text())
+    assert re.search(r"2 seeds, band: ± one std over seeds, 120 scored tokens per point", fig._suptitle.get_text())
 
 
 def test_a_dataloader_of_token_windows_is_used_as_it_is(assets, corpus, tmp_path):

@@ -200,8 +200,13 @@ class Label:
         return Label(method, self.kinds)
 
 
-def method_rank(text: str) -> tuple[int, str]:
+def method_rank(text: str) -> tuple[int, int, str]:
     """Where a method label sorts: by its method's place in METHOD_ORDER (zero, mean, ..., resample),
-    then by the label (``peak`` before ``peak:eps=0.05``; ``mean [heads]`` ranks as ``mean``)."""
-    name = Label.parse(text).name
-    return (METHOD_ORDER.index(name) if name in METHOD_ORDER else len(METHOD_ORDER), str(text))
+    resample sources in the paper's order (random_chars, random_tokens, generated, then data, ...), then
+    by the label (``peak`` before ``peak:eps=0.05``; ``mean [heads]`` ranks as ``mean``)."""
+    from ablate_lit.common.families import RESAMPLE_SOURCES
+
+    label = Label.parse(text)
+    name, arg = label.name, label.arg
+    source = RESAMPLE_SOURCES.index(arg) if name == "resample" and arg in RESAMPLE_SOURCES else len(RESAMPLE_SOURCES)
+    return (METHOD_ORDER.index(name) if name in METHOD_ORDER else len(METHOD_ORDER), source, str(text))

@@ -7,13 +7,13 @@ from __future__ import annotations
 from pathlib import Path
 
 from ablate_lit.common.errors import AblateError
-from ablate_lit.common.labels import method_rank
 from ablate_lit.report.figures import model_figure
 from ablate_lit.report.importance import agreement, agreement_table, importance, top_units_table, unit_rows
 from ablate_lit.report.importance_figures import importance_figure
+from ablate_lit.report.style import Scored, ordered
 from ablate_lit.report.summary import summary_table
 from ablate_lit.report.tables import method_label
-from ablate_lit.store.folder import check_run_folder, read_rows
+from ablate_lit.store.folder import check_run_folder, read_rows, with_family
 from ablate_lit.store.rows import ResultRow, column_kinds
 
 
@@ -33,9 +33,17 @@ class Results:
     def _rows(self, windows: bool = False) -> list[ResultRow]:
         return read_rows(self.run_dir, windows=windows)[0]
 
+    def _described_rows(self, windows: bool = False) -> list[ResultRow]:
+        """The rows with their run's family beside them (figure and table titles say what was scored)."""
+        return with_family(self._rows(windows), self.run_dir)
+
+    READ_FIRST = ("method", "fraction", "top1", "ce", "kl", "logit_diff", "seed", "n_ablated", "n_neurons", "n_tokens")
+    """The columns ``table()`` leads with: what a reader compares, then what each number rests on."""
+
     def table(self):
-        """One row per (method, seed, fraction): top1 (a fraction in [0, 1]), ce (nats per scored token
-        or image), ppl, kl, n_tokens, ... as numbers, sorted by method, seed and fraction."""
+        """One row per (method, seed, fraction), led by method, fraction, top1 (a fraction in [0, 1]), ce
+        (nats per scored token, image or answer), kl where measured, seed and the counts, then the rest
+        (the settings and hashes that identify the run); numbers as numbers, methods in the paper's order."""
         import pandas as pd
 
         df = pd.DataFrame(self.rows())
@@ -46,18 +54,27 @@ class Results:
                 df[col] = pd.to_numeric(df[col].replace("-", float("nan")), errors="coerce")
                 if kind is float:  # floats even when every value is whole
                     df[col] = df[col].astype(float)
-        return df.sort_values(["method", "seed", "fraction"], kind="stable").reset_index(drop=True)
+        first = [c for c in self.READ_FIRST if c in df and not (c in ("kl", "logit_diff") and df[c].isna().all())]
+        df = df[first + [c for c in df.columns if c not in first]]
+        rank = {m: i for i, m in enumerate(ordered(df["method"]))}
+        order = df["method"].map(rank)
+        return (
+            df.assign(_order=order)
+            .sort_values(["_order", "seed", "fraction"], kind="stable")
+            .drop(columns="_order")
+            .reset_index(drop=True)
+        )
 
     def summary(self, fractions: list[float] | None = None) -> str:
         """Baseline, then mean ± std over seeds per method and fraction (Top1 in %, CE), in Markdown; for
         a single-unit run, each method's most important units and the method-agreement table."""
-        rows = self._rows()
+        rows = self._described_rows()
         if (self.run_dir / "attribution.md").is_file():
             return (self.run_dir / "attribution.md").read_text()
         if any(r.is_unit for r in rows):
             records, boot = importance(self._unit_rows())
             return top_units_table(records) + "\n" + agreement_table(agreement(records, boot))
-        methods = sorted(dict.fromkeys(r.method for r in rows), key=method_rank)  # zero, mean, ..., resample
+        methods = ordered(r.method for r in rows)  # zero, mean, ..., resample
         if fractions is None:
             fractions = sorted({r.fraction for r in rows})
         elif isinstance(fractions, (int, float)) and not isinstance(fractions, bool):
@@ -89,7 +106,7 @@ class Results:
         """The map as a matplotlib Figure: per method a layer x head heatmap of d_ce on one shared scale
         (or a bar per layer for whole-layer units)."""
         rows = self._unit_rows()
-        return importance_figure(importance(rows)[0], rows[0].model)
+        return importance_figure(importance(rows)[0], rows[0].model, Scored(with_family(rows, self.run_dir)))
 
     def attribution(self):
         """An attribution run's estimates (``schedule="attribution"``): one row per (unit, method, loss) with
@@ -113,7 +130,7 @@ class Results:
     def figure(self):
         """Top1 (%) and CE against the percentage ablated: a line per method, ± one std over seeds,
         the unablated model dashed, seeds and scored tokens in the title."""
-        rows = [r.replace(method=method_label(r)) for r in self._rows()]
+        rows = [r.replace(method=method_label(r)) for r in self._described_rows()]
         if not rows:
             raise AblateError(f"'{self.run_dir}' holds no results yet")
         return model_figure(rows, rows[0].model)

@@ -23,6 +23,7 @@ from ablate_lit.report.attribution_figures import head_map, neuron_map, scatter
 from ablate_lit.report.importance import agreement, agreement_table, spearman, top_overlap
 from ablate_lit.report.importance_figures import save_figure
 from ablate_lit.report.paired import N_BOOT
+from ablate_lit.report.style import Scored
 from ablate_lit.stats.attribution import (
     GRADDROP,
     graddrop_estimates,
@@ -229,9 +230,13 @@ def write_attribution(sums: dict, rows, layout: dict, out: Path, model: str, wri
     markdown = against_exact_table(checks) + ("\n" + agreement_table(agree, quantity) if agree else "")
     write_text(out / "attribution.md", markdown)
     written = [out / "attribution.csv", out / "attribution.md"]
-    figures = {"neurons": neuron_map(sums, shape, head_dim, loss, model), "scatter": scatter(found, loss, model)}
+    per = Scored(rows).one
+    figures = {
+        "neurons": neuron_map(sums, shape, head_dim, loss, model, per),
+        "scatter": scatter(found, loss, model, per),
+    }
     if head_dim:
-        figures["heads"] = head_map(sums, shape, head_dim, loss, model)
+        figures["heads"] = head_map(sums, shape, head_dim, loss, model, per)
     for name, fig in figures.items():
         if fig is None:
             continue

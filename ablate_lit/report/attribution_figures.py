@@ -9,9 +9,13 @@ import math
 
 import numpy as np
 
+from ablate_lit.report import style
 from ablate_lit.stats.attribution import harm, window_estimates
 
-LOSS_WORDS = {"ce": "CE rise (nats per token)", "logit_diff": "logit difference fall (nats)"}
+
+def loss_words(loss: str, per: str = "token") -> str:
+    """What the harm of ``loss`` is, with its unit (``per``: what a CE is averaged over, ``report.style``)."""
+    return {"ce": f"CE rise (nats per {per})", "logit_diff": "logit difference fall (nats)"}[loss]
 
 
 def _harm(sums: dict, loss: str, method: str, width: int, unit_size: int, layers: list[int]) -> np.ndarray:
@@ -21,23 +25,13 @@ def _harm(sums: dict, loss: str, method: str, width: int, unit_size: int, layers
 
 
 def _panels(n: int):
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    columns = min(n, 2)
-    rows = math.ceil(n / columns)
-    fig, axes = plt.subplots(rows, columns, figsize=(6.4 * columns, 3.6 * rows), squeeze=False, layout="constrained")
-    for ax in axes.flat[n:]:
-        ax.axis("off")
-    return fig, list(axes.flat[:n])
+    return style.grid(n, 6.4, 3.6, columns=min(n, 2))
 
 
-def neuron_map(sums: dict, shape: tuple, head_dim: int | None, loss: str, model: str):
+def neuron_map(sums: dict, shape: tuple, head_dim: int | None, loss: str, model: str, per: str = "token"):
     """Per method a layer x neuron heatmap of estimated harm (one shared, symmetric scale)."""
     width, _, layers = shape
-    methods = [m for m in sums[loss] if m != "count"]
+    methods = style.ordered(m for m in sums[loss] if m != "count")
     grids = {m: _harm(sums, loss, m, width, 1, layers).reshape(len(layers), width) for m in methods}
     from matplotlib.colors import SymLogNorm
 
@@ -54,23 +48,25 @@ def neuron_map(sums: dict, shape: tuple, head_dim: int | None, loss: str, model:
                 ax.axvline(boundary - 0.5, color="0.5", lw=0.3)
         _label(ax, method, "neuron (grouped by head)" if head_dim else "unit", layers)
     bar = fig.colorbar(image, ax=axes, fraction=0.025, pad=0.02)
-    bar.set_label(f"estimated {LOSS_WORDS[loss]} when the neuron is ablated alone (symmetric log scale)", fontsize=8)
+    bar.set_label(
+        f"estimated {loss_words(loss, per)} when the neuron is ablated alone (symmetric log scale)", fontsize=8
+    )
     fig.suptitle(f"{model}: every neuron's estimated effect, one backward pass per batch", fontsize=10)
     return fig
 
 
 def _label(ax, method: str, xlabel: str, layers) -> None:
     """A map panel's title (the method), axis labels and one tick per layer."""
-    ax.set_title(method, fontsize=9)
+    ax.set_title(method, fontsize=9, color=style.method_style(method)["color"])
     ax.set_xlabel(xlabel)
     ax.set_ylabel("layer")
     ax.set_yticks(range(len(layers)), [str(layer) for layer in layers], fontsize=5)
 
 
-def head_map(sums: dict, shape: tuple, head_dim: int, loss: str, model: str):
+def head_map(sums: dict, shape: tuple, head_dim: int, loss: str, model: str, per: str = "token"):
     """Per method a layer x head heatmap of estimated harm (the exact map's layout)."""
     width, _, layers = shape
-    methods = [m for m in sums[loss] if m != "count"]
+    methods = style.ordered(m for m in sums[loss] if m != "count")
     grids = {m: _harm(sums, loss, m, width, head_dim, layers).reshape(len(layers), -1) for m in methods}
     scale = max(float(np.nanmax(np.abs(g))) for g in grids.values()) or 1.0
     fig, axes = _panels(len(methods))
@@ -78,15 +74,15 @@ def head_map(sums: dict, shape: tuple, head_dim: int, loss: str, model: str):
         image = ax.imshow(grids[method], cmap="RdBu_r", vmin=-scale, vmax=scale, aspect="auto", interpolation="nearest")
         _label(ax, method, "head", layers)
     bar = fig.colorbar(image, ax=axes, fraction=0.025, pad=0.02)
-    bar.set_label(f"estimated {LOSS_WORDS[loss]} when the head is ablated alone", fontsize=8)
+    bar.set_label(f"estimated {loss_words(loss, per)} when the head is ablated alone", fontsize=8)
     fig.suptitle(f"{model}: every head's estimated effect (the sum of its neurons')", fontsize=10)
     return fig
 
 
-def scatter(records: list[dict], loss: str, model: str):
+def scatter(records: list[dict], loss: str, model: str, per: str = "token"):
     """Per method the estimated against the exact harm of the units measured exactly (None if none was)."""
     mine = [r for r in records if r["loss"] == loss and math.isfinite(r.get("exact", math.nan))]
-    methods = list(dict.fromkeys(r["method"] for r in mine))
+    methods = style.ordered(r["method"] for r in mine)
     if not methods:
         return None
     sign = -1.0 if loss == "logit_diff" else 1.0
@@ -99,9 +95,9 @@ def scatter(records: list[dict], loss: str, model: str):
         xs, ys = np.array([(sign * r["estimate"], sign * r["exact"]) for r in theirs]).T
         low, high = min(xs.min(), ys.min()), max(xs.max(), ys.max())
         ax.plot([low, high], [low, high], color="0.5", lw=0.8, ls="--", label="estimate = exact")
-        ax.set_title(method, fontsize=9)
-        ax.set_xlabel(f"estimated {LOSS_WORDS[loss]}", fontsize=8)
-        ax.set_ylabel(f"exact {LOSS_WORDS[loss]}", fontsize=8)
+        ax.set_title(method, fontsize=9, color=style.method_style(method)["color"])
+        ax.set_xlabel(f"estimated {loss_words(loss, per)}", fontsize=8)
+        ax.set_ylabel(f"exact {loss_words(loss, per)}", fontsize=8)
         ax.legend(fontsize=7)
         ax.grid(alpha=0.3)
     fig.suptitle(f"{model}: the first-order estimate against exact ablation, unit by unit", fontsize=10)

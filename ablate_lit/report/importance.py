@@ -180,6 +180,7 @@ def write_importance(rows: list[dict], out: Path, model: str, writer=None) -> tu
     """importance.csv, agreement.csv and <model>-importance.png in ``out`` (and the figure in ``writer``,
     a series of the run's loggers: ``common.curves``); returns (the Markdown tables, the files written)."""
     from ablate_lit.report.importance_figures import importance_figure, save_figure
+    from ablate_lit.report.style import Scored
     from ablate_lit.store.atomic import write_csv, write_text
 
     records, boot = importance(rows)
@@ -194,7 +195,7 @@ def write_importance(rows: list[dict], out: Path, model: str, writer=None) -> tu
         written.append(out / "agreement.csv")
     markdown = top_units_table(records) + ("\n" + agreement_table(agree) if agree else "")
     write_text(out / "importance.md", markdown)
-    fig = importance_figure(records, model)
+    fig = importance_figure(records, model, Scored(rows))
     if writer is not None:
         writer.add_figure("importance/map", fig, 0, close=False)
     written += [out / "importance.md", save_figure(fig, out / f"{model}-importance.png")]

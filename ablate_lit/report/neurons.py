@@ -92,14 +92,26 @@ CENTRAL = 0.99
 """Share of a neuron's calibration values its plot shows (the central range; tails are clipped)."""
 
 
+def _mark_values(ax, values: dict[str, float], names: dict[str, str]) -> None:
+    """Zero, the mean and the peak as lines in their methods' colours (``report.style``), each ending at its
+    own height with its method's marker, so that values closer than a line's width still read apart."""
+    from ablate_lit.report.style import method_style
+
+    for i, (method, value) in enumerate(values.items()):
+        look = method_style(method)
+        top = 1.0 - 0.12 * i
+        ax.axvline(value, ymax=top, color=look["color"], lw=1.3, ls=("--", "-", "-.")[i % 3])
+        ax.plot([value], [top], marker=look["marker"], color=look["color"], ms=7, ls="none",
+                transform=ax.get_xaxis_transform(), clip_on=False, label=names[method])  # fmt: skip
+
+
 def _plot_neuron(ax, stats, layer, n, title=None, log=False):
     x, c = _window_values(stats, layer, n)
     edges = torch.cat([x - stats["eps"] / 2, x[-1:] + stats["eps"] / 2])
-    ax.stairs(c.numpy(), edges.numpy(), fill=True, color="0.6")
+    ax.stairs(c.numpy(), edges.numpy(), fill=True, color="0.75")
     mean, peak = float(stats["mean"][layer, n]), float(stats["peak"][layer, n])
-    ax.axvline(0.0, color="k", ls="--", lw=1, label="zero")
-    ax.axvline(mean, color="tab:blue", lw=1.5, label=f"mean {mean:.3g}")
-    ax.axvline(peak, color="tab:red", lw=1.5, ls="-.", label=f"peak {peak:.3g}")
+    names = {"zero": "zero", "mean": f"mean {mean:.3g}", "peak": f"peak {peak:.3g}"}
+    _mark_values(ax, {"zero": 0.0, "mean": mean, "peak": peak}, names)
     # the central CENTRAL share of the values (one outlier must not squeeze the mode into a spike),
     # widened to show zero, the mean and the peak
     cdf = c.cumsum(0) / c.sum().clamp_min(1)
@@ -118,10 +130,11 @@ def _plot_neuron(ax, stats, layer, n, title=None, log=False):
     ax.legend(fontsize=7)
 
 
-def neuron_views(stats: dict, run_dir: Path, writer=None, per_score: int = 3) -> list[Path]:
+def neuron_views(stats: dict, run_dir: Path, writer=None, per_score: int = 3, model: str = "") -> list[Path]:
     """neurons.csv, neurons/layer_average.png and neurons/atypical.png in the run folder, and the same
     figures (plus one per layer) and histograms in ``writer`` (the run loggers' ``calibration`` series,
-    ``common.curves``: TensorBoard's tb/calibration by default). Written once per run folder."""
+    ``common.curves``: TensorBoard's tb/calibration by default), ``model`` named in their titles. Written
+    once per run folder."""
     out = Path(run_dir) / "neurons"
     if (out / "atypical.png").exists():
         return []
@@ -132,11 +145,11 @@ def neuron_views(stats: dict, run_dir: Path, writer=None, per_score: int = 3) ->
     write_text(Path(run_dir) / "neurons.csv", neuron_table(stats))
     scores = atypical_scores(stats)
     written = [
-        _save(_layer_average_figure(stats), out / "layer_average.png", writer, "distribution/layer_average"),
-        _save(_atypical_figure(stats, scores, per_score), out / "atypical.png", writer, "distribution/atypical"),
+        _save(_layer_average_figure(stats, model), out / "layer_average.png", writer, "distribution/layer_average"),
+        _save(_atypical_figure(stats, scores, per_score, model), out / "atypical.png", writer, "distribution/atypical"),
     ]
     if writer is not None:
-        _per_layer_views(stats, scores["off-zero peak"], per_score, writer)
+        _per_layer_views(stats, scores["off-zero peak"], per_score, writer, model)
         writer.flush()
     return written
 
@@ -144,7 +157,6 @@ def neuron_views(stats: dict, run_dir: Path, writer=None, per_score: int = 3) ->
 def _save(fig, path: Path, writer, tag: str) -> Path:
     import matplotlib.pyplot as plt
 
-    fig.tight_layout()
     fig.savefig(path, dpi=100)
     if writer is not None:
         writer.add_figure(tag, fig, 0, close=False)
@@ -152,33 +164,37 @@ def _save(fig, path: Path, writer, tag: str) -> Path:
     return path
 
 
-def _layer_average_figure(stats: dict):
+def _layer_average_figure(stats: dict, model: str = ""):
     """The average neuron distribution of the first, middle and last layer (the paper's Figure 1)."""
-    import matplotlib.pyplot as plt
+    from ablate_lit.report.style import grid
 
     n_layers = stats["mean"].shape[0]
     layers = sorted({0, n_layers // 2, n_layers - 1})
-    fig, axes = plt.subplots(1, len(layers), figsize=(4.5 * len(layers), 3.2), squeeze=False)
-    for ax, layer in zip(axes[0], layers):
+    fig, axes = grid(len(layers), 4.6, 3.4)
+    for ax, layer in zip(axes, layers):
         x, density = layer_average(stats, layer)
-        ax.plot(x.numpy(), density.numpy(), color="0.3")
+        ax.fill_between(x.numpy(), density.numpy(), color="0.8", step="mid")
+        ax.plot(x.numpy(), density.numpy(), color="0.3", lw=1, drawstyle="steps-mid")
         mean, peak = float(stats["mean"][layer].mean()), float(stats["peak"][layer].median())
-        # the three often nearly coincide: distinct styles, and the values in the legend
-        ax.axvline(0.0, color="k", ls="--", lw=1, label="zero")
-        ax.axvline(mean, color="tab:blue", lw=2.5, alpha=0.6, label=f"mean of means {mean:.3g}")
-        ax.axvline(peak, color="tab:red", lw=1.2, ls="-.", label=f"median peak {peak:.3g}")
-        ax.set_title(f"layer {layer}: average neuron distribution", fontsize=9)
+        names = {"zero": "zero", "mean": f"mean of means {mean:.3g}", "peak": f"median peak {peak:.3g}"}
+        _mark_values(ax, {"zero": 0.0, "mean": mean, "peak": peak}, names)  # often nearly one place
+        ax.set_title(f"layer {layer}", fontsize=9)
         ax.set_xlabel("activation (pre-out value); central 99.8% of the mass", fontsize=8)
         ax.set_ylabel(f"share of a neuron's values per {stats['eps']:g}-wide bin", fontsize=8)
-        ax.legend(fontsize=7)
+        ax.legend(fontsize=7, loc="upper right")
+    named = f"{model}: " if model else ""
+    fig.suptitle(f"{named}the average distribution of a neuron's calibration activations, per layer", fontsize=10)
     return fig
 
 
-def _atypical_figure(stats: dict, scores: dict, per_score: int):
+def _atypical_figure(stats: dict, scores: dict, per_score: int, model: str = ""):
     """The ``per_score`` most atypical neurons by each score, zero, mean and peak marked."""
-    import matplotlib.pyplot as plt
+    import numpy as np
 
-    fig, axes = plt.subplots(len(scores), per_score, figsize=(4.2 * per_score, 3 * len(scores)), squeeze=False)
+    from ablate_lit.report.style import grid
+
+    fig, flat = grid(len(scores) * per_score, 4.2, 3.0, columns=per_score)
+    axes = np.array(flat, dtype=object).reshape(len(scores), per_score)
     for row, (name, score) in zip(axes, scores.items()):
         flat = torch.nan_to_num(score.reshape(-1), nan=float("-inf"))
         for ax, idx in zip(row, flat.argsort(descending=True)[:per_score].tolist()):
@@ -186,23 +202,26 @@ def _atypical_figure(stats: dict, scores: dict, per_score: int):
             title = f"{name} {float(score[layer, n]):.2f}: layer {layer} neuron {n}"
             _plot_neuron(ax, stats, layer, n, title, log=name == "several modes")
     fig.suptitle(
-        f"the most atypical neurons by each score (x axis: the central {100 * CENTRAL:g}% of each neuron's "
-        "calibration values, widened to show zero, mean and peak; several modes: counts on a log scale)",
+        f"{model + ': ' if model else ''}the most atypical neurons by each score\n(x axis: the central "
+        f"{100 * CENTRAL:g}% of each neuron's calibration values, widened to show zero, mean and peak; several "
+        "modes: counts on a log scale)",
         fontsize=9,
     )
     return fig
 
 
-def _per_layer_views(stats: dict, off_zero, per_score: int, writer) -> None:
+def _per_layer_views(stats: dict, off_zero, per_score: int, writer, model: str = "") -> None:
     """TensorBoard only: each layer's most off-zero-peaked neurons, and histograms of peaks and means."""
     import matplotlib.pyplot as plt
 
+    from ablate_lit.report.style import grid
+
     for layer in range(stats["mean"].shape[0]):
         picks = off_zero[layer].argsort(descending=True)[:per_score].tolist()
-        fig, axes = plt.subplots(1, len(picks), figsize=(4 * len(picks), 3), squeeze=False)
-        for ax, n in zip(axes[0], picks):
+        fig, axes = grid(len(picks), 4.0, 3.0)
+        for ax, n in zip(axes, picks):
             _plot_neuron(ax, stats, layer, n)
-        fig.tight_layout()
+        fig.suptitle(f"{model + ': ' if model else ''}layer {layer}, the neurons of most off-zero peak", fontsize=9)
         writer.add_figure(f"neurons/layer_{layer:02d}", fig, 0, close=False)
         plt.close(fig)
         writer.add_histogram(f"peak_per_neuron/layer_{layer:02d}", stats["peak"][layer].float(), 0)

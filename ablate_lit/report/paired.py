@@ -10,7 +10,9 @@ from __future__ import annotations
 
 import numpy as np
 
-from ablate_lit.common.labels import Label, fraction_key, pct
+from ablate_lit.common.labels import Label, fraction_key, method_rank, pct
+from ablate_lit.common.words import counted
+from ablate_lit.report import style
 from ablate_lit.report.figures import save_plot
 from ablate_lit.store.rows import as_rows
 
@@ -120,18 +122,14 @@ def paired_table(rows, pairs: list[tuple[str, str]], fractions: list[float]) -> 
 
 
 def paired_figures(rows, pairs: list[tuple[str, str]], out) -> list:
-    """One PNG per model: A - B in CE against % ablated for each pair, with its 95% bootstrap band."""
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
+    """One PNG per model: A - B in CE against % ablated for each pair (in A's colour: ``report.style``),
+    with its 95% bootstrap band."""
     by = _windows_by(rows)
     written = []
     for model in dict.fromkeys(r.model for r in as_rows(rows)):
-        fig, ax = plt.subplots(figsize=(6.5, 4))
+        fig, (ax,) = style.grid(1, 6.5, 4.2)
         drawn = False
-        for a, b in pairs:
+        for a, b in sorted(pairs, key=lambda pair: method_rank(pair[0])):
             xs, ds, los, his = [], [], [], []
             for f in sorted({k[2] for k in by if k[0] == model and k[1] == a}):
                 wa, wb = by.get((model, a, f), {}), by.get((model, b, f), {})
@@ -141,20 +139,31 @@ def paired_figures(rows, pairs: list[tuple[str, str]], out) -> list:
                 d, lo, hi = paired_difference([wa[s] for s in seeds], [wb[s] for s in seeds], "ce")
                 xs.append(100 * f), ds.append(d), los.append(lo), his.append(hi)
             if xs:
-                (line,) = ax.plot(xs, ds, marker="o", ms=3, label=f"{a} - {b}")
-                ax.fill_between(xs, los, his, color=line.get_color(), alpha=0.2)
+                look = style.method_style(a)
+                ax.plot(xs, ds, ms=4, lw=1.4, label=f"{a} - {b}", **look)
+                ax.fill_between(xs, los, his, color=look["color"], alpha=0.2)
                 drawn = True
         if not drawn:
-            plt.close(fig)
+            plt_close(fig)
             continue
-        ax.axhline(0.0, color="0.4", ls="--", lw=1)
-        ax.set_xlabel("units ablated (%)")
-        ax.set_ylabel("CE difference A - B (nats per token)")
+        mine = [r for r in as_rows(rows) if r.model == model]
+        scored = style.Scored(mine)
+        ax.axhline(0.0, **style.UNABLATED)
+        ax.set_xlabel(style.units_ablated({a for a, _ in pairs}))
+        what = "answer CE" if scored.task else "CE"
+        ax.set_ylabel(f"{what} difference A - B (nats per {scored.one})")
         seeds = max(len(v) for k, v in by.items() if k[0] == model)
         windows = max(len(w["total"]) for k, v in by.items() if k[0] == model for w in v.values())
+        inputs = "rows" if scored.task else "images" if scored.one == "image" else "windows"
         ax.set_title(
-            f"{model}: paired differences, 95% bootstrap band\nover {windows} windows (or images) and {seeds} seed(s)",
+            f"{model}: paired differences, 95% bootstrap band\nover {windows} {inputs} and {counted(seeds, 'seed')}",
             fontsize=9,
         )
         written.append(save_plot(fig, ax, out / f"{model}-paired.png"))
     return written
+
+
+def plt_close(fig) -> None:
+    import matplotlib.pyplot as plt
+
+    plt.close(fig)

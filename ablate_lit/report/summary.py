@@ -8,6 +8,8 @@ from collections import defaultdict
 from pathlib import Path
 
 from ablate_lit.common.labels import fraction_key, pct
+from ablate_lit.common.words import counted
+from ablate_lit.report.style import Scored, ordered, ylabel
 from ablate_lit.store.atomic import write_text
 from ablate_lit.store.rows import as_rows
 
@@ -39,21 +41,17 @@ def is_task(rows) -> bool:
 
 def metrics(rows) -> list[tuple[str, str, float, int]]:
     """(column, title, scale, digits) of the scores to tabulate: Top1 (in %), CE, and KL where measured;
-    on a task, answer accuracy, answer CE, KL at the answer positions and the logit difference."""
+    on a task, answer accuracy, answer CE, KL at the answer positions and the logit difference. Titles
+    carry the unit of what was scored (``report.style``)."""
     rows = as_rows(rows)
-    if is_task(rows):
-        out = [
-            ("top1", "answer accuracy (%)", 100.0, 2),
-            ("ce", "answer CE (nats per answer, its tokens summed)", 1.0, 3),
-            ("kl", "KL(unablated || ablated) at the answer positions (nats)", 1.0, 4),
-        ]
-        if any(r.logit_diff is not None for r in rows):
-            out.append(("logit_diff", "logit difference answer - distractor (nats)", 1.0, 3))
-        return out
-    out = [("top1", "Top1 accuracy (%)", 100.0, 2), ("ce", "cross-entropy (nats per scored token or image)", 1.0, 3)]
-    if any(r.kl is not None for r in rows):
-        out.append(("kl", "KL(unablated || ablated) (nats per scored token or image)", 1.0, 4))
-    return out
+    scored = Scored(rows)
+    digits = {"top1": 2, "ce": 3, "kl": 4, "logit_diff": 3}
+    shown = ["top1", "ce"]
+    if any(r.kl is not None for r in rows) or is_task(rows):
+        shown.append("kl")
+    if is_task(rows) and any(r.logit_diff is not None for r in rows):
+        shown.append("logit_diff")
+    return [(m, ylabel(m, scored), 100.0 if m == "top1" else 1.0, digits[m]) for m in shown]
 
 
 def mean_std(values: list[float]) -> tuple[float, float]:
@@ -78,20 +76,17 @@ def summary_table(rows, methods: list[str], fractions: list[float]) -> str:
     rows = as_rows(rows)
     agg = aggregate(rows)
     models = sorted({r.model for r in rows})
+    methods = ordered(methods)  # the paper's order: zero, mean, peak, ..., resample sources
     fractions = sorted(set(fraction_key(f) for f in fractions) | {0.0})
     blocks = []
     for model in models:
         n_seeds = max((len(v["seeds"]) for k, v in agg.items() if k[0] == model and k[1] != "baseline"), default=1)
-        tokens = "/".join(map(str, sorted({r.n_tokens for r in rows if r.model == model})))
-        scored = (
-            f"{tokens} answers of the {'/'.join(sorted({r.task for r in rows}))} task"
-            if is_task(rows)
-            else f"{tokens} scored tokens (or images)"
-        )
+        scored = Scored([r for r in rows if r.model == model]).per_point()
+        over = f"mean ± std over {counted(n_seeds, 'seed')}" if n_seeds > 1 else "1 seed"
         for metric, title, scale, digits in metrics(rows):
             header = "| method | " + " | ".join(pct(f) for f in fractions) + " |"
             lines = [
-                f"### {model}: {title}, mean ± std over {n_seeds} seed(s), {scored} per point",
+                f"### {model}: {title}, {over}, {scored}",
                 "",
                 header,
                 "|---" * (len(fractions) + 1) + "|",

@@ -7,8 +7,9 @@ from pathlib import Path
 
 from ablate_lit.common.errors import AblateError
 from ablate_lit.common.labels import NO_TARGET, fraction_key, pct
+from ablate_lit.report.style import ordered
 from ablate_lit.report.summary import aggregate, format_cell, mean_std, metrics
-from ablate_lit.store.folder import read_rows
+from ablate_lit.store.folder import read_rows, with_family
 from ablate_lit.store.rows import ResultRow, as_rows
 
 
@@ -23,6 +24,7 @@ def load_runs(run_dirs: list[str]) -> list[ResultRow]:
         if not (Path(d) / "results.csv").is_file() and not (Path(d) / "points").is_dir():
             raise AblateError(f"'{d}' holds no results.csv; pass run folders such as lightning_logs/<run>")
         found, problems = read_rows(Path(d), windows=True)
+        found = with_family(found, Path(d))
         for problem in problems:
             print(f"warning: {problem}", file=sys.stderr)
         runs.append((Path(d), found))
@@ -60,7 +62,7 @@ def table(rows, fractions: list[float]) -> tuple[str, list[dict]]:
     rows = as_rows(rows)
     agg = aggregate(rows)
     models = list(dict.fromkeys(r.model for r in rows))
-    methods = list(dict.fromkeys(r.method for r in rows))
+    methods = ordered(r.method for r in rows)
     records, blocks = [], []
     for metric, title, scale, digits in metrics(rows):
         lines = [
