@@ -83,10 +83,10 @@ def _attribution_maps(runs: list[str], out: Path) -> None:
     estimates held against its own exact checks and against every unit of the single-unit maps of the
     same setup among ``runs``, and the tables on standard output."""
     from ablate_lit.report.attribution import write_attribution
-    from ablate_lit.store.folder import read_rows
+    from ablate_lit.store.folder import read_rows, with_family
     from ablate_lit.store.objects import read_object
 
-    stored = {run: read_rows(Path(run), windows=True)[0] for run in runs}
+    stored = {run: with_family(read_rows(Path(run), windows=True)[0], Path(run)) for run in runs}
     for run in runs:
         saved = Path(run) / "attribution.pt"
         if not saved.is_file():

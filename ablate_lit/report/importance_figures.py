@@ -20,7 +20,7 @@ def importance_figure(records: list[dict], model: str, scored: Scored | None = N
     methods = style.ordered(r["method"] for r in records)
     heads = any(r["head"] != "-" for r in records)
     scale = max((abs(r["d_ce"]) for r in records if math.isfinite(r["d_ce"])), default=1.0) or 1.0
-    fig, axes = style.grid(len(methods), 4.0, 3.6, columns=min(len(methods), 4))
+    fig, axes = style.grid(len(methods), 4.2, 3.8)
     layers = sorted({r["layer"] for r in records})
     for ax, method in zip(axes, methods, strict=True):
         mine = [r for r in records if r["method"] == method]
