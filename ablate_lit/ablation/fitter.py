@@ -117,13 +117,12 @@ class OptimalFitter:
         n = int(mask.sum()) * (init.shape[1] if per_position else 1)
         minimising = ", minimising the KL from the unablated model" if objective == "kl" else ""
         work = self.work(point)
-        with progress.step(work.what, work.kind, work.amount, trainer=trainer) as step:
+        with progress.step(work.what, work.kind, work.amount, "epochs", trainer=trainer) as step:
             result = self._fit(point, mask, init, scale, train_rows, held_rows, objective)
             step.detail = (
                 f"{counted(n, 'constant')}{' (one per position)' if per_position else ''} from the mean on "
                 f"{len(train_rows)} calibration inputs ({len(held_rows)} held out){minimising}: held-out "
-                f"{objective.upper()} {result['init_loss']:.4f} at the mean -> {result['best_loss']:.4f} after "
-                f"{counted(result['epochs'], 'epoch')}"
+                f"{objective.upper()} {result['init_loss']:.4f} at the mean -> {result['best_loss']:.4f}"
             )
         if trainer.is_global_zero:
             save_object(

@@ -24,6 +24,7 @@ import lightning as L
 import torch
 from torch import nn
 
+from ablate_lit.common import progress
 from ablate_lit.common.private import fresh_fit_loop, parse_to, restore_fit_loop
 
 
@@ -113,6 +114,8 @@ class ConstantFit(L.LightningModule):
             self.writer.add_scalar(f"fit_{self.tag}/held_out_{self.objective}", held_out, epoch)
         if self.best is None or held_out < self.best[0]:
             self.best = (held_out, self.values().detach().cpu().clone())
+        if epoch:  # the epochs done count into the run's progress step (at most max_epochs; early stopping ends it)
+            progress.RUN.tick_kind("fit", epoch, self.trainer.max_epochs)
 
 
 def fit_constants(

@@ -227,6 +227,11 @@ class RunProgress:
         if self.running and self.running[-1].work.kind in ("forward", "evaluate"):
             self.running[-1].tick(done, total)
 
+    def tick_kind(self, kind: str, done: int, total: int | None = None) -> None:
+        """Count into the innermost running step when it is of ``kind`` (a fit's epochs)."""
+        if self.running and self.running[-1].work.kind == kind:
+            self.running[-1].tick(done, total)
+
     def eta_words(self) -> str:
         eta = self.eta()
         return "" if eta is None else f"eta {clock(eta)}"

@@ -120,7 +120,7 @@ def units_ablated(labels) -> str:
         return "neurons ablated (%)"
     if kinds == {"heads"}:
         return "heads ablated (%)"
-    return "units ablated (%): neurons; heads for [heads], MLP neurons for [MLP]"
+    return "units ablated (%), as the legend says"  # (attention neurons; [heads]; [MLP] neurons)
 
 
 def seeds_words(n_seeds: int) -> str:
