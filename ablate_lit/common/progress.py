@@ -40,6 +40,10 @@ FIGURES_FIXED_LAYERS = 5
 GENERATION_BATCH = 8
 """Rows of text generated at once (resample:generated), which a decode step's timing must match."""
 
+DECODE_SHARE = 0.25
+"""Before a decode step is timed (``Rates.probe``), one costs this share of a forward pass over one input
+(SmolLM2-135M on a CPU: 94 ms against 0.44 s for a window of 256 tokens)."""
+
 FIT_PASSES = 3.0
 """A training step of optimal ablation costs about three forward passes (forward, backward, update)."""
 
@@ -95,6 +99,8 @@ class Rates:
             return FIT_PASSES * forward if forward is not None else None
         if kind == "figures":
             return FIGURES_S_PER_LAYER
+        if kind == "generate":
+            return DECODE_SHARE * forward if forward is not None else None
         return None
 
     def seconds(self, work: Work) -> float | None:

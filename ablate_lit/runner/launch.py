@@ -190,6 +190,7 @@ def _evaluate_all(
             plan_steps(experiment, parts, cfg, todo, store.run_dir)
             if experiment.reads_statistics(todo):
                 _calibrate(trainer, parts.calibration, store.run_dir, curves, cfg.log_histograms, fixed["model"])
+                time_generation(trainer, experiment.module, cfg)  # (now on its device, if it was not before)
             if cfg.schedule == "nested" and todo:
                 parts.sets.prepare(cfg.seeds)  # (an order by estimated harm sweeps the calibration inputs)
             experiment.run(todo, writer)
@@ -226,8 +227,20 @@ def plan_steps(experiment: Experiment, parts: Parts, cfg: AblationConfig, todo: 
         works += method.work(parts.context, [p for p in evaluated if p.method == label])
     works += [experiment.work(p) for p in todo]
     progress.RUN.plan(works)
-    if any(w.kind == "generate" for w in works) and (seconds := experiment.module.time_decode_step(cfg.n_resample)):
-        progress.RUN.rates.probe("generate", seconds)
+    time_generation(experiment.trainer, experiment.module, cfg)
+
+
+def time_generation(trainer, module, cfg: AblationConfig) -> None:
+    """Where text is still to be generated (resample:generated), time one decode step on the device the
+    run uses, once: what prices the generation in the ETA before it runs (until then, and where the model
+    is not on that device yet, ``progress.Rates`` stands in)."""
+    run = progress.RUN
+    if "generate" in run.rates.measured or not any(w.kind == "generate" for w in run.ahead):
+        return
+    if module.device != trainer.strategy.root_device:  # (Lightning places it at its first loop)
+        return
+    if (seconds := module.time_decode_step(cfg.n_resample)) is not None:
+        run.rates.probe("generate", seconds)
 
 
 def _calibrate(trainer, calibration, run_dir: Path, curves: Curves, figures: bool, model: str = "") -> None:
