@@ -322,11 +322,15 @@ def test_the_eta_prices_every_step_ahead_by_what_its_kind_has_cost(monkeypatch):
     assert run_.eta() == pytest.approx(50 * 0.1 + 10 * 3 * 0.8 + 4 * 0.8 * 2)
     with progress.step("evaluating mean 50% (seed 0)", "evaluate", 4):
         with progress.step("resample cache random_chars", "forward", 2):  # unplanned, inside: not the evaluation's time
-            now[0] += 30.0
+            now[0] += 1.0  # the evaluation's estimate (4 x 0.8 s) does not shrink while the cache is built
+            assert run_.eta() == pytest.approx(50 * 0.1 + 10 * 3 * 0.8 + 4 * 0.8 * 2 + (2 * 0.8 - 1))
+            now[0] += 29.0
         now[0] += 2.0
     assert run_.rates.per_unit("evaluate") == pytest.approx(0.5)
     assert "evaluating mean 50% (seed 0)" not in [w.what for w in run_.ahead]
     assert run_.eta() == pytest.approx(50 * 0.1 + 10 * 3 * 15 + 4 * 0.5)  # (the cache's sweep priced forward)
+    run_.drop("fitting optimal 50% (seed 0)")  # found on disk after all
+    assert run_.eta() == pytest.approx(50 * 0.1 + 4 * 0.5)
 
 
 def progress_generating() -> str:
@@ -354,8 +358,11 @@ def test_on_a_terminal_the_run_is_one_progress_bar_and_lines_print_above_it(monk
     with progress.step("calibration statistics", "forward", 7, "batches") as step:
         step.tick(3, 7)
         logs.say(None, "a line meanwhile")
+        monkeypatch.setattr(progress, "REDRAW_S", 0.0)  # (the bar is redrawn at most every REDRAW_S)
         step.tick(4, 7)
         assert run_._bar is not None
+    assert run_._bar is not None  # one bar for the whole run, between its steps too
+    run_.close()
     assert run_._bar is None
     bar = terminal.getvalue()
     assert "calibration statistics: 3/7 batches" in bar and "4/7" in bar and "so far, eta " in bar and "%|" in bar

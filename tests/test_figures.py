@@ -159,3 +159,15 @@ def test_a_variant_of_a_method_is_a_shade_of_its_colour_and_what_it_ablated_its_
         assert look["color"] == base["color"] and look["ls"] == ":"
     else:
         assert look["color"] != base["color"] and look["ls"] == "-"
+
+
+def test_the_widths_of_one_sweep_and_the_optimal_objectives_each_look_different():
+    """Variants get their look from their option alone (the same in every figure), and the usual sets of
+    variants differ from one another: a sweep of bin widths, the optimal objectives."""
+    for labels in (
+        [f"peak:eps={e}" for e in (0.005, 0.01, 0.02, 0.03, 0.04, 0.05, 0.1, 0.2)],
+        ["optimal", "optimal:kl", "optimal:position", "optimal:kl+position"],
+        ["mean", "mean:counterfactual"],
+    ):
+        looks = [tuple(sorted(style.method_style(label).items())) for label in labels]
+        assert len(set(looks)) == len(looks), labels

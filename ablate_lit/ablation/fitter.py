@@ -104,6 +104,7 @@ class OptimalFitter:
             positions = self.data.positions()
             init, scale = (t[:, None, :].expand(-1, positions, -1).contiguous() for t in (init, scale))
         if not bool(mask.any()):
+            progress.RUN.drop(self.work(point).what)  # (nothing to fit)
             return init
         train_rows, held_rows = self.split()
         key = self._key(mask, objective, per_position)
@@ -113,6 +114,7 @@ class OptimalFitter:
         cached = trainer.strategy.broadcast(None if cached is None else cached["values"], src=0)
         if cached is not None:
             say(trainer, f"{where}: fitted constants cached ({path})")
+            progress.RUN.drop(self.work(point).what)
             return cached
         n = int(mask.sum()) * (init.shape[1] if per_position else 1)
         minimising = ", minimising the KL from the unablated model" if objective == "kl" else ""

@@ -47,7 +47,8 @@ class Method:
 
     def work(self, ctx: MethodContext, points: list[Point]) -> list:
         """The steps its values take before ``points`` are evaluated with it (a resample cache, a fit per
-        point: ``common.progress.Work``), beyond the calibration statistics; none where they are on disk."""
+        point: ``common.progress.Work``), beyond the calibration statistics; none where they are on disk
+        (a fit found on disk leaves the plan when it is read: ``progress.RunProgress.drop``)."""
         return []
 
 

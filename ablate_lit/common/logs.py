@@ -112,10 +112,24 @@ _lightning_verbose = [False]
 def lightning_voice(verbose: bool) -> None:
     """Whether Lightning speaks in its own words: its progress bars (``lightning_bars``), "Seed set to 0",
     "GPU available: ..." and its other INFO lines. Off by default: the run's own progress display says
-    where it is (``common.progress``); ``--verbose`` (``run(verbose=True)``) turns them back on."""
+    where it is (``common.progress``); the CLI's ``--verbose true`` turns them back on (from Python,
+    Lightning's bars: ``run(trainer={"enable_progress_bar": True})``)."""
     _lightning_verbose[0] = verbose
     for name in LIGHTNING_LOGGERS:
         logging.getLogger(name).setLevel(logging.INFO if verbose else logging.WARNING)
+
+
+@contextmanager
+def lightning_quiet() -> Iterator[None]:
+    """Inside this block Lightning is quiet (``lightning_voice(False)``); after it, as it was before."""
+    before = _lightning_verbose[0], [logging.getLogger(n).level for n in LIGHTNING_LOGGERS]
+    lightning_voice(False)
+    try:
+        yield
+    finally:
+        _lightning_verbose[0] = before[0]
+        for name, level in zip(LIGHTNING_LOGGERS, before[1], strict=True):
+            logging.getLogger(name).setLevel(level)
 
 
 def lightning_bars() -> bool:

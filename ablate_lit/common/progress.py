@@ -18,6 +18,7 @@ timestamped lines, one as each step ends, and for a step longer than ``QUIET_S``
 
 from __future__ import annotations
 
+import logging
 import os
 import sys
 import threading
@@ -27,6 +28,9 @@ from dataclasses import dataclass, field
 from typing import Iterator
 
 from ablate_lit.common import logs
+
+REDRAW_S = 0.2
+"""The bar is redrawn at most this often (a batch may take milliseconds)."""
 
 QUIET_S = 60.0
 """In lines (a log), a long step says where it is once per this many seconds of silence."""
@@ -58,9 +62,9 @@ def clock(seconds: float) -> str:
 @dataclass
 class Work:
     """A step of the run, ahead or running. ``kind`` prices it (``Rates``): forward (passes over
-    ``amount`` inputs: windows, images or rows), evaluate (the same, scored), generate (``amount``
-    decode steps), fit (``amount`` training inputs of optimal ablation), figures (``amount`` layers)
-    or other (no estimate)."""
+    ``amount`` inputs: windows, images or rows), evaluate (the same, scored), attribute (the same with a
+    backward pass), generate (``amount`` decode steps), fit (``amount`` training inputs of optimal
+    ablation), figures (``amount`` layers) or other (no estimate)."""
 
     what: str
     kind: str = "other"
@@ -95,7 +99,7 @@ class Rates:
         forward = m.get("forward", m.get("evaluate"))
         if kind in ("forward", "evaluate"):
             return forward
-        if kind == "fit":
+        if kind in ("fit", "attribute"):  # a forward and a backward pass (and, for a fit, an update)
             return FIT_PASSES * forward if forward is not None else None
         if kind == "figures":
             return FIGURES_S_PER_LAYER
@@ -112,7 +116,8 @@ class Rates:
 
 @dataclass
 class Step:
-    """A running step: ``tick(done, total)`` records its count; its own time leaves out inner steps'."""
+    """A running step: ``tick(done, total)`` records its count; its own time leaves out that of the steps
+    run inside it (``inner_s``, added as each ends; ``RunProgress.eta`` leaves out a running one's too)."""
 
     work: Work
     unit: str = ""
@@ -137,10 +142,11 @@ class Step:
         text = f"{self.done}/{self.total}" if self.total else f"{self.done}"
         return text + (f" {self.unit}" if self.unit else "")
 
-    def left_s(self, rates: Rates, now: float) -> float | None:
+    def left_s(self, rates: Rates, now: float, child_s: float = 0.0) -> float | None:
         """Seconds this step still needs: from its own pace once it has counted some of a known total,
-        else its estimate less the time it has run."""
-        own = self.own_s(now)
+        else its estimate less the time it has run (``child_s``: of a step running inside it now, whose
+        time is not this one's)."""
+        own = self.own_s(now) - child_s
         if self.total and self.done:
             return own / self.done * max(self.total - self.done, 0)
         estimate = rates.seconds(self.work)
@@ -148,14 +154,23 @@ class Step:
 
 
 def _rank() -> int:
+    """This process's rank: torch.distributed's, or before its group exists (Lightning's processes load
+    the model first) the one its launcher set in the environment."""
     import torch.distributed as dist
 
-    return dist.get_rank() if dist.is_available() and dist.is_initialized() else 0
+    if dist.is_available() and dist.is_initialized():
+        return dist.get_rank()
+    return int(os.environ.get("RANK", os.environ.get("LOCAL_RANK", "0")) or 0)
 
 
 def on_terminal() -> bool:
     """A person watches a terminal (``ABLATE_LIT_PROGRESS=lines`` asks for lines there too)."""
-    return os.environ.get("ABLATE_LIT_PROGRESS", "") != "lines" and logs.printing() and sys.stderr.isatty()
+    return (
+        os.environ.get("ABLATE_LIT_PROGRESS", "") != "lines"
+        and logs.printing()
+        and logs.log.isEnabledFor(logging.INFO)  # (run(verbose=False): warnings only, no bar)
+        and sys.stderr.isatty()
+    )
 
 
 class RunProgress:
@@ -172,12 +187,25 @@ class RunProgress:
         self._lock = threading.RLock()
         self._watch: threading.Event | None = None
         self._last_line = time.perf_counter()
+        self._drawn = 0.0
 
     # -- the plan ----------------------------------------------------------------------------------
     def plan(self, works: list[Work]) -> None:
         """The steps still ahead of the run, in order (replacing an earlier plan)."""
         with self._lock:
             self.ahead, self.planned = [w for w in works if w.kind != "other"], True
+
+    def drop(self, what: str) -> None:
+        """A planned step that will not run after all (a fit found in the cache, a point another process
+        evaluated): out of the plan, so that the ETA does not wait for it."""
+        with self._lock:
+            self.ahead = [w for w in self.ahead if w.what != what]
+
+    def close(self) -> None:
+        """The run is over (or stopped): the bar and its watcher go."""
+        with self._lock:
+            self.planned = False
+            self._stop_display_if_idle()
 
     def eta(self) -> float | None:
         """Seconds until the planned steps are done, or None before the plan or while a step has no price."""
@@ -189,7 +217,9 @@ class RunProgress:
             for s in self.running:  # a running step's pace prices its kind until one of that kind has ended
                 if s.total and s.done and s.work.amount and s.work.kind not in rates.measured:
                     rates = rates.with_pace(s.work.kind, s.own_s(now) / s.done * s.total / s.work.amount)
-            parts = [s.left_s(rates, now) for s in self.running] + [rates.seconds(w) for w in self.ahead]
+            inside = [now - s.started for s in self.running[1:]] + [0.0] * bool(self.running)  # its running child
+            parts = [s.left_s(rates, now, child) for s, child in zip(self.running, inside, strict=True)]
+            parts += [rates.seconds(w) for w in self.ahead]
         return None if any(p is None for p in parts) else sum(parts)
 
     # -- steps -------------------------------------------------------------------------------------
@@ -230,7 +260,7 @@ class RunProgress:
     def tick_batches(self, done: int, total: int | None = None) -> None:
         """A Lightning loop's batches (``calibration.heartbeat``) count into the innermost running step when
         it is a sweep or an evaluation (not the held-out pass inside a fit)."""
-        if self.running and self.running[-1].work.kind in ("forward", "evaluate"):
+        if self.running and self.running[-1].work.kind in ("forward", "evaluate", "attribute"):
             self.running[-1].tick(done, total)
 
     def tick_kind(self, kind: str, done: int, total: int | None = None) -> None:
@@ -257,6 +287,9 @@ class RunProgress:
                 return
             s = self.running[-1]
             if self._bar is not None:
+                if time.perf_counter() - self._drawn < REDRAW_S:
+                    return
+                self._drawn = time.perf_counter()
                 eta = self.eta()
                 elapsed = time.perf_counter() - self.started
                 share = elapsed / (elapsed + eta) if eta is not None and elapsed + eta > 0 else 0.0
@@ -286,7 +319,8 @@ class RunProgress:
             )
 
     def _stop_display_if_idle(self) -> None:
-        if self.running:
+        """The bar and watcher go when no step runs and the run is not between its planned steps."""
+        if self.running or self.planned:
             return
         if self._watch is not None:
             self._watch.set()

@@ -16,7 +16,7 @@ from pathlib import Path
 from ablate_lit.common import progress
 from ablate_lit.common.errors import AblateError, wording
 from ablate_lit.common.families import FAMILIES
-from ablate_lit.common.logs import lightning_info_silenced, lightning_voice, quiet_loading, verbosity
+from ablate_lit.common.logs import lightning_info_silenced, lightning_quiet, quiet_loading, verbosity
 from ablate_lit.data.images import ImageData
 from ablate_lit.data.masked import MaskedTextData
 from ablate_lit.data.task import TaskData
@@ -169,8 +169,9 @@ def _run(model, data, tokenizer, preprocess, family, name, root, trainer, verbos
     check_destination(name, root, checked.ablation.cache_dir)
     _check_trainer(trainer, in_memory)
     progress.start()  # a fresh clock and plan for this run's progress display
-    lightning_voice(False)  # (Lightning's bars: trainer={"enable_progress_bar": True})
-    with lightning_info_silenced(), verbosity(verbose):  # "GPU available: ..." at every Trainer
+    # Lightning's banners and bars stay out ("GPU available: ..." at every Trainer; its bars on request:
+    # trainer={"enable_progress_bar": True})
+    with lightning_quiet(), lightning_info_silenced(), verbosity(verbose):
         module_cls, data_cls = classes_of(family, task)
         module = build_module(module_cls, model, family, tokenizer, preprocess, checked.model)
         datamodule = build_datamodule(data_cls, data, family, checked.data, module)

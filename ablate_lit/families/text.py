@@ -108,10 +108,13 @@ class TextAblationModule(AblationModule):
         if self.settings.source.generator or self.default_generator() is None:
             return None
         ids = torch.zeros((min(n, GENERATION_BATCH), 1), dtype=torch.long, device=self.model.device)
+        cuda = ids.device.type == "cuda"
         with torch.no_grad():
-            self.model(input_ids=ids)  # (the first call's one-off costs left out)
+            self.model(input_ids=ids, **self.forward_kwargs)  # (the first call's one-off costs left out)
+            if cuda:
+                torch.cuda.synchronize(ids.device)
             started = time.perf_counter()
-            self.model(input_ids=ids)
-            if ids.device.type == "cuda":
+            self.model(input_ids=ids, **self.forward_kwargs)
+            if cuda:
                 torch.cuda.synchronize(ids.device)
         return time.perf_counter() - started

@@ -7,6 +7,7 @@ a page, the model named.
 from __future__ import annotations
 
 import math
+import zlib
 
 from ablate_lit.common.labels import Label, method_rank
 from ablate_lit.common.words import counted
@@ -46,11 +47,41 @@ UNABLATED = {"color": "0.35", "ls": (0, (4, 3)), "lw": 1.0}
 """The unablated model's reference line."""
 
 
-def _shade(colour: str, step: int) -> str:
-    """``colour`` lightened (step > 0), for a variant of a method (an option, another objective)."""
+SHADES = ((0.0, 0.35), (1.0, 0.3), (0.0, 0.6), (1.0, 0.55))
+"""A method's variants (an option, another objective) in darker or lighter shades of its colour: (mixed
+with black 0 or white 1, by how much)."""
+
+
+FILLS = ("none", "left", "bottom", "top")
+"""A variant's markers are hollow or half filled (with its shade, 16 looks in all, fixed by the option)."""
+
+
+VARIANTS = {"kl": 0, "position": 1, "kl+position": 2, "counterfactual": 0}
+"""The known options' places among the variant looks."""
+
+
+def _variant(arg: str) -> int:
+    """Which look a variant gets, from its option alone (so the same in every figure): a known option's
+    place; a number (``eps=0.05``) by its place on a ladder of half-octaves, so the widths of one sweep
+    differ; another option by a hash."""
+    if arg in VARIANTS:
+        return VARIANTS[arg]
+    _, sep, value = arg.partition("=")
+    try:
+        return (
+            round(2 * math.log2(float(value) / 0.0025)) % (len(SHADES) * len(FILLS))
+            if sep
+            else zlib.crc32(arg.encode())
+        )
+    except ValueError:
+        return zlib.crc32(arg.encode())
+
+
+def _shade(colour: str, which: int) -> str:
+    """``colour`` mixed with black or white (``SHADES[which]``)."""
+    towards, mix = SHADES[which % len(SHADES)]
     r, g, b = (int(colour[i : i + 2], 16) for i in (1, 3, 5))
-    mix = min(0.25 * step, 0.75)
-    return "#" + "".join(f"{round(c + (255 - c) * mix):02x}" for c in (r, g, b))
+    return "#" + "".join(f"{round(c + (255 * towards - c) * mix):02x}" for c in (r, g, b))
 
 
 def method_style(label: str) -> dict:
@@ -61,10 +92,13 @@ def method_style(label: str) -> dict:
     if colour is None:  # a method beyond the table: a fixed colour from its name
         palette = ["#393b79", "#637939", "#8c6d31", "#843c39", "#7b4173", "#3182bd"]
         colour = palette[sum(map(ord, parsed.name)) % len(palette)]
-    if base != parsed.method:  # an option of the method: a lighter shade of it
-        colour = _shade(colour, 1 + sum(map(ord, parsed.arg)) % 2)
+    look = {"marker": METHOD_MARKERS.get(parsed.name, "o")}
+    if base != parsed.method:  # an option of the method: a shade of it (fixed by the option), hollow markers
+        code = _variant(parsed.arg)
+        colour = _shade(colour, code)
+        look["fillstyle"] = FILLS[(code // len(SHADES)) % len(FILLS)]
     kind = parsed.kinds[0].split()[0] if parsed.kinds else ""
-    return {"color": colour, "marker": METHOD_MARKERS.get(parsed.name, "o"), "ls": UNIT_LINES.get(kind, "-.")}
+    return {"color": colour, **look, "ls": UNIT_LINES.get(kind, "-.")}
 
 
 def ordered(methods) -> list[str]:

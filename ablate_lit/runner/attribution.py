@@ -77,7 +77,7 @@ def sweep(trainer, module, data, parts, cfg: AblationConfig, run_dir: Path, run_
         f"attribution: one forward pass, {passes}{more} per batch over {data.describe('evaluation')}, "
         f"for {counted(len(cfg.methods), 'method')} at once",
     )
-    sweep = progress.step("attribution sweep", "evaluate", len(data.eval_dataset()), "batches", trainer=trainer)
+    sweep = progress.step("attribution sweep", "attribute", len(data.eval_dataset()), "batches", trainer=trainer)
     try:
         with sweep, loop_callbacks(trainer), module.scoring_with(step):
             trainer.test(module, dataloaders=data.test_dataloader(), verbose=False)
@@ -182,7 +182,9 @@ class AttributionRanker:
             f"order by the estimated harm of {method}: an attribution sweep over {self.data.describe('calibration')}",
         )
         loader = self.data.val_dataloader()
-        sweep = progress.step(f"estimated harm of {method}", "forward", len(loader.dataset), "batches", trainer=trainer)
+        sweep = progress.step(
+            f"estimated harm of {method}", "attribute", len(loader.dataset), "batches", trainer=trainer
+        )
         with sweep, loop_callbacks(trainer), module.scoring_with(step):
             trainer.test(module, dataloaders=loader, verbose=False)
         loss = losses[0]

@@ -169,7 +169,13 @@ class Experiment:
 
     def start(self, points: list, writer: ResultWriter) -> list:
         """The points of ``points`` that have no row yet (every process started: ``Scheduler.join``)."""
-        self.scheduler = Scheduler(self.trainer, writer, lambda p: self._evaluate(p, writer), self._progress(writer))
+        self.scheduler = Scheduler(
+            self.trainer,
+            writer,
+            lambda p: self._evaluate(p, writer),
+            self._progress(writer),
+            lambda p: self.work(p).what,
+        )
         self.scheduler.join(self.module)
         todo = self.scheduler.pending(points)
         say(

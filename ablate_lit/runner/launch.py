@@ -205,6 +205,7 @@ def _evaluate_all(
             say(trainer, "\n".join([f"results: {store.csv}", *curves.where()]))
         status = "success"
     finally:
+        progress.RUN.close()
         curves.close(status)
 
 

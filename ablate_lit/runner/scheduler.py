@@ -66,9 +66,13 @@ class Scheduler:
     counting progress in ``done`` of ``total`` and saying each evaluated point with ``line`` (given the
     run's ETA in words: ``common.progress``)."""
 
-    def __init__(self, trainer, writer, evaluate: Callable[[Point], None], line: Callable[[Point, str], str]):
+    def __init__(
+        self, trainer, writer, evaluate: Callable[[Point], None], line: Callable[[Point, str], str], step_of=None
+    ):
         self.trainer, self.writer, self.store = trainer, writer, writer.store
         self.evaluate, self.line = evaluate, line
+        self.step_of = step_of or (lambda point: None)
+        """The name of a point's step in the run's progress plan (a point evaluated elsewhere leaves it)."""
         self.total = self.done = 0
         self.points: list[Point] = []
 
@@ -118,6 +122,8 @@ class Scheduler:
                     told.add(decision.holder)
                 waiting.append(point)
                 continue
+            if decision.action is not Action.EVALUATE:
+                progress.RUN.drop(self.step_of(point))
             if decision.action is Action.COPY and self.trainer.is_global_zero:
                 self.writer.copy(point, decision.evaluated, list(decision.missing))
             elif decision.action is Action.EVALUATE:
