@@ -87,9 +87,7 @@ class AblateCLI(LightningCLI):
             help="run folder under --root (default: <model>-<hash of the settings that change results>)",
         )
         parser.add_argument("--root", type=str, default="lightning_logs", help="folder holding the run folders")
-        parser.add_argument(
-            "--verbose", type=bool, default=False, help="also Lightning's own progress bars, seed and device lines"
-        )
+        parser.add_argument("--verbose", type=bool, default=False, help="also Lightning's bars and banners")
         parser.add_lightning_class_args(self.trainer_class, "trainer")
         parser.set_defaults({"trainer." + k: v for k, v in self.trainer_defaults.items() if k != "callbacks"})
         for key, (title, text) in HELP_GROUPS.items():

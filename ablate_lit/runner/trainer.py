@@ -79,8 +79,7 @@ class AblationTrainer(L.Trainer):
             devices: how many devices (or which: [0, 2]), or auto.
             num_nodes: machines, each with ``devices`` devices.
             precision: 32 (null: 32), bf16-mixed, 16-mixed (autocast), bf16-true, 16-true (weights cast).
-            enable_progress_bar: also Lightning's own progress bars (null: with --verbose only; the run's
-                progress display says where it is).
+            enable_progress_bar: Lightning's own progress bars (null: with --verbose).
             callbacks: extra Lightning callbacks.
             deterministic: use deterministic algorithms (true, false or warn).
             benchmark: cudnn.benchmark.
