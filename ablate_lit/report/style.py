@@ -73,7 +73,7 @@ def _variant(arg: str) -> int:
             if sep
             else zlib.crc32(arg.encode())
         )
-    except ValueError:
+    except (ValueError, OverflowError):  # (not a positive finite number)
         return zlib.crc32(arg.encode())
 
 
