@@ -115,7 +115,7 @@ class ConstantFit(L.LightningModule):
         if self.best is None or held_out < self.best[0]:
             self.best = (held_out, self.values().detach().cpu().clone())
         if epoch:  # the epochs done count into the run's progress step (at most max_epochs; early stopping ends it)
-            progress.RUN.tick_kind("fit", epoch, self.trainer.max_epochs)
+            progress.RUN.tick(("fit",), epoch, self.trainer.max_epochs)
 
 
 def fit_constants(
@@ -141,8 +141,6 @@ def fit_constants(
     0 = ``init``), ``init_loss``, ``best_loss``, ``epochs`` and ``fit_s``."""
     from lightning.pytorch.callbacks import EarlyStopping
 
-    from ablate_lit.common.logs import lightning_info_silenced
-
     started, fit = time.perf_counter(), ConstantFit(target, init, scale, lr, writer, tag, objective)
     stopper = EarlyStopping(monitor="held_out", mode="min", patience=patience, min_delta=0.0, check_finite=True)
     frozen = [(p, p.requires_grad) for p in target.parameters()]
@@ -151,8 +149,8 @@ def fit_constants(
     saved = fresh_fit_loop(trainer, max_epochs)  # a fresh loop for every fit
     trainer.callbacks.append(stopper)
     try:
-        # "`Trainer.fit` stopped: ..." is not printed: the run says how the fit ended in its own words
-        with target.hooks.ablating(mask, values=fit.values, device=target.device), lightning_info_silenced():
+        # ("`Trainer.fit` stopped: ..." is Lightning's INFO line: shown with --verbose only, logs.lightning_voice)
+        with target.hooks.ablating(mask, values=fit.values, device=target.device):
             trainer.validate(fit, dataloaders=held_out_loader, verbose=False)  # the initial constants' held-out CE
             trainer.fit(fit, train_dataloaders=train_loader, val_dataloaders=held_out_loader)
     finally:

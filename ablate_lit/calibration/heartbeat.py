@@ -20,10 +20,10 @@ class BatchTicks(Callback):
     done ticks the innermost running step of the run's progress, so its bar, its pace and the ETA move."""
 
     def on_validation_batch_end(self, trainer, pl_module, outputs, batch, batch_idx, dataloader_idx=0) -> None:
-        progress.RUN.tick_batches(batch_idx + 1, _total(trainer.num_val_batches))
+        progress.RUN.tick(progress.BATCHED, batch_idx + 1, _total(trainer.num_val_batches))
 
     def on_test_batch_end(self, trainer, pl_module, outputs, batch, batch_idx, dataloader_idx=0) -> None:
-        progress.RUN.tick_batches(batch_idx + 1, _total(trainer.num_test_batches))
+        progress.RUN.tick(progress.BATCHED, batch_idx + 1, _total(trainer.num_test_batches))
 
 
 @contextmanager

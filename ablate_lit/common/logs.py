@@ -1,6 +1,6 @@
 """What a run tells its user, through Python's ``logging``: the ``ablate_lit`` logger.
 
-Progress lines ("calibration: ...", "[3/61] mean seed 0 20% ablated: ...") are INFO records of the
+Progress lines ("calibration statistics: ...", "[3/61] mean seed 0 20% ablated: ...") are INFO records of the
 ``ablate_lit`` logger, and warnings are WARNING records. By default they print as plain lines on
 standard output (as the CLI always has); a notebook or a job scheduler can set the logger's level,
 add its own handlers, or call ``console(False)`` to take the default line printer away.
@@ -8,7 +8,8 @@ add its own handlers, or call ``console(False)`` to take the default line printe
 says anything (``say``).
 
 Also here: keeping the libraries quiet (no per-file progress bars while loading weights, no
-advertisement at every Trainer) and silencing Lightning's INFO lines inside a block.
+advertisement at every Trainer) and whether Lightning speaks in its own words (``lightning_voice``: its
+bars, seed and device lines, only with ``--verbose``).
 """
 
 from __future__ import annotations
@@ -135,21 +136,6 @@ def lightning_quiet() -> Iterator[None]:
 def lightning_bars() -> bool:
     """Whether Lightning's own progress bars are shown (``lightning_voice``)."""
     return _lightning_verbose[0]
-
-
-@contextmanager
-def lightning_info_silenced(silenced: bool = True) -> Iterator[None]:
-    """Inside this block Lightning's INFO lines ("GPU available: ...", "`Trainer.fit` stopped: ...")
-    are not printed; warnings are."""
-    loggers = [logging.getLogger(n) for n in RANK_ZERO_LOGGERS] if silenced else []
-    levels = [lg.level for lg in loggers]
-    for lg in loggers:
-        lg.setLevel(logging.WARNING)
-    try:
-        yield
-    finally:
-        for lg, level in zip(loggers, levels, strict=True):
-            lg.setLevel(level)
 
 
 @contextmanager

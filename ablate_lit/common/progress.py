@@ -29,6 +29,9 @@ from typing import Iterator
 
 from ablate_lit.common import logs
 
+BATCHED = ("forward", "evaluate", "attribute")
+"""The kinds of step that a Lightning loop's batches count (``calibration.heartbeat``)."""
+
 REDRAW_S = 0.2
 """The bar is redrawn at most this often (a batch may take milliseconds)."""
 
@@ -186,7 +189,6 @@ class RunProgress:
         self._bar = None
         self._lock = threading.RLock()
         self._watch: threading.Event | None = None
-        self._last_line = time.perf_counter()
         self._drawn = 0.0
 
     # -- the plan ----------------------------------------------------------------------------------
@@ -257,15 +259,10 @@ class RunProgress:
                 said = ", ".join(x for x in (s.detail, s.count(), clock(elapsed)) if x)
                 self._line(trainer, f"{what}: {said}", eta=True)
 
-    def tick_batches(self, done: int, total: int | None = None) -> None:
-        """A Lightning loop's batches (``calibration.heartbeat``) count into the innermost running step when
-        it is a sweep or an evaluation (not the held-out pass inside a fit)."""
-        if self.running and self.running[-1].work.kind in ("forward", "evaluate", "attribute"):
-            self.running[-1].tick(done, total)
-
-    def tick_kind(self, kind: str, done: int, total: int | None = None) -> None:
-        """Count into the innermost running step when it is of ``kind`` (a fit's epochs)."""
-        if self.running and self.running[-1].work.kind == kind:
+    def tick(self, kinds: tuple[str, ...], done: int, total: int | None = None) -> None:
+        """Count into the innermost running step when it is of one of ``kinds``: a Lightning loop's batches
+        into a sweep or an evaluation (``BATCHED``; not the held-out pass inside a fit), a fit's epochs."""
+        if self.running and self.running[-1].work.kind in kinds:
             self.running[-1].tick(done, total)
 
     def eta_words(self) -> str:
@@ -278,7 +275,6 @@ class RunProgress:
             return
         words = self.eta_words() if eta else ""
         logs.say(trainer, stamped(f"{text}{f' ({words})' if words else ''}"))
-        self._last_line = time.perf_counter()
 
     def show(self) -> None:
         """Redraw the bar (terminal), or say where a long step is after ``QUIET_S`` of silence (lines)."""
@@ -298,7 +294,7 @@ class RunProgress:
                 self._bar.unit = f"{clock(elapsed)} so far" + (f", eta {clock(eta)}" if eta is not None else "")
                 self._bar.refresh()
                 return
-        if on_terminal() or time.perf_counter() - max(self._last_line, logs.last_said()) < QUIET_S:
+        if on_terminal() or time.perf_counter() - logs.last_said() < QUIET_S:
             return
         self._line(None, f"{s.work.what}: {s.count() + ', ' if s.count() else ''}{clock(s.own_s())} so far", True)
 

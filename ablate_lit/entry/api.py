@@ -16,7 +16,7 @@ from pathlib import Path
 from ablate_lit.common import progress
 from ablate_lit.common.errors import AblateError, wording
 from ablate_lit.common.families import FAMILIES
-from ablate_lit.common.logs import lightning_info_silenced, lightning_quiet, quiet_loading, verbosity
+from ablate_lit.common.logs import lightning_quiet, quiet_loading, verbosity
 from ablate_lit.data.images import ImageData
 from ablate_lit.data.masked import MaskedTextData
 from ablate_lit.data.task import TaskData
@@ -171,7 +171,7 @@ def _run(model, data, tokenizer, preprocess, family, name, root, trainer, verbos
     progress.start()  # a fresh clock and plan for this run's progress display
     # Lightning's banners and bars stay out ("GPU available: ..." at every Trainer; its bars on request:
     # trainer={"enable_progress_bar": True})
-    with lightning_quiet(), lightning_info_silenced(), verbosity(verbose):
+    with lightning_quiet(), verbosity(verbose):
         module_cls, data_cls = classes_of(family, task)
         module = build_module(module_cls, model, family, tokenizer, preprocess, checked.model)
         datamodule = build_datamodule(data_cls, data, family, checked.data, module)

@@ -21,9 +21,8 @@ import numpy as np
 from ablate_lit.common.labels import parse_target, target_kind, unit_names
 from ablate_lit.report.attribution_figures import head_map, neuron_map, scatter
 from ablate_lit.report.importance import agreement, agreement_table, spearman, top_overlap
-from ablate_lit.report.importance_figures import save_figure
 from ablate_lit.report.paired import N_BOOT
-from ablate_lit.report.style import Scored
+from ablate_lit.report.style import Scored, save
 from ablate_lit.stats.attribution import (
     GRADDROP,
     graddrop_estimates,
@@ -242,5 +241,5 @@ def write_attribution(sums: dict, rows, layout: dict, out: Path, model: str, wri
             continue
         if writer is not None:
             writer.add_figure(f"attribution/{name}", fig, 0, close=False)
-        written.append(save_figure(fig, out / f"{model}-attribution-{name}.png"))
+        written.append(save(fig, out / f"{model}-attribution-{name}.png"))
     return markdown, written

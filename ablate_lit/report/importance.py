@@ -179,8 +179,8 @@ def top_units_table(records: list[dict], k: int = 5) -> str:
 def write_importance(rows: list[dict], out: Path, model: str, writer=None) -> tuple[str, list[Path]]:
     """importance.csv, agreement.csv and <model>-importance.png in ``out`` (and the figure in ``writer``,
     a series of the run's loggers: ``common.curves``); returns (the Markdown tables, the files written)."""
-    from ablate_lit.report.importance_figures import importance_figure, save_figure
-    from ablate_lit.report.style import Scored
+    from ablate_lit.report.importance_figures import importance_figure
+    from ablate_lit.report.style import Scored, save
     from ablate_lit.store.atomic import write_csv, write_text
 
     records, boot = importance(rows)
@@ -198,5 +198,5 @@ def write_importance(rows: list[dict], out: Path, model: str, writer=None) -> tu
     fig = importance_figure(records, model, Scored(rows))
     if writer is not None:
         writer.add_figure("importance/map", fig, 0, close=False)
-    written += [out / "importance.md", save_figure(fig, out / f"{model}-importance.png")]
+    written += [out / "importance.md", save(fig, out / f"{model}-importance.png")]
     return markdown, written

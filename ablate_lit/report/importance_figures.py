@@ -5,7 +5,6 @@ units, a bar per layer on one shared axis."""
 from __future__ import annotations
 
 import math
-from pathlib import Path
 
 import numpy as np
 
@@ -51,7 +50,3 @@ def importance_figure(records: list[dict], model: str, scored: Scored | None = N
     fig.suptitle(f"{model}: each {'head' if heads else 'layer'} ablated alone, {counts}; one colour scale",
                  fontsize=10)  # fmt: skip
     return fig
-
-
-def save_figure(fig, path: Path) -> Path:
-    return style.save(fig, path)

@@ -144,7 +144,7 @@ def paired_figures(rows, pairs: list[tuple[str, str]], out) -> list:
                 ax.fill_between(xs, los, his, color=look["color"], alpha=0.2)
                 drawn = True
         if not drawn:
-            plt_close(fig)
+            style.close(fig)
             continue
         mine = [r for r in as_rows(rows) if r.model == model]
         scored = style.Scored(mine)
@@ -161,9 +161,3 @@ def paired_figures(rows, pairs: list[tuple[str, str]], out) -> list:
         )
         written.append(save_plot(fig, ax, out / f"{model}-paired.png"))
     return written
-
-
-def plt_close(fig) -> None:
-    import matplotlib.pyplot as plt
-
-    plt.close(fig)

@@ -97,8 +97,12 @@ def method_style(label: str) -> dict:
         code = _variant(parsed.arg)
         colour = _shade(colour, code)
         look["fillstyle"] = FILLS[(code // len(SHADES)) % len(FILLS)]
-    kind = parsed.kinds[0].split()[0] if parsed.kinds else ""
-    return {"color": colour, **look, "ls": UNIT_LINES.get(kind, "-.")}
+    return {"color": colour, **look, "ls": UNIT_LINES.get(_unit_kind(parsed), "-.")}
+
+
+def _unit_kind(label: Label) -> str:
+    """What a label ablated, by its first kind's first word (MLP, heads, layers; "" for attention neurons)."""
+    return label.kinds[0].split()[0] if label.kinds else ""
 
 
 def ordered(methods) -> list[str]:
@@ -149,7 +153,7 @@ def ylabel(metric: str, scored: Scored) -> str:
 
 def units_ablated(labels) -> str:
     """The x axis: what was ablated, in the rows' own words."""
-    kinds = {(Label.parse(m).kinds[0].split()[0] if Label.parse(m).kinds else "") for m in labels}
+    kinds = {_unit_kind(Label.parse(m)) for m in labels}
     if kinds <= {""}:
         return "neurons ablated (%)"
     if kinds == {"heads"}:
@@ -195,8 +199,13 @@ def legend_below(fig, axes, columns: int | None = None) -> None:
 
 def save(fig, path) -> object:
     """A PNG at ``path`` (110 dpi); the figure is closed."""
+    fig.savefig(path, dpi=110)
+    close(fig)
+    return path
+
+
+def close(fig) -> None:
+    """Free a figure (pyplot keeps every figure it made until it is closed)."""
     import matplotlib.pyplot as plt
 
-    fig.savefig(path, dpi=110)
     plt.close(fig)
-    return path
