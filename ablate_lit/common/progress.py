@@ -277,15 +277,15 @@ class RunProgress:
         logs.say(trainer, stamped(f"{text}{f' ({words})' if words else ''}"))
 
     def show(self) -> None:
-        """Redraw the bar (terminal), or say where a long step is after ``QUIET_S`` of silence (lines)."""
+        """Redraw the bar (terminal), or say where a long step is after ``QUIET_S`` of silence (lines); at
+        most once per ``REDRAW_S`` (a tick comes with every batch or generated token)."""
         with self._lock:
-            if not self.running or _rank() != 0:
+            now = time.perf_counter()
+            if not self.running or now - self._drawn < REDRAW_S or _rank() != 0:
                 return
+            self._drawn = now
             s = self.running[-1]
             if self._bar is not None:
-                if time.perf_counter() - self._drawn < REDRAW_S:
-                    return
-                self._drawn = time.perf_counter()
                 eta = self.eta()
                 elapsed = time.perf_counter() - self.started
                 share = elapsed / (elapsed + eta) if eta is not None and elapsed + eta > 0 else 0.0
